@@ -1,0 +1,37 @@
+"""Graph passes, and the API for writing your own (see docs/writing_passes.md).
+
+    from qcompiler import ir
+    from qcompiler.passes import Pass, PassResult, register
+
+Importing this package registers the built-in passes under their names.
+"""
+
+from qcompiler.pass_infra import (
+    DumpAfterInstrument,
+    Instrument,
+    Pass,
+    PassContext,
+    PassManager,
+    PassResult,
+    TimingInstrument,
+    VerifyInstrument,
+)
+from qcompiler.registry import get_pass, load_pass, register, registered_passes
+from qcompiler.rewrite import Reject, RewriteRule, RuleSetPass
+
+from qcompiler.passes.fold_constants import FoldConstants  # noqa: E402  (registers)
+from qcompiler.passes.remove_identity import RemoveIdentity  # noqa: E402
+from qcompiler.passes.matmul_add_to_gemm import MatMulAddToGemm  # noqa: E402
+from qcompiler.passes.normalize_clip import NormalizeClip  # noqa: E402
+from qcompiler.passes.canonicalize import Canonicalize  # noqa: E402
+from qcompiler.passes.fold_batchnorm import FoldBatchNorm  # noqa: E402
+
+#: What `qcompiler optimize` runs when no --passes are given.
+DEFAULT_PIPELINE = ("canonicalize", "fold-batchnorm")
+
+__all__ = [
+    "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants",
+    "Instrument", "MatMulAddToGemm", "NormalizeClip", "Pass", "PassContext", "PassManager",
+    "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "TimingInstrument",
+    "VerifyInstrument", "get_pass", "load_pass", "register", "registered_passes",
+]

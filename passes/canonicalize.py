@@ -1,0 +1,24 @@
+"""canonicalize: the clean-up every model gets before quantization, as one named pass."""
+
+from __future__ import annotations
+
+from qcompiler.ir import Model
+from qcompiler.pass_infra import Pass, PassManager, PassResult
+from qcompiler.passes.fold_constants import FoldConstants
+from qcompiler.passes.matmul_add_to_gemm import MatMulAddToGemm
+from qcompiler.passes.normalize_clip import NormalizeClip
+from qcompiler.passes.remove_identity import RemoveIdentity
+from qcompiler.registry import register
+
+
+@register("canonicalize")
+class Canonicalize(Pass):
+    """fold-constants, remove-identity, matmul-add-to-gemm, normalize-clip, in that order.
+
+    Constants are folded first so that the later rules see weights, biases and clip bounds
+    as constants whatever form the exporter wrote them in.
+    """
+
+    def call(self, model: Model) -> PassResult:
+        steps = (FoldConstants(), RemoveIdentity(), MatMulAddToGemm(), NormalizeClip())
+        return PassManager(steps)(model)

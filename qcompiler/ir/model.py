@@ -1,0 +1,270 @@
+"""`Model`: an onnx-graphsurgeon graph behind the few queries and edits that passes need.
+
+Passes read `model.graph.nodes` (graphsurgeon `Node`s: `.op`, `.name`, `.attrs`, `.inputs`,
+`.outputs`) and edit through the methods here, so that no pass has to know how graphsurgeon
+keeps producers and consumers, or how a graph output keeps its name when its producer changes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+Node = gs.Node
+Tensor = gs.Tensor
+Constant = gs.Constant
+Variable = gs.Variable
+
+
+class Model:
+    """An ONNX model as a graphsurgeon graph plus the model-level fields graphsurgeon drops."""
+
+    def __init__(self, graph: gs.Graph, *, ir_version: int, path: str | None = None,
+                 metadata: dict[str, str] | None = None) -> None:
+        self.graph = graph
+        self.ir_version = ir_version
+        self.path = path
+        self.metadata = dict(metadata or {})
+
+    # ---- conversion -------------------------------------------------------------------------
+    @classmethod
+    def from_onnx(cls, proto: onnx.ModelProto, path: str | None = None) -> Model:
+        """Wrap a (validated) ModelProto; `qcompiler.ir.load` is the safe way to get one."""
+        metadata = {p.key: p.value for p in proto.metadata_props}
+        return cls(gs.import_onnx(proto), ir_version=proto.ir_version, path=path, metadata=metadata)
+
+    def to_onnx(self) -> onnx.ModelProto:
+        """Export a toposorted copy as a ModelProto with the original IR version and metadata.
+
+        IR versions below 4 list every initializer as a graph input; graphsurgeon does not, so
+        such models are written as IR 4, the first version where initializers stand alone.
+        """
+        graph = self.graph.copy()
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        proto = gs.export_onnx(graph, do_type_check=False)
+        proto.ir_version = max(self.ir_version, 4)
+        onnx.helper.set_model_props(proto, self.metadata)
+        return proto
+
+    def copy(self) -> Model:
+        """A deep copy: passes that must not touch their input work on one."""
+        return Model(self.graph.copy(), ir_version=self.ir_version, path=self.path, metadata=self.metadata)
+
+    # ---- queries ------------------------------------------------------------------------------
+    @property
+    def opset(self) -> int:
+        """The default-domain opset the model is written against."""
+        return int(self.graph.opset)
+
+    @property
+    def nodes(self) -> list[Node]:
+        return list(self.graph.nodes)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return self.graph.tensors()
+
+    def tensor(self, name: str) -> Tensor:
+        tensors = self.graph.tensors()
+        if name not in tensors:
+            raise KeyError(f"no tensor named {name!r} in the graph")
+        return tensors[name]
+
+    @staticmethod
+    def producer(tensor: Tensor) -> Node | None:
+        """The node that computes `tensor`, or None for graph inputs and constants."""
+        return tensor.inputs[0] if tensor.inputs else None
+
+    def consumers(self, tensor: Tensor) -> list[Node]:
+        """The nodes that read `tensor` (a node reading it twice is listed once)."""
+        return list({id(n): n for n in tensor.outputs}.values())
+
+    def is_graph_output(self, tensor: Tensor) -> bool:
+        return any(t is tensor for t in self.graph.outputs)
+
+    def is_graph_input(self, tensor: Tensor) -> bool:
+        return any(t is tensor for t in self.graph.inputs)
+
+    def has_single_use(self, tensor: Tensor) -> bool:
+        """True when exactly one node reads `tensor`, once, and it is not a graph output."""
+        return len(tensor.outputs) == 1 and not self.is_graph_output(tensor)
+
+    def can_take_output_name(self, tensor: Tensor) -> bool:
+        """True if `tensor` can be renamed to become a graph output: computed, not already I/O."""
+        return (isinstance(tensor, Variable) and self.producer(tensor) is not None
+                and not self.is_graph_input(tensor) and not self.is_graph_output(tensor))
+
+    def const_value(self, tensor: Tensor | None) -> np.ndarray | None:
+        """The value of a constant tensor (an initializer or a Constant node's output), else None."""
+        if tensor is None or (isinstance(tensor, Variable) and tensor.is_empty()):
+            return None
+        if isinstance(tensor, Constant):
+            return np.asarray(tensor.values)
+        node = self.producer(tensor)
+        if node is not None and node.op == "Constant" and "value" in node.attrs:
+            value = node.attrs["value"]
+            return np.asarray(value.values if isinstance(value, Constant) else value)
+        return None
+
+    @staticmethod
+    def input_or_none(node: Node, index: int) -> Tensor | None:
+        """Input `index` of `node`, or None when it is absent or the empty optional input."""
+        if index >= len(node.inputs):
+            return None
+        tensor = node.inputs[index]
+        return None if isinstance(tensor, Variable) and tensor.is_empty() else tensor
+
+    def unique_name(self, base: str) -> str:
+        """`base` if no node or tensor uses it yet, else `base_1`, `base_2`, ..."""
+        taken = set(self.graph.tensors()) | {n.name for n in self.graph.nodes}
+        if base not in taken:
+            return base
+        return next(f"{base}_{i}" for i in itertools.count(1) if f"{base}_{i}" not in taken)
+
+    # ---- edits --------------------------------------------------------------------------------
+    def constant(self, name: str, values: np.ndarray) -> Constant:
+        """A new constant tensor with a name unique in the graph."""
+        return Constant(self.unique_name(name), np.ascontiguousarray(values))
+
+    def variable(self, name: str, dtype: np.dtype | None = None, shape: Sequence | None = None) -> Variable:
+        """A new intermediate tensor with a name unique in the graph."""
+        return Variable(self.unique_name(name), dtype=dtype, shape=shape)
+
+    def add_node(self, op: str, inputs: Sequence[Tensor], outputs: Sequence[Tensor],
+                 attrs: dict | None = None, name: str | None = None) -> Node:
+        """Append a node; the graph is toposorted again by `finalize`."""
+        node = Node(op=op, name=self.unique_name(name or op), attrs=dict(attrs or {}),
+                    inputs=list(inputs), outputs=list(outputs))
+        self.graph.nodes.append(node)
+        return node
+
+    def set_const_input(self, node: Node, index: int, values: np.ndarray, name: str | None = None) -> None:
+        """Give `node` a new constant as input `index`, never mutating a constant others share."""
+        old = self.input_or_none(node, index)
+        values = np.ascontiguousarray(values)
+        if isinstance(old, Constant) and len(old.outputs) == 1:
+            old.values = values
+            return
+        base = name or (old.name if old is not None else f"{node.name}_input{index}")
+        new = self.constant(base, values)
+        while len(node.inputs) <= index:
+            node.inputs.append(Variable.empty())
+        node.inputs[index] = new
+
+    def replace_all_uses(self, old: Tensor, new: Tensor) -> None:
+        """Make every reader of `old` read `new`; a graph output keeps its name.
+
+        When `old` is a graph output, `new` takes over its name if `new` is an intermediate
+        tensor that is not itself an input or output of the graph; otherwise an Identity keeps
+        the interface (the model's input and output names never change).
+        """
+        for consumer in self.consumers(old):
+            _swap(consumer.inputs, old, new)
+        if not self.is_graph_output(old):
+            return
+        outputs = self.graph.outputs
+        index = next(i for i, t in enumerate(outputs) if t is old)
+        if self.can_take_output_name(new):
+            name, dtype, shape = old.name, old.dtype, old.shape
+            old.name = self.unique_name(f"{name}_replaced")
+            new.name = name
+            new.dtype = new.dtype if new.dtype is not None else dtype
+            new.shape = new.shape if new.shape is not None else shape
+            outputs[index] = new
+        else:
+            producer = self.producer(old)
+            if producer is not None:
+                _swap(producer.outputs, old, self.variable(f"{old.name}_detached"))
+            self.add_node("Identity", [new], [old], name=f"{old.name}_keep_output")
+
+    def bypass(self, node: Node, data_input: int = 0) -> None:
+        """Remove a node that passes input `data_input` through unchanged (Identity, Dropout)."""
+        source = node.inputs[data_input]
+        self.replace_all_uses(node.outputs[0], source)
+        self.remove_node(node)
+
+    def remove_node(self, node: Node) -> None:
+        """Remove a node whose outputs nobody reads any more; refuse if someone still does."""
+        live = [t.name for t in node.outputs if t.outputs or self.is_graph_output(t)]
+        if live:
+            raise ValueError(f"Pass developer: node {node.name!r} ({node.op}) still feeds {live}; "
+                             "replace those uses before removing it")
+        self._drop(node)
+
+    def replace_nodes(self, old: Sequence[Node], op: str, inputs: Sequence[Tensor], outputs: Sequence[Tensor],
+                      attrs: dict | None = None, name: str | None = None) -> Node:
+        """Replace the connected nodes `old` by one new node that computes `outputs`.
+
+        Every output of `old` that is still read must be among `outputs` (the new node takes
+        it over, name and all); anything else would leave a reader without a producer.
+        """
+        kept = {id(t) for t in outputs}
+        replaced = {id(n) for n in old}
+        for node in old:
+            lost = [t.name for t in node.outputs
+                    if id(t) not in kept and (any(id(c) not in replaced for c in t.outputs)
+                                              or self.is_graph_output(t))]
+            if lost:
+                raise ValueError(f"Pass developer: replacing {node.name!r} ({node.op}) would orphan {lost}")
+        names = [n.name for n in old]
+        for node in old:
+            self._drop(node)
+        return self.add_node(op, inputs, outputs, attrs, name=name or names[0])
+
+    def _drop(self, node: Node) -> None:
+        """Disconnect `node` and take it out of the node list (by identity: graphsurgeon's
+        Node.__eq__ compares structure, so list.remove could take a look-alike)."""
+        node.inputs.clear()
+        node.outputs.clear()
+        nodes = self.graph.nodes
+        del nodes[next(i for i, n in enumerate(nodes) if n is node)]
+
+    def finalize(self) -> Model:
+        """Drop dead nodes and tensors, then toposort: call at the end of every pass that edits."""
+        self.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        return self
+
+    # ---- comparison ---------------------------------------------------------------------------
+    def fingerprint(self) -> tuple:
+        """A structural summary (nodes, attributes, connections, constant bytes) for equality.
+
+        Used to check that a pass's `modified` flag tells the truth.
+        """
+        def tensor_key(t: Tensor) -> tuple:
+            if isinstance(t, Constant):
+                values = np.asarray(t.values)
+                return ("const", values.dtype.str, values.shape, values.tobytes())
+            return ("var", t.name)
+
+        nodes = tuple(
+            (n.op, n.domain, tuple(sorted((k, repr(v)) for k, v in n.attrs.items())),
+             tuple(tensor_key(t) for t in n.inputs), tuple(t.name for t in n.outputs))
+            for n in self.graph.nodes
+        )
+        io = (tuple(t.name for t in self.graph.inputs), tuple(t.name for t in self.graph.outputs))
+        return nodes, io
+
+    def __repr__(self) -> str:
+        return (f"Model({self.graph.name!r}, opset {self.opset}, {len(self.graph.nodes)} nodes, "
+                f"inputs {[t.name for t in self.graph.inputs]}, outputs {[t.name for t in self.graph.outputs]})")
+
+
+def ops_histogram(nodes: Iterable[Node]) -> dict[str, int]:
+    """Count nodes per op type, most frequent first."""
+    counts: dict[str, int] = {}
+    for node in nodes:
+        counts[node.op] = counts.get(node.op, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _swap(tensors: list, old: Tensor, new: Tensor) -> None:
+    """Replace `old` by `new` in a node's input or output list, one index at a time.
+
+    graphsurgeon's lists keep producers and consumers in sync only through item assignment.
+    """
+    for i, tensor in enumerate(tensors):
+        if tensor is old:
+            tensors[i] = new
