@@ -3,7 +3,7 @@
 A rule anchors on one op type, `match`es a node (returning the captured pieces, or a `Reject`
 that says *why* not) and `rewrite`s the match. A `RuleSetPass` applies its rules to every node
 until none fires, so a second run changes nothing. Rejections are logged at DEBUG and kept on
-the pass (`last_rejections`) to answer "why did my BatchNorm not fold?".
+the pass (`last_rejections`, beside `last_applied`) to answer "why did my BatchNorm not fold?".
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ class RuleSetPass(Pass):
 
     def __init__(self) -> None:
         self.last_rejections: list[tuple[str, str, str]] = []
+        self.last_applied: list[tuple[str, str]] = []
 
     def call(self, model: Model) -> PassResult:
-        self.last_rejections = []
+        self.last_rejections, self.last_applied = [], []
         by_op: dict[str, list[RewriteRule]] = {}
         for rule in self.rules:
             by_op.setdefault(rule.op_type, []).append(rule)
@@ -80,6 +81,7 @@ class RuleSetPass(Pass):
                     log.debug("%s: %s not applied to %s: %s", self.display_name, rule.name, node.name, captures.reason)
                     continue
                 rule.rewrite(model, node, captures)
+                self.last_applied.append((rule.name, node.name))
                 alive = {id(n) for n in model.graph.nodes}
                 log.debug("%s: %s applied to %s", self.display_name, rule.name, node.name)
                 fired = True

@@ -135,7 +135,7 @@ def train(model: nn.Module, epochs: int, batch: int, lr: float, seed: int) -> No
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += loss.item()
         print(f"epoch {epoch + 1}/{epochs}  loss {total / (i + 1):.4f}  {time.time() - start:.0f}s", flush=True)
 
 

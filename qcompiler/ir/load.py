@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 9
 MAX_OPSET = 21
 MIN_IR_VERSION = 3
-MAX_IR_VERSION = 10
+MAX_IR_VERSION = onnx.IR_VERSION  # any the onnx package reads; written back as IR <= 10 (ir/model.py)
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -68,7 +68,7 @@ def check_versions(proto: onnx.ModelProto, path: Path) -> None:
     if not MIN_IR_VERSION <= proto.ir_version <= MAX_IR_VERSION:
         raise UnsupportedModelError(
             f"{path}: IR version {proto.ir_version} is outside the supported range "
-            f"{MIN_IR_VERSION}..{MAX_IR_VERSION}; convert it with onnx.version_converter"
+            f"{MIN_IR_VERSION}..{MAX_IR_VERSION}; re-export it with onnx >= 1.17"
         )
     opsets = {o.domain: o.version for o in proto.opset_import}
     opset = next((opsets[d] for d in DEFAULT_DOMAINS if d in opsets), None)

@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+MAX_WRITTEN_IR_VERSION = 10
+
 Node = gs.Node
 Tensor = gs.Tensor
 Constant = gs.Constant
@@ -42,11 +44,16 @@ class Model:
 
         IR versions below 4 list every initializer as a graph input; graphsurgeon does not, so
         such models are written as IR 4, the first version where initializers stand alone.
+        Versions above 10 are written as the lowest IR version their opsets need (10 at most
+        for the opsets we accept): onnxruntime 1.20, the oldest we support, reads IR <= 10,
+        and a model within our opset range uses nothing newer.
         """
         graph = self.graph.copy()
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         proto = gs.export_onnx(graph, do_type_check=False)
         proto.ir_version = max(self.ir_version, 4)
+        if proto.ir_version > MAX_WRITTEN_IR_VERSION:
+            proto.ir_version = max(4, onnx.helper.find_min_ir_version_for(list(proto.opset_import), True))
         onnx.helper.set_model_props(proto, self.metadata)
         return proto
 
@@ -239,11 +246,12 @@ class Model:
                 return ("const", values.dtype.str, values.shape, values.tobytes())
             return ("var", t.name)
 
-        nodes = tuple(
-            (n.op, n.domain, tuple(sorted((k, repr(v)) for k, v in n.attrs.items())),
-             tuple(tensor_key(t) for t in n.inputs), tuple(t.name for t in n.outputs))
+        # Sorted: two topological orders of the same nodes are the same graph.
+        nodes = tuple(sorted(
+            (tuple(t.name for t in n.outputs), n.op, n.domain, n.name,
+             tuple(sorted((k, tensor_key(v) if isinstance(v, Tensor) else repr(v)) for k, v in n.attrs.items())), tuple(tensor_key(t) for t in n.inputs))
             for n in self.graph.nodes
-        )
+        ))
         io = (tuple(t.name for t in self.graph.inputs), tuple(t.name for t in self.graph.outputs))
         return nodes, io
 

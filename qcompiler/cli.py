@@ -1,0 +1,191 @@
+"""The `qcompiler` command line. Exit codes (DESIGN.md §8): 0 ok, 2 usage, 3 invalid or unsafe
+model, 4 unsupported model, 5 calibration data, 6 output, 7 remote device, 70 internal error,
+130 interrupted. User errors print one line, never a traceback (`--debug` shows one)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from qcompiler import __version__
+from qcompiler.errors import QCompilerError, UsageError
+
+log = logging.getLogger("qcompiler")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (exit 2, one line) instead of printing and exiting itself."""
+
+    def error(self, message: str) -> None:
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="qcompiler", description="A quantizing model compiler for ONNX models.")
+    parser.add_argument("--version", action="version", version=f"qcompiler {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: why rules did not apply)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("inspect", help="ops, parameters, inputs/outputs, layers to quantize, unsupported ops")
+    p.add_argument("model", type=Path)
+    p.add_argument("--all", action="store_true", help="list every quantized layer")
+
+    p = sub.add_parser("optimize", help="run graph passes and write the optimized model")
+    p.add_argument("model", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="where to write the model (.onnx)")
+    p.add_argument("--passes", help="comma-separated pass names (default: canonicalize,fold-batchnorm)")
+    p.add_argument("--pass", dest="user_passes", action="append", default=[], metavar="FILE.py:CLASS",
+                   help="also run a pass of your own, from a .py file or module (repeatable)")
+    p.add_argument("--dump-after", action="append", default=[], metavar="NAME",
+                   help="also write the model after pass NAME as OUTPUT.after-NAME.onnx (repeatable)")
+    p.add_argument("--time", action="store_true", help="print the time each pass took")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX checker after each pass")
+
+    sub.add_parser("passes", help="list the registered passes")
+
+    p = sub.add_parser("demo", help="inspect and optimize the bundled example model, and check it")
+    p.add_argument("-o", "--output-dir", type=Path, default=Path("qcompiler-demo"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+                            format="%(levelname)s %(name)s: %(message)s")
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except QCompilerError as exc:
+        if debug:
+            raise
+        print(f"qcompiler: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("qcompiler: interrupted; no partial output was left", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of ours: say so, in one line, with how to see more
+        if debug:
+            raise
+        print(f"qcompiler: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback "
+              "and report it)", file=sys.stderr)
+        return 70
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from qcompiler import ir
+    from qcompiler.passes import Canonicalize, FoldBatchNorm
+    from qcompiler.summary import format_summary, summarize
+
+    model = ir.load(args.model)
+    optimized = Canonicalize()(model.copy()).model
+    fold = FoldBatchNorm()
+    optimized = fold(optimized).model
+    folded = sum(rule != "bn-to-mul-add" for rule, _ in fold.last_applied)
+    summary = summarize(model, optimized, folded, producer=model.metadata.get("producer", ""))
+    print(format_summary(summary, max_layers=10**9 if args.all else 40))
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from qcompiler import ir
+    from qcompiler.driver import build_pipeline
+    from qcompiler.passes import DumpAfterInstrument, PassContext, TimingInstrument, VerifyInstrument, load_pass
+
+    names = None if args.passes is None else [n.strip() for n in args.passes.split(",") if n.strip()]
+    user = [load_pass(spec)() for spec in args.user_passes]
+    instruments = [] if args.no_verify else [VerifyInstrument()]
+    timing = TimingInstrument()
+    if args.time:
+        instruments.append(timing)
+    if args.dump_after:
+        instruments.append(DumpAfterInstrument(args.dump_after, args.output.with_suffix("")))
+    manager = build_pipeline(names, PassContext(instruments))
+    manager.passes += user
+    unknown_dumps = set(args.dump_after) - {p.display_name for p in manager.passes}
+    if unknown_dumps:
+        raise UsageError(f"--dump-after {sorted(unknown_dumps)}: not in the pipeline {manager.describe()}")
+
+    model = ir.load(args.model)
+    before = ir.ops_histogram(model.graph.nodes)
+    reference = model.copy()
+    result = manager(model)
+    ir.save(result.model, args.output)
+    after = ir.ops_histogram(result.model.graph.nodes)
+    print(f"pipeline   {manager.describe()}")
+    print(f"nodes      {sum(before.values())} -> {sum(after.values())}   ({_op_changes(before, after)})")
+    print(f"wrote      {args.output}")
+    print(f"check      {_equivalence(reference, result.model)}")
+    if args.time:
+        print(timing.table())
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from qcompiler.passes import DEFAULT_PIPELINE, registered_passes
+
+    for name, cls in registered_passes().items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:<20} {doc}{'  [default]' if name in DEFAULT_PIPELINE else ''}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the bundled model: inspect, optimize, and measure that nothing changed."""
+    from qcompiler import ir, models, testing
+
+    model_path, data_path = models.path(models.DEFAULT_MODEL), models.path(models.FASHION_SUBSET)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    out = args.output_dir / model_path.name.replace(".onnx", ".opt.onnx")
+    print(f"== qcompiler inspect {model_path.name}")
+    cmd_inspect(argparse.Namespace(model=model_path, all=False))
+    print(f"\n== qcompiler optimize {model_path.name} -o {out}")
+    cmd_optimize(argparse.Namespace(model=model_path, output=out, passes=None, user_passes=[], dump_after=[],
+                                    time=True, no_verify=False))
+    data = np.load(data_path, allow_pickle=False)
+    images, labels = data["input"], data["labels"]
+    original, optimized = ir.load(model_path), ir.load(out)
+    name = original.graph.inputs[0].name
+    logits = [testing.run(m, {name: images})[0] for m in (original, optimized)]
+    print(f"\n== accuracy on the bundled {len(labels)} labelled Fashion-MNIST test images (onnxruntime)")
+    for label, value in zip(("original", "optimized"), logits):
+        print(f"{label:<10} top-1 {float((value.argmax(1) == labels).mean()):.4f}")
+    print(f"max |logit difference| {float(np.abs(logits[0] - logits[1]).max()):.3g}")
+    return 0
+
+
+def _op_changes(before: dict[str, int], after: dict[str, int]) -> str:
+    changes = [f"{op} {before.get(op, 0)}->{after.get(op, 0)}" for op in sorted(set(before) | set(after))
+               if before.get(op, 0) != after.get(op, 0)]
+    return ", ".join(changes) or "no change"
+
+
+def _equivalence(reference, optimized) -> str:
+    """Run both models on the same random inputs in onnxruntime and report the largest difference."""
+    from qcompiler import testing
+
+    try:
+        feeds = testing.random_inputs(reference)
+        expected, actual = testing.run(reference, feeds), testing.run(optimized, feeds)
+    except Exception as exc:  # e.g. non-float inputs or ops onnxruntime lacks: say so, do not fail the run
+        return f"skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    worst = 0.0
+    for e, a in zip(expected, actual):
+        scale = max(float(np.abs(e).max(initial=0.0)), 1e-30)
+        worst = max(worst, float(np.abs(np.asarray(a, np.float64) - e).max(initial=0.0)) / scale)
+    verdict = "same function" if worst <= testing.tolerance(np.float32) else "OUTPUTS DIFFER"
+    return f"{verdict}: max |difference| {worst:.2g} of the output's range (random inputs, onnxruntime)"
+
+
+COMMANDS = {"inspect": cmd_inspect, "optimize": cmd_optimize, "passes": cmd_passes, "demo": cmd_demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

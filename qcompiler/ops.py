@@ -1,0 +1,24 @@
+"""Which ONNX ops qcompiler handles, and which of them it quantizes (the layers with weights).
+
+"Supported" means the whole pipeline (calibration, simulation, QDQ export, TVM lowering) is
+built to handle the op once canonicalize and fold-batchnorm have run; ops that those passes
+remove (Identity, Dropout, BatchNormalization, shape arithmetic folded to constants) count too.
+"""
+
+from __future__ import annotations
+
+#: Layers whose weight input is quantized per output channel and whose input activation is quantized.
+QUANTIZED_LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+SUPPORTED_OPS = QUANTIZED_LAYERS | frozenset({
+    # elementwise and activations
+    "Add", "Sub", "Mul", "Div", "Sum", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish",
+    "Tanh", "LeakyRelu", "Softmax",
+    # pooling and layout
+    "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Concat",
+    "Pad", "Resize", "Squeeze", "Unsqueeze",
+    # removed or folded by canonicalize / fold-batchnorm
+    "BatchNormalization", "Identity", "Dropout", "Constant",
+    # already-quantized models
+    "QuantizeLinear", "DequantizeLinear",
+})

@@ -1,0 +1,48 @@
+"""docs/writing_passes.md runs as written: its pass from the CLI by file path, and its test."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from graphs import LIGHT_DIR, ROOT
+from qcompiler import ir
+from qcompiler.cli import main
+
+DOC = ROOT / "docs" / "writing_passes.md"
+
+
+def doc_files(tmp_path):
+    """Write the doc's python blocks that start with a file-name docstring to tmp_path."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    written = {}
+    for block in blocks:
+        name = re.match(r'"""(\w+\.py):', block)
+        if name:
+            (tmp_path / name.group(1)).write_text(block)
+            written[name.group(1)] = tmp_path / name.group(1)
+    assert sorted(written) == ["my_passes.py", "test_my_passes.py"]
+    return written
+
+
+def test_custom_pass_runs_from_the_cli_by_file_path(tmp_path, capsys):
+    files = doc_files(tmp_path)
+    out = tmp_path / "logits.onnx"
+    code = main(["optimize", str(LIGHT_DIR / "light_squeezenet.onnx"), "-o", str(out),
+                 "--pass", f"{files['my_passes.py']}:DropFinalSoftmax", "--time"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "canonicalize -> fold-batchnorm -> drop-final-softmax" in captured.out
+    assert "Softmax 1->0" in captured.out
+    optimized = ir.load(out)
+    assert not any(n.op == "Softmax" for n in optimized.nodes)
+    assert [t.name for t in optimized.graph.outputs] == ["softmaxout_1"]
+
+
+def test_the_docs_test_passes(tmp_path):
+    doc_files(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_passes.py"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 passed" in proc.stdout
