@@ -13,6 +13,8 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Mean and standard deviation of the Fashion-MNIST training pixels scaled to [0, 1].
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -45,3 +47,27 @@ def load_fashion_mnist(split: str, root: Path = FASHION_MNIST_DIR) -> tuple[np.n
     images = (images - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
     labels = _read_idx(labels_path).astype(np.int64)
     return images[:, None, :, :].astype(np.float32), labels
+
+
+def load_foolbox_imagenet(size: int = 224) -> tuple[np.ndarray, np.ndarray]:
+    """foolbox's 20 labelled ImageNet samples as (N x 3 x size x size float32, labels).
+
+    The files (data/imagenet_<i>_<label>.jpg, 512 x 512) are read from the installed
+    package's folder (`pip install --no-deps foolbox`); foolbox itself is never imported.
+    Each image is resized to size x size (bilinear, no crop), scaled to [0, 1] and normalized
+    with the ImageNet mean and std.
+    """
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None:
+        raise CalibrationDataError("foolbox's ImageNet samples not found; install them with "
+                                   "`pip install --no-deps foolbox`")
+    files = sorted((Path(spec.submodule_search_locations[0]) / "data").glob("imagenet_*.jpg"))
+    pixels = [np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR), np.float32) / 255
+              for f in files]
+    images = ((np.stack(pixels) - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2).astype(np.float32)
+    labels = np.array([int(f.stem.rsplit("_", 1)[1]) for f in files], dtype=np.int64)
+    return images, labels

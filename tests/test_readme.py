@@ -1,0 +1,26 @@
+"""The README's two commands are the ones that work: CI runs the test command verbatim."""
+
+from __future__ import annotations
+
+import re
+
+from graphs import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def readme_commands() -> list[str]:
+    section = README.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```\n(.*?)\n```", section, re.S)
+
+
+def test_exactly_two_commands():
+    commands = readme_commands()
+    assert len(commands) == 2
+    assert commands[0].endswith("qcompiler demo")
+    assert commands[1].endswith("pytest")
+
+
+def test_ci_runs_the_readme_test_command():
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert readme_commands()[1] in ci_lines
