@@ -5,6 +5,7 @@ model, 4 unsupported model, 5 calibration data, 6 output, 7 remote device, 70 in
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -24,12 +25,26 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
+EXIT_CODES = """exit codes: 0 ok, 2 usage, 3 invalid or unsafe model, 4 unsupported model,
+5 calibration data, 6 output, 7 remote device, 70 internal error, 130 interrupted"""
+
+
+def _common_options(parser: argparse.ArgumentParser, default) -> None:
+    """-v and --debug, accepted before and after the command (`default` SUPPRESS on commands)."""
+    parser.add_argument("-v", "--verbose", action="count", default=default if default is argparse.SUPPRESS else 0,
+                        help="more logging (-vv: why rewrite rules did not apply)")
+    parser.add_argument("--debug", action="store_true", default=default if default is argparse.SUPPRESS else False,
+                        help="show tracebacks of internal errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="qcompiler", description="A quantizing model compiler for ONNX models.")
+    parser = _Parser(prog="qcompiler", description="A quantizing model compiler for ONNX models.", epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"qcompiler {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: why rules did not apply)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    _common_options(parser, None)
+    common = _Parser(add_help=False)
+    _common_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common], epilog=EXIT_CODES)
 
     p = sub.add_parser("inspect", help="ops, parameters, inputs/outputs, layers to quantize, unsupported ops")
     p.add_argument("model", type=Path)
@@ -55,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])  # known before parsing succeeds
     try:
         args = parser.parse_args(argv)
         logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
