@@ -169,3 +169,12 @@ def test_bn_output_that_is_graph_output_keeps_its_name():
     folded = fold_and_compare(conv_bn_model())
     assert [t.name for t in folded.graph.outputs] == ["y"]
     assert folded.nodes[0].outputs[0].name == "y"
+
+
+@pytest.mark.parametrize("spatial", [1, 3])
+def test_conv_1d_and_3d(spatial):
+    rng = np.random.default_rng(6)
+    inits = {"w": rng.normal(size=(5, 2) + (3,) * spatial).astype(np.float32), **bn_params(5)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], pads=[1] * 2 * spatial), bn_node("z", "y")]
+    model = make_model(nodes, [("x", [2, 2] + [5] * spatial)], [("y", None)], inits)
+    assert [n.op for n in fold_and_compare(model).nodes] == ["Conv"]
