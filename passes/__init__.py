@@ -25,12 +25,15 @@ from qcompiler.passes.matmul_add_to_gemm import MatMulAddToGemm  # noqa: E402
 from qcompiler.passes.normalize_clip import NormalizeClip  # noqa: E402
 from qcompiler.passes.canonicalize import Canonicalize  # noqa: E402
 from qcompiler.passes.fold_batchnorm import FoldBatchNorm  # noqa: E402
+from qcompiler.passes.annotate_quant import AnnotateQuant  # noqa: E402
+from qcompiler.passes.calibrate_ranges import CalibrateRanges  # noqa: E402
+from qcompiler.passes.insert_qdq import InsertQDQ  # noqa: E402
 
 #: What `qcompiler optimize` runs when no --passes are given.
 DEFAULT_PIPELINE = ("canonicalize", "fold-batchnorm")
 
 __all__ = [
-    "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants",
+    "AnnotateQuant", "CalibrateRanges", "InsertQDQ", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants",
     "Instrument", "MatMulAddToGemm", "NormalizeClip", "Pass", "PassContext", "PassManager",
     "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "TimingInstrument",
     "VerifyInstrument", "get_pass", "load_pass", "register", "registered_passes",

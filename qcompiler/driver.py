@@ -1,10 +1,14 @@
-"""The driver: the one place that wires passes (and, later, backends) into a pipeline."""
+"""The driver: the one place that wires passes (and, later, backends) into pipelines."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
+from qcompiler.data import Dataset, ImagePreprocess, load_data
+from qcompiler.ir import Model
 from qcompiler.pass_infra import Pass, PassContext, PassManager
+from qcompiler.quant.presets import QuantConfig
 
 
 def build_pipeline(passes: Sequence[str | Pass] | None = None, context: PassContext | None = None) -> PassManager:
@@ -14,3 +18,35 @@ def build_pipeline(passes: Sequence[str | Pass] | None = None, context: PassCont
     chosen = builtin.DEFAULT_PIPELINE if passes is None else passes
     instances = [p if isinstance(p, Pass) else builtin.get_pass(p)() for p in chosen]
     return PassManager(instances, context)
+
+
+@dataclasses.dataclass
+class Quantized:
+    """What `quantize` produces: the float model it started from (canonicalized, BN folded),
+    the same model annotated with calibrated QuantSpecs, and the QDQ model."""
+
+    float_model: Model
+    annotated: Model
+    qdq: Model
+    dequantized: dict[str, str]  # quantized tensor -> its dequantized name in `qdq`
+    config: QuantConfig
+    calibration: Dataset
+
+
+def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_count: int | None = None,
+             preprocess: ImagePreprocess | None = None, batch_size: int | None = None, progress: bool = True,
+             context: PassContext | None = None) -> Quantized:
+    """Post-training quantization: canonicalize, fold BN, annotate, calibrate, insert QDQ.
+
+    `calib`: a .npz/.npy path or image folder, a dict of arrays, or an iterable of feed dicts.
+    """
+    from qcompiler.passes import AnnotateQuant, CalibrateRanges, InsertQDQ
+
+    config = config or QuantConfig()
+    float_model = build_pipeline(None, context)(model).model
+    data = load_data(calib, float_model, preprocess=preprocess, limit=calib_count)
+    annotated = PassManager([AnnotateQuant(config), CalibrateRanges(data, batch_size, progress)], context)(
+        float_model.copy()).model
+    insert = InsertQDQ()
+    qdq = PassManager([insert], context)(annotated.copy()).model
+    return Quantized(float_model, annotated, qdq, insert.dequantized, config, data)

@@ -10,8 +10,8 @@ and still fails on any real error: a wrong channel or a missed bias moves output
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 
+from qcompiler.executor import session
 from qcompiler.ir import Model
 
 # 2**10 units of epsilon: 1.2e-4 relative in float32, 0.98 relative in float16 (unusable there:
@@ -35,11 +35,7 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, dtype=np.float32, wha
 
 def run(model: Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run `model` in onnxruntime with graph optimizations off (so ORT does not fold BN itself)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.to_onnx().SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    return session(model, optimize=False).run(None, feeds)
 
 
 def random_inputs(model: Model, seed: int = 0, batch: int = 2) -> dict[str, np.ndarray]:

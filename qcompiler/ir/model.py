@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -31,6 +32,9 @@ class Model:
         self.ir_version = ir_version
         self.path = path
         self.metadata = dict(metadata or {})
+        #: Tensor name -> quantization annotation (qcompiler.quant.annotation.TensorQuant), set
+        #: by annotate-quant and calibrate-ranges, consumed by insert-qdq; never saved to ONNX.
+        self.quant: dict[str, object] = {}
 
     # ---- conversion -------------------------------------------------------------------------
     @classmethod
@@ -50,6 +54,7 @@ class Model:
         """
         graph = self.graph.copy()
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        _pack_int4_constants(graph)
         proto = gs.export_onnx(graph, do_type_check=False)
         proto.ir_version = max(self.ir_version, 4)
         if proto.ir_version > MAX_WRITTEN_IR_VERSION:
@@ -59,7 +64,9 @@ class Model:
 
     def copy(self) -> Model:
         """A deep copy: passes that must not touch their input work on one."""
-        return Model(self.graph.copy(), ir_version=self.ir_version, path=self.path, metadata=self.metadata)
+        copied = Model(self.graph.copy(), ir_version=self.ir_version, path=self.path, metadata=self.metadata)
+        copied.quant = dict(self.quant)
+        return copied
 
     # ---- queries ------------------------------------------------------------------------------
     @property
@@ -134,7 +141,7 @@ class Model:
     # ---- edits --------------------------------------------------------------------------------
     def constant(self, name: str, values: np.ndarray) -> Constant:
         """A new constant tensor with a name unique in the graph."""
-        return Constant(self.unique_name(name), np.ascontiguousarray(values))
+        return Constant(self.unique_name(name), np.array(values, order="C"))  # keeps 0-d arrays 0-d
 
     def variable(self, name: str, dtype: np.dtype | None = None, shape: Sequence | None = None) -> Variable:
         """A new intermediate tensor with a name unique in the graph."""
@@ -151,7 +158,7 @@ class Model:
     def set_const_input(self, node: Node, index: int, values: np.ndarray, name: str | None = None) -> None:
         """Give `node` a new constant as input `index`, never mutating a constant others share."""
         old = self.input_or_none(node, index)
-        values = np.ascontiguousarray(values)
+        values = np.array(values, order="C")  # np.ascontiguousarray would make 0-d arrays 1-d
         if isinstance(old, Constant) and len(old.outputs) == 1:
             old.values = values
             return
@@ -161,15 +168,16 @@ class Model:
             node.inputs.append(Variable.empty())
         node.inputs[index] = new
 
-    def replace_all_uses(self, old: Tensor, new: Tensor) -> None:
-        """Make every reader of `old` read `new`; a graph output keeps its name.
+    def replace_all_uses(self, old: Tensor, new: Tensor, except_for: Node | None = None) -> None:
+        """Make every reader of `old` (but `except_for`) read `new`; a graph output keeps its name.
 
         When `old` is a graph output, `new` takes over its name if `new` is an intermediate
         tensor that is not itself an input or output of the graph; otherwise an Identity keeps
         the interface (the model's input and output names never change).
         """
         for consumer in self.consumers(old):
-            _swap(consumer.inputs, old, new)
+            if consumer is not except_for:
+                _swap(consumer.inputs, old, new)
         if not self.is_graph_output(old):
             return
         outputs = self.graph.outputs
@@ -276,3 +284,18 @@ def _swap(tensors: list, old: Tensor, new: Tensor) -> None:
     for i, tensor in enumerate(tensors):
         if tensor is old:
             tensors[i] = new
+
+
+_INT4_DTYPES = (np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.uint4))
+
+
+def _pack_int4_constants(graph: gs.Graph) -> None:
+    """Give INT4/UINT4 constants to graphsurgeon as packed TensorProtos.
+
+    graphsurgeon 0.5/0.6 writes an int4 array's bytes unpacked (one byte per value), which
+    onnx rejects; numpy_helper.from_array packs two values per byte as the format requires.
+    """
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, Constant) and not isinstance(tensor._values, gs.ir.tensor.LazyValues) \
+                and tensor.dtype in _INT4_DTYPES:
+            tensor.values = gs.ir.tensor.LazyValues(onnx.numpy_helper.from_array(np.asarray(tensor.values), tensor.name))

@@ -1,0 +1,141 @@
+"""annotate-quant: decide which tensors are quantized and how (DESIGN.md §4, placement rules).
+
+- Layers (Conv, ConvTranspose, Gemm, MatMul with a constant weight): the weight per output
+  channel; the data input; the output, or the output of a Relu/Clip that alone reads it.
+- Residual Add: its inputs and its output (or its Relu's).
+- Concat: inputs and output tied to one scale; pooling, Reshape, Flatten, Transpose,
+  (Un)Squeeze: output tied to its input (the values pass through unchanged).
+- Anything else stays float between the dequantized tensors around it.
+Tied tensors form groups (union-find); a group takes the widest bit width among its members.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qcompiler.ir import Model, Node
+from qcompiler.ops import QUANTIZED_LAYERS
+from qcompiler.pass_infra import Pass, PassResult
+from qcompiler.quant.annotation import FUSABLE_PRODUCERS, FUSED_ACTIVATIONS, PASS_THROUGH, TensorQuant
+from qcompiler.quant.presets import QuantConfig
+from qcompiler.registry import register
+
+
+def weight_axis(node: Node, weight: np.ndarray) -> int:
+    """The output-channel axis of a layer's weight."""
+    if node.op == "ConvTranspose":
+        return 1
+    if node.op == "Gemm":
+        return 0 if node.attrs.get("transB", 0) else 1
+    if node.op == "MatMul":
+        return weight.ndim - 1
+    return 0
+
+
+def quantized_layers(model: Model) -> list[Node]:
+    """Layers with a constant float weight as input 1, in topological order."""
+    layers = []
+    for node in model.graph.nodes:
+        weight = model.const_value(model.input_or_none(node, 1)) if node.op in QUANTIZED_LAYERS else None
+        if weight is not None and weight.dtype.kind == "f" and weight.ndim >= 1:
+            layers.append(node)
+    return layers
+
+
+@register("annotate-quant")
+class AnnotateQuant(Pass):
+    """Attach QuantSpecs to weights and activations according to a QuantConfig (preset + overrides)."""
+
+    def __init__(self, config: QuantConfig | None = None) -> None:
+        self.config = config or QuantConfig()
+
+    def call(self, model: Model) -> PassResult:
+        before = dict(model.quant)
+        requests: dict[str, int] = {}  # activation tensor name -> bits
+        parent: dict[str, str] = {}
+        layers = quantized_layers(model)
+        for layer in layers:
+            self._annotate_layer(model, layer, layer is layers[0] or layer is layers[-1], layer is layers[-1], requests)
+        for node in model.graph.nodes:
+            self._annotate_other(model, node, requests, parent)
+        self._tie_pass_through(model, requests, parent)
+        for name, bits in requests.items():
+            root = _find(parent, name)
+            group_bits = max(b for n, b in requests.items() if _find(parent, n) == root)
+            model.quant[name] = TensorQuant(self.config.activation_spec(group_bits), "activation", group=root)
+        return PassResult(model, _summary(model.quant) != _summary(before))
+
+    def _annotate_layer(self, model: Model, layer: Node, edge: bool, last: bool, requests: dict[str, int]) -> None:
+        weight_t = layer.inputs[1]
+        weight = model.const_value(weight_t)
+        spec = self.config.weight_spec(layer.name, weight_axis(layer, weight), edge)
+        if spec is None:
+            return
+        model.quant[weight_t.name] = TensorQuant(spec, "weight", layer=layer.name)
+        _request(model, layer.inputs[0], self.config.input_bits(layer.name, edge), requests)
+        out_bits = 8 if last and self.config.edge_8bit else self.config.preset.activation_bits
+        _request(model, _activation_output(model, layer), out_bits, requests)
+
+    def _annotate_other(self, model: Model, node: Node, requests: dict[str, int], parent: dict[str, str]) -> None:
+        bits = self.config.preset.activation_bits
+        if node.op == "Add" and sum(model.const_value(t) is None for t in node.inputs) == 2:
+            for tensor in node.inputs:
+                _request(model, tensor, bits, requests)
+            _request(model, _activation_output(model, node), bits, requests)
+        elif node.op == "Concat":
+            members = [t for t in [*node.inputs, node.outputs[0]] if _request(model, t, bits, requests)]
+            for tensor in members[1:]:
+                _union(parent, members[0].name, tensor.name)
+        elif node.op in FUSED_ACTIVATIONS:
+            producer = model.producer(node.inputs[0])
+            if producer is None or producer.op not in FUSABLE_PRODUCERS or not model.has_single_use(node.inputs[0]):
+                _request(model, node.inputs[0], bits, requests)
+                _request(model, node.outputs[0], bits, requests)
+
+    def _tie_pass_through(self, model: Model, requests: dict[str, int], parent: dict[str, str]) -> None:
+        """Tie pass-through outputs to their inputs, until no new tensor joins (chains of them)."""
+        changed = True
+        while changed:
+            changed = False
+            for node in model.graph.nodes:
+                if node.op not in PASS_THROUGH:
+                    continue
+                x, y = node.inputs[0], node.outputs[0]
+                if (x.name in requests) != (y.name in requests) or (x.name in requests and _find(parent, x.name) != _find(parent, y.name)):
+                    bits = max(requests.get(x.name, 0), requests.get(y.name, 0))
+                    if _request(model, x, bits, requests) and _request(model, y, bits, requests):
+                        _union(parent, x.name, y.name)
+                        changed = True
+
+
+def _activation_output(model: Model, node: Node):
+    """The tensor to quantize after `node`: its output, or that of a Relu/Clip that alone reads it."""
+    out = node.outputs[0]
+    readers = model.consumers(out)
+    if model.has_single_use(out) and readers[0].op in FUSED_ACTIVATIONS:
+        return readers[0].outputs[0]
+    return out
+
+
+def _request(model: Model, tensor, bits: int, requests: dict[str, int]) -> bool:
+    """Ask for `tensor` to be quantized (float, computed or a graph input); False if it cannot be."""
+    if model.const_value(tensor) is not None or tensor.dtype is None or np.dtype(tensor.dtype).kind != "f":
+        return False
+    requests[tensor.name] = max(requests.get(tensor.name, 0), bits)
+    return True
+
+
+def _find(parent: dict[str, str], name: str) -> str:
+    while parent.get(name, name) != name:
+        name = parent[name]
+    return name
+
+
+def _union(parent: dict[str, str], a: str, b: str) -> None:
+    ra, rb = _find(parent, a), _find(parent, b)
+    if ra != rb:
+        parent[rb] = ra
+
+
+def _summary(quant: dict) -> dict:
+    return {name: (tq.spec, tq.role, tq.group) for name, tq in quant.items()}

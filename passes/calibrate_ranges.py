@@ -1,0 +1,99 @@
+"""calibrate-ranges: run the float model on calibration data and set every quantizer's params.
+
+Weights are observed directly (per channel). Activations: onnxruntime runs the float graph
+with every annotated tensor exposed as an output, one batch at a time, and each tensor's
+observer streams over the batches (a second pass for histogram observers). Tensors tied into
+one group (Concat, pass-through ops) share the union of their ranges.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from qcompiler.data import Dataset
+from qcompiler.errors import PassError
+from qcompiler.executor import session
+from qcompiler.ir import Model
+from qcompiler.pass_infra import Pass, PassResult
+from qcompiler.progress import Progress
+from qcompiler.quant.maths import params_from_range
+from qcompiler.quant.observers import Observer, make_observer, weight_range
+from qcompiler.registry import register
+
+log = logging.getLogger(__name__)
+
+#: Bytes of intermediate tensors one batch may hold; the batch size follows from it.
+BATCH_MEMORY = 256 * 2**20
+
+
+@register("calibrate-ranges")
+class CalibrateRanges(Pass):
+    """Observe weights and activations (annotated by annotate-quant) and set their QuantParams."""
+
+    def __init__(self, data: Dataset | None = None, batch_size: int | None = None, progress: bool = True) -> None:
+        self.data, self.batch_size, self.progress = data, batch_size, progress
+
+    def requires(self, model: Model) -> None:
+        if any(tq.role == "activation" for tq in model.quant.values()) and self.data is None:
+            raise PassError("calibrate-ranges needs calibration data: CalibrateRanges(data=...)")
+
+    def call(self, model: Model) -> PassResult:
+        before = {name: tq.params for name, tq in model.quant.items()}
+        for name, tq in model.quant.items():
+            if tq.role == "weight":
+                lo, hi = weight_range(model.const_value(model.tensor(name)), tq.spec)
+                model.quant[name] = tq.with_params(params_from_range(lo, hi, tq.spec))
+        activations = [name for name, tq in model.quant.items() if tq.role == "activation"]
+        if activations:
+            ranges = self._observe(model, activations)
+            for name in activations:
+                tq = model.quant[name]
+                members = [n for n in activations if model.quant[n].group == tq.group]
+                lo = min(ranges[n][0] for n in members)
+                hi = max(ranges[n][1] for n in members)
+                model.quant[name] = tq.with_params(params_from_range(np.float32(lo), np.float32(hi), tq.spec))
+        modified = any(before[n] is not model.quant[n].params for n in model.quant)
+        return PassResult(model, modified)
+
+    def _observe(self, model: Model, names: list[str]) -> dict[str, tuple[float, float]]:
+        observers = {n: make_observer(model.quant[n].spec.observer) for n in names}
+        runner = session(model, extra_outputs=names)
+        batch = self.batch_size or _batch_size(model, names)
+        passes = 2 if any(o.two_pass for o in observers.values()) else 1
+        for index in range(passes):
+            self._one_pass(runner, observers, names, batch, index, passes)
+        return {n: _checked_range(n, o, model.quant[n].spec) for n, o in observers.items()}
+
+    def _one_pass(self, runner, observers: dict[str, Observer], names: list[str], batch: int, index: int, passes: int) -> None:
+        steps = -(-self.data.count // batch)
+        bar = Progress(f"calibrating ({'ranges' if index == 0 else 'histograms'}, pass {index + 1}/{passes})", steps,
+                       self.progress)
+        for feeds in self.data.batches(batch):
+            for name, value in zip(names, runner.run(names, feeds)):
+                observer = observers[name]
+                if index == 0:
+                    observer.observe(value)
+                elif observer.two_pass:
+                    observer.observe_again(value)
+            bar.advance()
+        bar.close()
+
+
+def _batch_size(model: Model, names: list[str]) -> int:
+    """As many samples as fit BATCH_MEMORY of observed tensors (symbolic dimensions count as 1)."""
+    tensors = model.tensors()
+    per_sample = 0
+    for name in names:
+        shape = tensors[name].shape or ()
+        per_sample += 4 * int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]] or [1]))
+    return int(np.clip(BATCH_MEMORY // max(per_sample, 1), 1, 256))
+
+
+def _checked_range(name: str, observer: Observer, spec) -> tuple[float, float]:
+    lo, hi = observer.range(spec)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise PassError(f"tensor {name!r}: calibration produced a non-finite range [{lo}, {hi}] "
+                        "(the float model overflows on the calibration data)")
+    return float(lo), float(hi)

@@ -1,0 +1,149 @@
+"""insert-qdq: turn calibrated QuantSpecs into standard QuantizeLinear/DequantizeLinear.
+
+After this pass the quantization lives only in the ONNX graph (DESIGN.md §4):
+- activation t:  t -> QuantizeLinear -> [Clip, for 2/3-bit] -> DequantizeLinear -> readers of t
+  (uint8 for 3..8 bits except 4; UINT4 for 4 bits; 2/3 bits use uint8 values clipped to the grid);
+- weight W: an int8 (or INT4, for 4 bits and below) initializer -> DequantizeLinear(axis) -> layer;
+- bias b of a layer whose input and weight are quantized: int32 with scale s_x * s_w, zero point 0.
+8-bit models need opset >= 13 (per-axis DequantizeLinear), INT4 needs opset 21: older models
+are converted with onnx.version_converter first.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+
+from qcompiler.errors import PassError, UnsupportedModelError
+from qcompiler.ir import Model, Node, Tensor
+from qcompiler.pass_infra import Pass, PassResult
+from qcompiler.quant.maths import quantize
+from qcompiler.quant.spec import QuantParams, QuantSpec
+from qcompiler.registry import register
+
+INT32_LIMIT = 2**31 - 1
+
+
+INT4_TYPES = (np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.uint4))
+
+
+def storage_dtype(spec: QuantSpec) -> np.dtype:
+    """The ONNX element type a spec's integers are stored in.
+
+    4-bit values, and signed (weight) values below 4 bits, are INT4/UINT4 on a smaller grid;
+    unsigned (activation) values below 4 bits are uint8, clipped to their grid after Quantize.
+    """
+    if spec.bits == 16:
+        return np.dtype(np.int16 if spec.signed else np.uint16)
+    if spec.bits == 4 or (spec.bits < 4 and spec.signed):
+        return INT4_TYPES[0] if spec.signed else INT4_TYPES[1]
+    return np.dtype(np.int8 if spec.signed else np.uint8)
+
+
+def needed_opset(model: Model) -> int:
+    """13 for per-axis 8-bit QDQ; 21 for INT4/UINT4 and 16-bit types."""
+    specs = [tq.spec for tq in model.quant.values()]
+    return 21 if any(storage_dtype(s) in INT4_TYPES or s.bits == 16 for s in specs) else 13
+
+
+@register("insert-qdq")
+class InsertQDQ(Pass):
+    """Materialize calibrated quantization as QuantizeLinear/DequantizeLinear nodes."""
+
+    def requires(self, model: Model) -> None:
+        missing = [name for name, tq in model.quant.items() if tq.params is None]
+        if missing:
+            raise PassError(f"insert-qdq: tensors {missing[:5]} have no calibrated params; run calibrate-ranges first")
+
+    def __init__(self) -> None:
+        #: After a run: each quantized tensor's name -> the name of its dequantized value in the
+        #: output (for comparing float and quantized tensors layer by layer).
+        self.dequantized: dict[str, str] = {}
+
+    def call(self, model: Model) -> PassResult:
+        self.dequantized = {}
+        if not model.quant:
+            return PassResult(model, False)
+        model = upgrade_opset(model, needed_opset(model))
+        tensors = model.tensors()
+        self._dq_tensors: dict[str, Tensor] = {}
+        for name, tq in model.quant.items():
+            if tq.role == "weight":
+                self._quantize_weight(model, tensors[name], tq)
+        for name, tq in model.quant.items():
+            if tq.role == "activation":
+                self._quantize_activation(model, tensors[name], tq.spec, tq.params)
+        model.quant = {}
+        model.finalize()
+        self.dequantized = {name: tensor.name for name, tensor in self._dq_tensors.items()}
+        return PassResult(model, True)
+
+    def _quantize_weight(self, model: Model, weight: Tensor, tq) -> None:
+        values = model.const_value(weight)
+        q = quantize(values, tq.params, tq.spec).astype(storage_dtype(tq.spec))
+        readers = model.consumers(weight)
+        dq = self._dequantize(model, model.constant(f"{weight.name}_quantized", q), tq.spec, tq.params,
+                              f"{weight.name}_dq", values.ndim)
+        for reader in readers:
+            reader.inputs[[i for i, t in enumerate(reader.inputs) if t is weight][0]] = dq
+            self._quantize_bias(model, reader, tq)
+
+    def _quantize_bias(self, model: Model, layer: Node, weight_tq) -> None:
+        """Bias as int32 with scale s_x * s_w (per channel), so the integer kernel adds it exactly."""
+        bias_t = model.input_or_none(layer, 2)
+        bias = model.const_value(bias_t)
+        x_tq = model.quant.get(layer.inputs[0].name)
+        if bias is None or x_tq is None or bias.ndim != 1 or layer.attrs.get("beta", 1.0) != 1.0:
+            return
+        scale = (x_tq.params.scale.astype(np.float64) * weight_tq.params.scale.astype(np.float64)).astype(np.float32)
+        if scale.size not in (1, bias.size):
+            return
+        q = np.clip(np.rint(bias.astype(np.float64) / scale), -INT32_LIMIT, INT32_LIMIT).astype(np.int32)
+        spec = QuantSpec(bits=8, signed=True, symmetric=True, axis=0 if scale.size > 1 else None)  # bits unused for int32
+        params = QuantParams(scale=scale, zero_point=np.zeros_like(scale, dtype=np.int32))
+        dq = self._dequantize(model, model.constant(f"{bias_t.name}_quantized", q), spec, params, f"{bias_t.name}_dq", 1)
+        layer.inputs[2] = dq
+
+    def _quantize_activation(self, model: Model, tensor: Tensor, spec: QuantSpec, params: QuantParams) -> None:
+        dtype = storage_dtype(spec)
+        scale = model.constant(f"{tensor.name}_scale", params.scale.astype(np.float32).reshape(()))
+        zero = model.constant(f"{tensor.name}_zero_point", params.zero_point.astype(dtype).reshape(()))
+        quantized = model.variable(f"{tensor.name}_q", dtype=dtype, shape=tensor.shape)
+        q_node = model.add_node("QuantizeLinear", [tensor, scale, zero], [quantized], name=f"{tensor.name}_quantize")
+        if spec.bits < 8 and dtype in (np.uint8, np.int8):  # 2/3-bit activations: uint8 clipped to the grid
+            lo = model.constant(f"{tensor.name}_qmin", np.array(spec.qmin, dtype))
+            hi = model.constant(f"{tensor.name}_qmax", np.array(spec.qmax, dtype))
+            clipped = model.variable(f"{tensor.name}_qc", dtype=dtype, shape=tensor.shape)
+            model.add_node("Clip", [quantized, lo, hi], [clipped], name=f"{tensor.name}_grid")
+            quantized = clipped
+        dequantized = model.variable(f"{tensor.name}_dq", dtype=tensor.dtype, shape=tensor.shape)
+        model.add_node("DequantizeLinear", [quantized, scale, zero], [dequantized], name=f"{tensor.name}_dequantize")
+        original_name = tensor.name
+        model.replace_all_uses(tensor, dequantized, except_for=q_node)  # may rename a graph output
+        self._dq_tensors[original_name] = dequantized
+
+    @staticmethod
+    def _dequantize(model: Model, q: Tensor, spec: QuantSpec, params: QuantParams, name: str, ndim: int) -> Tensor:
+        per_axis = spec.axis is not None and params.scale.ndim == 1
+        scale = model.constant(f"{name}_scale", params.scale.astype(np.float32) if per_axis else params.scale.reshape(()))
+        zp_values = params.zero_point.astype(q.values.dtype)
+        zero = model.constant(f"{name}_zero_point", zp_values if per_axis else zp_values.reshape(()))
+        out = model.variable(name, dtype=np.float32, shape=list(q.values.shape))
+        attrs = {"axis": spec.axis} if per_axis else {}
+        model.add_node("DequantizeLinear", [q, scale, zero], [out], attrs, name=f"{name}_node")
+        return out
+
+
+def upgrade_opset(model: Model, target: int) -> Model:
+    """The model converted to `target` if its opset is lower (quantization annotations kept)."""
+    if model.opset >= target:
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(model.to_onnx(), target)
+    except Exception as exc:  # the converter raises bare RuntimeErrors and more
+        raise UnsupportedModelError(f"{model.path or 'model'}: cannot convert from opset {model.opset} to {target}, "
+                                    f"which QDQ needs: {str(exc).splitlines()[0]}") from None
+    upgraded = Model.from_onnx(onnx.shape_inference.infer_shapes(converted), path=model.path)
+    upgraded.metadata, upgraded.quant = model.metadata, model.quant
+    return upgraded

@@ -1,0 +1,30 @@
+"""A minimal progress bar on stderr: redrawn in place on a terminal, a line per 10% otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, label: str, total: int, enabled: bool = True) -> None:
+        self.label, self.total, self.enabled = label, max(total, 1), enabled
+        self.done, self.start, self._last_decile = 0, time.perf_counter(), -1
+        self.tty = sys.stderr.isatty()
+
+    def advance(self, n: int = 1, note: str = "") -> None:
+        self.done = min(self.done + n, self.total)
+        if not self.enabled:
+            return
+        fraction = self.done / self.total
+        elapsed = time.perf_counter() - self.start
+        line = f"{self.label} {'#' * int(20 * fraction):<20} {self.done}/{self.total} {elapsed:5.1f}s {note}"
+        if self.tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif int(fraction * 10) != self._last_decile:
+            self._last_decile = int(fraction * 10)
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)

@@ -1,0 +1,28 @@
+"""What annotate-quant records per tensor, and the placement rules' op tables."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from qcompiler.quant.spec import QuantParams, QuantSpec
+
+#: Ops whose output may absorb a following Relu/Clip: quantize after the activation, not before.
+FUSABLE_PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"})
+FUSED_ACTIVATIONS = frozenset({"Relu", "Clip"})
+#: Ops whose output is quantized with their input's scale and zero point (the values pass through).
+PASS_THROUGH = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "Reshape", "Flatten", "Transpose",
+                          "Squeeze", "Unsqueeze"})
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TensorQuant:
+    """A tensor's quantization: spec, role, calibrated params, and the group whose params it shares."""
+
+    spec: QuantSpec
+    role: str  # "weight" or "activation"
+    params: QuantParams | None = None
+    group: str | None = None  # activations only: the representative tensor of its tie group
+    layer: str = ""  # weights: the layer that reads it
+
+    def with_params(self, params: QuantParams) -> TensorQuant:
+        return dataclasses.replace(self, params=params)

@@ -1,0 +1,154 @@
+"""Presets (named quantization schemes), per-layer overrides, and the config that holds both.
+
+Weights are symmetric, signed and per output channel; activations affine, unsigned and per
+tensor (DESIGN.md §4). In the low-bit presets the first and the last quantized layer keep 8-bit
+weights and 8-bit inputs, as BRECQ does; `keep_edge_layers_8bit=False` or an override changes it.
+2-bit weights are affine (4 levels: symmetric 2-bit would leave only {-s, 0, s}).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+from pathlib import Path
+
+from qcompiler.errors import UsageError
+from qcompiler.quant.observers import OBSERVERS, WEIGHT_OBSERVERS
+from qcompiler.quant.spec import BITS, QuantSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    weight_bits: int
+    activation_bits: int
+    per_channel: bool = True
+    weight_observer: str = "minmax"
+    activation_observer: str = "mse"
+    keep_edge_layers_8bit: bool = False
+    description: str = ""
+
+
+PRESETS = {p.name: p for p in (
+    Preset("w8a8", 8, 8, description="int8 per-channel weights, uint8 per-tensor activations"),
+    Preset("w8a8-per-tensor", 8, 8, per_channel=False, description="int8 per-tensor weights (the whitepaper's baseline)"),
+    Preset("w4a8", 4, 8, weight_observer="mse", keep_edge_layers_8bit=True, description="int4 weights, uint8 activations"),
+    Preset("w4a4", 4, 4, weight_observer="mse", keep_edge_layers_8bit=True, description="int4 weights, uint4 activations"),
+    Preset("w2a4", 2, 4, weight_observer="mse", keep_edge_layers_8bit=True, description="2-bit weights, uint4 activations"),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """Settings for the layers whose node name matches `pattern` (fnmatch: *, ?, [...])."""
+
+    pattern: str
+    weight_bits: int | None = None
+    activation_bits: int | None = None
+    weight_observer: str | None = None
+    skip: bool = False
+
+    KEYS = {"wbits": "weight_bits", "abits": "activation_bits", "wobserver": "weight_observer", "skip": "skip"}
+
+    def matches(self, layer_name: str) -> bool:
+        return fnmatch.fnmatchcase(layer_name, self.pattern)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    preset: Preset = PRESETS["w8a8"]
+    activation_observer: str | None = None  # None: the preset's
+    overrides: tuple[Override, ...] = ()
+    keep_edge_layers_8bit: bool | None = None  # None: the preset's
+
+    def weight_spec(self, layer: str, axis: int | None, edge: bool) -> QuantSpec | None:
+        """The weight spec of layer `layer` (None: left in float); `axis` its output-channel axis."""
+        bits, observer = self.preset.weight_bits, self.preset.weight_observer
+        if edge and self.edge_8bit:
+            bits = 8
+        for override in self.overrides:
+            if override.matches(layer):
+                if override.skip:
+                    return None
+                bits = override.weight_bits or bits
+                observer = override.weight_observer or observer
+        if bits == 8 and observer == "mse" and self.preset.weight_bits != 8:
+            observer = "minmax"  # 8-bit edge layers: minmax is as good and 20x faster
+        symmetric = bits != 2
+        return QuantSpec(bits=bits, signed=True, symmetric=symmetric, narrow=symmetric,
+                         axis=axis if self.preset.per_channel else None, observer=observer)
+
+    def activation_spec(self, bits: int | None = None) -> QuantSpec:
+        return QuantSpec(bits=bits or self.preset.activation_bits, signed=False, symmetric=False,
+                         observer=self.activation_observer or self.preset.activation_observer)
+
+    def input_bits(self, layer: str, edge: bool) -> int:
+        """Bits of the activation a layer reads (8 for edge layers in low-bit presets)."""
+        bits = 8 if edge and self.edge_8bit else self.preset.activation_bits
+        for override in self.overrides:
+            if override.matches(layer) and override.activation_bits:
+                bits = override.activation_bits
+        return bits
+
+    def skipped(self, layer: str) -> bool:
+        return any(o.skip and o.matches(layer) for o in self.overrides)
+
+    @property
+    def edge_8bit(self) -> bool:
+        return self.preset.keep_edge_layers_8bit if self.keep_edge_layers_8bit is None else self.keep_edge_layers_8bit
+
+
+def parse_override(text: str) -> Override:
+    """'PATTERN:key=value[,key=value]' with keys wbits, abits, wobserver, skip (e.g. '/fc/*:wbits=8')."""
+    pattern, sep, settings = text.rpartition(":")
+    if not sep or not pattern:
+        raise UsageError(f"--override {text!r}: expected PATTERN:key=value[,key=value] (keys: {', '.join(Override.KEYS)})")
+    values: dict[str, object] = {}
+    for item in filter(None, settings.split(",")):
+        key, eq, value = item.partition("=")
+        if key not in Override.KEYS or (not eq and key != "skip"):
+            raise UsageError(f"--override {text!r}: unknown setting {item!r}; keys: {', '.join(Override.KEYS)}")
+        values[Override.KEYS[key]] = _setting(key, value, text)
+    return Override(pattern, **values)
+
+
+def _setting(key: str, value: str, text: str):
+    if key == "skip":
+        return value.lower() not in ("0", "false", "no")
+    if key == "wobserver":
+        if value not in WEIGHT_OBSERVERS:
+            raise UsageError(f"--override {text!r}: weight observer must be one of {WEIGHT_OBSERVERS}")
+        return value
+    if not value.isdigit() or int(value) not in BITS or int(value) == 16:
+        raise UsageError(f"--override {text!r}: {key} must be one of 2..8")
+    return int(value)
+
+
+def load_config(path: Path | None, preset: str | None, observer: str | None, overrides: list[str]) -> QuantConfig:
+    """Combine a JSON config file (optional) with command-line settings, which win."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(f"--config {path}: cannot read it as JSON: {exc}") from None
+        unknown = set(data) - {"preset", "observer", "overrides", "keep_edge_layers_8bit"}
+        if unknown:
+            raise UsageError(f"--config {path}: unknown keys {sorted(unknown)}")
+    name = preset or data.get("preset", "w8a8")
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    observer = observer or data.get("observer")
+    if observer is not None and observer not in OBSERVERS:
+        raise UsageError(f"unknown observer {observer!r}; observers: {', '.join(OBSERVERS)}")
+    file_overrides = [parse_override(o) if isinstance(o, str) else _override_from_dict(o, path) for o in data.get("overrides", [])]
+    return QuantConfig(PRESETS[name], observer, tuple(file_overrides + [parse_override(o) for o in overrides]),
+                       data.get("keep_edge_layers_8bit"))
+
+
+def _override_from_dict(item: dict, path) -> Override:
+    if "pattern" not in item:
+        raise UsageError(f"--config {path}: every override needs a 'pattern'")
+    text = item["pattern"] + ":" + ",".join(f"{k}={v}" for k, v in item.items() if k != "pattern")
+    return parse_override(text)
