@@ -50,7 +50,7 @@ class AnnotateQuant(Pass):
         self.config = config or QuantConfig()
 
     def call(self, model: Model) -> PassResult:
-        before = dict(model.quant)
+        before = model.fingerprint()
         requests: dict[str, int] = {}  # activation tensor name -> bits
         parent: dict[str, str] = {}
         layers = quantized_layers(model)
@@ -63,7 +63,7 @@ class AnnotateQuant(Pass):
             root = _find(parent, name)
             group_bits = max(b for n, b in requests.items() if _find(parent, n) == root)
             model.quant[name] = TensorQuant(self.config.activation_spec(group_bits), "activation", group=root)
-        return PassResult(model, _summary(model.quant) != _summary(before))
+        return PassResult(model, model.fingerprint() != before)
 
     def _annotate_layer(self, model: Model, layer: Node, edge: bool, last: bool, requests: dict[str, int]) -> None:
         weight_t = layer.inputs[1]
@@ -135,7 +135,3 @@ def _union(parent: dict[str, str], a: str, b: str) -> None:
     ra, rb = _find(parent, a), _find(parent, b)
     if ra != rb:
         parent[rb] = ra
-
-
-def _summary(quant: dict) -> dict:
-    return {name: (tq.spec, tq.role, tq.group) for name, tq in quant.items()}

@@ -40,7 +40,7 @@ class CalibrateRanges(Pass):
             raise PassError("calibrate-ranges needs calibration data: CalibrateRanges(data=...)")
 
     def call(self, model: Model) -> PassResult:
-        before = {name: tq.params for name, tq in model.quant.items()}
+        before = model.fingerprint()
         for name, tq in model.quant.items():
             if tq.role == "weight":
                 lo, hi = weight_range(model.const_value(model.tensor(name)), tq.spec)
@@ -54,8 +54,7 @@ class CalibrateRanges(Pass):
                 lo = min(ranges[n][0] for n in members)
                 hi = max(ranges[n][1] for n in members)
                 model.quant[name] = tq.with_params(params_from_range(np.float32(lo), np.float32(hi), tq.spec))
-        modified = any(before[n] is not model.quant[n].params for n in model.quant)
-        return PassResult(model, modified)
+        return PassResult(model, model.fingerprint() != before)
 
     def _observe(self, model: Model, names: list[str]) -> dict[str, tuple[float, float]]:
         observers = {n: make_observer(model.quant[n].spec.observer) for n in names}

@@ -1,8 +1,11 @@
 """insert-qdq: turn calibrated QuantSpecs into standard QuantizeLinear/DequantizeLinear.
 
 After this pass the quantization lives only in the ONNX graph (DESIGN.md §4):
-- activation t:  t -> QuantizeLinear -> [Clip, for 2/3-bit] -> DequantizeLinear -> readers of t
-  (uint8 for 3..8 bits except 4; UINT4 for 4 bits; 2/3 bits use uint8 values clipped to the grid);
+- activation t:  t -> QuantizeLinear -> [Clip, below 8 bits] -> DequantizeLinear -> readers of t
+  (uint8; below 8 bits the uint8 values are clipped to the smaller grid. Not UINT4: onnxruntime
+  1.31's default graph optimizer (ClipQuantFusion) aborts the session on a UINT4 zero point after
+  a Relu/Clip, and TVM's importer rejects INT4 initializers, so 4-bit activations as UINT4 would
+  not run where users run them);
 - weight W: an int8 (or INT4, for 4 bits and below) initializer -> DequantizeLinear(axis) -> layer;
 - bias b of a layer whose input and weight are quantized: int32 with scale s_x * s_w, zero point 0.
 8-bit models need opset >= 13 (per-axis DequantizeLinear), INT4 needs opset 21: older models
@@ -31,13 +34,13 @@ INT4_TYPES = (np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.uint4))
 def storage_dtype(spec: QuantSpec) -> np.dtype:
     """The ONNX element type a spec's integers are stored in.
 
-    4-bit values, and signed (weight) values below 4 bits, are INT4/UINT4 on a smaller grid;
-    unsigned (activation) values below 4 bits are uint8, clipped to their grid after Quantize.
+    Signed (weight) values of 4 bits and below are INT4 (2/3 bits on a smaller grid); unsigned
+    (activation) values below 8 bits are uint8, clipped to their grid after QuantizeLinear.
     """
     if spec.bits == 16:
         return np.dtype(np.int16 if spec.signed else np.uint16)
-    if spec.bits == 4 or (spec.bits < 4 and spec.signed):
-        return INT4_TYPES[0] if spec.signed else INT4_TYPES[1]
+    if spec.bits <= 4 and spec.signed:
+        return INT4_TYPES[0]
     return np.dtype(np.int8 if spec.signed else np.uint8)
 
 
@@ -111,7 +114,7 @@ class InsertQDQ(Pass):
         zero = model.constant(f"{tensor.name}_zero_point", params.zero_point.astype(dtype).reshape(()))
         quantized = model.variable(f"{tensor.name}_q", dtype=dtype, shape=tensor.shape)
         q_node = model.add_node("QuantizeLinear", [tensor, scale, zero], [quantized], name=f"{tensor.name}_quantize")
-        if spec.bits < 8 and dtype in (np.uint8, np.int8):  # 2/3-bit activations: uint8 clipped to the grid
+        if spec.bits < 8 and dtype in (np.uint8, np.int8):  # low-bit activations: uint8 clipped to the grid
             lo = model.constant(f"{tensor.name}_qmin", np.array(spec.qmin, dtype))
             hi = model.constant(f"{tensor.name}_qmax", np.array(spec.qmax, dtype))
             clipped = model.variable(f"{tensor.name}_qc", dtype=dtype, shape=tensor.shape)

@@ -17,6 +17,10 @@ from qcompiler.errors import QCompilerError, UsageError
 
 log = logging.getLogger("qcompiler")
 
+# Names for --help only (the modules that own them are imported when a command runs).
+PRESET_NAMES = ("w8a8", "w8a8-per-tensor", "w4a8", "w4a4", "w2a4")
+OBSERVER_NAMES = ("minmax", "ema", "percentile", "mse", "kl")
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (exit 2, one line) instead of printing and exiting itself."""
@@ -60,6 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the model after pass NAME as OUTPUT.after-NAME.onnx (repeatable)")
     p.add_argument("--time", action="store_true", help="print the time each pass took")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX checker after each pass")
+
+    p = sub.add_parser("quantize", help="post-training quantization to a QDQ ONNX model, with a report")
+    p.add_argument("model", type=Path)
+    p.add_argument("--calib", required=True, help="calibration data: .npz (arrays named after the inputs, "
+                   "samples first), .npy (one-input models) or a folder of images")
+    p.add_argument("-o", "--output-dir", type=Path, required=True, help="writes model.qdq.onnx and report.html here")
+    p.add_argument("--preset", help=f"quantization scheme (default w8a8): {', '.join(PRESET_NAMES)}")
+    p.add_argument("--observer", help=f"activation range observer: {', '.join(OBSERVER_NAMES)} (default: the preset's, mse)")
+    p.add_argument("--override", action="append", default=[], metavar="PATTERN:KEY=VALUE",
+                   help="per-layer settings for node names matching PATTERN: wbits=, abits=, wobserver=, skip "
+                   "(e.g. '/fc/*:wbits=8'; repeatable)")
+    p.add_argument("--config", type=Path, help='JSON file: {"preset": ..., "observer": ..., "overrides": '
+                   '[{"pattern": ..., "wbits": 8}], "keep_edge_layers_8bit": true}')
+    p.add_argument("--eval", help="held-out data like --calib, optionally with a 'labels' array: accuracy, "
+                   "agreement, KL and SQNR against the float model")
+    p.add_argument("--calib-count", type=int, help="use at most this many calibration samples")
+    p.add_argument("--preprocess", default="none", help="for image folders: 'imagenet', or "
+                   "'resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW,color=RGB'")
+    p.add_argument("--batch-size", type=int, help="calibration batch size (default: what fits 256 MiB of activations)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sub.add_parser("passes", help="list the registered passes")
 
@@ -144,6 +168,44 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import time
+
+    from qcompiler import files, ir
+    from qcompiler.data import ImagePreprocess, load_data
+    from qcompiler.driver import constant_bytes, quantize
+    from qcompiler.evaluate import evaluate, tensor_errors
+    from qcompiler.quant.presets import load_config
+    from qcompiler.report import ReportData, summary_table, write_html
+
+    start = time.perf_counter()
+    config = load_config(args.config, args.preset, args.observer, args.override)
+    model = ir.load(args.model)
+    progress = not args.no_progress
+    result = quantize(model, args.calib, config, calib_count=args.calib_count, batch_size=args.batch_size,
+                      preprocess=ImagePreprocess.parse(args.preprocess), progress=progress)
+    evaluation = None
+    if args.eval:
+        eval_data = load_data(args.eval, result.float_model, what="evaluation",
+                              preprocess=ImagePreprocess.parse(args.preprocess))
+        evaluation = evaluate(result.float_model, result.qdq, eval_data, progress=progress)
+    tensors = tensor_errors(result.annotated, result.qdq, result.dequantized, result.calibration.head(64))
+    weights = {n: result.annotated.const_value(result.annotated.tensor(n))
+               for n, tq in result.annotated.quant.items() if tq.role == "weight"}
+    report = ReportData(
+        model_path=str(args.model), preset=config.preset.name,
+        observer=config.activation_observer or config.preset.activation_observer,
+        calibration=str(args.calib), calibration_samples=result.calibration.count, evaluation=evaluation,
+        evaluation_source=str(args.eval), tensors=tensors, float_bytes=constant_bytes(result.float_model),
+        quant_bytes=constant_bytes(result.qdq), seconds=time.perf_counter() - start, weight_values=weights)
+    out = files.prepare_output_dir(args.output_dir)
+    ir.save(result.qdq, out / "model.qdq.onnx")
+    files.write_text_atomic(out / "report.html", write_html(report))
+    print(summary_table(report))
+    print(f"wrote {out / 'model.qdq.onnx'} and {out / 'report.html'}")
+    return 0
+
+
 def cmd_passes(args: argparse.Namespace) -> int:
     from qcompiler.passes import DEFAULT_PIPELINE, registered_passes
 
@@ -200,7 +262,8 @@ def _equivalence(reference, optimized) -> str:
     return f"{verdict}: max |difference| {worst:.2g} of the output's range (random inputs, onnxruntime)"
 
 
-COMMANDS = {"inspect": cmd_inspect, "optimize": cmd_optimize, "passes": cmd_passes, "demo": cmd_demo}
+COMMANDS = {"inspect": cmd_inspect, "optimize": cmd_optimize, "quantize": cmd_quantize, "passes": cmd_passes,
+            "demo": cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -91,6 +91,12 @@ def load_data(source, model: Model, *, what: str = "calibration", preprocess: Im
 def read_array_file(path: Path, inputs: list[InputInfo]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     if not path.exists():
         raise CalibrationDataError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not (magic.startswith(b"PK\x03\x04") or magic == b"\x93NUMPY"):
+        # Anything else np.load would hand to pickle: refuse before it gets the chance.
+        raise CalibrationDataError(f"{path}: not a numpy .npz/.npy file (it starts with {magic!r}); "
+                                   "save the data with np.savez")
     try:
         if path.suffix == ".npy":
             if len(inputs) != 1:

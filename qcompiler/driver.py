@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
+
 from qcompiler.data import Dataset, ImagePreprocess, load_data
 from qcompiler.ir import Model
 from qcompiler.pass_infra import Pass, PassContext, PassManager
@@ -50,3 +52,14 @@ def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_co
     insert = InsertQDQ()
     qdq = PassManager([insert], context)(annotated.copy()).model
     return Quantized(float_model, annotated, qdq, insert.dequantized, config, data)
+
+
+def constant_bytes(model: Model) -> int:
+    """Bytes of a model's constants as stored in ONNX (INT4/UINT4 two values per byte)."""
+    total = 0
+    for tensor in model.tensors().values():
+        values = getattr(tensor, "values", None)
+        if values is not None:
+            values = np.asarray(values)
+            total += (values.size + 1) // 2 if values.dtype.name in ("int4", "uint4") else values.nbytes
+    return total

@@ -7,6 +7,7 @@ keeps producers and consumers, or how a graph output keeps its name when its pro
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Sequence
 
@@ -261,7 +262,8 @@ class Model:
             for n in self.graph.nodes
         ))
         io = (tuple(t.name for t in self.graph.inputs), tuple(t.name for t in self.graph.outputs))
-        return nodes, io
+        quant = tuple(sorted((name, _annotation_key(tq)) for name, tq in self.quant.items()))
+        return nodes, io, quant
 
     def __repr__(self) -> str:
         return (f"Model({self.graph.name!r}, opset {self.opset}, {len(self.graph.nodes)} nodes, "
@@ -274,6 +276,20 @@ def ops_histogram(nodes: Iterable[Node]) -> dict[str, int]:
     for node in nodes:
         counts[node.op] = counts.get(node.op, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _annotation_key(annotation) -> tuple:
+    """A comparable form of a quantization annotation (a dataclass that may hold numpy arrays)."""
+    fields = dataclasses.asdict(annotation) if dataclasses.is_dataclass(annotation) else {"value": annotation}
+    return tuple(sorted((k, _plain(v)) for k, v in fields.items()))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return tuple(sorted((k, _plain(v)) for k, v in value.items()))
+    if isinstance(value, np.ndarray):
+        return (value.dtype.str, value.shape, value.tobytes())
+    return repr(value)
 
 
 def _swap(tensors: list, old: Tensor, new: Tensor) -> None:

@@ -39,3 +39,24 @@ def test_pass_contract(name, model_name, loaded):
 
 def test_every_model_is_there():
     assert len(MODELS) == 5
+
+
+@pytest.mark.parametrize("model_name", ["fashion_resnet8", "fashion_mobilenetv2"])
+def test_quantization_passes_contract(model_name, loaded):
+    """calibrate-ranges and insert-qdq need annotations (and data): the contract on real ones."""
+    from qcompiler import models
+    from qcompiler.data import load_data
+    from qcompiler.passes import AnnotateQuant, CalibrateRanges, Canonicalize, FoldBatchNorm, InsertQDQ
+
+    model = FoldBatchNorm()(Canonicalize()(loaded[model_name].copy()).model).model
+    data = load_data(models.path(models.FASHION_SUBSET), model).head(64)
+    steps = [AnnotateQuant(), CalibrateRanges(data, progress=False), InsertQDQ()]
+    for step in steps:
+        before = model.fingerprint()
+        result = step(model.copy())
+        assert result.modified and result.model.fingerprint() != before
+        again = type(step)(**({"data": data, "progress": False} if isinstance(step, CalibrateRanges) else {}))(
+            result.model.copy())
+        assert not again.modified and again.model.fingerprint() == result.model.fingerprint()
+        onnx.checker.check_model(result.model.to_onnx(), full_check=True)
+        model = result.model

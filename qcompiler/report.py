@@ -1,0 +1,151 @@
+"""The quantization report: a summary table for the terminal, and report.html with plots.
+
+The HTML is one self-contained file (plots inlined as PNG) so it can be mailed or archived.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import math
+
+import numpy as np
+
+from qcompiler import __version__
+from qcompiler.evaluate import Evaluation, TensorError
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportData:
+    model_path: str
+    preset: str
+    observer: str
+    calibration: str
+    calibration_samples: int
+    evaluation: Evaluation | None
+    evaluation_source: str
+    tensors: list[TensorError]
+    float_bytes: int
+    quant_bytes: int
+    seconds: float
+    weight_values: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def summary_table(r: ReportData) -> str:
+    """The table `qcompiler quantize` prints."""
+    rows = [("model", r.model_path), ("preset", r.preset), ("activation observer", r.observer),
+            ("calibration", f"{r.calibration_samples} samples from {r.calibration}"),
+            ("weights", f"{_mib(r.float_bytes)} float -> {_mib(r.quant_bytes)} quantized "
+                        f"({r.float_bytes / max(r.quant_bytes, 1):.2f}x smaller)")]
+    e = r.evaluation
+    if e is not None:
+        rows.append(("evaluated on", f"{e.samples} samples from {r.evaluation_source}"))
+        if e.float_top1 is not None:
+            rows.append(("top-1 float / quantized", f"{e.float_top1:.4f} / {e.quant_top1:.4f}  (drop {100 * e.drop:+.2f} points)"))
+        rows.append(("top-1 agreement", f"{e.agreement:.4f}"))
+        rows.append(("KL(float || quantized)", f"{e.kl:.5f} nats"))
+        rows.append(("output SQNR", f"{e.sqnr_db:.1f} dB"))
+    worst = sorted((t for t in r.tensors if math.isfinite(t.sqnr_db)), key=lambda t: t.sqnr_db)[:3]
+    if worst:
+        rows.append(("lowest SQNR tensors", "; ".join(f"{t.name} {t.sqnr_db:.1f} dB" for t in worst)))
+    rows.append(("time", f"{r.seconds:.1f} s"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def write_html(r: ReportData) -> str:
+    """The report as an HTML string."""
+    plots = [("Per-tensor SQNR (dB): float against quantized", _sqnr_plot(r.tensors)),
+             ("Weight ranges per layer", _range_plot([t for t in r.tensors if t.role == "weight"])),
+             ("Weight histograms of the six lowest-SQNR layers",
+              _weight_histograms([t for t in r.tensors if t.role == "weight"], r.weight_values)),
+             ("Activation quantization ranges", _range_plot([t for t in r.tensors if t.role == "activation"]))]
+    table = "".join(
+        f"<tr><td>{html.escape(t.name)}</td><td>{t.role}</td><td>{html.escape(t.spec)}</td>"
+        f"<td>{t.sqnr_db:.1f}</td><td>{t.lo:.4g}</td><td>{t.hi:.4g}</td></tr>" for t in r.tensors)
+    summary = html.escape(summary_table(r))
+    figures = "".join(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{png}'>" for title, png in plots if png)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>qcompiler report: {html.escape(r.model_path)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}pre{{background:#f6f6f6;padding:1em}}img{{max-width:100%}}</style>
+</head><body>
+<h1>Quantization report</h1>
+<pre>{summary}</pre>
+<p>Float and quantized models both run in onnxruntime. SQNR = 10 log10(sum x^2 / sum (x - x_q)^2): weights
+against their fake-quantized values; activations against the quantized model's dequantized tensor on
+the first calibration samples. Made by qcompiler {__version__}.</p>
+{figures}
+<h2>Every quantized tensor</h2>
+<table><tr><th>tensor</th><th>role</th><th>quantizer</th><th>SQNR dB</th><th>range lo</th><th>range hi</th></tr>
+{table}</table>
+</body></html>
+"""
+
+
+def _figure_png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _sqnr_plot(tensors: list[TensorError]) -> str:
+    if not tensors:
+        return ""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, 0.22 * len(tensors) + 1))
+    values = [min(t.sqnr_db, 99.0) for t in tensors]
+    colors = ["tab:blue" if t.role == "weight" else "tab:orange" for t in tensors]
+    ax.barh(range(len(tensors)), values, color=colors)
+    ax.set_yticks(range(len(tensors)), [t.name[-40:] for t in tensors], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("SQNR (dB); blue: weights, orange: activations")
+    return _figure_png(fig)
+
+
+def _range_plot(tensors: list[TensorError]) -> str:
+    if not tensors:
+        return ""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, 0.22 * len(tensors) + 1))
+    lows, highs = np.array([t.lo for t in tensors]), np.array([t.hi for t in tensors])
+    ax.barh(range(len(tensors)), highs - lows, left=lows, color="tab:green")
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_yticks(range(len(tensors)), [t.name[-40:] for t in tensors], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("value range")
+    return _figure_png(fig)
+
+
+def _weight_histograms(weights: list[TensorError], values: dict[str, np.ndarray]) -> str:
+    worst = sorted((t for t in weights if t.name in values), key=lambda t: t.sqnr_db)[:6]
+    if not worst:
+        return ""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(11, 5))
+    for ax, t in zip(axes.flat, worst):
+        ax.hist(values[t.name].ravel(), bins=101, log=True, color="tab:blue")
+        ax.set_title(f"{t.name[-30:]}\n{t.spec}, {t.sqnr_db:.1f} dB", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(worst):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
