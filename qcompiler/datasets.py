@@ -71,3 +71,32 @@ def load_foolbox_imagenet(size: int = 224) -> tuple[np.ndarray, np.ndarray]:
     images = ((np.stack(pixels) - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2).astype(np.float32)
     labels = np.array([int(f.stem.rsplit("_", 1)[1]) for f in files], dtype=np.int64)
     return images, labels
+
+
+OPENCV_SAMPLES_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
+#: scikit-image's bundled colour photographs (natural scenes and objects, not ImageNet).
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "motorcycle_right.png",
+                  "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "color.png", "brick.png",
+                  "grass.png", "gravel.png")
+
+
+def unlabelled_photos() -> dict[str, list[Path]]:
+    """Unlabelled colour photos by source: Debian's opencv-doc samples and scikit-image's data
+    folder (read from the installed package, never imported). Sources not installed are empty."""
+    import importlib.util
+
+    from PIL import Image
+
+    opencv = []
+    if OPENCV_SAMPLES_DIR.is_dir():
+        for path in sorted(OPENCV_SAMPLES_DIR.glob("*")):
+            if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+                with Image.open(path) as image:
+                    if image.mode in ("RGB", "RGBA", "P") and min(image.size) >= 128:
+                        opencv.append(path)
+    spec = importlib.util.find_spec("skimage")
+    skimage = []
+    if spec is not None:
+        folder = Path(spec.submodule_search_locations[0]) / "data"
+        skimage = [folder / name for name in SKIMAGE_PHOTOS if (folder / name).is_file()]
+    return {"opencv-doc": opencv, "scikit-image": skimage}
