@@ -110,3 +110,10 @@ def test_weight_mse_per_channel_never_worse_than_minmax():
         chosen = lp_error(w[c], lo[c], hi[c], row_spec)
         assert chosen <= lp_error(w[c], w[c].min(), w[c].max(), row_spec) + 1e-9
         assert chosen == pytest.approx(min(lp_error(w[c], w[c].min() * r, w[c].max() * r, row_spec) for r in CLIP_RATIOS))
+
+
+def test_kl_ignores_the_zero_spike_of_a_relu_output():
+    """Half the values exactly 0 (a ReLU): the threshold still covers the bulk of the positives."""
+    x = np.maximum(RNG.normal(size=200_000), 0).astype(np.float32)
+    _, hi = stream(KlObserver(), x)
+    assert hi >= np.percentile(x[x > 0], 99)
