@@ -35,19 +35,24 @@ def summary(out: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("model", [RESNET, MOBILENET], ids=["resnet8", "mobilenetv2"])
 def test_w8a8_accuracy_on_the_bundled_subset(model, tmp_path, capsys):
-    """W8A8 (the default) keeps accuracy: the drop on the 300 labelled images is at most 1 point
-    (3 images), against the benchmark's full-test-set target of 0.3 points."""
-    code, out, err = cli(capsys, "quantize", model, "--calib", SUBSET, "--eval", SUBSET, "-o", tmp_path)
+    """W8A8 (the default) keeps accuracy: calibrated on 150 bundled images, the drop on the other
+    150 is at most 1.34 points (2 images), against the benchmark's full-test-set target of 0.3."""
+    data = np.load(SUBSET)
+    np.savez(tmp_path / "calib.npz", input=data["input"][:150])
+    np.savez(tmp_path / "eval.npz", input=data["input"][150:], labels=data["labels"][150:])
+    out_dir = tmp_path / "out"
+    code, out, err = cli(capsys, "quantize", model, "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz",
+                         "-o", out_dir)
     assert code == 0, err
     table = summary(out)
     float_top1, quant_top1 = (float(v) for v in table["top-1 float / quantized"].split("(")[0].split("/"))
-    assert float_top1 - quant_top1 <= 0.01
+    assert float_top1 - quant_top1 <= 2 / 150 + 1e-9
     assert float(table["top-1 agreement"]) >= 0.98
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.qdq.onnx", "report.html"]
-    report = (tmp_path / "report.html").read_text()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["model.qdq.onnx", "report.html"]
+    report = (out_dir / "report.html").read_text()
     assert "Every quantized tensor" in report and report.count("data:image/png;base64,") == 4
-    labels = np.load(SUBSET)["labels"]
-    logits = session(ir.load(tmp_path / "model.qdq.onnx")).run(None, {"input": np.load(SUBSET)["input"]})[0]
+    labels = data["labels"][150:]
+    logits = session(ir.load(out_dir / "model.qdq.onnx")).run(None, {"input": data["input"][150:]})[0]
     assert f"{float((logits.argmax(1) == labels).mean()):.4f}" == f"{quant_top1:.4f}"
 
 
@@ -177,7 +182,7 @@ def test_bad_eval_data_is_exit_5_and_nothing_written(bad_data, tmp_path, capsys)
     (["--preset", "w3a3"], "unknown preset 'w3a3'"),
     (["--observer", "magic"], "unknown observer 'magic'"),
     (["--override", "no-colon"], "expected PATTERN:key=value"),
-    (["--override", "x:wbits=9"], "wbits must be one of 2..8"),
+    (["--override", "x:wbits=9"], "wbits must be one of 2..8 or 16"),
 ])
 def test_bad_options_are_usage_errors(args, fragment, tmp_path, capsys):
     code, _, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "-o", tmp_path / "o", *args)

@@ -309,9 +309,23 @@ def _pack_int4_constants(graph: gs.Graph) -> None:
     """Give INT4/UINT4 constants to graphsurgeon as packed TensorProtos.
 
     graphsurgeon 0.5/0.6 writes an int4 array's bytes unpacked (one byte per value), which
-    onnx rejects; numpy_helper.from_array packs two values per byte as the format requires.
+    onnx rejects, and onnx < 1.19 cannot pack ml_dtypes arrays itself: pack them here.
     """
     for tensor in graph.tensors().values():
         if isinstance(tensor, Constant) and not isinstance(tensor._values, gs.ir.tensor.LazyValues) \
                 and tensor.dtype in _INT4_DTYPES:
-            tensor.values = gs.ir.tensor.LazyValues(onnx.numpy_helper.from_array(np.asarray(tensor.values), tensor.name))
+            tensor.values = gs.ir.tensor.LazyValues(int4_tensor_proto(np.asarray(tensor.values), tensor.name))
+
+
+def int4_tensor_proto(values: np.ndarray, name: str) -> onnx.TensorProto:
+    """An INT4/UINT4 TensorProto: two values per byte, the first in the low nibble (ONNX spec)."""
+    nibbles = values.astype(np.int8).ravel().view(np.uint8) & 0x0F
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    packed = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
+    proto = onnx.TensorProto()
+    proto.name = name
+    proto.data_type = onnx.TensorProto.INT4 if values.dtype == _INT4_DTYPES[0] else onnx.TensorProto.UINT4
+    proto.dims.extend(values.shape)
+    proto.raw_data = packed.tobytes()
+    return proto

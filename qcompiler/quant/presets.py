@@ -120,8 +120,8 @@ def _setting(key: str, value: str, text: str):
         if value not in WEIGHT_OBSERVERS:
             raise UsageError(f"--override {text!r}: weight observer must be one of {WEIGHT_OBSERVERS}")
         return value
-    if not value.isdigit() or int(value) not in BITS or int(value) == 16:
-        raise UsageError(f"--override {text!r}: {key} must be one of 2..8")
+    if not value.isdigit() or int(value) not in BITS:
+        raise UsageError(f"--override {text!r}: {key} must be one of 2..8 or 16")
     return int(value)
 
 

@@ -132,3 +132,15 @@ def test_high_ir_version_is_written_runnable(tmp_path):
     model.ir_version = 14
     assert model.to_onnx().ir_version <= 10
     testing.run(model, testing.random_inputs(model))
+
+
+@pytest.mark.parametrize("kind", ["int4", "uint4"])
+def test_int4_constants_are_packed_as_onnx_specifies(kind):
+    import ml_dtypes
+    from onnx import numpy_helper
+
+    values = np.array([[-8, 7, 0], [1, -1, 3]] if kind == "int4" else [[0, 15, 7], [1, 2, 3]], dtype=getattr(ml_dtypes, kind))
+    proto = ir.model.int4_tensor_proto(values, "w")
+    assert proto.data_type == getattr(onnx.TensorProto, kind.upper())
+    assert len(proto.raw_data) == 3  # six values, two per byte
+    assert np.array_equal(numpy_helper.to_array(proto).astype(np.int8), values.astype(np.int8))

@@ -116,3 +116,19 @@ def test_two_and_three_bit_activations_are_clipped_to_their_grid():
     assert clips and all(int(result.qdq.const_value(c.inputs[2])) == 7 for c in clips)
     (got,) = session(result.qdq).run(None, {"x": x})
     assert np.isfinite(got).all()
+
+
+def test_sixteen_bit_activations_and_weights():
+    """16-bit quantizers: int16 weights and uint16 activations at opset 21, near-float accuracy."""
+    x = np.random.default_rng(3).normal(size=(64, 8)).astype(np.float32)
+    result = quantize(mlp(), {"x": x}, load_config(None, "w8a8", "minmax", ["*:wbits=16,abits=16"]), progress=False)
+    proto = result.qdq.to_onnx()
+    assert proto.opset_import[0].version == 21
+    inits = {i.name: i.data_type for i in proto.graph.initializer}
+    assert onnx.TensorProto.INT16 in inits.values() and onnx.TensorProto.UINT16 in inits.values()
+    quant = result.annotated.quant
+    assert quant["x"].spec.bits == 16 and quant["w1"].spec.bits == 16
+    assert quant["y"].spec.bits == 8  # an override sets a layer's weight and input, not its output
+    (got,) = session(result.qdq).run(None, {"x": x})
+    (expected,) = session(result.float_model).run(None, {"x": x})
+    assert np.max(np.abs(got - expected)) <= float(quant["y"].params.scale)  # the 8-bit output's LSB
