@@ -13,7 +13,7 @@ import logging
 import numpy as np
 
 from qcompiler.data import Dataset
-from qcompiler.errors import PassError
+from qcompiler.errors import CalibrationDataError, PassError
 from qcompiler.executor import session
 from qcompiler.ir import Model
 from qcompiler.pass_infra import Pass, PassResult
@@ -93,6 +93,6 @@ def _batch_size(model: Model, names: list[str]) -> int:
 def _checked_range(name: str, observer: Observer, spec) -> tuple[float, float]:
     lo, hi = observer.range(spec)
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise PassError(f"tensor {name!r}: calibration produced a non-finite range [{lo}, {hi}] "
-                        "(the float model overflows on the calibration data)")
+        raise CalibrationDataError(f"tensor {name!r}: the float model computes non-finite values [{lo}, {hi}] on "
+                                   "the calibration data (overflow?); check the data's scale and preprocessing")
     return float(lo), float(hi)

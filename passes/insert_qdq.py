@@ -86,8 +86,8 @@ class InsertQDQ(Pass):
         values = model.const_value(weight)
         q = quantize(values, tq.params, tq.spec).astype(storage_dtype(tq.spec))
         readers = model.consumers(weight)
-        dq = self._dequantize(model, model.constant(f"{weight.name}_quantized", q), tq.spec, tq.params,
-                              f"{weight.name}_dq", values.ndim)
+        dq = self._dequantize(model, model.constant(f"{weight.name}_quantized", q), tq.params, f"{weight.name}_dq",
+                              tq.spec.axis)
         for reader in readers:
             reader.inputs[[i for i, t in enumerate(reader.inputs) if t is weight][0]] = dq
             self._quantize_bias(model, reader, tq)
@@ -103,9 +103,8 @@ class InsertQDQ(Pass):
         if scale.size not in (1, bias.size):
             return
         q = np.clip(np.rint(bias.astype(np.float64) / scale), -INT32_LIMIT, INT32_LIMIT).astype(np.int32)
-        spec = QuantSpec(bits=8, signed=True, symmetric=True, axis=0 if scale.size > 1 else None)  # bits unused for int32
         params = QuantParams(scale=scale, zero_point=np.zeros_like(scale, dtype=np.int32))
-        dq = self._dequantize(model, model.constant(f"{bias_t.name}_quantized", q), spec, params, f"{bias_t.name}_dq", 1)
+        dq = self._dequantize(model, model.constant(f"{bias_t.name}_quantized", q), params, f"{bias_t.name}_dq", 0)
         layer.inputs[2] = dq
 
     def _quantize_activation(self, model: Model, tensor: Tensor, spec: QuantSpec, params: QuantParams) -> None:
@@ -127,13 +126,14 @@ class InsertQDQ(Pass):
         self._dq_tensors[original_name] = dequantized
 
     @staticmethod
-    def _dequantize(model: Model, q: Tensor, spec: QuantSpec, params: QuantParams, name: str, ndim: int) -> Tensor:
-        per_axis = spec.axis is not None and params.scale.ndim == 1
+    def _dequantize(model: Model, q: Tensor, params: QuantParams, name: str, axis: int | None) -> Tensor:
+        """A DequantizeLinear of constant `q`: per axis when the params are per channel."""
+        per_axis = axis is not None and params.scale.ndim == 1
         scale = model.constant(f"{name}_scale", params.scale.astype(np.float32) if per_axis else params.scale.reshape(()))
         zp_values = params.zero_point.astype(q.values.dtype)
         zero = model.constant(f"{name}_zero_point", zp_values if per_axis else zp_values.reshape(()))
         out = model.variable(name, dtype=np.float32, shape=list(q.values.shape))
-        attrs = {"axis": spec.axis} if per_axis else {}
+        attrs = {"axis": axis} if per_axis else {}
         model.add_node("DequantizeLinear", [q, scale, zero], [out], attrs, name=f"{name}_node")
         return out
 

@@ -206,3 +206,14 @@ def test_pickle_module_is_never_used(monkeypatch, bad_data, tmp_path, capsys):
     monkeypatch.setattr(pickle, "loads", refuse)
     code, _, err = cli(capsys, "quantize", RESNET, "--calib", bad_data("pickled"), "-o", tmp_path / "o")
     assert code == 5
+
+
+def test_top_level_api_as_documented():
+    import qcompiler
+
+    batches = np.split(np.load(SUBSET)["input"][:80], 10)
+    result = qcompiler.quantize(qcompiler.load(RESNET), ({"input": b} for b in batches), "w4a8", observer="mse",
+                                overrides=["/fc/*:wbits=8"], progress=False)
+    assert result.annotated.quant["fc.weight"].spec.bits == 8
+    assert result.annotated.quant["layer2.conv1.weight"].spec.bits == 4
+    assert result.qdq.opset == 21
