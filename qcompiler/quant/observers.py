@@ -246,9 +246,20 @@ def weight_range(weight: np.ndarray, spec: QuantSpec, p: float = 2.4) -> tuple[n
     rows = w.reshape(1, -1) if spec.axis is None else np.moveaxis(w, spec.axis, 0).reshape(w.shape[spec.axis], -1)
     lo, hi = rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
     if spec.observer == "mse":
-        channel_spec = QuantSpec(spec.bits, spec.signed, spec.symmetric, spec.narrow, None, spec.observer)
-        for c, row in enumerate(rows):
-            lo[c], hi[c] = lp_search(row, np.ones(row.size), lo[c], hi[c], channel_spec, p)
+        lo, hi = _lp_search_rows(rows, lo, hi, spec, p)
     if spec.axis is None:
         return lo[0], hi[0]
     return lo, hi
+
+
+def _lp_search_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, spec: QuantSpec, p: float):
+    """`lp_search` for every row (channel) at once: one vectorized pass per clipping ratio."""
+    row_spec = QuantSpec(spec.bits, spec.signed, spec.symmetric, spec.narrow, 0, spec.observer)
+    best_lo, best_hi = lo.copy(), hi.copy()
+    best_error = np.full(len(rows), np.inf)
+    for ratio in CLIP_RATIOS:
+        params = params_from_range((lo * ratio).astype(np.float32), (hi * ratio).astype(np.float32), row_spec)
+        error = np.sum(np.abs(rows - fake_quantize(rows, params, row_spec)).astype(np.float64) ** p, axis=1)
+        better = error < best_error
+        best_error[better], best_lo[better], best_hi[better] = error[better], lo[better] * ratio, hi[better] * ratio
+    return best_lo, best_hi
