@@ -59,10 +59,12 @@ class AnnotateQuant(Pass):
         for node in model.graph.nodes:
             self._annotate_other(model, node, requests, parent)
         self._tie_pass_through(model, requests, parent)
+        roots = {name: _find(parent, name) for name in requests}
+        group_bits: dict[str, int] = {}
         for name, bits in requests.items():
-            root = _find(parent, name)
-            group_bits = max(b for n, b in requests.items() if _find(parent, n) == root)
-            model.quant[name] = TensorQuant(self.config.activation_spec(group_bits), "activation", group=root)
+            group_bits[roots[name]] = max(group_bits.get(roots[name], 0), bits)
+        for name, root in roots.items():
+            model.quant[name] = TensorQuant(self.config.activation_spec(group_bits[root]), "activation", group=root)
         return PassResult(model, model.fingerprint() != before)
 
     def _annotate_layer(self, model: Model, layer: Node, edge: bool, last: bool, requests: dict[str, int]) -> None:
@@ -101,11 +103,14 @@ class AnnotateQuant(Pass):
                 if node.op not in PASS_THROUGH:
                     continue
                 x, y = node.inputs[0], node.outputs[0]
-                if (x.name in requests) != (y.name in requests) or (x.name in requests and _find(parent, x.name) != _find(parent, y.name)):
-                    bits = max(requests.get(x.name, 0), requests.get(y.name, 0))
-                    if _request(model, x, bits, requests) and _request(model, y, bits, requests):
-                        _union(parent, x.name, y.name)
-                        changed = True
+                if x.name not in requests and y.name not in requests:
+                    continue  # neither side is quantized: the op stays in float
+                if x.name in requests and y.name in requests and _find(parent, x.name) == _find(parent, y.name):
+                    continue  # already tied
+                bits = max(requests.get(x.name, 0), requests.get(y.name, 0))
+                if _request(model, x, bits, requests) and _request(model, y, bits, requests):
+                    _union(parent, x.name, y.name)
+                    changed = True
 
 
 def _activation_output(model: Model, node: Node):

@@ -1,0 +1,83 @@
+"""Placement rules: what annotate-quant quantizes, at which bits, and which tensors share params."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from graphs import ROOT, make_model
+from qcompiler import ir
+from qcompiler.driver import quantize
+from qcompiler.passes import AnnotateQuant, Canonicalize, FoldBatchNorm
+from qcompiler.quant.presets import load_config
+
+SUBSET = ROOT / "models" / "fashion_mnist_subset.npz"
+
+
+def annotated_resnet(preset="w8a8"):
+    model = FoldBatchNorm()(Canonicalize()(ir.load(ROOT / "models" / "fashion_resnet8.onnx")).model).model
+    return AnnotateQuant(load_config(None, preset, None, []))(model).model
+
+
+def test_relu_is_fused_and_residual_adds_are_quantized():
+    model = annotated_resnet()
+    for node in model.nodes:
+        if node.op == "Conv" and model.consumers(node.outputs[0])[0].op == "Relu":
+            assert node.outputs[0].name not in model.quant, "quantize after the Relu, not between"
+        if node.op == "Relu":
+            assert node.outputs[0].name in model.quant
+        if node.op == "Add":
+            assert all(t.name in model.quant for t in node.inputs), "both residual inputs"
+    weights = [n for n, tq in model.quant.items() if tq.role == "weight"]
+    assert len(weights) == 10 and all(model.quant[w].spec.axis == 0 for w in weights)
+
+
+def test_pass_through_ops_share_their_input_params():
+    model = annotated_resnet()
+    gap = next(n for n in model.nodes if n.op == "GlobalAveragePool")
+    flatten = next(n for n in model.nodes if n.op == "Flatten")
+    groups = {model.quant[t.name].group for t in (gap.inputs[0], gap.outputs[0], flatten.outputs[0])}
+    assert len(groups) == 1
+
+
+def test_edge_layers_stay_8bit_in_low_bit_presets():
+    model = annotated_resnet("w4a4")
+    layers = [n for n in model.nodes if n.op in ("Conv", "Gemm")]
+    bits = {n.name: model.quant[n.inputs[1].name].spec.bits for n in layers}
+    assert bits[layers[0].name] == 8 and bits["/fc/Gemm"] == 8
+    assert {b for name, b in bits.items() if name not in (layers[0].name, "/fc/Gemm")} == {4}
+    assert model.quant["input"].spec.bits == 8
+    assert model.quant[layers[-1].inputs[0].name].spec.bits == 8  # the last layer's input, tied back to the Relu
+    assert model.quant["logits"].spec.bits == 8
+    inner = next(n for n in layers[1:-1])
+    assert model.quant[inner.inputs[0].name].spec.bits == 4
+
+
+def test_concat_inputs_and_output_share_one_scale():
+    rng = np.random.default_rng(0)
+    inits = {"w1": rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "w2": 3 * rng.normal(size=(5, 3, 1, 1)).astype(np.float32),
+             "w3": rng.normal(size=(2, 9, 1, 1)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"), helper.make_node("Conv", ["x", "w2"], ["b"], name="c2"),
+             helper.make_node("Concat", ["a", "b"], ["cat"], axis=1), helper.make_node("Conv", ["cat", "w3"], ["y"], name="c3")]
+    model = make_model(nodes, [("x", [1, 3, 4, 4])], [("y", None)], inits)
+    result = quantize(model, {"x": rng.normal(size=(32, 3, 4, 4)).astype(np.float32)}, progress=False)
+    params = [result.annotated.quant[n].params for n in ("a", "b", "cat")]
+    assert len({float(p.scale) for p in params}) == 1 and len({int(p.zero_point) for p in params}) == 1
+
+
+def test_unsupported_ops_stay_float_between_dequantized_tensors():
+    rng = np.random.default_rng(1)
+    inits = {"w1": rng.normal(size=(4, 3)).astype(np.float32), "w2": rng.normal(size=(2, 4)).astype(np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1, name="fc1"), helper.make_node("Sigmoid", ["h"], ["s"]),
+             helper.make_node("Gemm", ["s", "w2"], ["y"], transB=1, name="fc2")]
+    model = make_model(nodes, [("x", [8, 3])], [("y", None)], inits)
+    result = quantize(model, {"x": rng.normal(size=(32, 3)).astype(np.float32)}, progress=False)
+    sigmoid = next(n for n in result.qdq.nodes if n.op == "Sigmoid")
+    assert result.qdq.producer(sigmoid.inputs[0]).op == "DequantizeLinear"
+    assert [n.op for n in result.qdq.consumers(sigmoid.outputs[0])] == ["QuantizeLinear"]
+
+
+def test_skipped_layer_has_no_weight_quantizer():
+    model = FoldBatchNorm()(Canonicalize()(ir.load(ROOT / "models" / "fashion_resnet8.onnx")).model).model
+    annotated = AnnotateQuant(load_config(None, "w8a8", None, ["/fc/*:skip"]))(model).model
+    assert "fc.weight" not in annotated.quant
