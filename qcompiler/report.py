@@ -15,6 +15,7 @@ import numpy as np
 
 from qcompiler import __version__
 from qcompiler.evaluate import Evaluation, TensorError
+from qcompiler.summary import format_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,7 @@ def summary_table(r: ReportData) -> str:
     """The table `qcompiler quantize` prints."""
     rows = [("model", r.model_path), ("preset", r.preset), ("activation observer", r.observer),
             ("calibration", f"{r.calibration_samples} samples from {r.calibration}"),
-            ("weights", f"{_mib(r.float_bytes)} float -> {_mib(r.quant_bytes)} quantized "
+            ("constants", f"{format_bytes(r.float_bytes)} float -> {format_bytes(r.quant_bytes)} quantized "
                         f"({r.float_bytes / max(r.quant_bytes, 1):.2f}x smaller)")]
     e = r.evaluation
     if e is not None:
@@ -75,8 +76,10 @@ td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}pre{{background:#f6
 <h1>Quantization report</h1>
 <pre>{summary}</pre>
 <p>Float and quantized models both run in onnxruntime. SQNR = 10 log10(sum x^2 / sum (x - x_q)^2): weights
-against their fake-quantized values; activations against the quantized model's dequantized tensor on
-the first calibration samples. Made by qcompiler {__version__}.</p>
+against their fake-quantized values; activations: the float model's tensor against the quantized
+model's dequantized tensor on the first calibration samples, so an activation's SQNR includes the error
+of every quantizer before it (it falls along the network; a sudden drop points at the culprit).
+Made by qcompiler {__version__}.</p>
 {figures}
 <h2>Every quantized tensor</h2>
 <table><tr><th>tensor</th><th>role</th><th>quantizer</th><th>SQNR dB</th><th>range lo</th><th>range hi</th></tr>
@@ -145,7 +148,3 @@ def _weight_histograms(weights: list[TensorError], values: dict[str, np.ndarray]
         ax.axis("off")
     fig.tight_layout()
     return _figure_png(fig)
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"

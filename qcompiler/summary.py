@@ -69,7 +69,7 @@ def format_summary(s: Summary, max_layers: int = 40) -> str:
     lines.append("ops        " + ", ".join(f"{op} {n}" for op, n in s.ops.items()))
     lines.append("after canonicalize + fold-batchnorm:")
     lines.append("ops        " + ", ".join(f"{op} {n}" for op, n in s.ops_after.items()))
-    lines.append(f"parameters {s.params:,} ({_bytes(s.param_bytes)} as float)")
+    lines.append(f"parameters {s.params:,} ({format_bytes(s.param_bytes)} as float)")
     left = s.ops.get("BatchNormalization", 0) - s.batchnorms_folded
     lines.append(f"batchnorm  {s.batchnorms_folded} folded into the layer before, {left} became Mul+Add or stay")
     lines.append(f"quantized layers ({len(s.layers)}: weights per output channel, inputs per tensor)")
@@ -88,9 +88,10 @@ def format_summary(s: Summary, max_layers: int = 40) -> str:
     return "\n".join(lines)
 
 
-def _bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            break
         n /= 1024
-    return f"{n} B"
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
