@@ -16,6 +16,7 @@ Data (DESIGN.md §6):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -113,7 +114,8 @@ def onnxruntime_quantizer(model_path: Path, calib, evals, calibrator: str, weigh
         done = subprocess.run(command, capture_output=True, text=True, preexec_fn=_limit_memory)
         if done.returncode != 0:
             tail = (done.stderr.strip().splitlines() or ["?"])[-1]
-            reason = "out of memory" if "MemoryError" in done.stderr or "bad_alloc" in done.stderr or done.returncode < 0 else tail
+            out_of_memory = any(m in done.stderr for m in ("MemoryError", "bad_alloc", "Failed to allocate memory"))
+            reason = "out of memory" if out_of_memory or done.returncode < 0 else tail[:120]
             raise RuntimeError(f"{reason} (limit {ORT_MEMORY_LIMIT // 2**30} GiB, exit {done.returncode})")
         seconds = float(done.stdout.strip().splitlines()[-1].split()[-1])  # quantize_static's own time
         return measure(ir.load(model_path), onnx.load(str(out)), evals) | {"seconds": seconds}
@@ -243,6 +245,7 @@ def main() -> None:
                  f"observer (mse): **{seconds:.1f} s** (goal: at most 60 s on 2 cores).", ""]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(text))
+    RESULTS.with_suffix(".json").write_text(json.dumps({"rows": rows, "mobilenet_quantize_seconds": seconds}, indent=1))
     print(f"wrote {RESULTS}")
 
 
