@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -113,7 +114,7 @@ def test_demo(tmp_path, capsys):
     assert "== qcompiler inspect fashion_resnet8.onnx" in out
     assert "check      same function" in out
     row = next(line for line in out.splitlines() if line.startswith("top-1 float / quantized"))
-    float_top1, quant_top1 = (float(v) for v in row.split()[-5:-2:2])
+    float_top1, quant_top1 = (float(v) for v in re.search(r"(\d\.\d+) / (\d\.\d+)", row).groups())
     assert float_top1 >= 0.85 and float_top1 - quant_top1 <= 0.02
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.npz", "evaluation.npz", "model.opt.onnx",
                                                           "model.qdq.onnx", "report.html"]
