@@ -203,6 +203,53 @@ def table(rows: list[dict], fp: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def comparisons(rows: list[dict]) -> list[str]:
+    """Best of each method per model and weight width, and per-channel against per-tensor."""
+    ok = [r for r in rows if "failed" not in r]
+    lines = ["| model | weights | best qcompiler (per-channel) | best onnxruntime | qcompiler per-tensor (best) |",
+             "|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in ok):
+        for weights in ("int8", "int4"):
+            def best(method, granularity):
+                found = [r for r in ok if (r["model"], r["weights"], r["method"], r["granularity"]) ==
+                         (model, weights, method, granularity)]
+                top = max(found, key=lambda r: (r["top1"], r["agreement"]), default=None)
+                return "n/a" if top is None else f"{top['top1']:.4f} ({top['observer']}, agreement {top['agreement']:.4f})"
+            lines.append(f"| {model} | {weights} | {best('qcompiler', 'per-channel')} | "
+                         f"{best('onnxruntime quantize_static', 'per-channel')} | {best('qcompiler', 'per-tensor')} |")
+    return lines
+
+
+def render(rows: list[dict], seconds: float | None, quick: bool, agreement_count: int) -> str:
+    fp = {r["model"]: r["fp"] for r in rows if "fp" in r}
+    text = [
+        "# PTQ accuracy",
+        "",
+        f"Made by `python benchmarks/ptq_accuracy.py{' --quick' if quick else ''}` on {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}. Calibration and evaluation data: see the "
+        "script's docstring. Fashion-MNIST: top-1 on all 10,000 test images. MobileNetV2 (ImageNet weights): top-1 on "
+        f"foolbox's 20 labelled samples, agreement and KL (float against quantized) on {agreement_count} held-out "
+        "images (those 20 and unlabelled photos); not ImageNet accuracy, and with so few images one image is "
+        f"{100 / 20:.0f} points of top-1. Activations are uint8 per tensor in every row; the observer column "
+        "is the activation observer (weights: min/max at int8, Lp search at int4). `seconds` is the quantizer's "
+        "own time (calibration included, evaluation excluded). onnxruntime's quantizer runs in a child process "
+        f"limited to {ORT_MEMORY_LIMIT // 2**30} GiB of address space.",
+        "",
+        "## Summary",
+        "",
+        *comparisons(rows),
+        "",
+        "## Every run",
+        "",
+        table(rows, fp),
+        "",
+    ]
+    if seconds is not None:
+        text += [f"Whole `quantize` of MobileNetV2 (1x3x224x224) with 512 calibration images, w8a8, default "
+                 f"observer (mse): **{seconds:.1f} s** (goal: at most 60 s on 2 cores).", ""]
+    return "\n".join(text)
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--ort-child"]:
         ort_child(*sys.argv[2:7])
@@ -210,7 +257,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="two observers and two onnxruntime calibrators only")
     parser.add_argument("--models", default="fashion_resnet8,fashion_mobilenetv2,mobilenet_v2_imagenet")
+    parser.add_argument("--render", action="store_true", help="rewrite ptq.md from ptq.json without running")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(RESULTS.with_suffix(".json").read_text())
+        RESULTS.write_text(render(saved["rows"], saved["mobilenet_quantize_seconds"], saved["quick"],
+                                  saved["agreement_count"]))
+        return
     rows = []
     wanted = args.models.split(",")
     fashion_calib, fashion_eval = fashion_data()
@@ -224,28 +277,11 @@ def main() -> None:
         rows += run_model("mobilenet_v2_imagenet", models.path("mobilenet_v2_imagenet.onnx"), calib, [labelled, agreement], args.quick)
         seconds = time_mobilenet(calib)
         print(f"quantize MobileNetV2, 512 calibration images: {seconds:.1f} s")
-    fp = {r["model"]: r["fp"] for r in rows if "fp" in r}
-    text = [
-        "# PTQ accuracy",
-        "",
-        f"Made by `python benchmarks/ptq_accuracy.py{' --quick' if args.quick else ''}` on {platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}. Calibration and evaluation data: see the "
-        "script's docstring. Fashion-MNIST: top-1 on all 10,000 test images. MobileNetV2 (ImageNet weights): top-1 on "
-        f"foolbox's 20 labelled samples, agreement and KL (float against quantized) on {agreement_count} held-out "
-        "images (those 20 and unlabelled photos); not ImageNet accuracy, and with so few images one image is "
-        f"{100 / 20:.0f} points of top-1. Activations are uint8 per tensor in every row; the observer column "
-        "is the activation observer (weights: min/max at int8, Lp search at int4). `seconds` is the quantizer's "
-        "own time (calibration included, evaluation excluded).",
-        "",
-        table(rows, fp),
-        "",
-    ]
-    if seconds is not None:
-        text += [f"Whole `quantize` of MobileNetV2 (1x3x224x224) with 512 calibration images, w8a8, default "
-                 f"observer (mse): **{seconds:.1f} s** (goal: at most 60 s on 2 cores).", ""]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(text))
-    RESULTS.with_suffix(".json").write_text(json.dumps({"rows": rows, "mobilenet_quantize_seconds": seconds}, indent=1))
+    RESULTS.with_suffix(".json").write_text(json.dumps(
+        {"rows": rows, "mobilenet_quantize_seconds": seconds, "quick": args.quick, "agreement_count": agreement_count},
+        indent=1))
+    RESULTS.write_text(render(rows, seconds, args.quick, agreement_count))
     print(f"wrote {RESULTS}")
 
 
