@@ -24,3 +24,12 @@ def test_exactly_two_commands():
 def test_ci_runs_the_readme_test_command():
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert readme_commands()[1] in ci_lines
+
+
+def test_ptq_numbers_in_the_readme_come_from_the_benchmark_file():
+    paragraph = README.split("[benchmarks/results/ptq.md]", 1)[1].split("\n\n", 1)[0]
+    results = (ROOT / "benchmarks" / "results" / "ptq.md").read_text()
+    numbers = re.findall(r"\d+\.\d+", paragraph)
+    assert len(numbers) >= 8
+    for number in numbers:
+        assert number in results or f"+{number}" in results or f"{float(number):.2f}" in results, number
