@@ -85,7 +85,12 @@ def load_data(source, model: Model, *, what: str = "calibration", preprocess: Im
     arrays = check_arrays(arrays, inputs, name, what)
     if labels is not None and len(labels) != len(next(iter(arrays.values()))):
         raise CalibrationDataError(f"{name}: 'labels' has {len(labels)} entries for {len(next(iter(arrays.values())))} samples")
-    return Dataset(arrays, inputs, labels, name)
+    dataset = Dataset(arrays, inputs, labels, name)
+    fixed = dataset.batch_limit()
+    if fixed and dataset.count < fixed:
+        raise CalibrationDataError(f"{name}: the model's batch dimension is fixed at {fixed}, but there are only "
+                                   f"{dataset.count} samples; give at least {fixed}")
+    return dataset
 
 
 def read_array_file(path: Path, inputs: list[InputInfo]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

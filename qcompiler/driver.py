@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from qcompiler.data import Dataset, ImagePreprocess, load_data
+from qcompiler.errors import UnsupportedModelError
 from qcompiler.ir import Model
 from qcompiler.pass_infra import Pass, PassContext, PassManager
 from qcompiler.quant.presets import QuantConfig
@@ -45,6 +46,11 @@ def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_co
     from qcompiler.passes import AnnotateQuant, CalibrateRanges, InsertQDQ
 
     config = config or QuantConfig()
+    qdq_nodes = [n.name for n in model.graph.nodes if n.op in ("QuantizeLinear", "DequantizeLinear")]
+    if qdq_nodes:
+        raise UnsupportedModelError(
+            f"{model.path or 'model'}: already quantized ({len(qdq_nodes)} QuantizeLinear/DequantizeLinear nodes, "
+            f"e.g. {qdq_nodes[0]}); quantize the float model instead")
     float_model = build_pipeline(None, context)(model).model
     data = load_data(calib, float_model, preprocess=preprocess, limit=calib_count)
     annotated = PassManager([AnnotateQuant(config), CalibrateRanges(data, batch_size, progress)], context)(

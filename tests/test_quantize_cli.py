@@ -217,3 +217,31 @@ def test_top_level_api_as_documented():
     assert result.annotated.quant["fc.weight"].spec.bits == 8
     assert result.annotated.quant["layer2.conv1.weight"].spec.bits == 4
     assert result.qdq.opset == 21
+
+
+def test_an_already_quantized_model_is_refused(tmp_path, capsys):
+    assert cli(capsys, "quantize", RESNET, "--calib", SUBSET, "--calib-count", 16, "-o", tmp_path / "a")[0] == 0
+    code, _, err = cli(capsys, "quantize", tmp_path / "a" / "model.qdq.onnx", "--calib", SUBSET, "-o", tmp_path / "b")
+    assert code == 4 and "already quantized" in err and "quantize the float model" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_opset9_zoo_model_is_converted_for_qdq(tmp_path, capsys):
+    from graphs import LIGHT_DIR
+
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, data_0=np.random.default_rng(0).normal(size=(4, 3, 224, 224)).astype(np.float32))
+    code, out, err = cli(capsys, "quantize", LIGHT_DIR / "light_squeezenet.onnx", "--calib", calib, "-o", tmp_path / "o")
+    assert code == 0, err
+    assert ir.load(tmp_path / "o" / "model.qdq.onnx").opset == 13
+
+
+def test_fewer_samples_than_a_fixed_batch(tmp_path):
+    from onnx import helper
+
+    from graphs import make_model
+    from qcompiler.errors import CalibrationDataError
+
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [4, 3])], [("y", None)])
+    with pytest.raises(CalibrationDataError, match="fixed at 4, but there are only 2 samples"):
+        load_data({"x": np.ones((2, 3), np.float32) * np.arange(3)}, model)
