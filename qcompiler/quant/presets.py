@@ -64,7 +64,7 @@ class QuantConfig:
 
     def weight_spec(self, layer: str, axis: int | None, edge: bool) -> QuantSpec | None:
         """The weight spec of layer `layer` (None: left in float); `axis` its output-channel axis."""
-        bits, observer = self.preset.weight_bits, self.preset.weight_observer
+        bits, observer = self.preset.weight_bits, None
         if edge and self.edge_8bit:
             bits = 8
         for override in self.overrides:
@@ -73,8 +73,8 @@ class QuantConfig:
                     return None
                 bits = override.weight_bits or bits
                 observer = override.weight_observer or observer
-        if bits == 8 and observer == "mse" and self.preset.weight_bits != 8:
-            observer = "minmax"  # 8-bit edge layers: minmax is as good and 20x faster
+        if observer is None:  # the preset's choice; 8-bit layers of low-bit presets (edges) use minmax
+            observer = "minmax" if bits == 8 else self.preset.weight_observer
         symmetric = bits != 2
         return QuantSpec(bits=bits, signed=True, symmetric=symmetric, narrow=symmetric,
                          axis=axis if self.preset.per_channel else None, observer=observer)

@@ -81,3 +81,10 @@ def test_skipped_layer_has_no_weight_quantizer():
     model = FoldBatchNorm()(Canonicalize()(ir.load(ROOT / "models" / "fashion_resnet8.onnx")).model).model
     annotated = AnnotateQuant(load_config(None, "w8a8", None, ["/fc/*:skip"]))(model).model
     assert "fc.weight" not in annotated.quant
+
+
+def test_explicit_weight_observer_override_is_kept():
+    config = load_config(None, "w4a8", None, ["/fc/*:wobserver=mse", "/layer1/*:wbits=8"])
+    assert config.weight_spec("/fc/Gemm", 0, edge=True).observer == "mse"
+    assert config.weight_spec("/layer1/conv1/Conv", 0, edge=False).observer == "minmax"
+    assert config.weight_spec("/layer2/conv1/Conv", 0, edge=False).observer == "mse"
