@@ -98,27 +98,32 @@ ORT_MEMORY_LIMIT = 12 * 2**30
 
 
 def onnxruntime_quantizer(model_path: Path, calib, evals, calibrator: str, weight_bits: int) -> dict:
-    """onnxruntime's own static quantizer as its docs recommend (quant_pre_process, then
-    quantize_static: QDQ, per-channel int8 or int4 weights, uint8 activations), in a child process
-    under ORT_MEMORY_LIMIT; its output runs as it is (its int4 models use com.microsoft Q/DQ,
-    which our loader refuses as non-standard ONNX)."""
-    import subprocess
-
+    """onnxruntime's quantizer, measured; its output runs as it is (its int4 models use
+    com.microsoft Q/DQ, which our loader refuses as non-standard ONNX)."""
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        data, out = Path(tmp) / "calib.npy", Path(tmp) / "q.onnx"
-        np.save(data, calib["input"])
-        command = [sys.executable, __file__, "--ort-child", str(model_path), str(data), str(out), calibrator,
-                   str(weight_bits)]
-        done = subprocess.run(command, capture_output=True, text=True, preexec_fn=_limit_memory)
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or ["?"])[-1]
-            out_of_memory = any(m in done.stderr for m in ("MemoryError", "bad_alloc", "Failed to allocate memory"))
-            reason = "out of memory" if out_of_memory or done.returncode < 0 else tail[:120]
-            raise RuntimeError(f"{reason} (limit {ORT_MEMORY_LIMIT // 2**30} GiB, exit {done.returncode})")
-        seconds = float(done.stdout.strip().splitlines()[-1].split()[-1])  # quantize_static's own time
+        out, seconds = run_onnxruntime_quantizer(model_path, calib, calibrator, weight_bits, Path(tmp))
         return measure(ir.load(model_path), onnx.load(str(out)), evals) | {"seconds": seconds}
+
+
+def run_onnxruntime_quantizer(model_path: Path, calib, calibrator: str, weight_bits: int, folder: Path) -> tuple[Path, float]:
+    """onnxruntime's own static quantizer as its docs recommend (quant_pre_process, then
+    quantize_static: QDQ, per-channel int8 or int4 weights, uint8 activations), in a child process
+    under ORT_MEMORY_LIMIT. Returns the quantized model's path in `folder` and quantize_static's time."""
+    import subprocess
+
+    data, out = folder / "calib.npy", folder / "q.onnx"
+    np.save(data, calib["input"])
+    command = [sys.executable, __file__, "--ort-child", str(model_path), str(data), str(out), calibrator,
+               str(weight_bits)]
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=_limit_memory)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+        out_of_memory = any(m in done.stderr for m in ("MemoryError", "bad_alloc", "Failed to allocate memory"))
+        reason = "out of memory" if out_of_memory or done.returncode < 0 else tail[:120]
+        raise RuntimeError(f"{reason} (limit {ORT_MEMORY_LIMIT // 2**30} GiB, exit {done.returncode})")
+    return out, float(done.stdout.strip().splitlines()[-1].split()[-1])
 
 
 def _limit_memory() -> None:
