@@ -19,6 +19,7 @@ from qcompiler.ir import Model
 from qcompiler.pass_infra import Pass, PassResult
 from qcompiler.progress import Progress
 from qcompiler.quant.maths import params_from_range
+from qcompiler.quant.annotation import weight_values
 from qcompiler.quant.observers import Observer, make_observer, weight_range
 from qcompiler.registry import register
 
@@ -41,19 +42,24 @@ class CalibrateRanges(Pass):
 
     def call(self, model: Model) -> PassResult:
         before = model.fingerprint()
-        for name, tq in model.quant.items():
-            if tq.role == "weight":
-                lo, hi = weight_range(model.const_value(model.tensor(name)), tq.spec)
-                model.quant[name] = tq.with_params(params_from_range(lo, hi, tq.spec))
+        for name, weight in weight_values(model).items():
+            tq = model.quant[name]
+            model.quant[name] = tq.with_params(params_from_range(*weight_range(weight, tq.spec), tq.spec))
         activations = [name for name, tq in model.quant.items() if tq.role == "activation"]
         if activations:
             ranges = self._observe(model, activations)
+            group_ranges: dict[str, tuple[float, float]] = {}
+            for name in activations:
+                group = model.quant[name].group
+                lo, hi = group_ranges.get(group, (np.inf, -np.inf))
+                group_ranges[group] = (min(lo, ranges[name][0]), max(hi, ranges[name][1]))
+            group_params = {}  # members share spec (same bits) and range, so one params object per group
             for name in activations:
                 tq = model.quant[name]
-                members = [n for n in activations if model.quant[n].group == tq.group]
-                lo = min(ranges[n][0] for n in members)
-                hi = max(ranges[n][1] for n in members)
-                model.quant[name] = tq.with_params(params_from_range(np.float32(lo), np.float32(hi), tq.spec))
+                if tq.group not in group_params:
+                    lo, hi = group_ranges[tq.group]
+                    group_params[tq.group] = params_from_range(np.float32(lo), np.float32(hi), tq.spec)
+                model.quant[name] = tq.with_params(group_params[tq.group])
         return PassResult(model, model.fingerprint() != before)
 
     def _observe(self, model: Model, names: list[str]) -> dict[str, tuple[float, float]]:

@@ -14,21 +14,17 @@ are converted with onnx.version_converter first.
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 import onnx
 
 from qcompiler.errors import PassError, UnsupportedModelError
-from qcompiler.ir import Model, Node, Tensor
+from qcompiler.ir import INT4_DTYPES, Model, Node, Tensor
 from qcompiler.pass_infra import Pass, PassResult
 from qcompiler.quant.maths import quantize
 from qcompiler.quant.spec import QuantParams, QuantSpec
 from qcompiler.registry import register
 
 INT32_LIMIT = 2**31 - 1
-
-
-INT4_TYPES = (np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.uint4))
 
 
 def storage_dtype(spec: QuantSpec) -> np.dtype:
@@ -40,14 +36,14 @@ def storage_dtype(spec: QuantSpec) -> np.dtype:
     if spec.bits == 16:
         return np.dtype(np.int16 if spec.signed else np.uint16)
     if spec.bits <= 4 and spec.signed:
-        return INT4_TYPES[0]
+        return INT4_DTYPES[0]
     return np.dtype(np.int8 if spec.signed else np.uint8)
 
 
 def needed_opset(model: Model) -> int:
     """13 for per-axis 8-bit QDQ; 21 for INT4/UINT4 and 16-bit types."""
     specs = [tq.spec for tq in model.quant.values()]
-    return 21 if any(storage_dtype(s) in INT4_TYPES or s.bits == 16 for s in specs) else 13
+    return 21 if any(storage_dtype(s) in INT4_DTYPES or s.bits == 16 for s in specs) else 13
 
 
 @register("insert-qdq")
@@ -70,16 +66,14 @@ class InsertQDQ(Pass):
             return PassResult(model, False)
         model = upgrade_opset(model, needed_opset(model))
         tensors = model.tensors()
-        self._dq_tensors: dict[str, Tensor] = {}
         for name, tq in model.quant.items():
             if tq.role == "weight":
                 self._quantize_weight(model, tensors[name], tq)
-        for name, tq in model.quant.items():
-            if tq.role == "activation":
-                self._quantize_activation(model, tensors[name], tq.spec, tq.params)
+        dequantized = {name: self._quantize_activation(model, tensors[name], tq.spec, tq.params)
+                       for name, tq in model.quant.items() if tq.role == "activation"}
         model.quant = {}
         model.finalize()
-        self.dequantized = {name: tensor.name for name, tensor in self._dq_tensors.items()}
+        self.dequantized = {name: tensor.name for name, tensor in dequantized.items()}  # names after renames
         return PassResult(model, True)
 
     def _quantize_weight(self, model: Model, weight: Tensor, tq) -> None:
@@ -107,7 +101,8 @@ class InsertQDQ(Pass):
         dq = self._dequantize(model, model.constant(f"{bias_t.name}_quantized", q), params, f"{bias_t.name}_dq", 0)
         layer.inputs[2] = dq
 
-    def _quantize_activation(self, model: Model, tensor: Tensor, spec: QuantSpec, params: QuantParams) -> None:
+    def _quantize_activation(self, model: Model, tensor: Tensor, spec: QuantSpec, params: QuantParams) -> Tensor:
+        """Q -> [Clip] -> DQ after `tensor`; returns the dequantized tensor that now feeds its readers."""
         dtype = storage_dtype(spec)
         scale = model.constant(f"{tensor.name}_scale", params.scale.astype(np.float32).reshape(()))
         zero = model.constant(f"{tensor.name}_zero_point", params.zero_point.astype(dtype).reshape(()))
@@ -121,9 +116,8 @@ class InsertQDQ(Pass):
             quantized = clipped
         dequantized = model.variable(f"{tensor.name}_dq", dtype=tensor.dtype, shape=tensor.shape)
         model.add_node("DequantizeLinear", [quantized, scale, zero], [dequantized], name=f"{tensor.name}_dequantize")
-        original_name = tensor.name
         model.replace_all_uses(tensor, dequantized, except_for=q_node)  # may rename a graph output
-        self._dq_tensors[original_name] = dequantized
+        return dequantized
 
     @staticmethod
     def _dequantize(model: Model, q: Tensor, params: QuantParams, name: str, axis: int | None) -> Tensor:

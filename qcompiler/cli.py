@@ -175,6 +175,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from qcompiler.data import ImagePreprocess, load_data
     from qcompiler.driver import constant_bytes, quantize
     from qcompiler.evaluate import evaluate, tensor_errors
+    from qcompiler.quant.annotation import weight_values
     from qcompiler.quant.presets import load_config
     from qcompiler.report import ReportData, summary_table, write_html
 
@@ -190,14 +191,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                               preprocess=ImagePreprocess.parse(args.preprocess))
         evaluation = evaluate(result.float_model, result.qdq, eval_data, progress=progress)
     tensors = tensor_errors(result.annotated, result.qdq, result.dequantized, result.calibration.head(64))
-    weights = {n: result.annotated.const_value(result.annotated.tensor(n))
-               for n, tq in result.annotated.quant.items() if tq.role == "weight"}
     report = ReportData(
         model_path=str(args.model), preset=config.preset.name,
         observer=config.activation_observer or config.preset.activation_observer,
         calibration=str(args.calib), calibration_samples=result.calibration.count, evaluation=evaluation,
         evaluation_source=str(args.eval), tensors=tensors, float_bytes=constant_bytes(result.float_model),
-        quant_bytes=constant_bytes(result.qdq), seconds=time.perf_counter() - start, weight_values=weights)
+        quant_bytes=constant_bytes(result.qdq), seconds=time.perf_counter() - start, weight_values=weight_values(result.annotated))
     out = files.prepare_output_dir(args.output_dir)
     ir.save(result.qdq, out / "model.qdq.onnx")
     files.write_text_atomic(out / "report.html", write_html(report))

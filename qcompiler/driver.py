@@ -9,7 +9,7 @@ import numpy as np
 
 from qcompiler.data import Dataset, ImagePreprocess, load_data
 from qcompiler.errors import UnsupportedModelError
-from qcompiler.ir import Model
+from qcompiler.ir import INT4_DTYPES, Model
 from qcompiler.pass_infra import Pass, PassContext, PassManager
 from qcompiler.quant.presets import QuantConfig
 
@@ -67,5 +67,5 @@ def constant_bytes(model: Model) -> int:
         values = getattr(tensor, "values", None)
         if values is not None:
             values = np.asarray(values)
-            total += (values.size + 1) // 2 if values.dtype.name in ("int4", "uint4") else values.nbytes
+            total += (values.size + 1) // 2 if values.dtype in INT4_DTYPES else values.nbytes
     return total

@@ -10,6 +10,7 @@ from qcompiler.data import Dataset
 from qcompiler.executor import session
 from qcompiler.ir import Model
 from qcompiler.progress import Progress
+from qcompiler.quant.annotation import weight_values
 from qcompiler.quant.maths import fake_quantize, sqnr_db
 
 
@@ -74,11 +75,10 @@ def tensor_errors(annotated: Model, quant_model: Model, dequantized: dict[str, s
     """SQNR of every quantized tensor against its float counterpart: weights in numpy, activations
     by running both models (with the tensors exposed) on `data`, a few batches at most."""
     rows = []
-    for name, tq in annotated.quant.items():
-        if tq.role == "weight":
-            w = annotated.const_value(annotated.tensor(name))
-            rows.append(TensorError(name, "weight", tq.spec.describe(), sqnr_db(w, fake_quantize(w, tq.params, tq.spec)),
-                                    float(w.min()), float(w.max())))
+    for name, w in weight_values(annotated).items():
+        tq = annotated.quant[name]
+        rows.append(TensorError(name, "weight", tq.spec.describe(), sqnr_db(w, fake_quantize(w, tq.params, tq.spec)),
+                                float(w.min()), float(w.max())))
     names = [n for n, tq in annotated.quant.items() if tq.role == "activation" and n in dequantized]
     if names:
         fp = session(annotated, extra_outputs=names)

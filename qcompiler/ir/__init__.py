@@ -9,8 +9,8 @@ import onnx_graphsurgeon as _gs
 _gs.logger.G_LOGGER.severity = _gs.logger.G_LOGGER.ERROR
 
 from qcompiler.ir.load import MAX_OPSET, MIN_OPSET, load
-from qcompiler.ir.model import Constant, Model, Node, Tensor, Variable, ops_histogram
+from qcompiler.ir.model import INT4_DTYPES, Constant, Model, Node, Tensor, Variable, ops_histogram
 from qcompiler.ir.save import save
 
-__all__ = ["Constant", "MAX_OPSET", "MIN_OPSET", "Model", "Node", "Tensor", "Variable", "load",
+__all__ = ["INT4_DTYPES", "Constant", "MAX_OPSET", "MIN_OPSET", "Model", "Node", "Tensor", "Variable", "load",
            "ops_histogram", "save"]

@@ -302,7 +302,8 @@ def _swap(tensors: list, old: Tensor, new: Tensor) -> None:
             tensors[i] = new
 
 
-_INT4_DTYPES = (np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.uint4))
+#: numpy dtypes of ONNX INT4 and UINT4 tensors (stored two values per byte).
+INT4_DTYPES = (np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.uint4))
 
 
 def _pack_int4_constants(graph: gs.Graph) -> None:
@@ -313,7 +314,7 @@ def _pack_int4_constants(graph: gs.Graph) -> None:
     """
     for tensor in graph.tensors().values():
         if isinstance(tensor, Constant) and not isinstance(tensor._values, gs.ir.tensor.LazyValues) \
-                and tensor.dtype in _INT4_DTYPES:
+                and tensor.dtype in INT4_DTYPES:
             tensor.values = gs.ir.tensor.LazyValues(int4_tensor_proto(np.asarray(tensor.values), tensor.name))
 
 
@@ -325,7 +326,7 @@ def int4_tensor_proto(values: np.ndarray, name: str) -> onnx.TensorProto:
     packed = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
     proto = onnx.TensorProto()
     proto.name = name
-    proto.data_type = onnx.TensorProto.INT4 if values.dtype == _INT4_DTYPES[0] else onnx.TensorProto.UINT4
+    proto.data_type = onnx.TensorProto.INT4 if values.dtype == INT4_DTYPES[0] else onnx.TensorProto.UINT4
     proto.dims.extend(values.shape)
     proto.raw_data = packed.tobytes()
     return proto

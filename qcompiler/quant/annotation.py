@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from qcompiler.quant.spec import QuantParams, QuantSpec
 
 #: Ops whose output may absorb a following Relu/Clip: quantize after the activation, not before.
@@ -26,3 +28,9 @@ class TensorQuant:
 
     def with_params(self, params: QuantParams) -> TensorQuant:
         return dataclasses.replace(self, params=params)
+
+
+def weight_values(model) -> dict[str, np.ndarray]:
+    """The float value of every weight annotated on `model` (a qcompiler.ir.Model)."""
+    tensors = model.tensors()
+    return {name: model.const_value(tensors[name]) for name, tq in model.quant.items() if tq.role == "weight"}
