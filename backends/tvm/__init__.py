@@ -1,0 +1,1 @@
+"""The TVM backend: QDQ ONNX -> Relax -> integer rewrite -> schedules -> library per target."""

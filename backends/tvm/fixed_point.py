@@ -1,0 +1,47 @@
+"""Fixed-point requantization multipliers, in numpy (no tvm here, so it is testable alone).
+
+A real multiplier M > 0 becomes an integer m and a shift n with M ~= m / 2**n. Requantizing an
+integer accumulator a is then `(a * m + 2**(n-1)) >> n` in int64: round half up, which differs
+from the QDQ model's half-to-even only on exact ties (at most 1 LSB, the fidelity budget).
+
+>>> m, n = multiplier_and_shift(np.array([0.5, 0.0123]))
+>>> (m * 2.0 ** -n).tolist() == [0.5, 0.0123]
+False
+>>> bool(np.all(np.abs(m * 2.0 ** -n / np.array([0.5, 0.0123]) - 1) < 2 ** -30))
+True
+>>> requantize(np.array([7, -7, 100]), *multiplier_and_shift(np.array(0.5))).tolist()
+[4, -3, 50]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MANTISSA_BITS = 31   # m in [2**30, 2**31): 31 significant bits, so a * m fits int64 for |a| < 2**32
+MAX_SHIFT = 62
+
+
+def multiplier_and_shift(real: np.ndarray, mantissa_bits: int = MANTISSA_BITS):
+    """Integer multipliers and shifts, per element: real ~= m / 2**shift, relative error < 2**-30."""
+    real = np.asarray(real, np.float64)
+    if np.any(real <= 0) or not np.all(np.isfinite(real)):
+        raise ValueError(f"requantization multipliers must be positive and finite, got {real}")
+    shift = (mantissa_bits - np.ceil(np.log2(real))).astype(np.int64)
+    if np.any(shift < 1) or np.any(shift > MAX_SHIFT):
+        raise ValueError(f"requantization multiplier {real.max():.3g} is out of the fixed-point range")
+    m = np.rint(real * 2.0 ** shift).astype(np.int64)
+    return m, shift
+
+
+def requantize(acc: np.ndarray, m: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Reference of the kernel's arithmetic: (acc * m + 2**(shift-1)) >> shift, in int64."""
+    acc = np.asarray(acc, np.int64)
+    shift = np.asarray(shift, np.int64)
+    return (acc * m + (np.int64(1) << (shift - 1))) >> shift
+
+
+def quantize_bound(value: float, scale: float, zero_point: int) -> int:
+    """Where a float clamp bound lands on the output grid (half to even, as QuantizeLinear)."""
+    if np.isinf(value):
+        return -(2 ** 31) if value < 0 else 2 ** 31 - 1
+    return int(np.rint(np.float32(value) / np.float32(scale))) + int(zero_point)

@@ -1,0 +1,43 @@
+"""QDQ ONNX to Relax through TVM's ONNX frontend.
+
+INT4/UINT4 initializers are widened to int8/uint8 first: the frontend cannot read them
+(DESIGN.md §5). Shapes are fixed at import (symbolic dims get the batch size given).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+_WIDER = {onnx.TensorProto.INT4: np.int8, onnx.TensorProto.UINT4: np.uint8}
+
+
+def widen_int4(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model whose 4-bit initializers are stored as 8-bit (same values)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for init in model.graph.initializer:
+        if init.data_type in _WIDER:
+            values = numpy_helper.to_array(init).astype(_WIDER[init.data_type])
+            init.CopyFrom(numpy_helper.from_array(values, init.name))
+    return model
+
+
+def input_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int]]:
+    """Static input shapes: every symbolic or unknown dimension becomes `batch`."""
+    initializers = {i.name for i in model.graph.initializer}
+    shapes = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch for d in dims]
+    return shapes
+
+
+def import_qdq(model: onnx.ModelProto, batch: int = 1):
+    """The model as a Relax IRModule with its weights as constants."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = widen_int4(model)
+    return from_onnx(model, shape_dict=input_shapes(model, batch), keep_params_in_input=False)

@@ -1,0 +1,295 @@
+"""QDQ-to-integer rewrite of an imported Relax module (DESIGN.md §4, "Integer code").
+
+Each `R.quantize(f(...), s_y, zp_y)` whose float computation f is one of
+
+    conv2d / matmul of DQ(activation) and DQ(constant weight) [+ bias] [+ ReLU/Clip]
+    DQ(a) + DQ(b) [+ ReLU/Clip]                                  (residual add)
+    max_pool2d, reshape, flatten, permute_dims, squeeze, expand_dims of DQ(x)
+    concat of DQ(x_i);  mean over H, W of DQ(x) (GlobalAveragePool);  avg_pool2d of DQ(x)
+    DQ(x) itself [+ ReLU/Clip]                                   (a pure requantization)
+
+is replaced by integer arithmetic on the quantized inputs: u8/s8 x s8 products accumulated in
+int32 (inputs padded with their zero point), the zero-point correction and the bias folded into
+one int32 constant per channel, then requantization by an int64 fixed-point multiply, round
+and shift, the output zero point, a clamp (ReLU/Clip bounds moved onto the output grid) and a
+cast. Anything else is left as the frontend made it: float between its DQ and Q, which is
+correct, only not integer. Dead float code is removed afterwards.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from qcompiler.backends.tvm.fixed_point import MANTISSA_BITS, multiplier_and_shift, quantize_bound
+from qcompiler.backends.tvm.qdq_patterns import QUANTIZE, Bindings, QTensor
+
+PASS_THROUGH = ("relax.nn.max_pool2d", "relax.reshape", "relax.flatten", "relax.permute_dims",
+                "relax.squeeze", "relax.expand_dims")
+DTYPE_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
+
+
+def _const(values, dtype: str) -> relax.Expr:
+    return relax.const(np.asarray(values).astype(dtype), dtype)
+
+
+def _channel_shape(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return values.reshape(shape) if values.size > 1 else values.reshape(())
+
+
+@relax.expr_functor.mutator
+class _IntegerRewriter(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, bindings: Bindings):
+        super().__init__(mod)
+        self.b = bindings
+        self.lowered: Counter = Counter()
+
+    # -- the entry point: every quantize call --------------------------------------------
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        if call.op.same_as(QUANTIZE):
+            lowered = self._lower_quantize(call)
+            if lowered is not None:
+                return lowered
+        return super().visit_call_(call)
+
+    def _lower_quantize(self, call: relax.Call):
+        scale, zero_point = self.b.constant(call.args[1]), self.b.constant(call.args[2])
+        out_dtype = str(call.attrs.out_dtype)
+        if scale is None or zero_point is None or scale.size != 1 or out_dtype not in DTYPE_RANGE:
+            return None
+        out = QTensor(call, float(scale.reshape(())), int(zero_point.reshape(())), out_dtype)
+        core, lo, hi = self._peel_clamps(call.args[0])
+        for lower in (self._linear, self._residual_add, self._pass_through, self._concat,
+                      self._global_mean, self._avg_pool, self._requantize_only):
+            integer = lower(core, out)
+            if integer is not None:
+                self.lowered[lower.__name__.lstrip("_")] += 1
+                return self._finish(integer, out, lo, hi)
+        return None
+
+    def _peel_clamps(self, expr):
+        """ReLU, Clip (the frontend's maximum/minimum with constant bounds) around the core."""
+        lo, hi = -np.inf, np.inf
+        while True:
+            value = self.b.value(expr)
+            if not isinstance(value, relax.Call):
+                return expr, lo, hi
+            name = value.op.name if isinstance(value.op, tvm.ir.Op) else ""
+            if name == "relax.nn.relu":
+                lo, expr = max(lo, 0.0), value.args[0]
+                continue
+            if name == "relax.call_tir":
+                func, args = value.args[0].name_hint, value.args[1].fields
+                bound = self.b.constant(args[1]) if len(args) == 2 else None
+                if bound is not None and bound.size == 1 and func.startswith(("maximum", "minimum")):
+                    if func.startswith("maximum"):
+                        lo = max(lo, float(bound.reshape(())))
+                    else:
+                        hi = min(hi, float(bound.reshape(())))
+                    expr = args[0]
+                    continue
+            return expr, lo, hi
+
+    # -- lowerings: each returns an int64/int32 expression on the output grid, or None -----
+    def _linear(self, core, out: QTensor):
+        bias_expr = None
+        add = self.b.call(core, "relax.add")
+        if add is not None:
+            for op, other in ((add.args[0], add.args[1]), (add.args[1], add.args[0])):
+                if self._linear_parts(op) is not None:
+                    core, bias_expr = op, other
+                    break
+            else:
+                return None
+        parts = self._linear_parts(core)
+        if parts is None:
+            return None
+        kind, call, x, w, weight_axis = parts
+        channels = w.values.shape[weight_axis]
+        bias = np.zeros(channels)
+        if bias_expr is not None:
+            bias = self.b.float_bias(bias_expr, channels)
+            if bias is None:
+                return None
+        w_scale = np.broadcast_to(w.scale, (channels,))
+        acc_scale = x.scale * w_scale
+        reduce_axes = tuple(a for a in range(w.values.ndim) if a != weight_axis)
+        correction = np.rint(bias / acc_scale) - x.zero_point * w.values.sum(axis=reduce_axes)
+        if np.abs(correction).max() >= 2 ** 31:
+            return None
+        if kind == "conv2d":
+            acc, out_axis = self._int_conv2d(call, x, w), 1
+        else:
+            acc, out_axis = self._int_matmul(x, w, weight_axis), len(call.ty.shape) - 1
+        ndim = len(call.ty.shape)
+        acc = self.builder_.emit(relax.op.add(acc, _const(_channel_shape(correction, ndim, out_axis), "int32")))
+        return self._scale_terms([(acc, _channel_shape(acc_scale / out.scale, ndim, out_axis))], out)
+
+    def _linear_parts(self, expr):
+        conv = self.b.call(expr, "relax.nn.conv2d")
+        if conv is not None:
+            attrs = conv.attrs
+            x, w = self.b.qtensor(conv.args[0]), self.b.qweight(conv.args[1])
+            if (x is None or w is None or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
+                    or w.axis != 0):
+                return None
+            return "conv2d", conv, x, w, 0
+        matmul = self.b.call(expr, "relax.matmul")
+        if matmul is None:
+            return None
+        x = self.b.qtensor(matmul.args[0])
+        weight, transposed = matmul.args[1], self.b.call(matmul.args[1], "relax.permute_dims")
+        if transposed is not None:
+            weight = transposed.args[0]
+        w = self.b.qweight(weight)
+        if x is None or w is None or w.values.ndim != 2:
+            return None
+        # The weight as [K, N]; its scale axis must be N (the output channels).
+        if transposed is not None:
+            if list(transposed.attrs.axes) != [1, 0] or (w.scale.size > 1 and w.axis != 0):
+                return None
+            w = type(w)(w.values.T, w.scale, 1)
+        elif w.scale.size > 1 and w.axis != 1:
+            return None
+        return "matmul", matmul, x, type(w)(w.values, w.scale, 1), 1
+
+    def _int_conv2d(self, conv: relax.Call, x: QTensor, w) -> relax.Expr:
+        attrs = conv.attrs
+        data = self.visit_expr(x.var)
+        top, left, bottom, right = (int(p) for p in attrs.padding)
+        if top or left or bottom or right:
+            data = self.builder_.emit(relax.op.nn.pad(
+                data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(x.zero_point)))
+        return self.builder_.emit(relax.op.nn.conv2d(
+            data, _const(w.values, "int8"), strides=attrs.strides, padding=0, dilation=attrs.dilation,
+            groups=int(attrs.groups), out_dtype="int32"))
+
+    def _int_matmul(self, x: QTensor, w, weight_axis) -> relax.Expr:
+        return self.builder_.emit(relax.op.matmul(self.visit_expr(x.var), _const(w.values, "int8"),
+                                                  out_dtype="int32"))
+
+    def _residual_add(self, core, out: QTensor):
+        add = self.b.call(core, "relax.add")
+        if add is None:
+            return None
+        a, b = (self.b.qtensor(arg) for arg in add.args)
+        if a is None or b is None:
+            return None
+        return self._scale_terms([(self._centred(a), np.array(a.scale / out.scale)),
+                                  (self._centred(b), np.array(b.scale / out.scale))], out)
+
+    def _pass_through(self, core, out: QTensor):
+        call = self.b.value(core)
+        if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op) or call.op.name not in PASS_THROUGH:
+            return None
+        x = self.b.qtensor(call.args[0])
+        if x is None:
+            return None
+        # max and the data-movement ops commute with the monotone per-tensor requantization.
+        moved = self.builder_.emit(relax.Call(call.op, [self.visit_expr(x.var)] + list(call.args[1:]), call.attrs))
+        return self._onto_grid(QTensor(moved, x.scale, x.zero_point, x.dtype), out)
+
+    def _concat(self, core, out: QTensor):
+        call = self.b.call(core, "relax.concat")
+        if call is None:
+            return None
+        parts = [self.b.qtensor(field) for field in self.b.value(call.args[0]).fields]
+        if any(p is None for p in parts):
+            return None
+        pieces = [self._finish(self._onto_grid(p, out), out, -np.inf, np.inf) for p in parts]
+        return self.builder_.emit(relax.op.astype(relax.op.concat(pieces, axis=int(call.attrs.axis)), "int64"))
+
+    def _global_mean(self, core, out: QTensor):
+        call = self.b.call(core, "relax.mean")
+        x = self.b.qtensor(call.args[0]) if call is not None else None
+        if x is None or call.attrs.axis is None:
+            return None
+        shape = [int(d) for d in call.args[0].ty.shape]
+        count = int(np.prod([shape[int(a)] for a in call.attrs.axis]))
+        total = self.builder_.emit(relax.op.sum(self._centred(x), axis=call.attrs.axis,
+                                                keepdims=bool(call.attrs.keepdims)))
+        return self._scale_terms([(total, np.array(x.scale / (count * out.scale)))], out)
+
+    def _avg_pool(self, core, out: QTensor):
+        call = self.b.call(core, "relax.nn.avg_pool2d")
+        x = self.b.qtensor(call.args[0]) if call is not None else None
+        if x is None:
+            return None
+        attrs = call.attrs
+        padded = any(int(p) for p in attrs.padding)
+        if attrs.layout != "NCHW" or attrs.ceil_mode or (padded and not attrs.count_include_pad):
+            return None
+        channels = int(call.args[0].ty.shape[1])
+        kh, kw = (int(k) for k in attrs.pool_size)
+        ones = _const(np.ones((channels, 1, kh, kw)), "int32")
+        centred = self._centred(x)       # padding a centred tensor with 0 is padding with zp
+        total = self.builder_.emit(relax.op.nn.conv2d(
+            centred, ones, strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
+            groups=channels, out_dtype="int32"))
+        return self._scale_terms([(total, np.array(x.scale / (kh * kw * out.scale)))], out)
+
+    def _requantize_only(self, core, out: QTensor):
+        x = self.b.qtensor(core)
+        return None if x is None else self._onto_grid(x, out)
+
+    # -- arithmetic helpers --------------------------------------------------------------
+    def _centred(self, x: QTensor) -> relax.Expr:
+        """x - zp as int32."""
+        data = self.builder_.emit(relax.op.astype(self.visit_expr(x.var), "int32"))
+        if x.zero_point == 0:
+            return data
+        return self.builder_.emit(relax.op.subtract(data, _const(x.zero_point, "int32")))
+
+    def _onto_grid(self, x: QTensor, out: QTensor) -> relax.Expr:
+        """An integer tensor re-expressed on the output's grid (free when the grids agree)."""
+        if np.float32(x.scale) == np.float32(out.scale):
+            shifted = self.builder_.emit(relax.op.astype(self.visit_expr(x.var), "int64"))
+            if x.zero_point == out.zero_point:
+                return shifted
+            return self.builder_.emit(relax.op.add(shifted, _const(out.zero_point - x.zero_point, "int64")))
+        return self._scale_terms([(self._centred(x), np.array(x.scale / out.scale))], out)
+
+    def _scale_terms(self, terms, out: QTensor) -> relax.Expr:
+        """round(sum_i t_i * real_i) + zp_out in int64, t_i int32 and real_i > 0 (broadcastable).
+
+        One term: per-channel multipliers and shifts. Several (a residual add): one shift from
+        the largest multiplier, so that the terms add before the single rounding."""
+        if len(terms) == 1:
+            m, shift = multiplier_and_shift(terms[0][1])
+            ms = [m]
+        else:
+            largest = max(float(np.max(real)) for _, real in terms)
+            shift = np.int64(MANTISSA_BITS - int(np.ceil(np.log2(largest))))
+            ms = [np.rint(np.asarray(real, np.float64) * 2.0 ** shift).astype(np.int64) for _, real in terms]
+        total = None
+        for (term, _), m in zip(terms, ms):
+            wide = self.builder_.emit(relax.op.astype(term, "int64"))
+            product = self.builder_.emit(relax.op.multiply(wide, _const(m, "int64")))
+            total = product if total is None else self.builder_.emit(relax.op.add(total, product))
+        rounding = (np.int64(1) << (np.asarray(shift, np.int64) - 1)) + (np.asarray(out.zero_point, np.int64) << shift)
+        total = self.builder_.emit(relax.op.add(total, _const(rounding, "int64")))
+        return self.builder_.emit(relax.op.right_shift(total, _const(shift, "int64")))
+
+    def _finish(self, integer: relax.Expr, out: QTensor, lo: float, hi: float) -> relax.Expr:
+        """Clamp to the dtype range and the ReLU/Clip bounds on the output grid, then cast."""
+        qmin, qmax = DTYPE_RANGE[out.dtype]
+        qmin = max(qmin, quantize_bound(lo, out.scale, out.zero_point))
+        qmax = min(qmax, quantize_bound(hi, out.scale, out.zero_point))
+        clamped = self.builder_.emit(relax.op.maximum(integer, _const(qmin, "int64")))
+        clamped = self.builder_.emit(relax.op.minimum(clamped, _const(qmax, "int64")))
+        return self.builder_.emit(relax.op.astype(clamped, out.dtype))
+
+
+def rewrite_to_integer(mod: tvm.IRModule) -> tuple[tvm.IRModule, Counter]:
+    """The module with every matched QDQ group in integer arithmetic, and what was lowered."""
+    rewriter = _IntegerRewriter(mod, Bindings(mod["main"]))
+    main = rewriter.visit_expr(mod["main"])
+    mod = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(dict(mod.functions))
+    mod["main"] = main
+    mod = relax.transform.DeadCodeElimination()(mod)
+    return mod, rewriter.lowered
