@@ -70,6 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", required=True, help="calibration data: .npz (arrays named after the inputs, "
                    "samples first), .npy (one-input models) or a folder of images")
     p.add_argument("-o", "--output-dir", type=Path, required=True, help="writes model.qdq.onnx and report.html here")
+    _quantize_options(p)
+
+    p = sub.add_parser("compile", help="quantize (unless already QDQ) and build an integer library for a target")
+    p.add_argument("model", type=Path, help="a float .onnx model, or an already quantized *.qdq.onnx")
+    p.add_argument("--calib", help="calibration data as for `quantize` (not needed for a QDQ model)")
+    p.add_argument("--target", default="x86", help="x86 (this machine), arm64, arm64-dotprod, arm64-i8mm "
+                   "(`qcompiler targets` lists them; default x86)")
+    p.add_argument("--batch", type=int, default=1, help="the batch size the library is built for (default 1)")
+    p.add_argument("-o", "--output-dir", type=Path, required=True,
+                   help="writes model.so, model.json, model.qdq.onnx (and report.html when it quantized) here")
+    _quantize_options(p)
+
+    p = sub.add_parser("run", help="run a compiled library on the host")
+    p.add_argument("library", type=Path, help="the folder `compile` wrote")
+    p.add_argument("--input", required=True, help=".npz with arrays named after the inputs (samples first), "
+                   "or .npy for a one-input model")
+    p.add_argument("-o", "--output", type=Path, help="write the outputs to this .npz")
+
+    sub.add_parser("targets", help="list the compilation targets")
+    _more_commands(sub)
+    return parser
+
+
+def _quantize_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help=f"quantization scheme (default w8a8): {', '.join(PRESET_NAMES)}")
     p.add_argument("--observer", help=f"activation range observer: {', '.join(OBSERVER_NAMES)} (default: the preset's, mse)")
     p.add_argument("--override", action="append", default=[], metavar="PATTERN:KEY=VALUE",
@@ -85,11 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="calibration batch size (default: what fits 256 MiB of activations)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _more_commands(sub) -> None:
     sub.add_parser("passes", help="list the registered passes")
 
     p = sub.add_parser("demo", help="inspect, optimize and quantize the bundled example model, with a report")
     p.add_argument("-o", "--output-dir", type=Path, default=Path("qcompiler-demo"))
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,15 +194,26 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from qcompiler import files
+
+    result, report = _quantize(args)
+    out = files.prepare_output_dir(args.output_dir)
+    _write_quantized(out, result, report)
+    print(f"wrote {out / 'model.qdq.onnx'} and {out / 'report.html'}")
+    return 0
+
+
+def _quantize(args: argparse.Namespace):
+    """Quantize (and evaluate) as the options say; the result and its report, nothing written."""
     import time
 
-    from qcompiler import files, ir
+    from qcompiler import ir
     from qcompiler.data import ImagePreprocess, load_data
     from qcompiler.driver import constant_bytes, quantize
     from qcompiler.evaluate import evaluate, tensor_errors
     from qcompiler.quant.annotation import weight_values
     from qcompiler.quant.presets import load_config
-    from qcompiler.report import ReportData, summary_table, write_html
+    from qcompiler.report import ReportData
 
     start = time.perf_counter()
     config = load_config(args.config, args.preset, args.observer, args.override)
@@ -197,11 +233,106 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         calibration=str(args.calib), calibration_samples=result.calibration.count, evaluation=evaluation,
         evaluation_source=str(args.eval), tensors=tensors, float_bytes=constant_bytes(result.float_model),
         quant_bytes=constant_bytes(result.qdq), seconds=time.perf_counter() - start, weight_values=weight_values(result.annotated))
-    out = files.prepare_output_dir(args.output_dir)
+    return result, report
+
+
+def _write_quantized(out: Path, result, report) -> None:
+    from qcompiler import files, ir
+    from qcompiler.report import summary_table, write_html
+
     ir.save(result.qdq, out / "model.qdq.onnx")
     files.write_text_atomic(out / "report.html", write_html(report))
     print(summary_table(report))
-    print(f"wrote {out / 'model.qdq.onnx'} and {out / 'report.html'}")
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Quantize (unless the model already is QDQ), build the integer library, check it, write all."""
+    from qcompiler import files, ir
+    from qcompiler.backends.tvm.targets import get_target
+    from qcompiler.driver import compile_qdq, write_library
+
+    target = get_target(args.target)
+    model = ir.load(args.model)
+    already = any(n.op in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.nodes)
+    result = report = None
+    if already:
+        if args.calib:
+            log.warning("%s is already quantized (QDQ): --calib and the quantization options are ignored", args.model)
+        qdq = model
+    elif not args.calib:
+        raise UsageError(f"{args.model} is a float model: give --calib DATA to quantize it first "
+                         "(or pass an already quantized *.qdq.onnx)")
+    else:
+        result, report = _quantize(args)
+        qdq = result.qdq
+    print(f"building for {target.name} ({target.description}), batch {args.batch} ...", file=sys.stderr)
+    library = compile_qdq(qdq, target, args.batch)
+    out = files.prepare_output_dir(args.output_dir)
+    if result is not None:
+        _write_quantized(out, result, report)
+    paths = write_library(library, qdq, out)
+    print(f"integer ops: {_counts(library.lowered)}; float fallback: {_counts(library.float_ops) or 'none'}")
+    print("build: " + ", ".join(f"{k} {v:.1f} s" for k, v in library.seconds.items()))
+    if target.host and result is not None:
+        _print_fidelity(qdq, out, result.calibration.head(min(64, result.calibration.count)))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _counts(counter) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))
+
+
+def _print_fidelity(qdq, out: Path, data) -> None:
+    """The library against the QDQ model in onnxruntime on calibration samples, in output LSBs."""
+    from qcompiler.fidelity import compare
+    from qcompiler.runtime import load
+
+    feeds = dict(data.arrays)
+    for fidelity in compare(qdq.to_onnx(), load(out), feeds):
+        print(f"library vs QDQ model (onnxruntime): {fidelity.line()}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qcompiler.data import InputInfo, read_array_file
+    from qcompiler.runtime import load
+
+    library = load(args.library)
+    infos = [InputInfo(name, np.dtype(spec["dtype"]), tuple(spec["shape"])) for name, spec in library.inputs.items()]
+    feeds, _ = read_array_file(Path(args.input), infos)
+    outputs = library.run(feeds)
+    for name, value in outputs.items():
+        line = f"{name}: {value.dtype}{list(value.shape)}"
+        if value.ndim == 2:
+            line += f", argmax of the first samples: {value.argmax(1)[:10].tolist()}"
+        print(line)
+    if args.output:
+        _save_npz(args.output, outputs)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    import io
+
+    from qcompiler import files
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    files.write_bytes_atomic(path, buffer.getvalue())
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    import json
+
+    from qcompiler.backends.tvm.targets import TARGETS
+
+    for spec in TARGETS.values():
+        compiler = "host compiler" if spec.host else (
+            f"{spec.cross_compiler} ({'found' if spec.compiler_available() else 'missing: apt-get install ' + spec.apt_package})")
+        print(f"{spec.name:<14} {spec.description}")
+        print(f"{'':<14} tvm target: {json.dumps(spec.llvm)}")
+        print(f"{'':<14} linker: {compiler}; schedules: {', '.join(spec.schedules) or 'TVM generic (no templates yet)'}")
     return 0
 
 
@@ -261,7 +392,7 @@ def _equivalence(reference, optimized) -> str:
 
 
 COMMANDS = {"inspect": cmd_inspect, "optimize": cmd_optimize, "quantize": cmd_quantize, "passes": cmd_passes,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "compile": cmd_compile, "run": cmd_run, "targets": cmd_targets}
 
 if __name__ == "__main__":
     sys.exit(main())

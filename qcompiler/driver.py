@@ -69,3 +69,28 @@ def constant_bytes(model: Model) -> int:
             values = np.asarray(values)
             total += (values.size + 1) // 2 if values.dtype in INT4_DTYPES else values.nbytes
     return total
+
+
+def compile_qdq(qdq: Model, target: str = "x86", batch: int = 1):
+    """Build the QDQ model into an integer library for a target (in memory; `write_library` saves it)."""
+    from qcompiler.backends.tvm.build import build
+
+    return build(qdq.to_onnx(), target, batch, name=str(qdq.path or "model"))
+
+
+def write_library(library, qdq: Model, out_dir) -> list:
+    """model.so, model.json and model.qdq.onnx in out_dir, each written atomically."""
+    import json
+    from pathlib import Path
+
+    from qcompiler import __version__, files
+    from qcompiler.backends.tvm.build import export, metadata
+    from qcompiler.ir import save
+
+    out = files.prepare_output_dir(Path(out_dir))
+    onnx_model = qdq.to_onnx()
+    meta = metadata(onnx_model, library, __version__)
+    paths = [export(library, out / "model.so"), out / "model.json", out / "model.qdq.onnx"]
+    files.write_text_atomic(paths[1], json.dumps(meta, indent=1))
+    save(qdq, paths[2])
+    return paths

@@ -1,0 +1,169 @@
+"""QDQ ONNX -> integer Relax -> a shared library for a target, plus its model.json metadata."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from qcompiler.backends.tvm.targets import TargetSpec, get_target, tvm_target
+from qcompiler.errors import OutputError, UnsupportedModelError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Library:
+    """A built module before export, and what the build did."""
+
+    executable: object
+    target: TargetSpec
+    lowered: Counter
+    float_ops: Counter
+    batch: int
+    outputs: list[tuple[list[int], str]]   # shape and dtype of each output, in order
+    seconds: dict = field(default_factory=dict)
+
+
+def check_ops(model: onnx.ModelProto, name: str = "model") -> None:
+    """Every op the frontend cannot convert, listed at once (exit 4)."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = _get_convert_map()
+    missing = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx") and n.op_type not in known}
+                     | {f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    if missing:
+        raise UnsupportedModelError(f"{name}: the TVM backend cannot lower {len(missing)} op type(s): "
+                                    f"{', '.join(missing)}; replace them or keep this model on onnxruntime")
+
+
+def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: str = "model") -> Library:
+    """Import, rewrite to integer and compile for the target (not yet written to disk)."""
+    import tvm
+
+    from qcompiler.backends.tvm.importer import import_qdq
+    from qcompiler.backends.tvm.integer_rewrite import rewrite_to_integer
+
+    spec = target if isinstance(target, TargetSpec) else get_target(target)
+    if batch < 1:
+        raise UsageError(f"batch must be at least 1, got {batch}")
+    check_ops(qdq, name)
+    seconds = {}
+    start = time.perf_counter()
+    mod = import_qdq(qdq, batch)
+    seconds["import"] = time.perf_counter() - start
+    start = time.perf_counter()
+    mod, lowered = rewrite_to_integer(mod)
+    seconds["integer rewrite"] = time.perf_counter() - start
+    start = time.perf_counter()
+    with tvm.target.Target(tvm_target(spec)):
+        executable = tvm.compile(mod, target=tvm_target(spec))
+    seconds["codegen"] = time.perf_counter() - start
+    return Library(executable, spec, lowered, float_compute_ops(mod), batch, output_types(mod), seconds)
+
+
+def output_types(mod) -> list[tuple[list[int], str]]:
+    """Shape and dtype of each value `main` returns (one tensor or a tuple of them)."""
+    ty = mod["main"].ret_ty
+    fields = ty.fields if hasattr(ty, "fields") else [ty]
+    return [([int(d) for d in t.shape], str(t.dtype)) for t in fields]
+
+
+def float_compute_ops(mod) -> Counter:
+    """Ops left computing in float (the fallback), by name; the Q/DQ at the edges excluded."""
+    from tvm import relax
+
+    counts: Counter = Counter()
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value, ty = binding.value, binding.var.ty
+            if isinstance(value, relax.Call) and getattr(ty, "dtype", "") == "float32":
+                op = value.op.name if hasattr(value.op, "name") else "call"
+                if op not in ("relax.dequantize",):
+                    counts[op.replace("relax.", "")] += 1
+    return counts
+
+
+def export(library: Library, path: Path) -> Path:
+    """Write the shared library atomically (a temporary name in the same folder, then rename)."""
+    from tvm.support import cc
+
+    spec = library.target
+    if not spec.compiler_available():
+        raise UsageError(f"target {spec.name} needs the cross compiler {spec.cross_compiler}, which is not on "
+                         f"PATH; install it with `apt-get install {spec.apt_package}`")
+    fcompile = cc.cross_compiler(spec.cross_compiler) if spec.cross_compiler else None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".so", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
+    try:
+        if fcompile is None:
+            library.executable.export_library(tmp)
+        else:
+            library.executable.export_library(tmp, fcompile=fcompile)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def quant_parameters(qdq: onnx.ModelProto) -> list[dict]:
+    """Every QuantizeLinear's tensor, scale, zero point and dtype (activations, per tensor)."""
+    inits = {i.name: i for i in qdq.graph.initializer}
+    found = []
+    for node in qdq.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[1] not in inits:
+            continue
+        scale = numpy_helper.to_array(inits[node.input[1]])
+        zp = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] in inits else None
+        found.append({"tensor": node.input[0], "scale": scale.astype(float).tolist(),
+                      "zero_point": None if zp is None else zp.astype(int).tolist(),
+                      "dtype": "uint8" if zp is None else str(zp.dtype)})
+    return found
+
+
+def metadata(qdq: onnx.ModelProto, library: Library, version: str) -> dict:
+    import tvm
+
+    inputs, outputs = io_signature(qdq, library)
+    return {
+        "format": "qcompiler-library/1",
+        "qcompiler_version": version,
+        "tvm_version": tvm.__version__,
+        "target": {"name": library.target.name, "tvm": json.loads(str(tvm_target(library.target))),
+                   "schedules": list(library.target.schedules)},
+        "batch": library.batch,
+        "inputs": inputs,
+        "outputs": outputs,
+        "integer_ops": dict(library.lowered),
+        "float_fallback_ops": dict(library.float_ops),
+        "quantization": quant_parameters(qdq),
+    }
+
+
+def io_signature(qdq: onnx.ModelProto, library: Library) -> tuple[dict, dict]:
+    """Inputs and outputs with dtypes and static shapes, in order."""
+    from qcompiler.backends.tvm.importer import input_shapes
+
+    shapes = input_shapes(qdq, library.batch)
+    inputs = {value.name: {"dtype": _dtype(value), "shape": shapes[value.name]}
+              for value in qdq.graph.input if value.name in shapes}
+    outputs = {value.name: {"dtype": dtype, "shape": shape}
+               for value, (shape, dtype) in zip(qdq.graph.output, library.outputs)}
+    return inputs, outputs
+
+
+def _dtype(value) -> str:
+    return str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)))

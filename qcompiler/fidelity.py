@@ -1,0 +1,56 @@
+"""How closely a compiled library follows its QDQ model (the reference, run in onnxruntime).
+
+Differences are counted in LSBs of each output's quantization scale (the scale of the
+DequantizeLinear that produces it): the contract is at most 1 LSB on every element.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from qcompiler.executor import session
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    output: str
+    max_lsb: float           # largest |library - reference| / scale over all elements
+    equal_share: float       # share of elements that are exactly equal (to within 1e-3 LSB)
+    samples: int
+
+    def line(self) -> str:
+        return (f"{self.output}: max {self.max_lsb:.2f} LSB, {100 * self.equal_share:.1f}% of elements exact "
+                f"({self.samples} samples)")
+
+
+def output_scales(qdq: onnx.ModelProto) -> dict[str, float | None]:
+    """Each graph output's per-tensor scale when a DequantizeLinear produces it, else None."""
+    inits = {i.name: i for i in qdq.graph.initializer}
+    producers = {o: n for n in qdq.graph.node for o in n.output}
+    scales = {}
+    for value in qdq.graph.output:
+        node = producers.get(value.name)
+        scale = None
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[1] in inits:
+            array = numpy_helper.to_array(inits[node.input[1]])
+            scale = float(array.reshape(-1)[0]) if array.size == 1 else None
+        scales[value.name] = scale
+    return scales
+
+
+def compare(qdq: onnx.ModelProto, library, feeds: dict[str, np.ndarray]) -> list[Fidelity]:
+    """Run both on the same inputs; one Fidelity per output (a float output is compared in
+    units of its largest magnitude instead of LSBs)."""
+    reference = session(qdq).run(None, feeds)
+    actual = library.run(feeds)
+    samples = next(iter(feeds.values())).shape[0]
+    results = []
+    for (name, scale), expected in zip(output_scales(qdq).items(), reference):
+        unit = scale or max(float(np.abs(expected).max(initial=0.0)), 1e-30)
+        diff = np.abs(actual[name].astype(np.float64) - expected) / unit
+        results.append(Fidelity(name, float(diff.max(initial=0.0)), float(np.mean(diff < 1e-3)), samples))
+    return results

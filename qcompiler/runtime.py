@@ -1,0 +1,102 @@
+"""Load and run a compiled library (the folder `qcompiler compile` writes). Needs only the TVM
+runtime (tvm.runtime), numpy and this file: nothing of the compiler.
+
+    from qcompiler.runtime import load
+    lib = load("out/")                       # out/model.so + out/model.json
+    outputs = lib.run({"input": x})          # dict name -> numpy array; any number of samples
+
+The library is built for a fixed batch (model.json "batch"); `run` feeds larger inputs in
+chunks of that batch (padding the last one) and concatenates the results.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from qcompiler.errors import CalibrationDataError, InvalidModelError
+
+LIBRARY_FORMAT = "qcompiler-library/1"
+
+
+class CompiledModel:
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        meta_path, lib_path = folder / "model.json", folder / "model.so"
+        for path in (meta_path, lib_path):
+            if not path.is_file():
+                raise InvalidModelError(f"{path}: missing; give the folder `qcompiler compile -o` wrote")
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InvalidModelError(f"{meta_path}: not readable as JSON ({exc})") from None
+        if self.meta.get("format") != LIBRARY_FORMAT:
+            raise InvalidModelError(f"{meta_path}: format {self.meta.get('format')!r}, expected {LIBRARY_FORMAT!r}")
+        self.inputs: dict = self.meta["inputs"]
+        self.outputs: dict = self.meta["outputs"]
+        self.batch: int = int(self.meta["batch"])
+        self.folder = folder
+        self._vm = _virtual_machine(lib_path)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs for inputs with any number of samples along axis 0."""
+        arrays, samples = self._check(feeds)
+        chunks = []
+        for start in range(0, samples, self.batch):
+            chunk = [a[start:start + self.batch] for a in arrays]
+            real = chunk[0].shape[0]
+            if real < self.batch:   # pad the last chunk to the compiled batch
+                chunk = [np.concatenate([c, np.repeat(c[-1:], self.batch - real, axis=0)]) for c in chunk]
+            chunks.append([o[:real] for o in self._run_batch(chunk)])
+        return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(self.outputs)}
+
+    def _run_batch(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        import tvm.runtime
+
+        result = self._vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays))
+        results = list(result) if not hasattr(result, "numpy") else [result]
+        return [r.numpy() for r in results]
+
+    def _check(self, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
+        problems, arrays, counts = [], [], set()
+        for name in feeds:
+            if name not in self.inputs:
+                problems.append(f"unknown input {name!r}")
+        for name, spec in self.inputs.items():
+            if name not in feeds:
+                problems.append(f"missing input {name!r} {spec['dtype']}{spec['shape']}")
+                continue
+            array = np.asarray(feeds[name])
+            if array.dtype != np.dtype(spec["dtype"]):
+                problems.append(f"input {name!r} is {array.dtype}, the library takes {spec['dtype']}")
+            elif list(array.shape[1:]) != list(spec["shape"][1:]):
+                problems.append(f"input {name!r} has shape {list(array.shape)}, the library takes "
+                                f"[N, {', '.join(map(str, spec['shape'][1:]))}]")
+            else:
+                counts.add(array.shape[0])
+            arrays.append(array)
+        if len(counts) > 1:
+            problems.append(f"inputs differ in their sample counts: {sorted(counts)}")
+        if counts == {0}:
+            problems.append("inputs have no samples")
+        if problems:
+            raise CalibrationDataError("; ".join(problems))
+        return arrays, counts.pop()
+
+
+def _virtual_machine(lib_path: Path):
+    import tvm.runtime
+    from tvm.runtime.vm import VirtualMachine
+
+    try:
+        lib = tvm.runtime.load_module(str(lib_path))
+    except Exception as exc:  # noqa: BLE001 - tvm raises its own error types for unloadable files
+        raise InvalidModelError(f"{lib_path}: cannot be loaded here ({str(exc).splitlines()[0]}); was it built "
+                                "for another target?") from None
+    return VirtualMachine(lib, tvm.runtime.cpu())
+
+
+def load(folder: str | Path) -> CompiledModel:
+    return CompiledModel(folder)
