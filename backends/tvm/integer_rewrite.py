@@ -213,7 +213,7 @@ class _IntegerRewriter(relax.PyExprMutator):
         count = int(np.prod([shape[int(a)] for a in call.attrs.axis]))
         total = self.builder_.emit(relax.op.sum(self._centred(x), axis=call.attrs.axis,
                                                 keepdims=bool(call.attrs.keepdims)))
-        return self._scale_terms([(total, np.array(x.scale / (count * out.scale)))], out)
+        return self._average(total, count, x, out)
 
     def _avg_pool(self, core, out: QTensor):
         call = self.b.call(core, "relax.nn.avg_pool2d")
@@ -231,13 +231,30 @@ class _IntegerRewriter(relax.PyExprMutator):
         total = self.builder_.emit(relax.op.nn.conv2d(
             centred, ones, strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
             groups=channels, out_dtype="int32"))
-        return self._scale_terms([(total, np.array(x.scale / (kh * kw * out.scale)))], out)
+        return self._average(total, kh * kw, x, out)
 
     def _requantize_only(self, core, out: QTensor):
         x = self.b.qtensor(core)
         return None if x is None else self._onto_grid(x, out)
 
     # -- arithmetic helpers --------------------------------------------------------------
+    def _average(self, total: relax.Expr, count: int, x: QTensor, out: QTensor) -> relax.Expr:
+        """round(total / count) on the output grid. On the same grid (pooling keeps the scale)
+        the division is exact, ties to even: a fixed-point 1/count would round the frequent
+        exact ties (a mean of integers) at random."""
+        if np.float32(x.scale) != np.float32(out.scale):
+            return self._scale_terms([(total, np.array(x.scale / (count * out.scale)))], out)
+        n = _const(count, "int64")
+        wide = self.builder_.emit(relax.op.astype(total, "int64"))
+        quotient = self.builder_.emit(relax.op.floor_divide(wide, n))
+        twice_rest = self.builder_.emit(relax.op.multiply(relax.op.subtract(wide, relax.op.multiply(quotient, n)),
+                                                          _const(2, "int64")))
+        odd = relax.op.bitwise_and(quotient, _const(1, "int64"))
+        up = relax.op.logical_or(relax.op.greater(twice_rest, n),
+                                 relax.op.logical_and(relax.op.equal(twice_rest, n), relax.op.equal(odd, _const(1, "int64"))))
+        rounded = self.builder_.emit(relax.op.add(quotient, relax.op.astype(up, "int64")))
+        return self.builder_.emit(relax.op.add(rounded, _const(out.zero_point, "int64")))
+
     def _centred(self, x: QTensor) -> relax.Expr:
         """x - zp as int32."""
         data = self.builder_.emit(relax.op.astype(self.visit_expr(x.var), "int32"))
@@ -271,9 +288,13 @@ class _IntegerRewriter(relax.PyExprMutator):
             wide = self.builder_.emit(relax.op.astype(term, "int64"))
             product = self.builder_.emit(relax.op.multiply(wide, _const(m, "int64")))
             total = product if total is None else self.builder_.emit(relax.op.add(total, product))
-        rounding = (np.int64(1) << (np.asarray(shift, np.int64) - 1)) + (np.asarray(out.zero_point, np.int64) << shift)
-        total = self.builder_.emit(relax.op.add(total, _const(rounding, "int64")))
-        return self.builder_.emit(relax.op.right_shift(total, _const(shift, "int64")))
+        # Round half to even at bit `shift` (see fixed_point.round_shift), then the zero point.
+        shift_c = _const(shift, "int64")
+        odd = self.builder_.emit(relax.op.bitwise_and(relax.op.right_shift(total, shift_c), _const(1, "int64")))
+        half = (np.int64(1) << (np.asarray(shift, np.int64) - 1)) - 1
+        total = self.builder_.emit(relax.op.add(relax.op.add(total, _const(half, "int64")), odd))
+        total = self.builder_.emit(relax.op.right_shift(total, shift_c))
+        return self.builder_.emit(relax.op.add(total, _const(out.zero_point, "int64")))
 
     def _finish(self, integer: relax.Expr, out: QTensor, lo: float, hi: float) -> relax.Expr:
         """Clamp to the dtype range and the ReLU/Clip bounds on the output grid, then cast."""

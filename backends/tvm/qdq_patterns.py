@@ -31,7 +31,7 @@ class QTensor:
 
 @dataclass(frozen=True)
 class QWeight:
-    """A constant integer weight, symmetric, with scales along `axis` (or one scale)."""
+    """A constant integer weight (zero point already subtracted), with scales along `axis`."""
 
     values: np.ndarray
     scale: np.ndarray
@@ -88,16 +88,22 @@ class Bindings:
         return QTensor(data, float(scale.reshape(())), int(zero_point.reshape(())), dtype)
 
     def qweight(self, expr) -> QWeight | None:
-        """`dequantize(constant int8, scales, 0)`: a symmetric (per-channel) integer weight."""
+        """`dequantize(constant integer, scales, zero points)`: a constant weight, with any zero
+        point folded into the values (w - zp must still fit int8: it does for 2-4 bit grids)."""
         call = self.call(expr, "relax.dequantize")
         if call is None:
             return None
         values, scale, zero_point = (self.constant(a) for a in call.args)
-        if values is None or scale is None or zero_point is None:
+        if values is None or scale is None or zero_point is None or values.dtype not in (np.int8, np.uint8):
             return None
-        if values.dtype not in (np.int8, np.uint8) or np.any(zero_point != 0):
+        axis = int(call.attrs.axis) % max(values.ndim, 1)
+        zero_point = zero_point.astype(np.int32).reshape(-1)
+        if zero_point.size > 1:
+            zero_point = zero_point.reshape([-1 if a == axis else 1 for a in range(values.ndim)])
+        centred = values.astype(np.int32) - zero_point
+        if centred.min() < -128 or centred.max() > 127:
             return None
-        return QWeight(values.astype(np.int32), scale.astype(np.float64).reshape(-1), int(call.attrs.axis))
+        return QWeight(centred, scale.astype(np.float64).reshape(-1), axis)
 
     def float_bias(self, expr, channels: int) -> np.ndarray | None:
         """A bias added after a conv or matmul: a (dequantized) constant of one value per
