@@ -113,7 +113,7 @@ def _quantize_options(p: argparse.ArgumentParser) -> None:
 def _more_commands(sub) -> None:
     sub.add_parser("passes", help="list the registered passes")
 
-    p = sub.add_parser("demo", help="inspect, optimize and quantize the bundled example model, with a report")
+    p = sub.add_parser("demo", help="the main job on the bundled model: inspect, optimize, quantize, compile, run")
     p.add_argument("-o", "--output-dir", type=Path, default=Path("qcompiler-demo"))
 
 
@@ -363,9 +363,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cmd_optimize(argparse.Namespace(model=model_path, output=out / "model.opt.onnx", passes=None, user_passes=[],
                                     dump_after=[], time=False, no_verify=False))
     print(f"\n== qcompiler quantize {model_path.name} --calib {calib} --eval {held_out} --preset w8a8 -o {out}")
-    return cmd_quantize(argparse.Namespace(
+    cmd_quantize(argparse.Namespace(
         model=model_path, calib=str(calib), output_dir=out, preset="w8a8", observer=None, override=[], config=None,
         eval=str(held_out), calib_count=None, preprocess="none", batch_size=None, no_progress=not sys.stderr.isatty()))
+    library = out / "library"
+    print(f"\n== qcompiler compile {out / 'model.qdq.onnx'} --target x86 -o {library}")
+    cmd_compile(argparse.Namespace(model=out / "model.qdq.onnx", calib=None, target="x86", batch=1,
+                                   output_dir=library))
+    print(f"\n== qcompiler run {library} --input {held_out}")
+    return _demo_run(library, out / "model.qdq.onnx", data["input"][150:], data["labels"][150:])
+
+
+def _demo_run(library_dir: Path, qdq_path: Path, images: np.ndarray, labels: np.ndarray) -> int:
+    """Run the compiled library on the held-out images: accuracy, and agreement with the QDQ model."""
+    from qcompiler import ir
+    from qcompiler.fidelity import compare
+    from qcompiler.runtime import load
+
+    library = load(library_dir)
+    logits = library.run({"input": images})["logits"]
+    print(f"integer library on {len(images)} held-out images: top-1 accuracy {np.mean(logits.argmax(1) == labels):.4f}")
+    for fidelity in compare(ir.load(qdq_path).to_onnx(), library, {"input": images}):
+        print(f"library vs QDQ model (onnxruntime): {fidelity.line()}")
+    return 0
 
 
 def _op_changes(before: dict[str, int], after: dict[str, int]) -> str:

@@ -57,6 +57,7 @@ def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: 
     if batch < 1:
         raise UsageError(f"batch must be at least 1, got {batch}")
     check_ops(qdq, name)
+    _check_compiler(spec)
     seconds = {}
     start = time.perf_counter()
     mod = import_qdq(qdq, batch)
@@ -98,9 +99,7 @@ def export(library: Library, path: Path) -> Path:
     from tvm.support import cc
 
     spec = library.target
-    if not spec.compiler_available():
-        raise UsageError(f"target {spec.name} needs the cross compiler {spec.cross_compiler}, which is not on "
-                         f"PATH; install it with `apt-get install {spec.apt_package}`")
+    _check_compiler(spec)
     fcompile = cc.cross_compiler(spec.cross_compiler) if spec.cross_compiler else None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".so", dir=path.parent)
@@ -117,6 +116,12 @@ def export(library: Library, path: Path) -> Path:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _check_compiler(spec: TargetSpec) -> None:
+    if not spec.compiler_available():
+        raise UsageError(f"target {spec.name} needs the cross compiler {spec.cross_compiler}, which is not on "
+                         f"PATH; install it with `apt-get install {spec.apt_package}`")
 
 
 def quant_parameters(qdq: onnx.ModelProto) -> list[dict]:

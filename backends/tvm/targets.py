@@ -1,7 +1,8 @@
 """Targets as data: a name -> the TVM target, the cross compiler and the schedules it uses.
 
-`qcompiler targets` prints this table. The x86 entry is the host: its CPU is asked of LLVM,
-and VNNI (vpdpbusd) is used when the CPU has it, AVX2 otherwise.
+`qcompiler targets` prints this table. The x86 entry is the host: its CPU is asked of LLVM.
+No schedule templates exist yet (VNNI, sdot, smmla are the next step): every target gets TVM's
+generic code, which LLVM vectorizes as it can.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class TargetSpec:
 _ARM = dict(cross_compiler="aarch64-linux-gnu-gcc", apt_package="gcc-aarch64-linux-gnu", runner="qemu-aarch64")
 
 TARGETS: dict[str, TargetSpec] = {t.name: t for t in (
-    TargetSpec("x86", "this machine (x86-64): AVX-512 VNNI when the CPU has it, else AVX2",
+    TargetSpec("x86", "this machine (x86-64; LLVM tunes for the host CPU)",
                {"kind": "llvm", "mcpu": "native"}, None, None, ()),
     TargetSpec("arm64", "AArch64 with NEON (Cortex-A53/A72 class)",
                {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, **_ARM),
@@ -63,12 +64,3 @@ def tvm_target(spec: TargetSpec):
     if llvm.get("mcpu") == "native":
         llvm["mcpu"] = codegen.llvm_get_system_cpu()
     return tvm.target.Target(llvm)
-
-
-def host_has_vnni() -> bool:
-    """Whether this x86 CPU has AVX-512 VNNI (vpdpbusd), from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return "avx512_vnni" in f.read()
-    except OSError:
-        return False

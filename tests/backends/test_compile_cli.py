@@ -1,0 +1,132 @@
+"""`qcompiler compile`, `run` and `targets` as a user meets them, and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from graphs import ROOT
+from qcompiler.backends.tvm import targets as target_table
+from qcompiler.cli import main
+from qcompiler.executor import session
+from qcompiler.runtime import load
+
+RESNET = ROOT / "models" / "fashion_resnet8.onnx"
+SUBSET = ROOT / "models" / "fashion_mnist_subset.npz"
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """ResNet-8 compiled for the host with batch 4, from the float model and 64 calibration images."""
+    folder = tmp_path_factory.mktemp("compiled")
+    calib = folder / "calib.npz"
+    np.savez(calib, input=np.load(SUBSET)["input"][:64])
+    code = main(["compile", str(RESNET), "--calib", str(calib), "--batch", "4", "-o", str(folder / "out"),
+                 "--no-progress"])
+    assert code == 0
+    return folder / "out"
+
+
+def test_compile_writes_library_metadata_and_qdq(compiled):
+    assert {p.name for p in compiled.iterdir()} >= {"model.so", "model.json", "model.qdq.onnx", "report.html"}
+    meta = json.loads((compiled / "model.json").read_text())
+    assert meta["inputs"] == {"input": {"dtype": "float32", "shape": [4, 1, 28, 28]}}
+    assert meta["outputs"] == {"logits": {"dtype": "float32", "shape": [4, 10]}}
+    assert meta["target"]["name"] == "x86" and meta["float_fallback_ops"] == {}
+    assert meta["integer_ops"]["linear"] == 10
+    assert meta["quantization"][0]["tensor"] == "input"
+    assert not [p for p in compiled.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_runtime_chunks_any_sample_count(compiled):
+    """10 samples through a batch-4 library (3 calls, the last padded) equal the QDQ model."""
+    x = np.load(SUBSET)["input"][100:110]
+    ours = load(compiled).run({"input": x})["logits"]
+    reference = session(onnx.load(compiled / "model.qdq.onnx")).run(None, {"input": x})[0]
+    assert ours.shape == (10, 10)
+    assert np.array_equal(ours.argmax(1), reference.argmax(1))
+    scale = json.loads((compiled / "model.json").read_text())["quantization"][-1]["scale"]
+    assert np.abs(ours - reference).max() <= scale * 1.0001
+
+
+def test_run_command_writes_outputs(compiled, tmp_path, capsys):
+    np.savez(tmp_path / "x.npz", input=np.load(SUBSET)["input"][:5])
+    code, out, _ = cli(capsys, "run", compiled, "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    assert code == 0 and "logits: float32[5, 10]" in out
+    assert np.load(tmp_path / "y.npz")["logits"].shape == (5, 10)
+
+
+def test_compile_accepts_a_qdq_model_without_calibration(compiled, tmp_path, capsys):
+    code, out, _ = cli(capsys, "compile", compiled / "model.qdq.onnx", "-o", tmp_path / "again")
+    assert code == 0, out
+    assert (tmp_path / "again" / "model.so").exists() and not (tmp_path / "again" / "report.html").exists()
+
+
+def test_run_rejects_wrong_inputs(compiled, tmp_path, capsys):
+    np.savez(tmp_path / "bad.npz", input=np.zeros((2, 3, 28, 28), np.float32))
+    code, _, err = cli(capsys, "run", compiled, "--input", tmp_path / "bad.npz")
+    assert code == 5 and "[N, 1, 28, 28]" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_target_lists_the_known_ones(tmp_path, capsys):
+    code, _, err = cli(capsys, "compile", RESNET, "--calib", SUBSET, "--target", "riscv", "-o", tmp_path / "o")
+    assert code == 2 and "x86, arm64, arm64-dotprod, arm64-i8mm" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_float_model_without_calibration_is_a_usage_error(tmp_path, capsys):
+    code, _, err = cli(capsys, "compile", RESNET, "-o", tmp_path / "o")
+    assert code == 2 and "--calib" in err
+
+
+def test_missing_cross_compiler_names_the_package(compiled, tmp_path, capsys, monkeypatch):
+    """A target whose cross compiler is absent: exit 2, the apt package named, nothing written."""
+    missing = target_table.TargetSpec("arm64-test", "test", {"kind": "llvm", "mtriple": "aarch64-linux-gnu"},
+                                      "no-such-aarch64-gcc", "gcc-aarch64-linux-gnu")
+    monkeypatch.setitem(target_table.TARGETS, "arm64-test", missing)
+    code, _, err = cli(capsys, "compile", compiled / "model.qdq.onnx", "--target", "arm64-test", "-o", tmp_path / "o")
+    assert code == 2 and "apt-get install gcc-aarch64-linux-gnu" in err
+    assert not (tmp_path / "o" / "model.so").exists()
+
+
+def test_unsupported_ops_are_listed_at_once(tmp_path, capsys):
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("Det", ["d"], ["y"]),
+             helper.make_node("MyOp", ["d"], ["y2"], domain="com.example")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 3])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, []),
+                               helper.make_tensor_value_info("y2", onnx.TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(np.float32(0.1), "s"),
+                               onnx.numpy_helper.from_array(np.uint8(0), "z")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.example", 1)])
+    proto.ir_version = 8
+    onnx.save(proto, tmp_path / "m.onnx")
+    from qcompiler.backends.tvm.build import check_ops
+    from qcompiler.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="com.example.MyOp"):
+        check_ops(proto, "m.onnx")
+
+
+def test_unwritable_output_directory(compiled, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err = cli(capsys, "compile", compiled / "model.qdq.onnx", "-o", tmp_path / "file")
+    assert code == 6 and "not a folder" in err
+
+
+def test_targets_command_lists_every_target(capsys):
+    code, out, _ = cli(capsys, "targets")
+    assert code == 0
+    for name in ("x86", "arm64", "arm64-dotprod", "arm64-i8mm"):
+        assert f"\n{name} " in "\n" + out
