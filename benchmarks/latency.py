@@ -1,0 +1,121 @@
+"""Latency and size: onnxruntime FP32, onnxruntime on the QDQ model (its int8 kernels), and the
+qcompiler library, one thread each, in one process, batch 1.
+
+    python benchmarks/latency.py [--runs 50]     # writes benchmarks/results/latency.md
+
+Each runner gets 5 warm-up calls, then the median (and the 10th-90th percentile spread) of
+`--runs` timed calls on the same input. Models: the two Fashion-MNIST nets (1x1x28x28) and the
+ImageNet MobileNetV2 (1x3x224x224), quantized W8A8 (and W4A8 for the size column) with
+qcompiler's defaults; calibration data: 128 Fashion-MNIST subset images, or foolbox's 20
+ImageNet samples.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TVM_NUM_THREADS", "1")  # before tvm starts its thread pool
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import qcompiler  # noqa: E402
+from qcompiler import models  # noqa: E402
+from qcompiler.datasets import load_foolbox_imagenet  # noqa: E402
+from qcompiler.driver import compile_qdq, write_library  # noqa: E402
+from qcompiler.executor import session  # noqa: E402
+from qcompiler.runtime import load  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latency.md"
+
+
+def timings(call, runs: int) -> tuple[float, float, float]:
+    """Median, 10th and 90th percentile of `runs` calls in milliseconds, after 5 warm-up calls."""
+    for _ in range(5):
+        call()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1000)
+    deciles = statistics.quantiles(samples, n=10)
+    return statistics.median(samples), deciles[0], deciles[-1]
+
+
+def model_data(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration images, one input sample) for a bundled model."""
+    if name == "mobilenet_v2_imagenet":
+        images, _ = load_foolbox_imagenet()
+        return images, images[:1]
+    subset = np.load(models.path(models.FASHION_SUBSET))["input"]
+    return subset[:128], subset[200:201]
+
+
+def measure(name: str, runs: int, workdir: Path) -> dict:
+    path = models.path(f"{name}.onnx")
+    calib, x = model_data(name)
+    row = {"model": name, "input": "x".join(map(str, x.shape)), "fp32_bytes": path.stat().st_size}
+    qdq = qcompiler.quantize(qcompiler.load(path), {"input": calib}, "w8a8", progress=False).qdq
+    library = compile_qdq(qdq, "x86", batch=1)
+    out = workdir / name
+    write_library(library, qdq, out)
+    row["qdq_bytes"] = (out / "model.qdq.onnx").stat().st_size
+    row["so_bytes"] = (out / "model.so").stat().st_size
+    w4 = qcompiler.quantize(qcompiler.load(path), {"input": calib}, "w4a8", progress=False).qdq
+    write_library(compile_qdq(w4, "x86", batch=1), w4, workdir / f"{name}-w4a8")
+    row["so4_bytes"] = (workdir / f"{name}-w4a8" / "model.so").stat().st_size
+
+    fp32 = session(qcompiler.load(path), threads=1)
+    int8 = session(qdq, threads=1)
+    ours = load(out)
+    feeds = {"input": x}
+    row["ort_fp32"] = timings(lambda: fp32.run(None, feeds), runs)
+    row["ort_int8"] = timings(lambda: int8.run(None, feeds), runs)
+    row["ours"] = timings(lambda: ours.run(feeds), runs)
+    return row
+
+
+def table(rows: list[dict], runs: int) -> str:
+    def ms(t):
+        return f"{t[0]:.3f} ({t[1]:.3f}-{t[2]:.3f})"
+
+    lines = ["# Latency and size (batch 1, one thread)", "",
+             f"Made by `python benchmarks/latency.py --runs {runs}` on {platform.machine()} "
+             f"({platform.processor() or 'cpu'}), Python {platform.python_version()}: median ms of {runs} runs after 5 "
+             "warm-up runs (10th-90th percentile in brackets), all runners in one process, one thread each. "
+             "onnxruntime int8 = onnxruntime on the same QDQ model (its QLinear kernels). Speed-up = onnxruntime "
+             "FP32 / runner; size ratio = FP32 .onnx bytes / library bytes (the .so holds code and constants).",
+             "", "| model | input | onnxruntime FP32 ms | onnxruntime int8 ms | qcompiler ms | speed-up vs FP32 "
+             "| vs onnxruntime int8 | FP32 .onnx | W8A8 .so (ratio) | W4A8 .so (ratio) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['input']} | {ms(r['ort_fp32'])} | {ms(r['ort_int8'])} | {ms(r['ours'])} "
+            f"| {r['ort_fp32'][0] / r['ours'][0]:.2f}x | {r['ort_int8'][0] / r['ours'][0]:.2f}x "
+            f"| {r['fp32_bytes'] / 1024:.0f} KiB | {r['so_bytes'] / 1024:.0f} KiB ({r['fp32_bytes'] / r['so_bytes']:.2f}x) "
+            f"| {r['so4_bytes'] / 1024:.0f} KiB ({r['fp32_bytes'] / r['so4_bytes']:.2f}x) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--models", default="fashion_resnet8,fashion_mobilenetv2,mobilenet_v2_imagenet")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        rows = [measure(name, args.runs, Path(workdir)) for name in args.models.split(",")]
+    text = table(rows, args.runs)
+    print(text)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(text)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
