@@ -272,6 +272,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         _write_quantized(out, result, report)
     paths = write_library(library, qdq, out)
     print(f"integer ops: {_counts(library.lowered)}; float fallback: {_counts(library.float_ops) or 'none'}")
+    print(f"kernels: {_counts(library.kernels) or 'generic only'}")
     print("build: " + ", ".join(f"{k} {v:.1f} s" for k, v in library.seconds.items()))
     if target.host and result is not None:
         _print_fidelity(qdq, out, result.calibration.head(min(64, result.calibration.count)))
@@ -332,7 +333,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
             f"{spec.cross_compiler} ({'found' if spec.compiler_available() else 'missing: apt-get install ' + spec.apt_package})")
         print(f"{spec.name:<14} {spec.description}")
         print(f"{'':<14} tvm target: {json.dumps(spec.llvm)}")
-        print(f"{'':<14} linker: {compiler}; schedules: {', '.join(spec.schedules) or 'TVM generic (no templates yet)'}")
+        print(f"{'':<14} linker: {compiler}; schedules: {', '.join(spec.schedules)}")
     return 0
 
 

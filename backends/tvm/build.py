@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qcompiler.backends.tvm.targets import TargetSpec, get_target, tvm_target
+from qcompiler.backends.tvm.targets import TargetSpec, get_target, host_has_vnni, tvm_target
 from qcompiler.errors import OutputError, UnsupportedModelError, UsageError
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class Library:
     batch: int
     outputs: list[tuple[list[int], str]]   # shape and dtype of each output, in order
     seconds: dict = field(default_factory=dict)
+    kernels: Counter = field(default_factory=Counter)   # hand-written kernels used, by kind
 
 
 def check_ops(model: onnx.ModelProto, name: str = "model") -> None:
@@ -65,11 +66,32 @@ def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: 
     start = time.perf_counter()
     mod, lowered = rewrite_to_integer(mod)
     seconds["integer rewrite"] = time.perf_counter() - start
+    float_ops, outputs = float_compute_ops(mod), output_types(mod)
     start = time.perf_counter()
-    with tvm.target.Target(tvm_target(spec)):
-        executable = tvm.compile(mod, target=tvm_target(spec))
+    target_obj = tvm_target(spec)
+    mod, kernels = schedule(mod, spec, target_obj)
+    seconds["schedules"] = time.perf_counter() - start
+    start = time.perf_counter()
+    executable = tvm.compile(mod, target=target_obj)
     seconds["codegen"] = time.perf_counter() - start
-    return Library(executable, spec, lowered, float_compute_ops(mod), batch, output_types(mod), seconds)
+    return Library(executable, spec, lowered, float_ops, batch, outputs, seconds, kernels)
+
+
+def schedule(mod, spec: TargetSpec, target) -> tuple[object, Counter]:
+    """NHWC layout, the target's kernels, then the generic CPU rules for everything else."""
+    from qcompiler.backends.tvm.apply_schedules import to_nhwc, use_vnni_kernels
+    from qcompiler.backends.tvm.schedules.cpu_generic import apply_cpu_rules
+
+    mod = to_nhwc(mod)
+    kernels: Counter = Counter()
+    if "int8-vnni" in active_schedules(spec):
+        mod, kernels = use_vnni_kernels(mod)
+    return apply_cpu_rules(mod, target), kernels
+
+
+def active_schedules(spec: TargetSpec) -> tuple[str, ...]:
+    """The spec's templates that this build can use (VNNI only where the host CPU has it)."""
+    return tuple(s for s in spec.schedules if s != "int8-vnni" or (spec.host and host_has_vnni()))
 
 
 def output_types(mod) -> list[tuple[list[int], str]]:
@@ -148,7 +170,8 @@ def metadata(qdq: onnx.ModelProto, library: Library, version: str) -> dict:
         "qcompiler_version": version,
         "tvm_version": tvm.__version__,
         "target": {"name": library.target.name, "tvm": json.loads(str(tvm_target(library.target))),
-                   "schedules": list(library.target.schedules)},
+                   "schedules": list(active_schedules(library.target))},
+        "kernels": dict(library.kernels),
         "batch": library.batch,
         "inputs": inputs,
         "outputs": outputs,

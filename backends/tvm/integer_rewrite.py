@@ -161,12 +161,16 @@ class _IntegerRewriter(relax.PyExprMutator):
     def _int_conv2d(self, conv: relax.Call, x: QTensor, w) -> relax.Expr:
         attrs = conv.attrs
         data = self.visit_expr(x.var)
-        top, left, bottom, right = (int(p) for p in attrs.padding)
-        if top or left or bottom or right:
+        padding = [int(p) for p in attrs.padding]
+        if x.zero_point != 0 and any(padding):
+            # Pad with the zero point (the value that means 0.0), not with 0. With zp = 0 (after
+            # a ReLU, the usual case) the conv pads itself, which keeps layout conversion clean.
+            top, left, bottom, right = padding
             data = self.builder_.emit(relax.op.nn.pad(
                 data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(x.zero_point)))
+            padding = [0, 0, 0, 0]
         return self.builder_.emit(relax.op.nn.conv2d(
-            data, _const(w.values, "int8"), strides=attrs.strides, padding=0, dilation=attrs.dilation,
+            data, _const(w.values, "int8"), strides=attrs.strides, padding=padding, dilation=attrs.dilation,
             groups=int(attrs.groups), out_dtype="int32"))
 
     def _int_matmul(self, x: QTensor, w, weight_axis) -> relax.Expr:

@@ -1,8 +1,9 @@
 """Targets as data: a name -> the TVM target, the cross compiler and the schedules it uses.
 
-`qcompiler targets` prints this table. The x86 entry is the host: its CPU is asked of LLVM.
-No schedule templates exist yet (VNNI, sdot, smmla are the next step): every target gets TVM's
-generic code, which LLVM vectorizes as it can.
+`qcompiler targets` prints this table. The x86 entry is the host: its CPU is asked of LLVM,
+and the VNNI kernels are used when /proc/cpuinfo shows avx512_vnni. Every target gets the
+NHWC layout and the generic vectorizing rules (schedules/cpu_generic.py); sdot and smmla
+kernels for the ARM targets are not written yet.
 """
 
 from __future__ import annotations
@@ -35,16 +36,16 @@ class TargetSpec:
 _ARM = dict(cross_compiler="aarch64-linux-gnu-gcc", apt_package="gcc-aarch64-linux-gnu", runner="qemu-aarch64")
 
 TARGETS: dict[str, TargetSpec] = {t.name: t for t in (
-    TargetSpec("x86", "this machine (x86-64; LLVM tunes for the host CPU)",
-               {"kind": "llvm", "mcpu": "native"}, None, None, ()),
+    TargetSpec("x86", "this machine (x86-64): AVX-512 VNNI kernels when the CPU has them",
+               {"kind": "llvm", "mcpu": "native"}, None, None, ("int8-vnni", "nhwc-vectorize")),
     TargetSpec("arm64", "AArch64 with NEON (Cortex-A53/A72 class)",
-               {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, **_ARM),
+               {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, schedules=("nhwc-vectorize",), **_ARM),
     TargetSpec("arm64-dotprod", "AArch64 v8.2 with sdot (Cortex-A76 / Neoverse-N1 class)",
                {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76",
-                "mattr": ["+neon", "+v8.2a", "+dotprod"]}, **_ARM),
+                "mattr": ["+neon", "+v8.2a", "+dotprod"]}, schedules=("nhwc-vectorize",), **_ARM),
     TargetSpec("arm64-i8mm", "AArch64 v8.6 with smmla (Neoverse-V1 / Cortex-A710 class)",
                {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-v1",
-                "mattr": ["+neon", "+v8.6a", "+dotprod", "+i8mm"]}, **_ARM),
+                "mattr": ["+neon", "+v8.6a", "+dotprod", "+i8mm"]}, schedules=("nhwc-vectorize",), **_ARM),
 )}
 
 
@@ -64,3 +65,12 @@ def tvm_target(spec: TargetSpec):
     if llvm.get("mcpu") == "native":
         llvm["mcpu"] = codegen.llvm_get_system_cpu()
     return tvm.target.Target(llvm)
+
+
+def host_has_vnni() -> bool:
+    """Whether this x86 CPU has AVX-512 VNNI (vpdpbusd), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return "avx512_vnni" in f.read()
+    except OSError:
+        return False

@@ -1,0 +1,104 @@
+"""u8 x s8 -> s32 convolution (NHWC activations, packed weights) on AVX-512 VNNI.
+
+The kernel computes acc[n, h, w, co] = sum_{ry, rx, ci} x[n, h*s + ry*d, w*s + rx*d, ci] * w[co, ry, rx, ci]
+with the weights packed [Co/16, KH, KW, Ci/4, 16, 4]: the innermost 16 x 4 block is one
+`vpdpbusd` (16 int32 lanes, each a 4-byte dot product). Loops: output rows, a tile of WT
+output pixels, blocks of 16 output channels; the WT x 16 accumulators stay in registers
+(a local cache written back once). Zero padding is materialized in the kernel (the graph pads
+with the zero point itself when it is not 0). 1x1 convolutions and matmuls use the same kernel.
+
+TVM 0.27's own `dot_16x4_vnni` intrinsic does not compile with its bundled LLVM 22 (operand
+vector types, DESIGN.md §5); ours broadcasts the 4 activation bytes as one int32 to 16 lanes
+and passes them as u8x64, the weight block as i8x64.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+INTRIN = "qcompiler_vnni_u8s8s32_16x4"
+
+
+@functools.cache
+def register_intrinsic() -> str:
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            four = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], "int32x16"),
+                T.reinterpret(T.broadcast(four, 16), dtype="uint8x64"), B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16")
+
+    TensorIntrin.register(INTRIN, desc, impl, override=True)
+    return INTRIN
+
+
+def pack_weight(weight_ohwi: np.ndarray) -> np.ndarray:
+    """[Co, KH, KW, Ci] int8 -> [Co/16, KH, KW, Ci/4, 16, 4] (Co, Ci already multiples of 16, 4)."""
+    co, kh, kw, ci = weight_ohwi.shape
+    return np.ascontiguousarray(weight_ohwi.reshape(co // 16, 16, kh, kw, ci // 4, 4).transpose(0, 2, 3, 4, 1, 5))
+
+
+def pixel_tile(width: int) -> int:
+    """Output pixels per register tile: the largest of 8, 7, 4, 2, 1 dividing the output width."""
+    return next(t for t in (8, 7, 6, 4, 2, 1) if width % t == 0)
+
+
+@functools.cache
+def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
+                  padding: tuple):
+    """The scheduled PrimFunc (x u8 NHWC, packed weight, out s32 NHWC); ci % 4 == co % 16 == 0."""
+    import tvm
+    from tvm import te, topi
+
+    top, left, bottom, right = padding
+    x = te.placeholder((n, h, w, ci), "uint8", name="x")
+    wp = te.placeholder((co // 16, kh, kw, ci // 4, 16, 4), "int8", name="w")
+    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=0, name="padded") \
+        if any(padding) else x
+    ho = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    ry, rx, rc = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, ci), "rc")
+    out = te.compute(
+        (n, ho, wo, co),
+        lambda b, y, xx, o: te.sum(
+            padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], rc].astype("int32")
+            * wp[o // 16, ry, rx, rc // 4, o % 16, rc % 4].astype("int32"), axis=[ry, rx, rc]),
+        name="conv")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, wp, out]))
+    block = sch.get_sblock("conv")
+    b, y, xx, o, r_y, r_x, r_c = sch.get_loops(block)
+    o_outer, o_inner = sch.split(o, [None, 16])
+    c_outer, c_inner = sch.split(r_c, [None, 4])
+    x_outer, x_inner = sch.split(xx, [None, pixel_tile(wo)])
+    sch.reorder(b, y, x_outer, o_outer, r_y, r_x, c_outer, x_inner, o_inner, c_inner)
+    write_back = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(write_back, o_outer)
+    init = sch.decompose_reduction(block, r_y)
+    sch.tensorize(o_inner, register_intrinsic())
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(x_inner)
+    sch.vectorize(sch.get_loops(write_back)[-1])
+    name = f"qconv2d_vnni_{n}x{h}x{w}x{ci}_{co}x{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
+    return sch.mod["main"].with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
