@@ -58,11 +58,23 @@ class _VnniKernels(relax.PyExprMutator):
     def _conv2d(self, call: relax.Call):
         attrs = call.attrs
         weight = self._qualifies(call)
-        if (weight is None or int(attrs.groups) != 1 or attrs.data_layout != "NHWC"
-                or attrs.kernel_layout != "OHWI" or attrs.out_layout != "NHWC"):
+        if (weight is None or attrs.data_layout != "NHWC" or attrs.kernel_layout != "OHWI"
+                or attrs.out_layout != "NHWC"):
             return None
+        if int(attrs.groups) != 1:
+            return self._grouped_hwio(call, weight)
         return self._emit(self.visit_expr(call.args[0]), weight, tuple(int(s) for s in attrs.strides),
                           tuple(int(d) for d in attrs.dilation), tuple(int(p) for p in attrs.padding))
+
+    def _grouped_hwio(self, call: relax.Call, weight: np.ndarray) -> relax.Expr:
+        """Grouped (depthwise) convolutions keep TVM's compute but take HWIO weights, so that
+        the vectorized channel loop reads weights contiguously (OHWI strides them by KH*KW)."""
+        attrs = call.attrs
+        self.used["depthwise/grouped conv2d, HWIO weights"] += 1
+        return self.builder_.emit(relax.op.nn.conv2d(
+            self.visit_expr(call.args[0]), relax.const(np.ascontiguousarray(weight.transpose(1, 2, 3, 0)), "int8"),
+            strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, groups=int(attrs.groups),
+            data_layout="NHWC", kernel_layout="HWIO", out_dtype="int32"))
 
     def _matmul(self, call: relax.Call):
         weight = self._qualifies(call)

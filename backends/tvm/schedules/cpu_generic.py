@@ -19,9 +19,15 @@ LANES = 16
 
 
 def _vectorize_innermost(sch, block, lanes: int = LANES) -> None:
+    """Vectorize the innermost loop (NHWC: channels, so per-channel constants load contiguously)
+    when it holds whole vectors; otherwise all loops fused, then vectorized."""
     loops = sch.get_loops(block)
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    _, inner = sch.split(fused, [None, lanes])
+    extent = sch.get(loops[-1]).extent
+    if len(loops) == 1 or not (isinstance(extent, int) or hasattr(extent, "value")) or int(extent) % lanes:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        _, inner = sch.split(fused, [None, lanes])
+    else:
+        _, inner = sch.split(loops[-1], [None, lanes])
     sch.vectorize(inner)
 
 
@@ -60,11 +66,16 @@ class VectorizeChannels(dl.ScheduleRule):
             return None
         channel_outer, channel_inner = sch.split(spatial[-1], [None, LANES])
         sch.reorder(*spatial[:-1], channel_outer, *reduce, channel_inner)
+        # 16 accumulators in a register (a local cache), written back once per pixel.
+        write_back = sch.cache_write(main.block_rv, 0, "local")
+        sch.reverse_compute_at(write_back, channel_outer)
         sch.vectorize(channel_inner)
-        sch.decompose_reduction(main.block_rv, reduce[0])
+        init = sch.decompose_reduction(main.block_rv, reduce[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.vectorize(sch.get_loops(write_back)[-1])
         if epilogue:
-            sch.reverse_compute_at(epilogue[0].block_rv, spatial[-2])
-            sch.vectorize(sch.split(sch.get_loops(epilogue[0].block_rv)[-1], [None, LANES])[1])
+            sch.reverse_compute_at(epilogue[0].block_rv, channel_outer)
+            sch.vectorize(sch.get_loops(epilogue[0].block_rv)[-1])
         return sch
 
 
