@@ -8,12 +8,18 @@
     qcompiler.save(result.qdq, "model.qdq.onnx")
 
 Only `qcompiler.ir` imports onnx-graphsurgeon and nothing here imports torch, jax or tvm.
+`Model`, `load` and `save` are imported on first use, so that `qcompiler.runtime` (which runs
+compiled libraries, also on an ARM board or under qemu) needs neither onnx nor the compiler.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from qcompiler.errors import QCompilerError
-from qcompiler.ir import Model, load, save
+
+if TYPE_CHECKING:
+    from qcompiler.ir import Model
 
 __version__ = "0.1.0"
 
@@ -32,6 +38,14 @@ def quantize(model: Model, calib, preset: str = "w8a8", observer: str | None = N
     from qcompiler.quant.presets import load_config
 
     return run(model, calib, load_config(None, preset, observer, list(overrides)), **options)
+
+
+def __getattr__(name: str):
+    if name in ("Model", "load", "save"):
+        from qcompiler import ir
+
+        return getattr(ir, name)
+    raise AttributeError(f"module 'qcompiler' has no attribute {name!r}")
 
 
 __all__ = ["Model", "QCompilerError", "__version__", "load", "optimize", "quantize", "save"]

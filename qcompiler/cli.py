@@ -296,9 +296,17 @@ def _print_fidelity(qdq, out: Path, data) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from qcompiler.data import InputInfo, read_array_file
-    from qcompiler.runtime import load
+    from qcompiler.runtime import load, read_metadata
 
-    library = load(args.library)
+    target = read_metadata(args.library)["target"]["name"]
+    if target.startswith("arm64"):
+        from qcompiler.backends.tvm.qemu import QemuLibrary
+
+        print(f"{args.library} is built for {target}: running it under qemu-aarch64 (correctness, not speed)",
+              file=sys.stderr)
+        library = QemuLibrary(args.library)
+    else:
+        library = load(args.library)
     infos = [InputInfo(name, np.dtype(spec["dtype"]), tuple(spec["shape"])) for name, spec in library.inputs.items()]
     feeds, _ = read_array_file(Path(args.input), infos)
     outputs = library.run(feeds)

@@ -7,6 +7,10 @@ runtime (tvm.runtime), numpy and this file: nothing of the compiler.
 
 The library is built for a fixed batch (model.json "batch"); `run` feeds larger inputs in
 chunks of that batch (padding the last one) and concatenates the results.
+
+As a script, for a machine (or qemu) with only numpy and the TVM runtime:
+
+    python -m qcompiler.runtime out/ --input x.npz -o y.npz
 """
 
 from __future__ import annotations
@@ -16,24 +20,32 @@ from pathlib import Path
 
 import numpy as np
 
-from qcompiler.errors import CalibrationDataError, InvalidModelError
+from qcompiler.errors import CalibrationDataError, InvalidModelError, QCompilerError
 
 LIBRARY_FORMAT = "qcompiler-library/1"
+
+
+def read_metadata(folder: str | Path) -> dict:
+    """model.json of a compiled library folder, checked (InvalidModelError, exit 3)."""
+    folder = Path(folder)
+    meta_path = folder / "model.json"
+    for path in (meta_path, folder / "model.so"):
+        if not path.is_file():
+            raise InvalidModelError(f"{path}: missing; give the folder `qcompiler compile -o` wrote")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidModelError(f"{meta_path}: not readable as JSON ({exc})") from None
+    if meta.get("format") != LIBRARY_FORMAT:
+        raise InvalidModelError(f"{meta_path}: format {meta.get('format')!r}, expected {LIBRARY_FORMAT!r}")
+    return meta
 
 
 class CompiledModel:
     def __init__(self, folder: str | Path):
         folder = Path(folder)
-        meta_path, lib_path = folder / "model.json", folder / "model.so"
-        for path in (meta_path, lib_path):
-            if not path.is_file():
-                raise InvalidModelError(f"{path}: missing; give the folder `qcompiler compile -o` wrote")
-        try:
-            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InvalidModelError(f"{meta_path}: not readable as JSON ({exc})") from None
-        if self.meta.get("format") != LIBRARY_FORMAT:
-            raise InvalidModelError(f"{meta_path}: format {self.meta.get('format')!r}, expected {LIBRARY_FORMAT!r}")
+        lib_path = folder / "model.so"
+        self.meta = read_metadata(folder)
         self.inputs: dict = self.meta["inputs"]
         self.outputs: dict = self.meta["outputs"]
         self.batch: int = int(self.meta["batch"])
@@ -100,3 +112,27 @@ def _virtual_machine(lib_path: Path):
 
 def load(folder: str | Path) -> CompiledModel:
     return CompiledModel(folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m qcompiler.runtime", description="run a compiled library")
+    parser.add_argument("library")
+    parser.add_argument("--input", required=True, help=".npz with one array per input, samples first")
+    parser.add_argument("-o", "--output", required=True, help=".npz to write the outputs to")
+    args = parser.parse_args(argv)
+    try:
+        library = load(args.library)
+        with np.load(args.input, allow_pickle=False) as data:
+            feeds = {name: data[name] for name in data.files if name in library.inputs}
+        np.savez(args.output, **library.run(feeds))
+    except (QCompilerError, OSError, ValueError) as exc:
+        print(f"qcompiler.runtime: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 5)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

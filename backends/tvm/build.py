@@ -129,10 +129,16 @@ def export(library: Library, path: Path) -> Path:
     except OSError as exc:
         raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
     try:
-        if fcompile is None:
-            library.executable.export_library(tmp)
-        else:
-            library.executable.export_library(tmp, fcompile=fcompile)
+        try:
+            if fcompile is None:
+                library.executable.export_library(tmp)
+            else:
+                library.executable.export_library(tmp, fcompile=fcompile)
+        except RuntimeError as exc:   # the C compiler/linker failed: say which and why, in one line
+            detail = next((line for line in str(exc).splitlines() if "error" in line.lower()), str(exc)[:200])
+            raise OutputError(f"{path}: linking the library for {spec.name} failed: {detail.strip()}"
+                              + (f" (is {spec.apt_package} complete? scripts/setup_aarch64.sh installs it)"
+                                 if spec.apt_package else "")) from None
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)
     finally:

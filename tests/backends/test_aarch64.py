@@ -1,0 +1,64 @@
+"""aarch64 targets: cross-compiled libraries are AArch64 ELF files and, run under qemu-aarch64
+with an arm64 Python (scripts/setup_aarch64.sh, which .ci/run calls), agree with the QDQ model
+in onnxruntime as the x86 library does. Needs that set-up; without it these tests fail and say
+how to make it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import qcompiler
+from graphs import ROOT, make_model
+from qcompiler.backends.tvm.qemu import QemuLibrary, environment
+from qcompiler.driver import compile_qdq, write_library
+from qcompiler.fidelity import compare
+from test_tvm_fidelity import C, _graph
+
+ARM_TARGETS = ["arm64", "arm64-dotprod", "arm64-i8mm"]
+EM_AARCH64 = 183
+
+
+@pytest.fixture(scope="module", autouse=True)
+def aarch64_environment():
+    environment()   # a UsageError naming scripts/setup_aarch64.sh when it is missing
+
+
+def _build_and_run(qdq, feeds, folder, target, batch):
+    library = compile_qdq(qdq, target, batch)
+    write_library(library, qdq, folder)
+    return compare(qdq.to_onnx(), QemuLibrary(folder), feeds)
+
+
+def test_libraries_are_aarch64_elf(tmp_path):
+    data = np.load(ROOT / "models" / "fashion_mnist_subset.npz")
+    model = qcompiler.load(ROOT / "models" / "fashion_resnet8.onnx")
+    qdq = qcompiler.quantize(model, {"input": data["input"][:32]}, "w8a8", progress=False).qdq
+    write_library(compile_qdq(qdq, "arm64-dotprod", 1), qdq, tmp_path)
+    header = (tmp_path / "model.so").read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64
+
+
+@pytest.mark.parametrize("target", ARM_TARGETS)
+@pytest.mark.parametrize("name", ["fashion_resnet8", "fashion_mobilenetv2"])
+def test_fashion_models_under_qemu(name, target, tmp_path):
+    data = np.load(ROOT / "models" / "fashion_mnist_subset.npz")
+    model = qcompiler.load(ROOT / "models" / f"{name}.onnx")
+    qdq = qcompiler.quantize(model, {"input": data["input"][:128]}, "w8a8", progress=False).qdq
+    (fidelity,) = _build_and_run(qdq, {"input": data["input"][128:192]}, tmp_path, target, batch=16)
+    print(f"{name} {target} (qemu): {fidelity.line()}")
+    assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
+
+
+@pytest.mark.parametrize("kind", ["depthwise-relu6", "residual-add", "concat", "conv-stride2-asymmetric-pads",
+                                  "global-pool-flatten-gemm"])
+def test_generated_graphs_under_qemu(kind, tmp_path):
+    nodes, inits = _graph(kind)
+    model = make_model(nodes, [("x", ["N", C, 12, 12])], [("y", None)], inits, opset=13)
+    rng = np.random.default_rng(0)
+    qdq = qcompiler.quantize(model, {"x": rng.normal(0, 1, (32, C, 12, 12)).astype(np.float32)}, "w8a8",
+                             progress=False).qdq
+    feeds = {"x": rng.normal(0, 1, (8, C, 12, 12)).astype(np.float32)}
+    (fidelity,) = _build_and_run(qdq, feeds, tmp_path, "arm64-dotprod", batch=4)
+    print(f"{kind} arm64-dotprod (qemu): {fidelity.line()}")
+    assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
