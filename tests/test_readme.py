@@ -33,3 +33,14 @@ def test_ptq_numbers_in_the_readme_come_from_the_benchmark_file():
     assert len(numbers) >= 8
     for number in numbers:
         assert number in results or f"+{number}" in results or f"{float(number):.2f}" in results, number
+
+
+def test_latency_numbers_in_the_readme_come_from_the_benchmark_file():
+    paragraph = README.split("[benchmarks/results/latency.md]", 1)[1].split("\n\n", 1)[0]
+    results = (ROOT / "benchmarks" / "results" / "latency.md").read_text()
+    numbers = re.findall(r"\d+\.\d+", paragraph)
+    assert len(numbers) >= 6
+    for number in numbers:
+        if number in ("3.8",):      # the target, from the issue
+            continue
+        assert number in results, number

@@ -31,11 +31,84 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+class _Uses:
+    """Bindings of the function by var, and which bindings use each var."""
+
+    def __init__(self, func: relax.Function):
+        self.value, self.users = {}, {}
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                self.value[binding.var] = binding.value
+                for arg in getattr(binding.value, "args", []):
+                    for var in (arg.fields if isinstance(arg, relax.Tuple) else [arg]):
+                        if isinstance(var, relax.Var):
+                            self.users.setdefault(var, []).append(binding.var)
+
+    def only_user(self, var, op: str):
+        """The one binding that uses `var`, if it is a call of `op` (None-safe in a chain)."""
+        if var is None:
+            return None
+        users = self.users.get(var, [])
+        if len(users) == 1 and _op_name(self.value[users[0]]) == op:
+            return users[0]
+        return None
+
+    def const_arg(self, var, index: int = 1) -> np.ndarray | None:
+        arg = self.value[var].args[index]
+        return arg.value.numpy() if isinstance(arg, tvm.ir.expr.Constant) else None
+
+
+def _op_name(value) -> str:
+    return value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) else ""
+
+
+def requantize_chain(uses: _Uses, acc) -> tuple | None:
+    """The requantization the integer rewrite emits after an int32 accumulator `acc` (see
+    integer_rewrite._scale_terms and _finish), read back: (final var, corr, multiplier, shift,
+    Requantize); None if the ops that follow are anything else or are used elsewhere."""
+    v_corr = uses.only_user(acc, "relax.add")
+    v_wide = uses.only_user(v_corr, "relax.astype")
+    v_prod = uses.only_user(v_wide, "relax.multiply")
+    if v_prod is None or str(uses.value[v_wide].attrs.dtype) != "int64":
+        return None
+    users = {_op_name(uses.value[u]): u for u in uses.users.get(v_prod, [])}
+    if set(users) != {"relax.right_shift", "relax.add"} or len(uses.users[v_prod]) != 2:
+        return None
+    v_odd = uses.only_user(users["relax.right_shift"], "relax.bitwise_and")
+    v_sum = uses.only_user(users["relax.add"], "relax.add")
+    v_shifted = uses.only_user(v_sum, "relax.right_shift")
+    v_zp = uses.only_user(v_shifted, "relax.add")
+    v_lo = uses.only_user(v_zp, "relax.maximum")
+    v_hi = uses.only_user(v_lo, "relax.minimum")
+    v_out = uses.only_user(v_hi, "relax.astype")
+    if v_odd is None or v_out is None or uses.only_user(v_odd, "relax.add") != v_sum:
+        return None
+    consts = [uses.const_arg(v) for v in (v_corr, v_prod, users["relax.right_shift"], v_shifted, v_zp, v_lo, v_hi)]
+    if any(c is None for c in consts):
+        return None
+    corr, multiplier, shift, shift_again, zp, lo, hi = consts
+    if not np.array_equal(shift, shift_again) or zp.size != 1 or lo.size != 1 or hi.size != 1:
+        return None
+    rq = x86_vnni.Requantize(int(zp.reshape(())), int(lo.reshape(())), int(hi.reshape(())),
+                             str(uses.value[v_out].attrs.dtype))
+    return v_out, corr, multiplier, shift, rq
+
+
 @relax.expr_functor.mutator
 class _VnniKernels(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
         self.used: Counter = Counter()
+        self.uses = _Uses(mod["main"])
+        self.current = None           # the var whose binding is being visited
+        self.replaced: dict = {}      # final var of a fused requantization -> the fused kernel's output
+
+    def visit_var_binding_(self, binding) -> None:
+        if binding.var in self.replaced:
+            self.set_var_remap(binding.var, self.replaced[binding.var])
+            return
+        self.current = binding.var
+        super().visit_var_binding_(binding)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         name = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
@@ -63,8 +136,10 @@ class _VnniKernels(relax.PyExprMutator):
             return None
         if int(attrs.groups) != 1:
             return self._grouped_hwio(call, weight)
-        return self._emit(self.visit_expr(call.args[0]), weight, tuple(int(s) for s in attrs.strides),
-                          tuple(int(d) for d in attrs.dilation), tuple(int(p) for p in attrs.padding))
+        out, fused = self._emit(self.visit_expr(call.args[0]), weight, tuple(int(s) for s in attrs.strides),
+                                tuple(int(d) for d in attrs.dilation), tuple(int(p) for p in attrs.padding),
+                                self.current)
+        return super().visit_call_(call) if fused is not None else out
 
     def _grouped_hwio(self, call: relax.Call, weight: np.ndarray) -> relax.Expr:
         """Grouped (depthwise) convolutions keep TVM's compute but take HWIO weights, so that
@@ -83,10 +158,19 @@ class _VnniKernels(relax.PyExprMutator):
             return None
         rows, depth = (int(d) for d in data.ty.shape)
         image = self.builder_.emit(relax.op.reshape(self.visit_expr(data), [1, 1, rows, depth]))
-        out = self._emit(image, weight.T.reshape(weight.shape[1], 1, 1, depth), (1, 1), (1, 1), (0, 0, 0, 0))
-        return self.builder_.emit(relax.op.reshape(out, [rows, weight.shape[1]]))
+        acc_var = self.current
+        out, fused = self._emit(image, weight.T.reshape(weight.shape[1], 1, 1, depth), (1, 1), (1, 1),
+                                (0, 0, 0, 0), acc_var)
+        out = self.builder_.emit(relax.op.reshape(out, [rows, weight.shape[1]]))
+        if fused is None:
+            return out
+        self.replaced[fused] = out
+        return super().visit_call_(call)
 
-    def _emit(self, data: relax.Expr, weight: np.ndarray, stride, dilation, padding) -> relax.Expr:
+    def _emit(self, data: relax.Expr, weight: np.ndarray, stride, dilation, padding, acc_var) -> relax.Expr:
+        """The kernel call, and the var of the requantization chain after `acc_var` that it
+        computes when that chain could be fused in (else None). With a fused chain the caller
+        maps that var to the output and leaves the unfused ops to dead-code elimination."""
         n, h, w, ci = (int(d) for d in data.ty.shape)
         co, kh, kw, _ = weight.shape
         ci4, co16 = _round_up(ci, 4), _round_up(co, 16)
@@ -94,17 +178,29 @@ class _VnniKernels(relax.PyExprMutator):
             data = self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, 0, 0, 0, ci4 - ci], pad_value=0.0))
         padded = np.zeros((co16, kh, kw, ci4), np.int8)
         padded[:co, :, :, :ci] = weight
-        kernel = x86_vnni.conv2d_kernel(n, h, w, ci4, co16, kh, kw, stride, dilation, padding)
+        args = [data, relax.const(x86_vnni.pack_weight(padded), "int8")]
+        chain = requantize_chain(self.uses, acc_var) if acc_var is not None else None
+        rq, dtype = None, "int32"
+        if chain is not None:
+            final, corr, multiplier, shift, rq = chain
+            for values, fill, kind in ((corr, 0, "int32"), (multiplier, 0, "int64"), (shift, 1, "int64")):
+                per_channel = np.full(co16, fill, kind)
+                per_channel[:co] = np.broadcast_to(values.reshape(-1), (co,))
+                args.append(relax.const(per_channel, kind))
+            dtype = rq.dtype
+        kernel = x86_vnni.conv2d_kernel(n, h, w, ci4, co16, kh, kw, stride, dilation, padding, rq)
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         ho = (h + padding[0] + padding[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         wo = (w + padding[1] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-        out = self.builder_.emit(relax.op.call_tir(
-            gvar, relax.Tuple([data, relax.const(x86_vnni.pack_weight(padded), "int8")]),
-            relax.TensorType([n, ho, wo, co16], "int32")))
-        self.used["vnni conv2d" if kh * kw > 1 else "vnni 1x1 conv2d / matmul"] += 1
+        out = self.builder_.emit(relax.op.call_tir(gvar, relax.Tuple(args), relax.TensorType([n, ho, wo, co16], dtype)))
+        self.used[("vnni conv2d" if kh * kw > 1 else "vnni 1x1 conv2d / matmul") + (" + requantize" if rq else "")] += 1
         if co16 != co:
             out = self.builder_.emit(relax.op.strided_slice(out, axes=[3], begin=[0], end=[co]))
-        return out
+        if chain is None:
+            return out, None
+        if self.uses.value[acc_var].op.name == "relax.nn.conv2d":
+            self.replaced[final] = out
+        return out, final
 
 
 def use_vnni_kernels(mod: tvm.IRModule) -> tuple[tvm.IRModule, Counter]:

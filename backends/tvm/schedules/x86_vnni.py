@@ -15,6 +15,7 @@ and passes them as u8x64, the weight block as i8x64.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,10 +66,33 @@ def pixel_tile(width: int) -> int:
     return next(t for t in (8, 7, 6, 4, 2, 1) if width % t == 0)
 
 
+@dataclass(frozen=True)
+class Requantize:
+    """The epilogue fused into the kernel: out = clamp(round_half_even(((acc + corr) * m) >> shift)
+    + zero_point, lo, hi) as `dtype`; corr, m and shift are per-channel kernel inputs."""
+
+    zero_point: int
+    lo: int
+    hi: int
+    dtype: str
+
+
+def _requantized(tvm, te, acc, corr, m, shift, rq: Requantize):
+    def compute(b, y, x, o):
+        product = (acc[b, y, x, o] + corr[o]).astype("int64") * m[o]
+        one = tvm.tirx.const(1, "int64")
+        odd = (product >> shift[o]) & one
+        rounded = ((product + ((one << (shift[o] - one)) - one) + odd) >> shift[o]) + rq.zero_point
+        return tvm.tirx.max(tvm.tirx.min(rounded, rq.hi), rq.lo).astype(rq.dtype)
+
+    return te.compute(acc.shape, compute, name="requantize")
+
+
 @functools.cache
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
-                  padding: tuple):
-    """The scheduled PrimFunc (x u8 NHWC, packed weight, out s32 NHWC); ci % 4 == co % 16 == 0."""
+                  padding: tuple, requantize: Requantize | None = None):
+    """The scheduled PrimFunc (x u8 NHWC, packed weight -> s32 NHWC; or, with `requantize`,
+    x, weight, corr s32[co], m s64[co], shift s64[co] -> u8/s8 NHWC); ci % 4 == co % 16 == 0."""
     import tvm
     from tvm import te, topi
 
@@ -86,7 +110,13 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
             padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], rc].astype("int32")
             * wp[o // 16, ry, rx, rc // 4, o % 16, rc % 4].astype("int32"), axis=[ry, rx, rc]),
         name="conv")
-    sch = tvm.s_tir.Schedule(te.create_prim_func([x, wp, out]))
+    params = [x, wp, out]
+    if requantize is not None:
+        corr = te.placeholder((co,), "int32", name="corr")
+        m = te.placeholder((co,), "int64", name="multiplier")
+        shift = te.placeholder((co,), "int64", name="shift")
+        params = [x, wp, corr, m, shift, _requantized(tvm, te, out, corr, m, shift, requantize)]
+    sch = tvm.s_tir.Schedule(te.create_prim_func(params))
     block = sch.get_sblock("conv")
     b, y, xx, o, r_y, r_x, r_c = sch.get_loops(block)
     o_outer, o_inner = sch.split(o, [None, 16])
@@ -99,6 +129,10 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     sch.tensorize(o_inner, register_intrinsic())
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(x_inner)
+    if requantize is not None:   # computed from the registers on the way out: no int32 round trip
+        sch.reverse_compute_inline(sch.get_sblock("requantize"))
     sch.vectorize(sch.get_loops(write_back)[-1])
     name = f"qconv2d_vnni_{n}x{h}x{w}x{ci}_{co}x{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
+    if requantize is not None:
+        name += f"_rq{requantize.zero_point}_{requantize.lo}_{requantize.hi}_{requantize.dtype}"
     return sch.mod["main"].with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
