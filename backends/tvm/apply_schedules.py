@@ -146,10 +146,10 @@ class _VnniKernels(relax.PyExprMutator):
         the vectorized channel loop reads weights contiguously (OHWI strides them by KH*KW)."""
         attrs = call.attrs
         self.used["depthwise/grouped conv2d, HWIO weights"] += 1
-        return self.builder_.emit(relax.op.nn.conv2d(
+        return relax.op.nn.conv2d(
             self.visit_expr(call.args[0]), relax.const(np.ascontiguousarray(weight.transpose(1, 2, 3, 0)), "int8"),
             strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, groups=int(attrs.groups),
-            data_layout="NHWC", kernel_layout="HWIO", out_dtype="int32"))
+            data_layout="NHWC", kernel_layout="HWIO", out_dtype="int32")
 
     def _matmul(self, call: relax.Call):
         weight = self._qualifies(call)
@@ -208,4 +208,6 @@ def use_vnni_kernels(mod: tvm.IRModule) -> tuple[tvm.IRModule, Counter]:
     main = mutator.visit_expr(mod["main"])
     mod = mutator.builder_.get()
     mod["main"] = main
-    return relax.transform.DeadCodeElimination()(mod), mutator.used
+    # Alias bindings (var = var) left by the rewrite would stop TVM from fusing across them.
+    mod = relax.transform.CanonicalizeBindings()(relax.transform.DeadCodeElimination()(mod))
+    return mod, mutator.used
