@@ -183,7 +183,7 @@ class _VnniKernels(relax.PyExprMutator):
         rq, dtype = None, "int32"
         if chain is not None:
             final, corr, multiplier, shift, rq = chain
-            for values, fill, kind in ((corr, 0, "int32"), (multiplier, 0, "int64"), (shift, 1, "int64")):
+            for values, fill, kind in ((corr, 0, "int32"), (multiplier, 0, "int32"), (shift, 1, "int32")):
                 per_channel = np.full(co16, fill, kind)
                 per_channel[:co] = np.broadcast_to(values.reshape(-1), (co,))
                 args.append(relax.const(per_channel, kind))

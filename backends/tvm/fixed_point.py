@@ -23,7 +23,8 @@ MAX_SHIFT = 62
 
 
 def multiplier_and_shift(real: np.ndarray, mantissa_bits: int = MANTISSA_BITS):
-    """Integer multipliers and shifts, per element: real ~= m / 2**shift, relative error < 2**-30."""
+    """Integer multipliers and shifts, per element: real ~= m / 2**shift, relative error < 2**-30,
+    m < 2**31 (it fits int32)."""
     real = np.asarray(real, np.float64)
     if np.any(real <= 0) or not np.all(np.isfinite(real)):
         raise ValueError(f"requantization multipliers must be positive and finite, got {real}")
@@ -31,6 +32,8 @@ def multiplier_and_shift(real: np.ndarray, mantissa_bits: int = MANTISSA_BITS):
     if np.any(shift < 1) or np.any(shift > MAX_SHIFT):
         raise ValueError(f"requantization multiplier {real.max():.3g} is out of the fixed-point range")
     m = np.rint(real * 2.0 ** shift).astype(np.int64)
+    top = m == 2 ** mantissa_bits      # rounded up out of range: the same value one bit lower
+    m, shift = np.where(top, m // 2, m), np.where(top, shift - 1, shift)
     return m, shift
 
 

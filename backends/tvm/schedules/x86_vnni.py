@@ -79,10 +79,10 @@ class Requantize:
 
 def _requantized(tvm, te, acc, corr, m, shift, rq: Requantize):
     def compute(b, y, x, o):
-        product = (acc[b, y, x, o] + corr[o]).astype("int64") * m[o]
-        one = tvm.tirx.const(1, "int64")
-        odd = (product >> shift[o]) & one
-        rounded = ((product + ((one << (shift[o] - one)) - one) + odd) >> shift[o]) + rq.zero_point
+        product = (acc[b, y, x, o] + corr[o]).astype("int64") * m[o].astype("int64")
+        one, bits = tvm.tirx.const(1, "int64"), shift[o].astype("int64")
+        odd = (product >> bits) & one
+        rounded = ((product + ((one << (bits - one)) - one) + odd) >> bits) + rq.zero_point
         return tvm.tirx.max(tvm.tirx.min(rounded, rq.hi), rq.lo).astype(rq.dtype)
 
     return te.compute(acc.shape, compute, name="requantize")
@@ -92,7 +92,7 @@ def _requantized(tvm, te, acc, corr, m, shift, rq: Requantize):
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
                   padding: tuple, requantize: Requantize | None = None):
     """The scheduled PrimFunc (x u8 NHWC, packed weight -> s32 NHWC; or, with `requantize`,
-    x, weight, corr s32[co], m s64[co], shift s64[co] -> u8/s8 NHWC); ci % 4 == co % 16 == 0."""
+    x, weight, corr s32[co], m s32[co], shift s32[co] -> u8/s8 NHWC); ci % 4 == co % 16 == 0."""
     import tvm
     from tvm import te, topi
 
@@ -113,8 +113,8 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     params = [x, wp, out]
     if requantize is not None:
         corr = te.placeholder((co,), "int32", name="corr")
-        m = te.placeholder((co,), "int64", name="multiplier")
-        shift = te.placeholder((co,), "int64", name="shift")
+        m = te.placeholder((co,), "int32", name="multiplier")
+        shift = te.placeholder((co,), "int32", name="shift")
         params = [x, wp, corr, m, shift, _requantized(tvm, te, out, corr, m, shift, requantize)]
     sch = tvm.s_tir.Schedule(te.create_prim_func(params))
     block = sch.get_sblock("conv")
