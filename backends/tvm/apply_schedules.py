@@ -178,7 +178,10 @@ class _VnniKernels(relax.PyExprMutator):
             data = self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, 0, 0, 0, ci4 - ci], pad_value=0.0))
         padded = np.zeros((co16, kh, kw, ci4), np.int8)
         padded[:co, :, :, :ci] = weight
-        args = [data, relax.const(x86_vnni.pack_weight(padded), "int8")]
+        # Weights on a 4-bit grid (the 4- and 2-bit presets) stay packed two to a byte.
+        int4 = bool(padded.min() >= -8 and padded.max() <= 7)
+        packed = x86_vnni.pack_weight_int4(padded) if int4 else x86_vnni.pack_weight(padded)
+        args = [data, relax.const(packed, "uint8" if int4 else "int8")]
         chain = requantize_chain(self.uses, acc_var) if acc_var is not None else None
         rq, dtype = None, "int32"
         if chain is not None:
@@ -188,12 +191,13 @@ class _VnniKernels(relax.PyExprMutator):
                 per_channel[:co] = np.broadcast_to(values.reshape(-1), (co,))
                 args.append(relax.const(per_channel, kind))
             dtype = rq.dtype
-        kernel = x86_vnni.conv2d_kernel(n, h, w, ci4, co16, kh, kw, stride, dilation, padding, rq)
+        kernel = x86_vnni.conv2d_kernel(n, h, w, ci4, co16, kh, kw, stride, dilation, padding, rq, int4)
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         ho = (h + padding[0] + padding[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         wo = (w + padding[1] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         out = self.builder_.emit(relax.op.call_tir(gvar, relax.Tuple(args), relax.TensorType([n, ho, wo, co16], dtype)))
-        self.used[("vnni conv2d" if kh * kw > 1 else "vnni 1x1 conv2d / matmul") + (" + requantize" if rq else "")] += 1
+        self.used[("vnni conv2d" if kh * kw > 1 else "vnni 1x1 conv2d / matmul") + (" int4" if int4 else "")
+                  + (" + requantize" if rq else "")] += 1
         if co16 != co:
             out = self.builder_.emit(relax.op.strided_slice(out, axes=[3], begin=[0], end=[co]))
         if chain is None:

@@ -136,6 +136,11 @@ def test_fashion_models_follow_the_qdq_model(name, preset, tmp_path):
     ours = load(tmp_path).run(feeds)["logits"]
     assert np.mean(ours.argmax(1) == reference.argmax(1)) >= 0.99
     assert not library.float_ops
+    from qcompiler.backends.tvm.targets import host_has_vnni
+
+    if host_has_vnni():   # 4- and 2-bit weights stay packed two to a byte in the VNNI kernels
+        packed = sum(count for kind, count in library.kernels.items() if "int4" in kind)
+        assert (packed > 0) == (preset != "w8a8"), dict(library.kernels)
 
 
 def test_float_fallback_between_dq_and_q_is_correct(tmp_path):

@@ -88,17 +88,44 @@ def _requantized(tvm, te, acc, corr, m, shift, rq: Requantize):
     return te.compute(acc.shape, compute, name="requantize")
 
 
+def pack_weight_int4(weight_ohwi: np.ndarray) -> np.ndarray:
+    """Weights in [-8, 7] two to a byte: [Co/16, KH, KW, Ci/4, 32] uint8, byte j of a 16x4 block
+    holding elements 2j (low nibble) and 2j+1 (high nibble)."""
+    blocks = pack_weight(weight_ohwi).astype(np.int16)
+    pairs = blocks.reshape(*blocks.shape[:4], 32, 2) & 0xF
+    return (pairs[..., 0] | (pairs[..., 1] << 4)).astype(np.uint8)
+
+
+def _unpacked_int4(tvm, te, packed, co: int, kh: int, kw: int, ci: int):
+    """The int8 weight blocks decoded from nibbles (sign-extended by shifting through int32)."""
+    def decode(a, p, q, c, i, k):
+        index = i * 4 + k
+        byte = packed[a, p, q, c, index // 2].astype("int32")
+        low, high = (byte << 28) >> 28, (byte << 24) >> 28
+        return tvm.tirx.if_then_else(index % 2 == 0, low, high).astype("int8")
+
+    return te.compute((co // 16, kh, kw, ci // 4, 16, 4), decode, name="unpack")
+
+
 @functools.cache
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
-                  padding: tuple, requantize: Requantize | None = None):
+                  padding: tuple, requantize: Requantize | None = None, int4: bool = False):
     """The scheduled PrimFunc (x u8 NHWC, packed weight -> s32 NHWC; or, with `requantize`,
-    x, weight, corr s32[co], m s32[co], shift s32[co] -> u8/s8 NHWC); ci % 4 == co % 16 == 0."""
+    x, weight, corr s32[co], m s32[co], shift s32[co] -> u8/s8 NHWC); ci % 4 == co % 16 == 0.
+
+    With `int4` the weight comes packed two to a byte (pack_weight_int4) and each block of 16
+    output channels is decoded into a small buffer once per call, then reused for every pixel:
+    the loops over channel blocks move outside the pixel loops for that."""
     import tvm
     from tvm import te, topi
 
     top, left, bottom, right = padding
     x = te.placeholder((n, h, w, ci), "uint8", name="x")
-    wp = te.placeholder((co // 16, kh, kw, ci // 4, 16, 4), "int8", name="w")
+    if int4:
+        weight = te.placeholder((co // 16, kh, kw, ci // 4, 32), "uint8", name="w4")
+        wp = _unpacked_int4(tvm, te, weight, co, kh, kw, ci)
+    else:
+        weight = wp = te.placeholder((co // 16, kh, kw, ci // 4, 16, 4), "int8", name="w")
     padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=0, name="padded") \
         if any(padding) else x
     ho = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
@@ -110,21 +137,30 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
             padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], rc].astype("int32")
             * wp[o // 16, ry, rx, rc // 4, o % 16, rc % 4].astype("int32"), axis=[ry, rx, rc]),
         name="conv")
-    params = [x, wp, out]
+    params = [x, weight, out]
     if requantize is not None:
         corr = te.placeholder((co,), "int32", name="corr")
         m = te.placeholder((co,), "int32", name="multiplier")
         shift = te.placeholder((co,), "int32", name="shift")
-        params = [x, wp, corr, m, shift, _requantized(tvm, te, out, corr, m, shift, requantize)]
+        params = [x, weight, corr, m, shift, _requantized(tvm, te, out, corr, m, shift, requantize)]
     sch = tvm.s_tir.Schedule(te.create_prim_func(params))
     block = sch.get_sblock("conv")
     b, y, xx, o, r_y, r_x, r_c = sch.get_loops(block)
     o_outer, o_inner = sch.split(o, [None, 16])
     c_outer, c_inner = sch.split(r_c, [None, 4])
     x_outer, x_inner = sch.split(xx, [None, pixel_tile(wo)])
-    sch.reorder(b, y, x_outer, o_outer, r_y, r_x, c_outer, x_inner, o_inner, c_inner)
+    if int4:
+        sch.reorder(b, o_outer, y, x_outer, r_y, r_x, c_outer, x_inner, o_inner, c_inner)
+        tile = x_outer
+        unpack = sch.get_sblock("unpack")
+        sch.compute_at(unpack, o_outer)
+        _, inner = sch.split(sch.fuse(*sch.get_loops(unpack)[-2:]), [None, 64])
+        sch.vectorize(inner)
+    else:
+        sch.reorder(b, y, x_outer, o_outer, r_y, r_x, c_outer, x_inner, o_inner, c_inner)
+        tile = o_outer
     write_back = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(write_back, o_outer)
+    sch.reverse_compute_at(write_back, tile)
     init = sch.decompose_reduction(block, r_y)
     sch.tensorize(o_inner, register_intrinsic())
     sch.vectorize(sch.get_loops(init)[-1])
@@ -133,6 +169,8 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         sch.reverse_compute_inline(sch.get_sblock("requantize"))
     sch.vectorize(sch.get_loops(write_back)[-1])
     name = f"qconv2d_vnni_{n}x{h}x{w}x{ci}_{co}x{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
+    if int4:
+        name += "_w4"
     if requantize is not None:
         name += f"_rq{requantize.zero_point}_{requantize.lo}_{requantize.hi}_{requantize.dtype}"
     return sch.mod["main"].with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
