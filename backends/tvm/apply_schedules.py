@@ -3,8 +3,9 @@
 1. `to_nhwc`: Relax's ConvertLayout puts every convolution (and, through layout inference,
    the requantization, residual adds and pooling around it) in NHWC, so that input channels
    are contiguous; constant weights are re-laid out by constant folding.
-2. `use_vnni_kernels`: every u8 x s8 -> s32 conv2d (groups 1) and matmul with a constant
-   weight becomes a call of the scheduled VNNI kernel (schedules/x86_vnni.py). Input channels
+2. `use_dot_kernels`: every u8 x s8 -> s32 conv2d (groups 1) and matmul with a constant
+   weight becomes a call of the scheduled VNNI or sdot kernel (schedules/int8_conv.py), with
+   the requantization that follows computed inside it. Input channels
    are zero-padded to a multiple of 4 and output channels to a multiple of 16 (zero weights,
    then a slice), so every such layer qualifies. Depthwise convolutions and the elementwise
    requantization stay on TVM's generic code for now.
@@ -18,7 +19,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from qcompiler.backends.tvm.schedules import x86_vnni
+from qcompiler.backends.tvm.schedules import int8_conv
 
 
 def to_nhwc(mod: tvm.IRModule) -> tvm.IRModule:
@@ -89,15 +90,16 @@ def requantize_chain(uses: _Uses, acc) -> tuple | None:
     corr, multiplier, shift, shift_again, zp, lo, hi = consts
     if not np.array_equal(shift, shift_again) or zp.size != 1 or lo.size != 1 or hi.size != 1:
         return None
-    rq = x86_vnni.Requantize(int(zp.reshape(())), int(lo.reshape(())), int(hi.reshape(())),
+    rq = int8_conv.Requantize(int(zp.reshape(())), int(lo.reshape(())), int(hi.reshape(())),
                              str(uses.value[v_out].attrs.dtype))
     return v_out, corr, multiplier, shift, rq
 
 
 @relax.expr_functor.mutator
-class _VnniKernels(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule):
+class _DotKernels(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, isa: str):
         super().__init__(mod)
+        self.isa = isa
         self.used: Counter = Counter()
         self.uses = _Uses(mod["main"])
         self.current = None           # the var whose binding is being visited
@@ -139,7 +141,7 @@ class _VnniKernels(relax.PyExprMutator):
         out, fused = self._emit(self.visit_expr(call.args[0]), weight, tuple(int(s) for s in attrs.strides),
                                 tuple(int(d) for d in attrs.dilation), tuple(int(p) for p in attrs.padding),
                                 self.current)
-        return super().visit_call_(call) if fused is not None else out
+        return super().visit_call_(call) if fused is not None or out is None else out
 
     def _grouped_hwio(self, call: relax.Call, weight: np.ndarray) -> relax.Expr:
         """Grouped (depthwise) convolutions keep TVM's compute but take HWIO weights, so that
@@ -161,6 +163,8 @@ class _VnniKernels(relax.PyExprMutator):
         acc_var = self.current
         out, fused = self._emit(image, weight.T.reshape(weight.shape[1], 1, 1, depth), (1, 1), (1, 1),
                                 (0, 0, 0, 0), acc_var)
+        if out is None:
+            return super().visit_call_(call)
         out = self.builder_.emit(relax.op.reshape(out, [rows, weight.shape[1]]))
         if fused is None:
             return out
@@ -180,23 +184,30 @@ class _VnniKernels(relax.PyExprMutator):
         padded[:co, :, :, :ci] = weight
         # Weights on a 4-bit grid (the 4- and 2-bit presets) stay packed two to a byte.
         int4 = bool(padded.min() >= -8 and padded.max() <= 7)
-        packed = x86_vnni.pack_weight_int4(padded) if int4 else x86_vnni.pack_weight(padded)
+        packed = int8_conv.pack_weight_int4(padded) if int4 else int8_conv.pack_weight(padded)
         args = [data, relax.const(packed, "uint8" if int4 else "int8")]
         chain = requantize_chain(self.uses, acc_var) if acc_var is not None else None
         rq, dtype = None, "int32"
+        if chain is None and self.isa == "sdot":
+            return None, None      # sdot needs the fused correction (below); leave it to TVM
         if chain is not None:
             final, corr, multiplier, shift, rq = chain
+            if self.isa == "sdot":   # the kernel computes with x - 128: add 128 * sum(w) back
+                corr = np.broadcast_to(corr.reshape(-1), (co,)).astype(np.int64) \
+                    + 128 * weight.astype(np.int64).sum(axis=(1, 2, 3))
+                if np.abs(corr).max() >= 2 ** 31:
+                    return None, None
             for values, fill, kind in ((corr, 0, "int32"), (multiplier, 0, "int32"), (shift, 1, "int32")):
                 per_channel = np.full(co16, fill, kind)
                 per_channel[:co] = np.broadcast_to(values.reshape(-1), (co,))
                 args.append(relax.const(per_channel, kind))
             dtype = rq.dtype
-        kernel = x86_vnni.conv2d_kernel(n, h, w, ci4, co16, kh, kw, stride, dilation, padding, rq, int4)
+        kernel = int8_conv.conv2d_kernel(n, h, w, ci4, co16, kh, kw, stride, dilation, padding, rq, int4, self.isa)
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         ho = (h + padding[0] + padding[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         wo = (w + padding[1] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         out = self.builder_.emit(relax.op.call_tir(gvar, relax.Tuple(args), relax.TensorType([n, ho, wo, co16], dtype)))
-        self.used[("vnni conv2d" if kh * kw > 1 else "vnni 1x1 conv2d / matmul") + (" int4" if int4 else "")
+        self.used[(f"{self.isa} conv2d" if kh * kw > 1 else f"{self.isa} 1x1 conv2d / matmul") + (" int4" if int4 else "")
                   + (" + requantize" if rq else "")] += 1
         if co16 != co:
             out = self.builder_.emit(relax.op.strided_slice(out, axes=[3], begin=[0], end=[co]))
@@ -207,8 +218,9 @@ class _VnniKernels(relax.PyExprMutator):
         return out, final
 
 
-def use_vnni_kernels(mod: tvm.IRModule) -> tuple[tvm.IRModule, Counter]:
-    mutator = _VnniKernels(mod)
+def use_dot_kernels(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, Counter]:
+    """Convolutions and matmuls on the dot-product kernel of `isa` ("vnni" or "sdot")."""
+    mutator = _DotKernels(mod, isa)
     main = mutator.visit_expr(mod["main"])
     mod = mutator.builder_.get()
     mod["main"] = main

@@ -79,13 +79,16 @@ def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: 
 
 def schedule(mod, spec: TargetSpec, target) -> tuple[object, Counter]:
     """NHWC layout, the target's kernels, then the generic CPU rules for everything else."""
-    from qcompiler.backends.tvm.apply_schedules import to_nhwc, use_vnni_kernels
+    from qcompiler.backends.tvm.apply_schedules import to_nhwc, use_dot_kernels
     from qcompiler.backends.tvm.schedules.cpu_generic import apply_cpu_rules
 
     mod = to_nhwc(mod)
     kernels: Counter = Counter()
-    if "int8-vnni" in active_schedules(spec):
-        mod, kernels = use_vnni_kernels(mod)
+    active = active_schedules(spec)
+    if "int8-vnni" in active:
+        mod, kernels = use_dot_kernels(mod, "vnni")
+    elif "int8-sdot" in active:
+        mod, kernels = use_dot_kernels(mod, "sdot")
     return apply_cpu_rules(mod, target), kernels
 
 

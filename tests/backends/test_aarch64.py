@@ -5,6 +5,8 @@ how to make it."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -30,13 +32,23 @@ def _build_and_run(qdq, feeds, folder, target, batch):
     return compare(qdq.to_onnx(), QemuLibrary(folder), feeds)
 
 
-def test_libraries_are_aarch64_elf(tmp_path):
+@pytest.mark.parametrize("target,sdot", [("arm64", False), ("arm64-dotprod", True), ("arm64-i8mm", True)])
+def test_libraries_are_aarch64_elf_with_sdot_where_the_target_has_it(target, sdot, tmp_path):
+    """Disassembly: the dotprod and i8mm libraries run their convolutions on sdot; plain NEON has none."""
+    import subprocess
+
     data = np.load(ROOT / "models" / "fashion_mnist_subset.npz")
     model = qcompiler.load(ROOT / "models" / "fashion_resnet8.onnx")
     qdq = qcompiler.quantize(model, {"input": data["input"][:32]}, "w8a8", progress=False).qdq
-    write_library(compile_qdq(qdq, "arm64-dotprod", 1), qdq, tmp_path)
+    library = compile_qdq(qdq, target, 1)
+    write_library(library, qdq, tmp_path)
     header = (tmp_path / "model.so").read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64
+    disassembly = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(tmp_path / "model.so")],
+                                 capture_output=True, text=True, check=True).stdout
+    sdots = len(re.findall(r"\bsdot\b", disassembly))
+    assert (sdots > 0) == sdot, sdots
+    assert (sum(library.kernels.values()) == 10) == sdot, dict(library.kernels)
 
 
 @pytest.mark.parametrize("target", ARM_TARGETS)
@@ -50,15 +62,16 @@ def test_fashion_models_under_qemu(name, target, tmp_path):
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
 
 
+@pytest.mark.parametrize("preset", ["w8a8", "w4a4"])
 @pytest.mark.parametrize("kind", ["depthwise-relu6", "residual-add", "concat", "conv-stride2-asymmetric-pads",
-                                  "global-pool-flatten-gemm"])
-def test_generated_graphs_under_qemu(kind, tmp_path):
+                                  "dilated-conv", "global-pool-flatten-gemm"])
+def test_generated_graphs_under_qemu(kind, preset, tmp_path):
     nodes, inits = _graph(kind)
     model = make_model(nodes, [("x", ["N", C, 12, 12])], [("y", None)], inits, opset=13)
     rng = np.random.default_rng(0)
-    qdq = qcompiler.quantize(model, {"x": rng.normal(0, 1, (32, C, 12, 12)).astype(np.float32)}, "w8a8",
-                             progress=False).qdq
+    qdq = qcompiler.quantize(model, {"x": rng.normal(0, 1, (32, C, 12, 12)).astype(np.float32)}, preset,
+                             progress=False, overrides=["*:wbits=4"] if preset == "w4a4" else ()).qdq
     feeds = {"x": rng.normal(0, 1, (8, C, 12, 12)).astype(np.float32)}
     (fidelity,) = _build_and_run(qdq, feeds, tmp_path, "arm64-dotprod", batch=4)
-    print(f"{kind} arm64-dotprod (qemu): {fidelity.line()}")
+    print(f"{kind} {preset} arm64-dotprod (qemu): {fidelity.line()}")
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()

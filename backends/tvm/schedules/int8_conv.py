@@ -1,4 +1,5 @@
-"""u8 x s8 -> s32 convolution (NHWC activations, packed weights) on AVX-512 VNNI.
+"""int8 convolution kernels (NHWC activations, packed weights) on dot-product instructions:
+u8 x s8 -> s32 on AVX-512 VNNI (`vpdpbusd`), and s8 x s8 -> s32 on AArch64 `sdot`.
 
 The kernel computes acc[n, h, w, co] = sum_{ry, rx, ci} x[n, h*s + ry*d, w*s + rx*d, ci] * w[co, ry, rx, ci]
 with the weights packed [Co/16, KH, KW, Ci/4, 16, 4]: the innermost 16 x 4 block is one
@@ -10,6 +11,10 @@ with the zero point itself when it is not 0). 1x1 convolutions and matmuls use t
 TVM 0.27's own `dot_16x4_vnni` intrinsic does not compile with its bundled LLVM 22 (operand
 vector types, DESIGN.md §5); ours broadcasts the 4 activation bytes as one int32 to 16 lanes
 and passes them as u8x64, the weight block as i8x64.
+
+`sdot` multiplies signed bytes only, so on AArch64 the kernel first moves the uint8 activations
+to int8 (x - 128, inside the kernel) and the caller adds 128 * sum(w) per output channel to the
+accumulator's correction. The same packed 16 x 4 weight block is then four 4 x 4 `sdot` blocks.
 """
 
 from __future__ import annotations
@@ -20,6 +25,41 @@ from dataclasses import dataclass
 import numpy as np
 
 INTRIN = "qcompiler_vnni_u8s8s32_16x4"
+SDOT_INTRIN = "qcompiler_sdot_s8s8s32_4x4"
+
+
+@functools.cache
+def register_sdot_intrinsic() -> str:
+    """TVM's 4x4 sdot block with a register (local) accumulator, as the kernel's tiles are."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
+             C: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            for i in T.serial(0, 4):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
+             C: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            four = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), C.vload([0], "int32x4"),
+                T.reinterpret(T.broadcast(four, 4), dtype="int8x16"), B.vload([0, 0], dtype="int8x16"),
+                dtype="int32x4")
+
+    TensorIntrin.register(SDOT_INTRIN, desc, impl, override=True)
+    return SDOT_INTRIN
 
 
 @functools.cache
@@ -109,7 +149,7 @@ def _unpacked_int4(tvm, te, packed, co: int, kh: int, kw: int, ci: int):
 
 @functools.cache
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
-                  padding: tuple, requantize: Requantize | None = None, int4: bool = False):
+                  padding: tuple, requantize: Requantize | None = None, int4: bool = False, isa: str = "vnni"):
     """The scheduled PrimFunc (x u8 NHWC, packed weight -> s32 NHWC; or, with `requantize`,
     x, weight, corr s32[co], m s32[co], shift s32[co] -> u8/s8 NHWC); ci % 4 == co % 16 == 0.
 
@@ -128,6 +168,9 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         weight = wp = te.placeholder((co // 16, kh, kw, ci // 4, 16, 4), "int8", name="w")
     padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=0, name="padded") \
         if any(padding) else x
+    if isa == "sdot":   # u8 -> s8 (x - 128): sdot is signed only; the caller corrects by 128 * sum(w)
+        padded = te.compute(padded.shape, lambda *i: (padded(*i).astype("int32") - 128).astype("int8"),
+                            name="signed")
     ho = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     ry, rx, rc = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, ci), "rc")
@@ -146,29 +189,36 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     sch = tvm.s_tir.Schedule(te.create_prim_func(params))
     block = sch.get_sblock("conv")
     b, y, xx, o, r_y, r_x, r_c = sch.get_loops(block)
-    o_outer, o_inner = sch.split(o, [None, 16])
+    if isa == "sdot":
+        o_outer, o_block, o_inner = sch.split(o, [None, 4, 4])
+    else:
+        o_outer, o_inner = sch.split(o, [None, 16])
+        o_block = None
     c_outer, c_inner = sch.split(r_c, [None, 4])
+    inner_loops = [o_inner, c_inner] if o_block is None else [o_block, o_inner, c_inner]
     x_outer, x_inner = sch.split(xx, [None, pixel_tile(wo)])
     if int4:
-        sch.reorder(b, o_outer, y, x_outer, r_y, r_x, c_outer, x_inner, o_inner, c_inner)
+        sch.reorder(b, o_outer, y, x_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
         tile = x_outer
         unpack = sch.get_sblock("unpack")
         sch.compute_at(unpack, o_outer)
         _, inner = sch.split(sch.fuse(*sch.get_loops(unpack)[-2:]), [None, 64])
         sch.vectorize(inner)
     else:
-        sch.reorder(b, y, x_outer, o_outer, r_y, r_x, c_outer, x_inner, o_inner, c_inner)
+        sch.reorder(b, y, x_outer, o_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
         tile = o_outer
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, tile)
     init = sch.decompose_reduction(block, r_y)
-    sch.tensorize(o_inner, register_intrinsic())
+    sch.tensorize(o_inner, register_sdot_intrinsic() if isa == "sdot" else register_intrinsic())
+    if o_block is not None:
+        sch.unroll(o_block)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(x_inner)
     if requantize is not None:   # computed from the registers on the way out: no int32 round trip
         sch.reverse_compute_inline(sch.get_sblock("requantize"))
     sch.vectorize(sch.get_loops(write_back)[-1])
-    name = f"qconv2d_vnni_{n}x{h}x{w}x{ci}_{co}x{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
+    name = f"qconv2d_{isa}_{n}x{h}x{w}x{ci}_{co}x{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
     if int4:
         name += "_w4"
     if requantize is not None:
