@@ -15,6 +15,8 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.s_tir import dlight as dl
 
+from qcompiler.backends.tvm.schedules.int8_conv import pixel_tile
+
 LANES = 16
 
 
@@ -65,11 +67,16 @@ class VectorizeChannels(dl.ScheduleRule):
         if len(spatial) < 2:
             return None
         channel_outer, channel_inner = sch.split(spatial[-1], [None, LANES])
-        sch.reorder(*spatial[:-1], channel_outer, *reduce, channel_inner)
-        # 16 accumulators in a register (a local cache), written back once per pixel.
+        # A tile of pixels along the row shares each weight vector: tile x 16 accumulators in
+        # registers (a local cache), written back once per tile.
+        width = sch.get(spatial[-2]).extent
+        tile = pixel_tile(int(width)) if hasattr(width, "value") or isinstance(width, int) else 1
+        pixel_outer, pixel_inner = sch.split(spatial[-2], [None, tile])
+        sch.reorder(*spatial[:-2], pixel_outer, channel_outer, *reduce, pixel_inner, channel_inner)
         write_back = sch.cache_write(main.block_rv, 0, "local")
         sch.reverse_compute_at(write_back, channel_outer)
         sch.vectorize(channel_inner)
+        sch.unroll(pixel_inner)
         init = sch.decompose_reduction(main.block_rv, reduce[0])
         sch.vectorize(sch.get_loops(init)[-1])
         sch.vectorize(sch.get_loops(write_back)[-1])
