@@ -28,71 +28,50 @@ INTRIN = "qcompiler_vnni_u8s8s32_16x4"
 SDOT_INTRIN = "qcompiler_sdot_s8s8s32_4x4"
 
 
+# (name, activation dtype, output lanes, LLVM intrinsic) of each dot-product instruction used.
+DOT_INSTRUCTIONS = {
+    "vnni": (INTRIN, "uint8", 16, "llvm.x86.avx512.vpdpbusd.512"),
+    "sdot": (SDOT_INTRIN, "int8", 4, "llvm.aarch64.neon.sdot.v4i32.v16i8"),
+}
+
+
 @functools.cache
-def register_sdot_intrinsic() -> str:
-    """TVM's 4x4 sdot block with a register (local) accumulator, as the kernel's tiles are."""
+def register_intrinsic(isa: str = "vnni") -> str:
+    """The tensor intrinsic of one dot-product instruction: `lanes` int32 accumulators (in
+    registers: local scope, as the kernel's tiles are), each += the dot product of the same 4
+    activation bytes with its own 4 weight bytes. The implementation broadcasts the 4 bytes,
+    read as one int32, to every lane and calls the LLVM intrinsic on whole vectors."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
+    name, a_dtype, lanes, llvm_name = DOT_INSTRUCTIONS[isa]
+    a_x4, a_all, b_all, c_all = f"{a_dtype}x4", f"{a_dtype}x{4 * lanes}", f"int8x{4 * lanes}", f"int32x{lanes}"
+
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
-             C: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
+    def desc(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            for i in T.serial(0, 4):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
                 for k in T.serial(0, 4):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
-             C: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
+    def impl(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            four = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), C.vload([0], "int32x4"),
-                T.reinterpret(T.broadcast(four, 4), dtype="int8x16"), B.vload([0, 0], dtype="int8x16"),
-                dtype="int32x4")
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            four = T.reinterpret(A.vload([0], a_x4), dtype="int32")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm_name), C.vload([0], c_all),
+                T.reinterpret(T.broadcast(four, lanes), dtype=a_all), B.vload([0, 0], dtype=b_all), dtype=c_all)
 
-    TensorIntrin.register(SDOT_INTRIN, desc, impl, override=True)
-    return SDOT_INTRIN
-
-
-@functools.cache
-def register_intrinsic() -> str:
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            four = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], "int32x16"),
-                T.reinterpret(T.broadcast(four, 16), dtype="uint8x64"), B.vload([0, 0], dtype="int8x64"),
-                dtype="int32x16")
-
-    TensorIntrin.register(INTRIN, desc, impl, override=True)
-    return INTRIN
+    TensorIntrin.register(name, desc, impl, override=True)
+    return name
 
 
 def pack_weight(weight_ohwi: np.ndarray) -> np.ndarray:
@@ -210,7 +189,7 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, tile)
     init = sch.decompose_reduction(block, r_y)
-    sch.tensorize(o_inner, register_sdot_intrinsic() if isa == "sdot" else register_intrinsic())
+    sch.tensorize(o_inner, register_intrinsic(isa))
     if o_block is not None:
         sch.unroll(o_block)
     sch.vectorize(sch.get_loops(init)[-1])
