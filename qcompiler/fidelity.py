@@ -54,3 +54,14 @@ def compare(qdq: onnx.ModelProto, library, feeds: dict[str, np.ndarray]) -> list
         diff = np.abs(actual[name].astype(np.float64) - expected) / unit
         results.append(Fidelity(name, float(diff.max(initial=0.0)), float(np.mean(diff < 1e-3)), samples))
     return results
+
+
+def reference_spread(qdq: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
+    """How far onnxruntime's optimized (QLinear kernels) and unoptimized (float DQ/op/Q) runs of
+    the same QDQ model are apart, in LSBs of the first output: both are "the reference", so a
+    library cannot be held closer to it than this (deep nets: near-ties amplified layer by layer)."""
+    scale = list(output_scales(qdq).values())[0]
+    optimized = session(qdq).run(None, feeds)[0]
+    plain = session(qdq, optimize=False).run(None, feeds)[0]
+    unit = scale or max(float(np.abs(optimized).max(initial=0.0)), 1e-30)
+    return float(np.abs(optimized.astype(np.float64) - plain).max(initial=0.0)) / unit

@@ -12,7 +12,7 @@ from onnx import helper
 import qcompiler
 from qcompiler.driver import compile_qdq, write_library
 from qcompiler.executor import session
-from qcompiler.fidelity import compare
+from qcompiler.fidelity import compare, reference_spread
 from qcompiler.runtime import load
 from graphs import ROOT, make_model
 
@@ -104,18 +104,6 @@ def test_generated_graph_within_one_lsb(kind, preset, tmp_path):
     assert not library.float_ops, f"unexpected float fallback: {dict(library.float_ops)}"
 
 
-def _onnxruntime_spread(proto, feeds) -> float:
-    """How far onnxruntime's optimized and unoptimized runs of one QDQ model are apart, in LSBs
-    of the output: both are "the reference", so 1-LSB differences inside a deep net that grow
-    on the way out are a property of the model, not of either implementation."""
-    from qcompiler.fidelity import output_scales
-
-    scale = list(output_scales(proto).values())[0]
-    optimized = session(proto).run(None, feeds)[0]
-    plain = session(proto, optimize=False).run(None, feeds)[0]
-    return float(np.abs(optimized - plain).max()) / scale
-
-
 @pytest.mark.parametrize("name", ["fashion_resnet8", "fashion_mobilenetv2"])
 @pytest.mark.parametrize("preset", ["w8a8", "w4a4", "w2a4"])
 def test_fashion_models_follow_the_qdq_model(name, preset, tmp_path):
@@ -129,7 +117,7 @@ def test_fashion_models_follow_the_qdq_model(name, preset, tmp_path):
     qdq = qcompiler.quantize(model, {"input": data["input"][:128]}, preset, progress=False).qdq
     feeds = {"input": data["input"][128:]}
     library, (fidelity,) = _compile_and_compare(qdq, feeds, tmp_path, batch=16)
-    spread = _onnxruntime_spread(qdq.to_onnx(), feeds)
+    spread = reference_spread(qdq.to_onnx(), feeds)
     print(f"{name} {preset}: {fidelity.line()}; onnxruntime optimized vs unoptimized {spread:.2f} LSB")
     assert fidelity.equal_share >= 0.98, fidelity.line()
     reference = session(qdq.to_onnx()).run(None, feeds)[0]
@@ -179,7 +167,7 @@ def test_imagenet_mobilenetv2_as_close_as_onnxruntime_is_to_itself(tmp_path):
     qdq = qcompiler.quantize(model, {"input": images[:8]}, "w8a8", progress=False).qdq
     feeds = {"input": images[8:12]}
     library, (fidelity,) = _compile_and_compare(qdq, feeds, tmp_path, batch=4)
-    spread = _onnxruntime_spread(qdq.to_onnx(), feeds)
+    spread = reference_spread(qdq.to_onnx(), feeds)
     print(f"mobilenet_v2_imagenet: {fidelity.line()}; onnxruntime optimized vs unoptimized: {spread:.2f} LSB")
     assert fidelity.max_lsb <= max(spread, 1.0) + 1e-4
     ours = load(tmp_path).run(feeds)["logits"]
