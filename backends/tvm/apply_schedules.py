@@ -19,7 +19,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from qcompiler.backends.tvm.schedules import int8_conv
+from qcompiler.backends.tvm.schedules import arm_smmla, int8_conv
 
 
 def to_nhwc(mod: tvm.IRModule) -> tvm.IRModule:
@@ -171,43 +171,54 @@ class _DotKernels(relax.PyExprMutator):
         self.replaced[fused] = out
         return super().visit_call_(call)
 
+    def _kernel(self, weight: np.ndarray, ci: int, wo: int, chain) -> str | None:
+        """Which kernel a layer gets: the target's; smmla falls back to sdot where it cannot
+        apply (4-bit weights, odd output widths); sdot and smmla need the fused correction."""
+        if self.isa == "vnni":
+            return "vnni"
+        if chain is None:
+            return None
+        on_4bit_grid = weight.min() >= -8 and weight.max() <= 7
+        if self.isa == "smmla" and not on_4bit_grid and arm_smmla.applies(_round_up(ci, 8), 16, wo):
+            return "smmla"
+        return "sdot"
+
     def _emit(self, data: relax.Expr, weight: np.ndarray, stride, dilation, padding, acc_var) -> relax.Expr:
         """The kernel call, and the var of the requantization chain after `acc_var` that it
         computes when that chain could be fused in (else None). With a fused chain the caller
-        maps that var to the output and leaves the unfused ops to dead-code elimination."""
+        maps that var to the output and leaves the unfused ops to dead-code elimination.
+        (None, None): no kernel applies, TVM's generic code stays."""
         n, h, w, ci = (int(d) for d in data.ty.shape)
         co, kh, kw, _ = weight.shape
-        ci4, co16 = _round_up(ci, 4), _round_up(co, 16)
-        if ci4 != ci:   # extra zero channels meet zero weights
-            data = self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, 0, 0, 0, ci4 - ci], pad_value=0.0))
-        padded = np.zeros((co16, kh, kw, ci4), np.int8)
-        padded[:co, :, :, :ci] = weight
-        # Weights on a 4-bit grid (the 4- and 2-bit presets) stay packed two to a byte.
-        int4 = bool(padded.min() >= -8 and padded.max() <= 7)
-        packed = int8_conv.pack_weight_int4(padded) if int4 else int8_conv.pack_weight(padded)
-        args = [data, relax.const(packed, "uint8" if int4 else "int8")]
+        ho = (h + padding[0] + padding[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        wo = (w + padding[1] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         chain = requantize_chain(self.uses, acc_var) if acc_var is not None else None
+        kind = self._kernel(weight, ci, wo, chain)
+        if kind is None:
+            return None, None
+        ci_p, co16 = _round_up(ci, 8 if kind == "smmla" else 4), _round_up(co, 16)
+        padded = np.zeros((co16, kh, kw, ci_p), np.int8)
+        padded[:co, :, :, :ci] = weight
+        int4 = kind != "smmla" and bool(padded.min() >= -8 and padded.max() <= 7)
+        args = [self._pad_channels(data, ci_p - ci), self._packed(padded, kind, int4)]
         rq, dtype = None, "int32"
-        if chain is None and self.isa == "sdot":
-            return None, None      # sdot needs the fused correction (below); leave it to TVM
         if chain is not None:
             final, corr, multiplier, shift, rq = chain
-            if self.isa == "sdot":   # the kernel computes with x - 128: add 128 * sum(w) back
+            if kind != "vnni":   # sdot/smmla compute with x - 128: add 128 * sum(w) back
                 corr = np.broadcast_to(corr.reshape(-1), (co,)).astype(np.int64) \
                     + 128 * weight.astype(np.int64).sum(axis=(1, 2, 3))
                 if np.abs(corr).max() >= 2 ** 31:
                     return None, None
-            for values, fill, kind in ((corr, 0, "int32"), (multiplier, 0, "int32"), (shift, 1, "int32")):
-                per_channel = np.full(co16, fill, kind)
-                per_channel[:co] = np.broadcast_to(values.reshape(-1), (co,))
-                args.append(relax.const(per_channel, kind))
+            args += [_per_channel(corr, co, co16, 0), _per_channel(multiplier, co, co16, 0),
+                     _per_channel(shift, co, co16, 1)]
             dtype = rq.dtype
-        kernel = int8_conv.conv2d_kernel(n, h, w, ci4, co16, kh, kw, stride, dilation, padding, rq, int4, self.isa)
+        if kind == "smmla":
+            kernel = arm_smmla.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding, rq)
+        else:
+            kernel = int8_conv.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding, rq, int4, kind)
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
-        ho = (h + padding[0] + padding[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-        wo = (w + padding[1] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         out = self.builder_.emit(relax.op.call_tir(gvar, relax.Tuple(args), relax.TensorType([n, ho, wo, co16], dtype)))
-        self.used[(f"{self.isa} conv2d" if kh * kw > 1 else f"{self.isa} 1x1 conv2d / matmul") + (" int4" if int4 else "")
+        self.used[(f"{kind} conv2d" if kh * kw > 1 else f"{kind} 1x1 conv2d / matmul") + (" int4" if int4 else "")
                   + (" + requantize" if rq else "")] += 1
         if co16 != co:
             out = self.builder_.emit(relax.op.strided_slice(out, axes=[3], begin=[0], end=[co]))
@@ -217,9 +228,31 @@ class _DotKernels(relax.PyExprMutator):
             self.replaced[final] = out
         return out, final
 
+    def _pad_channels(self, data: relax.Expr, extra: int) -> relax.Expr:
+        """Extra zero input channels (they meet zero weights) up to the kernel's multiple."""
+        if not extra:
+            return data
+        return self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, 0, 0, 0, extra], pad_value=0.0))
+
+    @staticmethod
+    def _packed(weight: np.ndarray, kind: str, int4: bool) -> relax.Expr:
+        """The weight in the kernel's layout; on a 4-bit grid, two to a byte."""
+        if kind == "smmla":
+            return relax.const(arm_smmla.pack_weight(weight), "int8")
+        if int4:
+            return relax.const(int8_conv.pack_weight_int4(weight), "uint8")
+        return relax.const(int8_conv.pack_weight(weight), "int8")
+
+
+def _per_channel(values: np.ndarray, channels: int, padded: int, fill: int) -> relax.Expr:
+    """A kernel's per-output-channel int32 input, padded to the kernel's channel multiple."""
+    array = np.full(padded, fill, np.int32)
+    array[:channels] = np.broadcast_to(values.reshape(-1), (channels,))
+    return relax.const(array, "int32")
+
 
 def use_dot_kernels(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, Counter]:
-    """Convolutions and matmuls on the dot-product kernel of `isa` ("vnni" or "sdot")."""
+    """Convolutions and matmuls on the dot-product kernels of `isa` ("vnni", "sdot", "smmla")."""
     mutator = _DotKernels(mod, isa)
     main = mutator.visit_expr(mod["main"])
     mod = mutator.builder_.get()

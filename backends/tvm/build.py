@@ -87,6 +87,8 @@ def schedule(mod, spec: TargetSpec, target) -> tuple[object, Counter]:
     active = active_schedules(spec)
     if "int8-vnni" in active:
         mod, kernels = use_dot_kernels(mod, "vnni")
+    elif "int8-smmla" in active:
+        mod, kernels = use_dot_kernels(mod, "smmla")
     elif "int8-sdot" in active:
         mod, kernels = use_dot_kernels(mod, "sdot")
     return apply_cpu_rules(mod, target), kernels

@@ -2,8 +2,8 @@
 
 `qcompiler targets` prints this table. The x86 entry is the host: its CPU is asked of LLVM,
 and the VNNI kernels are used when /proc/cpuinfo shows avx512_vnni. Every target gets the
-NHWC layout and the generic vectorizing rules (schedules/cpu_generic.py); the dotprod and
-i8mm targets use the sdot kernel (an smmla kernel for i8mm is not written yet).
+NHWC layout and the generic vectorizing rules (schedules/cpu_generic.py); the dotprod target
+uses the sdot kernel, the i8mm target the smmla kernel (sdot where smmla cannot apply).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ TARGETS: dict[str, TargetSpec] = {t.name: t for t in (
                 "mattr": ["+neon", "+v8.2a", "+dotprod"]}, schedules=("int8-sdot", "nhwc-vectorize"), **_ARM),
     TargetSpec("arm64-i8mm", "AArch64 v8.6 with smmla (Neoverse-V1 / Cortex-A710 class)",
                {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-v1",
-                "mattr": ["+neon", "+v8.6a", "+dotprod", "+i8mm"]}, schedules=("int8-sdot", "nhwc-vectorize"),
-               **_ARM),
+                "mattr": ["+neon", "+v8.6a", "+dotprod", "+i8mm"]},
+               schedules=("int8-smmla", "int8-sdot", "nhwc-vectorize"), **_ARM),
 )}
 
 

@@ -32,9 +32,11 @@ def _build_and_run(qdq, feeds, folder, target, batch):
     return compare(qdq.to_onnx(), QemuLibrary(folder), feeds)
 
 
-@pytest.mark.parametrize("target,sdot", [("arm64", False), ("arm64-dotprod", True), ("arm64-i8mm", True)])
-def test_libraries_are_aarch64_elf_with_sdot_where_the_target_has_it(target, sdot, tmp_path):
-    """Disassembly: the dotprod and i8mm libraries run their convolutions on sdot; plain NEON has none."""
+@pytest.mark.parametrize("target,sdot,smmla", [("arm64", False, False), ("arm64-dotprod", True, False),
+                                               ("arm64-i8mm", True, True)])
+def test_libraries_are_aarch64_elf_with_the_targets_dot_products(target, sdot, smmla, tmp_path):
+    """Disassembly: dotprod libraries run their convolutions on sdot, i8mm ones on smmla (sdot
+    for the layers of odd width), plain NEON on neither."""
     import subprocess
 
     data = np.load(ROOT / "models" / "fashion_mnist_subset.npz")
@@ -46,8 +48,8 @@ def test_libraries_are_aarch64_elf_with_sdot_where_the_target_has_it(target, sdo
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64
     disassembly = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(tmp_path / "model.so")],
                                  capture_output=True, text=True, check=True).stdout
-    sdots = len(re.findall(r"\bsdot\b", disassembly))
-    assert (sdots > 0) == sdot, sdots
+    sdots, smmlas = (len(re.findall(rf"\b{op}\b", disassembly)) for op in ("sdot", "smmla"))
+    assert (sdots > 0) == sdot and (smmlas > 0) == smmla, (sdots, smmlas)
     assert (sum(library.kernels.values()) == 10) == sdot, dict(library.kernels)
 
 
@@ -72,6 +74,7 @@ def test_generated_graphs_under_qemu(kind, preset, tmp_path):
     qdq = qcompiler.quantize(model, {"x": rng.normal(0, 1, (32, C, 12, 12)).astype(np.float32)}, preset,
                              progress=False, overrides=["*:wbits=4"] if preset == "w4a4" else ()).qdq
     feeds = {"x": rng.normal(0, 1, (8, C, 12, 12)).astype(np.float32)}
-    (fidelity,) = _build_and_run(qdq, feeds, tmp_path, "arm64-dotprod", batch=4)
-    print(f"{kind} {preset} arm64-dotprod (qemu): {fidelity.line()}")
+    target = "arm64-i8mm" if preset == "w8a8" else "arm64-dotprod"   # smmla takes 8-bit weights
+    (fidelity,) = _build_and_run(qdq, feeds, tmp_path, target, batch=4)
+    print(f"{kind} {preset} {target} (qemu): {fidelity.line()}")
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()

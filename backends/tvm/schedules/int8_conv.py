@@ -96,15 +96,19 @@ class Requantize:
     dtype: str
 
 
-def _requantized(tvm, te, acc, corr, m, shift, rq: Requantize):
+def _requantized(tvm, te, acc, corr, m, shift, rq: Requantize, shape=None, read=None):
+    """The fused requantization over `shape` (default: acc's), reading the accumulator with
+    `read(b, y, x, o)` (default: acc[b, y, x, o])."""
+    read = read or (lambda b, y, x, o: acc[b, y, x, o])
+
     def compute(b, y, x, o):
-        product = (acc[b, y, x, o] + corr[o]).astype("int64") * m[o].astype("int64")
+        product = (read(b, y, x, o) + corr[o]).astype("int64") * m[o].astype("int64")
         one, bits = tvm.tirx.const(1, "int64"), shift[o].astype("int64")
         odd = (product >> bits) & one
         rounded = ((product + ((one << (bits - one)) - one) + odd) >> bits) + rq.zero_point
         return tvm.tirx.max(tvm.tirx.min(rounded, rq.hi), rq.lo).astype(rq.dtype)
 
-    return te.compute(acc.shape, compute, name="requantize")
+    return te.compute(shape or acc.shape, compute, name="requantize")
 
 
 def pack_weight_int4(weight_ohwi: np.ndarray) -> np.ndarray:
@@ -202,4 +206,5 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         name += "_w4"
     if requantize is not None:
         name += f"_rq{requantize.zero_point}_{requantize.lo}_{requantize.hi}_{requantize.dtype}"
-    return sch.mod["main"].with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+    # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
+    return sch.mod["main"].with_attrs({"global_symbol": name, "tirx.is_scheduled": True, "op_pattern": 8})
