@@ -125,7 +125,7 @@ class _IntegerRewriter(relax.PyExprMutator):
         if kind == "conv2d":
             acc, out_axis = self._int_conv2d(call, x, w), 1
         else:
-            acc, out_axis = self._int_matmul(x, w, weight_axis), len(call.ty.shape) - 1
+            acc, out_axis = self._int_matmul(x, w), len(call.ty.shape) - 1
         ndim = len(call.ty.shape)
         acc = self.builder_.emit(relax.op.add(acc, _const(_channel_shape(correction, ndim, out_axis), "int32")))
         return self._scale_terms([(acc, _channel_shape(acc_scale / out.scale, ndim, out_axis))], out)
@@ -173,7 +173,7 @@ class _IntegerRewriter(relax.PyExprMutator):
             data, _const(w.values, "int8"), strides=attrs.strides, padding=padding, dilation=attrs.dilation,
             groups=int(attrs.groups), out_dtype="int32"))
 
-    def _int_matmul(self, x: QTensor, w, weight_axis) -> relax.Expr:
+    def _int_matmul(self, x: QTensor, w) -> relax.Expr:
         return self.builder_.emit(relax.op.matmul(self.visit_expr(x.var), _const(w.values, "int8"),
                                                   out_dtype="int32"))
 
