@@ -19,6 +19,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from qcompiler.backends.tvm.fixed_point import ties_possible
 from qcompiler.backends.tvm.schedules import arm_smmla, int8_conv
 
 
@@ -63,6 +64,23 @@ def _op_name(value) -> str:
     return value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) else ""
 
 
+def _rounding(uses: _Uses, v_prod):
+    """The rounding add after the product, in either form _scale_terms emits: half to even
+    (product + half-1 + ((product >> shift) & 1)) or half up (product + half). Returns that add
+    and a var whose second argument is the shift; (None, None) otherwise."""
+    users = {_op_name(uses.value[u]): u for u in uses.users.get(v_prod, [])}
+    if len(uses.users.get(v_prod, [])) == 1 and set(users) == {"relax.add"}:
+        v_sum = users["relax.add"]
+        return v_sum, uses.only_user(v_sum, "relax.right_shift")
+    if set(users) != {"relax.right_shift", "relax.add"} or len(uses.users[v_prod]) != 2:
+        return None, None
+    v_odd = uses.only_user(users["relax.right_shift"], "relax.bitwise_and")
+    v_sum = uses.only_user(users["relax.add"], "relax.add")
+    if v_odd is None or uses.only_user(v_odd, "relax.add") != v_sum:
+        return None, None
+    return v_sum, users["relax.right_shift"]
+
+
 def requantize_chain(uses: _Uses, acc) -> tuple | None:
     """The requantization the integer rewrite emits after an int32 accumulator `acc` (see
     integer_rewrite._scale_terms and _finish), read back: (final var, corr, multiplier, shift,
@@ -72,26 +90,22 @@ def requantize_chain(uses: _Uses, acc) -> tuple | None:
     v_prod = uses.only_user(v_wide, "relax.multiply")
     if v_prod is None or str(uses.value[v_wide].attrs.dtype) != "int64":
         return None
-    users = {_op_name(uses.value[u]): u for u in uses.users.get(v_prod, [])}
-    if set(users) != {"relax.right_shift", "relax.add"} or len(uses.users[v_prod]) != 2:
-        return None
-    v_odd = uses.only_user(users["relax.right_shift"], "relax.bitwise_and")
-    v_sum = uses.only_user(users["relax.add"], "relax.add")
+    v_sum, shift_var = _rounding(uses, v_prod)
     v_shifted = uses.only_user(v_sum, "relax.right_shift")
     v_zp = uses.only_user(v_shifted, "relax.add")
     v_lo = uses.only_user(v_zp, "relax.maximum")
     v_hi = uses.only_user(v_lo, "relax.minimum")
     v_out = uses.only_user(v_hi, "relax.astype")
-    if v_odd is None or v_out is None or uses.only_user(v_odd, "relax.add") != v_sum:
+    if v_out is None:
         return None
-    consts = [uses.const_arg(v) for v in (v_corr, v_prod, users["relax.right_shift"], v_shifted, v_zp, v_lo, v_hi)]
+    consts = [uses.const_arg(v) for v in (v_corr, v_prod, shift_var, v_shifted, v_zp, v_lo, v_hi)]
     if any(c is None for c in consts):
         return None
     corr, multiplier, shift, shift_again, zp, lo, hi = consts
     if not np.array_equal(shift, shift_again) or zp.size != 1 or lo.size != 1 or hi.size != 1:
         return None
     rq = int8_conv.Requantize(int(zp.reshape(())), int(lo.reshape(())), int(hi.reshape(())),
-                             str(uses.value[v_out].attrs.dtype))
+                              str(uses.value[v_out].attrs.dtype), ties_possible(multiplier, shift))
     return v_out, corr, multiplier, shift, rq
 
 

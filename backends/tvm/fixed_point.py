@@ -48,6 +48,27 @@ def round_shift(value: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return (value + (np.int64(1) << (shift - 1)) - 1 + odd) >> shift
 
 
+def round_shift_half_up(value: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """value / 2**shift rounded half up: the cheaper form, equal to round_shift wherever
+    `ties_possible` says no tie can occur."""
+    return (value + (np.int64(1) << (shift - 1))) >> shift
+
+
+def ties_possible(m: np.ndarray, shift: np.ndarray, magnitude_bits: int = 31) -> bool:
+    """Whether a * m / 2**shift can be an exact tie (x.5) for some integer |a| <= 2**magnitude_bits.
+
+    a * m = 2**(shift-1) (mod 2**shift) needs a to hold exactly shift - 1 - v2(m) factors of two
+    (v2: the power of two dividing m), so |a| >= 2**(shift - 1 - v2(m)). With the usual
+    multipliers (shift around 40, m odd) no int32 accumulator reaches that: half up and half to
+    even then agree everywhere, and the kernel can skip the tie fix-up.
+    """
+    m = np.asarray(m, np.int64).reshape(-1)
+    shift = np.broadcast_to(np.asarray(shift, np.int64).reshape(-1), m.shape)
+    live = m != 0
+    twos = np.log2(m[live] & -m[live]).astype(np.int64)
+    return bool(np.any(shift[live] - 1 - twos <= magnitude_bits))
+
+
 def quantize_bound(value: float, scale: float, zero_point: int) -> int:
     """Where a float clamp bound lands on the output grid (half to even, as QuantizeLinear)."""
     if np.isinf(value):

@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from qcompiler.backends.tvm.fixed_point import MANTISSA_BITS, multiplier_and_shift, quantize_bound
+from qcompiler.backends.tvm.fixed_point import MANTISSA_BITS, multiplier_and_shift, quantize_bound, ties_possible
 from qcompiler.backends.tvm.qdq_patterns import QUANTIZE, Bindings, QTensor
 
 PASS_THROUGH = ("relax.nn.max_pool2d", "relax.reshape", "relax.flatten", "relax.permute_dims",
@@ -292,11 +292,16 @@ class _IntegerRewriter(relax.PyExprMutator):
             wide = self.builder_.emit(relax.op.astype(term, "int64"))
             product = self.builder_.emit(relax.op.multiply(wide, _const(m, "int64")))
             total = product if total is None else self.builder_.emit(relax.op.add(total, product))
-        # Round half to even at bit `shift` (see fixed_point.round_shift), then the zero point.
+        # Round half to even at bit `shift` (fixed_point.round_shift), then the zero point. One
+        # int32 term whose multipliers admit no exact tie rounds half up: the same result, cheaper.
         shift_c = _const(shift, "int64")
-        odd = self.builder_.emit(relax.op.bitwise_and(relax.op.right_shift(total, shift_c), _const(1, "int64")))
-        half = (np.int64(1) << (np.asarray(shift, np.int64) - 1)) - 1
-        total = self.builder_.emit(relax.op.add(relax.op.add(total, _const(half, "int64")), odd))
+        if len(terms) == 1 and not ties_possible(ms[0], shift):
+            half = np.int64(1) << (np.asarray(shift, np.int64) - 1)
+            total = self.builder_.emit(relax.op.add(total, _const(half, "int64")))
+        else:
+            odd = self.builder_.emit(relax.op.bitwise_and(relax.op.right_shift(total, shift_c), _const(1, "int64")))
+            half = (np.int64(1) << (np.asarray(shift, np.int64) - 1)) - 1
+            total = self.builder_.emit(relax.op.add(relax.op.add(total, _const(half, "int64")), odd))
         total = self.builder_.emit(relax.op.right_shift(total, shift_c))
         return self.builder_.emit(relax.op.add(total, _const(out.zero_point, "int64")))
 

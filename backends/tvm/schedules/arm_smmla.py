@@ -110,6 +110,6 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     sch.reverse_compute_at(requant, o_outer)
     sch.vectorize(sch.get_loops(requant)[-1])
     name = (f"qconv2d_smmla_{n}x{h}x{w}x{ci}_{co}x{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
-            f"_rq{requantize.zero_point}_{requantize.lo}_{requantize.hi}_{requantize.dtype}")
+            f"_rq{requantize.zero_point}_{requantize.lo}_{requantize.hi}_{requantize.dtype}{'_t' * requantize.ties}")
     # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
     return sch.mod["main"].with_attrs({"global_symbol": name, "tirx.is_scheduled": True, "op_pattern": 8})

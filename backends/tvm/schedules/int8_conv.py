@@ -94,6 +94,7 @@ class Requantize:
     lo: int
     hi: int
     dtype: str
+    ties: bool = True   # False: no exact tie can occur (fixed_point.ties_possible): round half up
 
 
 def _requantized(tvm, te, acc, corr, m, shift, rq: Requantize, shape=None, read=None):
@@ -104,8 +105,11 @@ def _requantized(tvm, te, acc, corr, m, shift, rq: Requantize, shape=None, read=
     def compute(b, y, x, o):
         product = (read(b, y, x, o) + corr[o]).astype("int64") * m[o].astype("int64")
         one, bits = tvm.tirx.const(1, "int64"), shift[o].astype("int64")
-        odd = (product >> bits) & one
-        rounded = ((product + ((one << (bits - one)) - one) + odd) >> bits) + rq.zero_point
+        if rq.ties:
+            odd = (product >> bits) & one
+            rounded = ((product + ((one << (bits - one)) - one) + odd) >> bits) + rq.zero_point
+        else:
+            rounded = ((product + (one << (bits - one))) >> bits) + rq.zero_point
         return tvm.tirx.max(tvm.tirx.min(rounded, rq.hi), rq.lo).astype(rq.dtype)
 
     return te.compute(shape or acc.shape, compute, name="requantize")
@@ -205,6 +209,6 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     if int4:
         name += "_w4"
     if requantize is not None:
-        name += f"_rq{requantize.zero_point}_{requantize.lo}_{requantize.hi}_{requantize.dtype}"
+        name += f"_rq{requantize.zero_point}_{requantize.lo}_{requantize.hi}_{requantize.dtype}{'_t' * requantize.ties}"
     # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
     return sch.mod["main"].with_attrs({"global_symbol": name, "tirx.is_scheduled": True, "op_pattern": 8})

@@ -1,0 +1,54 @@
+"""Fixed-point requantization: multipliers, rounding half to even, and the proof that lets a
+kernel round half up where no exact tie can occur."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from qcompiler.backends.tvm.fixed_point import (multiplier_and_shift, requantize, round_shift, round_shift_half_up,
+                                                ties_possible)
+
+INT32 = st.integers(-(2 ** 31), 2 ** 31 - 1)
+
+
+@given(st.floats(1e-9, 1e3, allow_nan=False), st.lists(INT32, min_size=1, max_size=50))
+def test_requantize_is_exact_rounding_half_to_even(real, values):
+    m, shift = multiplier_and_shift(np.array(real))
+    assert 2 ** 29 <= m < 2 ** 31
+    acc = np.array(values, np.int64)
+    exact = acc.astype(object) * int(m)            # Python integers: no overflow
+    quotient = [int(round_half_even(v, int(shift))) for v in exact]
+    assert requantize(acc, m, shift).tolist() == quotient
+
+
+def round_half_even(value: int, shift: int) -> int:
+    floor, rest = divmod(value, 2 ** shift)
+    half = 2 ** (shift - 1)
+    return floor + (rest > half or (rest == half and floor % 2 == 1))
+
+
+@settings(max_examples=300)
+@given(st.floats(1e-9, 0.4, allow_nan=False), st.lists(INT32, min_size=1, max_size=50))
+def test_half_up_equals_half_even_when_no_tie_is_possible(real, values):
+    m, shift = multiplier_and_shift(np.array(real))
+    assume(not ties_possible(m, shift))   # those keep the tie fix-up (see the next test)
+    products = np.array(values, np.int64) * m
+    # The adversarial accumulators too: the powers of two closest to making a tie.
+    edges = np.array([2 ** k for k in range(31)] + [-(2 ** k) for k in range(32)], np.int64) * m
+    for product in (products, edges):
+        assert np.array_equal(round_shift_half_up(product, shift), round_shift(product, shift))
+
+
+def test_a_power_of_two_multiplier_admits_ties():
+    m, shift = multiplier_and_shift(np.array(0.5))    # x / 2: 1 -> 0.5, a tie
+    assert ties_possible(m, shift)
+    assert round_shift(np.array([1]) * m, shift).tolist() == [0]
+    assert round_shift_half_up(np.array([1]) * m, shift).tolist() == [1]
+
+
+def test_typical_convolution_multipliers_admit_no_tie():
+    rng = np.random.default_rng(0)
+    m, shift = multiplier_and_shift(rng.uniform(1e-4, 1e-2, 64))
+    assert not ties_possible(m, shift)
