@@ -4,11 +4,12 @@
    the requantization, residual adds and pooling around it) in NHWC, so that input channels
    are contiguous; constant weights are re-laid out by constant folding.
 2. `use_dot_kernels`: every u8 x s8 -> s32 conv2d (groups 1) and matmul with a constant
-   weight becomes a call of the scheduled VNNI or sdot kernel (schedules/int8_conv.py), with
-   the requantization that follows computed inside it. Input channels
-   are zero-padded to a multiple of 4 and output channels to a multiple of 16 (zero weights,
-   then a slice), so every such layer qualifies. Depthwise convolutions and the elementwise
-   requantization stay on TVM's generic code for now.
+   weight becomes a call of the scheduled VNNI, sdot or smmla kernel (schedules/int8_conv.py,
+   arm_smmla.py), with the requantization that follows computed inside it. Input channels are
+   zero-padded to a multiple of 4 (smmla: 8) and output channels to a multiple of 16 (zero
+   weights, then a slice), so every such layer qualifies. Depthwise convolutions keep TVM's
+   compute with HWIO weights; they and the remaining elementwise ops are scheduled by the
+   generic CPU rules (schedules/cpu_generic.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import tvm
 from tvm import relax
 
 from qcompiler.backends.tvm.fixed_point import ties_possible
+from qcompiler.backends.tvm.qdq_patterns import Bindings, op_name
 from qcompiler.backends.tvm.schedules import arm_smmla, int8_conv
 
 
@@ -33,42 +35,37 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-class _Uses:
-    """Bindings of the function by var, and which bindings use each var."""
+class _Uses(Bindings):
+    """The function's bindings (var -> value) and, for each var, the bindings that use it."""
 
     def __init__(self, func: relax.Function):
-        self.value, self.users = {}, {}
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                self.value[binding.var] = binding.value
-                for arg in getattr(binding.value, "args", []):
-                    for var in (arg.fields if isinstance(arg, relax.Tuple) else [arg]):
-                        if isinstance(var, relax.Var):
-                            self.users.setdefault(var, []).append(binding.var)
+        super().__init__(func)
+        self.users: dict = {}
+        for var, value in self.values.items():
+            for arg in getattr(value, "args", []):
+                for used in (arg.fields if isinstance(arg, relax.Tuple) else [arg]):
+                    if isinstance(used, relax.Var):
+                        self.users.setdefault(used, []).append(var)
 
     def only_user(self, var, op: str):
         """The one binding that uses `var`, if it is a call of `op` (None-safe in a chain)."""
         if var is None:
             return None
         users = self.users.get(var, [])
-        if len(users) == 1 and _op_name(self.value[users[0]]) == op:
+        if len(users) == 1 and op_name(self.values[users[0]]) == op:
             return users[0]
         return None
 
     def const_arg(self, var, index: int = 1) -> np.ndarray | None:
-        arg = self.value[var].args[index]
+        arg = self.values[var].args[index]
         return arg.value.numpy() if isinstance(arg, tvm.ir.expr.Constant) else None
-
-
-def _op_name(value) -> str:
-    return value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) else ""
 
 
 def _rounding(uses: _Uses, v_prod):
     """The rounding add after the product, in either form _scale_terms emits: half to even
     (product + half-1 + ((product >> shift) & 1)) or half up (product + half). Returns that add
     and a var whose second argument is the shift; (None, None) otherwise."""
-    users = {_op_name(uses.value[u]): u for u in uses.users.get(v_prod, [])}
+    users = {op_name(uses.values[u]): u for u in uses.users.get(v_prod, [])}
     if len(uses.users.get(v_prod, [])) == 1 and set(users) == {"relax.add"}:
         v_sum = users["relax.add"]
         return v_sum, uses.only_user(v_sum, "relax.right_shift")
@@ -88,7 +85,7 @@ def requantize_chain(uses: _Uses, acc) -> tuple | None:
     v_corr = uses.only_user(acc, "relax.add")
     v_wide = uses.only_user(v_corr, "relax.astype")
     v_prod = uses.only_user(v_wide, "relax.multiply")
-    if v_prod is None or str(uses.value[v_wide].attrs.dtype) != "int64":
+    if v_prod is None or str(uses.values[v_wide].attrs.dtype) != "int64":
         return None
     v_sum, shift_var = _rounding(uses, v_prod)
     v_shifted = uses.only_user(v_sum, "relax.right_shift")
@@ -105,7 +102,7 @@ def requantize_chain(uses: _Uses, acc) -> tuple | None:
     if not np.array_equal(shift, shift_again) or zp.size != 1 or lo.size != 1 or hi.size != 1:
         return None
     rq = int8_conv.Requantize(int(zp.reshape(())), int(lo.reshape(())), int(hi.reshape(())),
-                              str(uses.value[v_out].attrs.dtype), ties_possible(multiplier, shift))
+                              str(uses.values[v_out].attrs.dtype), ties_possible(multiplier, shift))
     return v_out, corr, multiplier, shift, rq
 
 
@@ -127,7 +124,7 @@ class _DotKernels(relax.PyExprMutator):
         super().visit_var_binding_(binding)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
-        name = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
+        name = op_name(call)
         if name == "relax.nn.conv2d":
             lowered = self._conv2d(call)
         elif name == "relax.matmul":
@@ -155,7 +152,10 @@ class _DotKernels(relax.PyExprMutator):
         out, fused = self._emit(self.visit_expr(call.args[0]), weight, tuple(int(s) for s in attrs.strides),
                                 tuple(int(d) for d in attrs.dilation), tuple(int(p) for p in attrs.padding),
                                 self.current)
-        return super().visit_call_(call) if fused is not None or out is None else out
+        if out is None or fused is None:
+            return out
+        self.replaced[fused] = out
+        return super().visit_call_(call)
 
     def _grouped_hwio(self, call: relax.Call, weight: np.ndarray) -> relax.Expr:
         """Grouped (depthwise) convolutions keep TVM's compute but take HWIO weights, so that
@@ -185,14 +185,13 @@ class _DotKernels(relax.PyExprMutator):
         self.replaced[fused] = out
         return super().visit_call_(call)
 
-    def _kernel(self, weight: np.ndarray, ci: int, wo: int, chain) -> str | None:
+    def _kernel(self, on_4bit_grid: bool, ci: int, wo: int, chain) -> str | None:
         """Which kernel a layer gets: the target's; smmla falls back to sdot where it cannot
         apply (4-bit weights, odd output widths); sdot and smmla need the fused correction."""
         if self.isa == "vnni":
             return "vnni"
         if chain is None:
             return None
-        on_4bit_grid = weight.min() >= -8 and weight.max() <= 7
         if self.isa == "smmla" and not on_4bit_grid and arm_smmla.applies(_round_up(ci, 8), 16, wo):
             return "smmla"
         return "sdot"
@@ -200,20 +199,21 @@ class _DotKernels(relax.PyExprMutator):
     def _emit(self, data: relax.Expr, weight: np.ndarray, stride, dilation, padding, acc_var) -> relax.Expr:
         """The kernel call, and the var of the requantization chain after `acc_var` that it
         computes when that chain could be fused in (else None). With a fused chain the caller
-        maps that var to the output and leaves the unfused ops to dead-code elimination.
-        (None, None): no kernel applies, TVM's generic code stays."""
+        maps that var to its output (self.replaced) and leaves the unfused ops to dead-code
+        elimination. (None, None): no kernel applies, TVM's generic code stays."""
         n, h, w, ci = (int(d) for d in data.ty.shape)
         co, kh, kw, _ = weight.shape
         ho = (h + padding[0] + padding[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         wo = (w + padding[1] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         chain = requantize_chain(self.uses, acc_var) if acc_var is not None else None
-        kind = self._kernel(weight, ci, wo, chain)
+        on_4bit_grid = bool(weight.min() >= -8 and weight.max() <= 7)   # the 4- and 2-bit presets
+        kind = self._kernel(on_4bit_grid, ci, wo, chain)
         if kind is None:
             return None, None
         ci_p, co16 = _round_up(ci, 8 if kind == "smmla" else 4), _round_up(co, 16)
         padded = np.zeros((co16, kh, kw, ci_p), np.int8)
         padded[:co, :, :, :ci] = weight
-        int4 = kind != "smmla" and bool(padded.min() >= -8 and padded.max() <= 7)
+        int4 = kind != "smmla" and on_4bit_grid
         args = [self._pad_channels(data, ci_p - ci), self._packed(padded, kind, int4)]
         rq, dtype = None, "int32"
         if chain is not None:
@@ -236,11 +236,7 @@ class _DotKernels(relax.PyExprMutator):
                   + (" + requantize" if rq else "")] += 1
         if co16 != co:
             out = self.builder_.emit(relax.op.strided_slice(out, axes=[3], begin=[0], end=[co]))
-        if chain is None:
-            return out, None
-        if self.uses.value[acc_var].op.name == "relax.nn.conv2d":
-            self.replaced[final] = out
-        return out, final
+        return out, (None if chain is None else final)
 
     def _pad_channels(self, data: relax.Expr, extra: int) -> relax.Expr:
         """Extra zero input channels (they meet zero weights) up to the kernel's multiple."""

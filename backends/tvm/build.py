@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 import time
@@ -17,9 +16,6 @@ from onnx import numpy_helper
 
 from qcompiler.backends.tvm.targets import TargetSpec, get_target, host_has_vnni, tvm_target
 from qcompiler.errors import OutputError, UnsupportedModelError, UsageError
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class Library:

@@ -25,7 +25,7 @@ import tvm
 from tvm import relax
 
 from qcompiler.backends.tvm.fixed_point import MANTISSA_BITS, multiplier_and_shift, quantize_bound, ties_possible
-from qcompiler.backends.tvm.qdq_patterns import QUANTIZE, Bindings, QTensor
+from qcompiler.backends.tvm.qdq_patterns import QUANTIZE, Bindings, QTensor, op_name
 
 PASS_THROUGH = ("relax.nn.max_pool2d", "relax.reshape", "relax.flatten", "relax.permute_dims",
                 "relax.squeeze", "relax.expand_dims")
@@ -79,7 +79,7 @@ class _IntegerRewriter(relax.PyExprMutator):
             value = self.b.value(expr)
             if not isinstance(value, relax.Call):
                 return expr, lo, hi
-            name = value.op.name if isinstance(value.op, tvm.ir.Op) else ""
+            name = op_name(value)
             if name == "relax.nn.relu":
                 lo, expr = max(lo, 0.0), value.args[0]
                 continue
@@ -189,7 +189,7 @@ class _IntegerRewriter(relax.PyExprMutator):
 
     def _pass_through(self, core, out: QTensor):
         call = self.b.value(core)
-        if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op) or call.op.name not in PASS_THROUGH:
+        if op_name(call) not in PASS_THROUGH:
             return None
         x = self.b.qtensor(call.args[0])
         if x is None:

@@ -38,6 +38,12 @@ class QWeight:
     axis: int
 
 
+def op_name(value) -> str:
+    """The op a Relax call calls ("relax.add", ...); "" for anything else (a var, a constant, a
+    call of a function)."""
+    return value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) else ""
+
+
 class Bindings:
     """Original var -> bound value of one Relax function, and the constant evaluation of both."""
 
@@ -54,12 +60,10 @@ class Bindings:
             expr = self.values[expr]
         return expr
 
-    def call(self, expr, op_name: str):
+    def call(self, expr, name: str):
         """The expression as a call of the named op, else None."""
         value = self.value(expr)
-        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == op_name:
-            return value
-        return None
+        return value if op_name(value) == name else None
 
     def constant(self, expr) -> np.ndarray | None:
         """The numpy value of a constant expression, looking through the frontend's NaN guard

@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from qcompiler.backends.tvm.schedules.int8_conv import Requantize, _requantized
+from qcompiler.backends.tvm.schedules.int8_conv import Requantize, requantized
 
 SMMLA_INTRIN = "qcompiler_smmla_s8s8s32_2x8x2"
 
@@ -89,7 +89,7 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     corr = te.placeholder((co,), "int32", name="corr")
     m = te.placeholder((co,), "int32", name="multiplier")
     shift = te.placeholder((co,), "int32", name="shift")
-    out = _requantized(tvm, te, acc, corr, m, shift, requantize, shape=(n, ho, wo, co),
+    out = requantized(tvm, te, acc, corr, m, shift, requantize, shape=(n, ho, wo, co),
                        read=lambda b, y, xx, o: acc[b, y, xx // 2, o // 2, xx % 2, o % 2])
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, corr, m, shift, out]))
     if any(padding):

@@ -97,7 +97,7 @@ class Requantize:
     ties: bool = True   # False: no exact tie can occur (fixed_point.ties_possible): round half up
 
 
-def _requantized(tvm, te, acc, corr, m, shift, rq: Requantize, shape=None, read=None):
+def requantized(tvm, te, acc, corr, m, shift, rq: Requantize, shape=None, read=None):
     """The fused requantization over `shape` (default: acc's), reading the accumulator with
     `read(b, y, x, o)` (default: acc[b, y, x, o])."""
     read = read or (lambda b, y, x, o: acc[b, y, x, o])
@@ -172,7 +172,7 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         corr = te.placeholder((co,), "int32", name="corr")
         m = te.placeholder((co,), "int32", name="multiplier")
         shift = te.placeholder((co,), "int32", name="shift")
-        params = [x, weight, corr, m, shift, _requantized(tvm, te, out, corr, m, shift, requantize)]
+        params = [x, weight, corr, m, shift, requantized(tvm, te, out, corr, m, shift, requantize)]
     sch = tvm.s_tir.Schedule(te.create_prim_func(params))
     block = sch.get_sblock("conv")
     b, y, xx, o, r_y, r_x, r_c = sch.get_loops(block)
