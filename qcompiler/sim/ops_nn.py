@@ -1,0 +1,167 @@
+"""Convolution, pooling and resizing in jax, with ONNX's attribute semantics (NC... layout).
+
+Each function takes the node's input arrays (None for an omitted optional input) and its
+attributes, and returns its outputs as a tuple. Shapes are static: a jitted function is traced
+once per input shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+def _spatial(attrs: dict, name: str, rank: int, default: int) -> list[int]:
+    return list(attrs.get(name, [default] * rank))
+
+
+def explicit_pads(attrs: dict, in_sizes, kernel, strides, dilations) -> list[tuple[int, int]]:
+    """(begin, end) padding per spatial axis from `pads` or `auto_pad` (SAME_UPPER/SAME_LOWER/VALID)."""
+    rank = len(kernel)
+    auto = attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for size, k, s, d in zip(in_sizes, kernel, strides, dilations):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            pads.append((small, large) if auto == "SAME_UPPER" else (large, small))
+        return pads
+    if auto == "VALID":
+        return [(0, 0)] * rank
+    flat = _spatial(attrs, "pads", 2 * rank, 0)
+    return list(zip(flat[:rank], flat[rank:]))
+
+
+def conv(x, w, b=None, **attrs):
+    rank = w.ndim - 2
+    kernel = list(w.shape[2:])
+    strides, dilations = _spatial(attrs, "strides", rank, 1), _spatial(attrs, "dilations", rank, 1)
+    pads = explicit_pads(attrs, x.shape[2:], kernel, strides, dilations)
+    y = lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilations,
+                                 feature_group_count=int(attrs.get("group", 1)),
+                                 precision=lax.Precision.HIGHEST)
+    return (y if b is None else y + b.reshape((1, -1) + (1,) * rank),)
+
+
+def conv_transpose(x, w, b=None, **attrs):
+    """A transposed convolution as a convolution of the stride-dilated input with the flipped,
+    group-transposed kernel: out = (in - 1) * s + (k - 1) * d + 1 - pad_begin - pad_end + output_padding."""
+    rank = w.ndim - 2
+    groups = int(attrs.get("group", 1))
+    strides, dilations = _spatial(attrs, "strides", rank, 1), _spatial(attrs, "dilations", rank, 1)
+    out_pad = _spatial(attrs, "output_padding", rank, 0)
+    pads = _spatial(attrs, "pads", 2 * rank, 0)
+    c_in, c_out_g = w.shape[0], w.shape[1]
+    kernel = w.reshape((groups, c_in // groups, c_out_g) + w.shape[2:])
+    kernel = jnp.swapaxes(kernel, 1, 2).reshape((groups * c_out_g, c_in // groups) + w.shape[2:])
+    kernel = jnp.flip(kernel, axis=tuple(range(2, 2 + rank)))
+    span = [(k - 1) * d for k, d in zip(w.shape[2:], dilations)]
+    padding = [(s - pads[i], s - pads[rank + i] + out_pad[i]) for i, s in enumerate(span)]
+    y = lax.conv_general_dilated(x, kernel, [1] * rank, padding, lhs_dilation=strides, rhs_dilation=dilations,
+                                 feature_group_count=groups, precision=lax.Precision.HIGHEST)
+    return (y if b is None else y + b.reshape((1, -1) + (1,) * rank),)
+
+
+def _pool_geometry(x, attrs):
+    kernel = list(attrs["kernel_shape"])
+    rank = len(kernel)
+    strides, dilations = _spatial(attrs, "strides", rank, 1), _spatial(attrs, "dilations", rank, 1)
+    pads = explicit_pads(attrs, x.shape[2:], kernel, strides, dilations)
+    extra = [0] * rank  # ceil_mode: pad the end so that a last partial window exists
+    if attrs.get("ceil_mode", 0):
+        for i, (size, k, s, d) in enumerate(zip(x.shape[2:], kernel, strides, dilations)):
+            span = size + pads[i][0] + pads[i][1] - ((k - 1) * d + 1)
+            out = math.ceil(span / s) + 1
+            if (out - 1) * s >= size + pads[i][0]:  # a window may not start in the end padding
+                out -= 1
+            extra[i] = max((out - 1) * s + (k - 1) * d + 1 - (size + pads[i][0] + pads[i][1]), 0)
+    return kernel, strides, dilations, pads, extra
+
+
+def _window(x, init, op, kernel, strides, dilations, padding):
+    return lax.reduce_window(x, init, op, (1, 1, *kernel), (1, 1, *strides), [(0, 0), (0, 0), *padding],
+                             window_dilation=(1, 1, *dilations))
+
+
+def max_pool(x, **attrs):
+    kernel, strides, dilations, pads, extra = _pool_geometry(x, attrs)
+    padding = [(b, e + x_) for (b, e), x_ in zip(pads, extra)]
+    return (_window(x, -jnp.inf, lax.max, kernel, strides, dilations, padding),)
+
+
+def average_pool(x, **attrs):
+    """Window sums over window counts; with count_include_pad the explicit pads count, never the
+    ceil_mode overhang (as onnxruntime does)."""
+    kernel, strides, dilations, pads, extra = _pool_geometry(x, attrs)
+    padding = [(b, e + x_) for (b, e), x_ in zip(pads, extra)]
+    sums = _window(x, 0.0, lax.add, kernel, strides, dilations, padding)
+    ones = np.ones((1, 1, *x.shape[2:]), np.float32)
+    if attrs.get("count_include_pad", 0):
+        ones = np.pad(ones, [(0, 0), (0, 0), *pads], constant_values=1.0)
+        padding = [(0, x_) for x_ in extra]
+    counts = _window(jnp.asarray(ones), 0.0, lax.add, kernel, strides, dilations, padding)
+    return (sums / counts,)
+
+
+def global_average_pool(x):
+    return (jnp.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True),)
+
+
+def _source_coordinates(out_size: int, in_size: int, scale: float, mode: str) -> np.ndarray:
+    """Input coordinate of each output position for ONNX Resize's coordinate_transformation_mode."""
+    o = np.arange(out_size, dtype=np.float64)
+    if mode == "asymmetric":
+        return o / scale
+    if mode == "align_corners":
+        return o * (in_size - 1) / (out_size - 1) if out_size > 1 else np.zeros_like(o)
+    if mode == "pytorch_half_pixel":
+        return (o + 0.5) / scale - 0.5 if out_size > 1 else np.zeros_like(o)
+    if mode == "half_pixel":
+        return (o + 0.5) / scale - 0.5
+    raise ValueError(f"coordinate_transformation_mode {mode!r}")
+
+
+def _nearest(coords: np.ndarray, in_size: int, mode: str) -> np.ndarray:
+    rounders = {"round_prefer_floor": lambda c: np.ceil(c - 0.5), "round_prefer_ceil": lambda c: np.floor(c + 0.5),
+                "floor": np.floor, "ceil": np.ceil}
+    return np.clip(rounders[mode](coords), 0, in_size - 1).astype(np.int64)
+
+
+def resize(x, roi=None, scales=None, sizes=None, **attrs):
+    """Nearest or (bi/tri)linear Resize, one axis at a time (both are separable)."""
+    text = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+    mode = text.get("mode", "nearest")
+    transform = text.get("coordinate_transformation_mode", "half_pixel")
+    if sizes is not None and np.size(sizes):
+        out_shape = [int(s) for s in np.asarray(sizes)]
+        factors = [o / i for o, i in zip(out_shape, x.shape)]
+    else:
+        factors = [float(s) for s in np.asarray(scales)]
+        out_shape = [int(math.floor(i * f)) for i, f in zip(x.shape, factors)]
+    for axis, (size, out, factor) in enumerate(zip(x.shape, out_shape, factors)):
+        if out == size and factor == 1.0:
+            continue
+        coords = _source_coordinates(out, size, factor, transform)
+        if mode == "nearest":
+            x = jnp.take(x, _nearest(coords, size, text.get("nearest_mode", "round_prefer_floor")), axis=axis)
+            continue
+        coords = np.clip(coords, 0, size - 1)
+        low = np.floor(coords).astype(np.int64)
+        high = np.minimum(low + 1, size - 1)
+        frac = (coords - low).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+        x = jnp.take(x, low, axis=axis) * (1 - frac) + jnp.take(x, high, axis=axis) * frac
+    return (x,)
+
+
+NN_OPS = {
+    "Conv": conv,
+    "ConvTranspose": conv_transpose,
+    "MaxPool": max_pool,
+    "AveragePool": average_pool,
+    "GlobalAveragePool": global_average_pool,
+    "Resize": resize,
+}
