@@ -20,11 +20,9 @@ import onnx
 from qcompiler.errors import PassError, UnsupportedModelError
 from qcompiler.ir import INT4_DTYPES, Model, Node, Tensor
 from qcompiler.pass_infra import Pass, PassResult
-from qcompiler.quant.maths import quantize
+from qcompiler.quant.maths import INT32_LIMIT, quantize
 from qcompiler.quant.spec import QuantParams, QuantSpec
 from qcompiler.registry import register
-
-INT32_LIMIT = 2**31 - 1
 
 
 def storage_dtype(spec: QuantSpec) -> np.dtype:

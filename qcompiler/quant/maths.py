@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 # Smallest scale we emit: below it float32 loses the relative precision that (x / scale) needs.
 MIN_SCALE = float(np.finfo(np.float32).tiny) * 2**23
+#: Biases are int32 (at scale s_x * s_w), symmetric: [-INT32_LIMIT, INT32_LIMIT].
+INT32_LIMIT = 2**31 - 1
 
 
 def params_from_range(lo, hi, spec: QuantSpec) -> QuantParams:

@@ -1,0 +1,103 @@
+"""Gradients of the differentiable quantizers against finite differences, where they are defined
+(away from rounding boundaries and clipping edges), and their forward values against numpy."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qcompiler.quant.maths import fake_quantize, params_from_range
+from qcompiler.quant.spec import QuantSpec
+from qcompiler.sim.fake_quant import (adaround_init, adaround_weight, fake_quant, rectified_sigmoid,
+                                      rounding_regularizer, scale_gradient)
+
+jax.config.update("jax_enable_x64", False)
+RNG = np.random.default_rng(1)
+
+
+def _finite_difference(f, x, eps=1e-3):
+    x = np.asarray(x, np.float64)
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[i] = eps
+        grad[i] = (f(x + step) - f(x - step)) / (2 * eps)
+    return grad
+
+
+def test_fake_quant_forward_equals_numpy_reference():
+    spec = QuantSpec(bits=8, signed=True, symmetric=True, narrow=True, axis=0)
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    params = params_from_range(w.reshape(4, -1).min(1), w.reshape(4, -1).max(1), spec)
+    ours = fake_quant(w, params.scale, params.zero_point, spec.qmin, spec.qmax, 0)
+    np.testing.assert_array_equal(np.asarray(ours), fake_quantize(w, params, spec))
+
+
+def test_straight_through_gradient_is_one_inside_zero_outside():
+    x = jnp.array([-3.0, -0.26, 0.1, 0.74, 5.0])
+    grad = jax.grad(lambda v: jnp.sum(fake_quant(v, 0.5, 2.0, 0, 7)))(x)  # range [-1.0, 2.5]
+    np.testing.assert_array_equal(np.asarray(grad), [0, 1, 1, 1, 0])
+
+
+def test_scale_gradient_is_lsqs_and_exact_where_values_clip():
+    x = np.array([0.13, 0.61, 1.37, 2.2, 9.0], np.float32)  # the last one clips at qmax
+    qmin, qmax, zero = 0, 15, 0.0
+
+    def loss(s):
+        return jnp.sum(fake_quant(jnp.asarray(x), s, zero, qmin, qmax) * jnp.arange(1.0, 6.0))
+
+    s = 0.3
+    grad = float(jax.grad(loss)(jnp.float32(s)))
+    v = x / s
+    lsq = np.where(v >= qmax, qmax, np.round(v) - v)  # d/ds of s * round(x/s) with STE
+    assert grad == pytest.approx(float(np.sum(lsq * np.arange(1.0, 6.0))), rel=1e-5)
+    # Finite differences see s * round(x/s) as k * s (slope round(v), not round(v) - v): the
+    # straight-through estimate is not the true derivative, except where x clips: slope qmax - z.
+    def clipped(s):
+        return jnp.sum(fake_quant(jnp.asarray(x[4:]), s, zero, qmin, qmax))
+
+    fd = (float(clipped(jnp.float32(s + 1e-3))) - float(clipped(jnp.float32(s - 1e-3)))) / 2e-3
+    assert float(jax.grad(clipped)(jnp.float32(s))) == pytest.approx(fd, rel=1e-3) == qmax - zero
+
+
+def test_adaround_starts_at_the_float_weight_and_its_gradient_matches_finite_differences():
+    w = RNG.standard_normal((3, 4)).astype(np.float32)
+    scale = np.array([0.1, 0.2, 0.05], np.float32)
+    v = adaround_init(w, scale, 0)
+    soft = adaround_weight(w, v, scale, 0.0, -127, 127, 0)
+    np.testing.assert_allclose(np.asarray(soft), w, atol=1e-5)
+
+    target = RNG.standard_normal((3, 4))
+
+    def loss(v64):
+        return float(jnp.sum((adaround_weight(w, jnp.asarray(v64, jnp.float32), scale, 0.0, -127, 127, 0)
+                              - target) ** 2))
+
+    v_probe = np.asarray(v) * 0.5  # away from the clip of h at 0 and 1
+    grad = jax.grad(lambda vv: jnp.sum((adaround_weight(w, vv, scale, 0.0, -127, 127, 0) - target) ** 2))(
+        jnp.asarray(v_probe, jnp.float32))
+    np.testing.assert_allclose(np.asarray(grad), _finite_difference(loss, v_probe, 1e-2), rtol=2e-2, atol=1e-3)
+
+
+def test_hard_rounding_rounds_up_where_v_is_non_negative():
+    w = np.array([[0.12, 0.18, -0.12]], np.float32)
+    v = np.array([[1.0, -1.0, 0.0]], np.float32)
+    hard = adaround_weight(w, v, np.array([0.1], np.float32), 0.0, -7, 7, 0, hard=True)
+    np.testing.assert_allclose(np.asarray(hard), [[0.2, 0.1, -0.1]], atol=1e-7)
+
+
+def test_regularizer_is_zero_at_binary_rounding_and_its_gradient_matches_finite_differences():
+    assert float(rounding_regularizer(jnp.array([-20.0, 20.0]), 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(rectified_sigmoid(jnp.float32(0.0))) == pytest.approx(0.5)
+    v = np.array([-0.7, 0.2, 1.1], np.float32)
+    grad = jax.grad(lambda vv: rounding_regularizer(vv, 3.0))(jnp.asarray(v))
+    fd = _finite_difference(lambda vv: float(rounding_regularizer(jnp.asarray(vv, jnp.float32), 3.0)), v, 1e-2)
+    np.testing.assert_allclose(np.asarray(grad), fd, rtol=2e-2)
+
+
+def test_scale_gradient_leaves_the_value_and_scales_the_gradient():
+    f = jax.value_and_grad(lambda s: scale_gradient(s, 0.25) * 3.0)
+    value, grad = f(jnp.float32(2.0))
+    assert float(value) == pytest.approx(6.0) and float(grad) == pytest.approx(0.75)
