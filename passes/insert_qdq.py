@@ -76,7 +76,8 @@ class InsertQDQ(Pass):
 
     def _quantize_weight(self, model: Model, weight: Tensor, tq) -> None:
         values = model.const_value(weight)
-        q = quantize(values, tq.params, tq.spec).astype(storage_dtype(tq.spec))
+        q = quantize(values, tq.params, tq.spec) if tq.rounded is None else tq.rounded  # learned rounding
+        q = q.astype(storage_dtype(tq.spec))
         readers = model.consumers(weight)
         dq = self._dequantize(model, model.constant(f"{weight.name}_quantized", q), tq.params, f"{weight.name}_dq",
                               tq.spec.axis)

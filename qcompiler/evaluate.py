@@ -11,7 +11,7 @@ from qcompiler.executor import session
 from qcompiler.ir import Model
 from qcompiler.progress import Progress
 from qcompiler.quant.annotation import weight_values
-from qcompiler.quant.maths import fake_quantize, sqnr_db
+from qcompiler.quant.maths import dequantize, fake_quantize, sqnr_db
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,8 @@ def tensor_errors(annotated: Model, quant_model: Model, dequantized: dict[str, s
     rows = []
     for name, w in weight_values(annotated).items():
         tq = annotated.quant[name]
-        rows.append(TensorError(name, "weight", tq.spec.describe(), sqnr_db(w, fake_quantize(w, tq.params, tq.spec)),
+        quantized = fake_quantize(w, tq.params, tq.spec) if tq.rounded is None else dequantize(tq.rounded, tq.params, tq.spec)
+        rows.append(TensorError(name, "weight", tq.spec.describe(), sqnr_db(w, quantized),
                                 float(w.min()), float(w.max())))
     names = [n for n, tq in annotated.quant.items() if tq.role == "activation" and n in dequantized]
     if names:

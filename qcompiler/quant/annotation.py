@@ -25,6 +25,9 @@ class TensorQuant:
     params: QuantParams | None = None
     group: str | None = None  # activations only: the representative tensor of its tie group
     layer: str = ""  # weights: the layer that reads it
+    #: Weights only: integer values learned by reconstruction (AdaRound), which insert-qdq
+    #: stores instead of rounding to nearest; None means round to nearest.
+    rounded: np.ndarray | None = None
 
     def with_params(self, params: QuantParams) -> TensorQuant:
         return dataclasses.replace(self, params=params)

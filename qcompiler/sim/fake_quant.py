@@ -52,16 +52,6 @@ def fake_quant(x, scale, zero_point, qmin: int, qmax: int, axis: int | None = No
     return (q - z) * s
 
 
-def lsq_grad_scale(x_size: int, qmax: int) -> float:
-    """LSQ's step-size gradient scale 1/sqrt(N * Qp) (Esser et al. 2020)."""
-    return 1.0 / float(max(x_size * max(qmax, 1), 1)) ** 0.5
-
-
-def scale_gradient(value, factor: float):
-    """`value` in the forward pass; its gradient multiplied by `factor` in the backward pass."""
-    return jax.lax.stop_gradient(value - value * factor) + value * factor
-
-
 def rectified_sigmoid(v):
     """AdaRound's h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)."""
     return jnp.clip(jax.nn.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)

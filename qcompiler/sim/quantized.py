@@ -17,7 +17,7 @@ import numpy as np
 
 from qcompiler.quant.annotation import TensorQuant, weight_values
 from qcompiler.quant.maths import INT32_LIMIT
-from qcompiler.sim.fake_quant import adaround_weight, fake_quant
+from qcompiler.sim.fake_quant import adaround_weight, broadcast_channels, fake_quant
 from qcompiler.sim.interpreter import Hook
 
 WEIGHT_MODES = ("float", "nearest", "soft", "hard")
@@ -25,11 +25,12 @@ WEIGHT_MODES = ("float", "nearest", "soft", "hard")
 
 @dataclasses.dataclass(frozen=True)
 class QuantState:
-    """weights: float (unquantized), nearest (round to nearest), soft (AdaRound h(V)) or hard
-    (AdaRound rounded); activations on or off; drop: QDrop's probability of keeping an
+    """weights: float (unquantized), nearest (round to nearest), hard (the learned rounding where
+    params["rounding"] has one, else nearest: what the QDQ export computes) or soft (AdaRound's
+    h(V) where learned); activations on or off; drop: QDrop's probability of keeping an
     activation in float during training (needs params["rng"])."""
 
-    weights: str = "nearest"
+    weights: str = "hard"
     activations: bool = True
     drop: float = 0.0
 
@@ -41,15 +42,25 @@ class QuantState:
 def quant_params(model) -> dict:
     """The simulation parameters of an annotated, calibrated model (see the module docstring)."""
     weights = weight_values(model)
-    weight_q, act = {}, {}
+    weight_q, act, rounding = {}, {}, {}
     for name, tq in model.quant.items():
         pair = (jnp.asarray(tq.params.scale, jnp.float32), jnp.asarray(tq.params.zero_point, jnp.float32))
         if tq.role == "weight":
             weight_q[name] = pair
+            if tq.rounded is not None:
+                rounding[name] = _rounding_as_v(weights[name], tq)
         elif tq.group == name or tq.group is None:
             act[name] = pair
     return {"weights": {k: jnp.asarray(v, jnp.float32) for k, v in weights.items()}, "weight_q": weight_q,
-            "act": act, "rounding": {}, "rng": jax.random.PRNGKey(0)}
+            "act": act, "rounding": rounding, "rng": jax.random.PRNGKey(0)}
+
+
+def _rounding_as_v(weight: np.ndarray, tq: TensorQuant) -> jnp.ndarray:
+    """Learned integers as AdaRound V (+/-10: h(V) saturates), so the "hard" hook reproduces them."""
+    scale = broadcast_channels(tq.params.scale, weight.ndim, tq.spec.axis)
+    zero = broadcast_channels(tq.params.zero_point, weight.ndim, tq.spec.axis)
+    up = np.asarray(tq.rounded) - np.asarray(zero) - np.floor(weight / np.asarray(scale)) >= 1
+    return jnp.where(up, 10.0, -10.0).astype(jnp.float32)
 
 
 def quant_hooks(model, state: QuantState, only: set[str] | None = None) -> dict[str, Hook]:
@@ -121,12 +132,13 @@ def _activation_hook(group: str, tq: TensorQuant, drop: float, index: int) -> Ho
     return hook
 
 
-def hardened_weights(params: dict, quant: dict[str, TensorQuant]) -> dict[str, np.ndarray]:
-    """Each AdaRound-learned weight, rounded (V >= 0 rounds up) and dequantized: values on its grid."""
+def learned_integers(params: dict, quant: dict[str, TensorQuant]) -> dict[str, np.ndarray]:
+    """Each AdaRound-learned weight as its integers: clip(floor(w / s) + [V >= 0] + z, qmin, qmax)."""
     out = {}
     for name, v in params["rounding"].items():
         spec = quant[name].spec
-        scale, zero = params["weight_q"][name]
-        out[name] = np.asarray(adaround_weight(params["weights"][name], v, scale, zero, spec.qmin, spec.qmax,
-                                               spec.axis, hard=True))
+        w = np.asarray(params["weights"][name])
+        scale, zero = (np.asarray(broadcast_channels(p, w.ndim, spec.axis)) for p in params["weight_q"][name])
+        q = np.floor(w / scale) + (np.asarray(v) >= 0) + zero
+        out[name] = np.clip(q, spec.qmin, spec.qmax).astype(np.int32)
     return out

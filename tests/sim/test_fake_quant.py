@@ -11,7 +11,7 @@ import pytest
 from qcompiler.quant.maths import fake_quantize, params_from_range
 from qcompiler.quant.spec import QuantSpec
 from qcompiler.sim.fake_quant import (adaround_init, adaround_weight, fake_quant, rectified_sigmoid,
-                                      rounding_regularizer, scale_gradient)
+                                      rounding_regularizer)
 
 jax.config.update("jax_enable_x64", False)
 RNG = np.random.default_rng(1)
@@ -95,9 +95,3 @@ def test_regularizer_is_zero_at_binary_rounding_and_its_gradient_matches_finite_
     grad = jax.grad(lambda vv: rounding_regularizer(vv, 3.0))(jnp.asarray(v))
     fd = _finite_difference(lambda vv: float(rounding_regularizer(jnp.asarray(vv, jnp.float32), 3.0)), v, 1e-2)
     np.testing.assert_allclose(np.asarray(grad), fd, rtol=2e-2)
-
-
-def test_scale_gradient_leaves_the_value_and_scales_the_gradient():
-    f = jax.value_and_grad(lambda s: scale_gradient(s, 0.25) * 3.0)
-    value, grad = f(jnp.float32(2.0))
-    assert float(value) == pytest.approx(6.0) and float(grad) == pytest.approx(0.75)

@@ -1,0 +1,52 @@
+"""What block reconstruction works on and reports: `Block` (from partition-blocks),
+`ReconstructConfig` (BRECQ's settings) and `BlockReport` (per block, from reconstruct-blocks)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Nodes reconstructed together: inputs read from before it, outputs read after it (or graph outputs)."""
+
+    name: str
+    nodes: tuple[str, ...]
+    layers: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def describe(self) -> str:
+        return (f"{self.name}: {len(self.layers)} layer(s) [{', '.join(self.layers)}] "
+                f"{', '.join(self.inputs)} -> {', '.join(self.outputs)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconstructConfig:
+    """BRECQ's settings (the authors' defaults); `samples` bounds the cached calibration set."""
+
+    granularity: str = "block"
+    iters: int = 20000  # weight-rounding iterations per block
+    act_iters: int = 5000  # activation step-size iterations per block (0: keep the calibrated ones)
+    batch_size: int = 32
+    lr: float = 1e-3
+    act_lr: float = 4e-4
+    reg_weight: float = 0.01
+    beta: tuple[float, float] = (20.0, 2.0)
+    warmup: float = 0.2
+    fisher: bool = False
+    qdrop: float = 0.0  # > 0: QDrop, rounding and step sizes learned together, activations dropped with this p
+    samples: int = 1024
+    cache_bytes: int = 2 * 2**30
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class BlockReport:
+    """What reconstruction did to one block: its loss before (nearest rounding) and after, and time."""
+
+    block: Block
+    loss_nearest: float
+    loss_learned: float
+    seconds: float
+    curve: list[float]

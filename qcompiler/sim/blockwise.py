@@ -1,0 +1,161 @@
+"""The state BRECQ reconstruction carries through a network's blocks (see
+qcompiler.passes.reconstruct_blocks): the simulator, the parameters learned so far, and two
+caches of the tensors live between blocks, as the float and the quantized network compute them."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qcompiler.blocks import Block, BlockReport, ReconstructConfig
+from qcompiler.data import Dataset
+from qcompiler.ir import Model
+from qcompiler.sim.interpreter import Interpreter
+from qcompiler.sim.quantized import QuantState, quant_hooks, quant_params
+from qcompiler.sim.reconstruction import BlockProblem, Phase, block_loss, initial_rounding, learn, merge_learned
+
+log = logging.getLogger(__name__)
+
+
+class Reconstruction:
+    """The state carried through the blocks: simulator, parameters, float and quantized caches."""
+
+    def __init__(self, model: Model, blocks: list[Block], data: Dataset, config: ReconstructConfig,
+                 progress: bool) -> None:
+        self.model, self.blocks, self.config, self.progress = model, blocks, config, progress
+        self.sim = Interpreter(model)
+        self.params = quant_params(model)
+        self.reports: list[BlockReport] = []
+        later: set[str] = set(self.sim.graph_outputs)
+        self.needed_after: list[set[str]] = []
+        for block in reversed(blocks):
+            self.needed_after.insert(0, set(later))
+            later |= set(block.inputs)
+        arrays = self._samples(data)
+        self.fp_state, self.q_state = dict(arrays), dict(arrays)
+        self.fp_logits = None
+        if config.fisher:
+            full = jax.jit(self.sim.function(self.sim.graph_inputs, self.sim.graph_outputs[:1]))
+            self.fp_logits = _map(lambda p, x: full(p, x)[0], self.params, arrays)
+
+    def _samples(self, data: Dataset) -> dict[str, np.ndarray]:
+        """At most `samples` calibration samples (a seeded random subset), fewer if the caches would
+        outgrow `cache_bytes`."""
+        tensors = self.model.tensors()
+        per_sample = 0
+        for block, after in zip(self.blocks, self.needed_after):
+            live = set(block.inputs) | set(block.outputs) | after
+            size = sum(int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in (tensors[n].shape or [1])[1:]]))
+                       for n in live if n in tensors)
+            per_sample = max(per_sample, 4 * 3 * size)  # float and quantized caches, Fisher weights
+        count = min(self.config.samples, data.count, max(self.config.cache_bytes // max(per_sample, 1), 1))
+        if count < min(self.config.samples, data.count):
+            log.warning("reconstruction caches: %d samples fit %d MiB (of %d asked for)", count,
+                        self.config.cache_bytes >> 20, min(self.config.samples, data.count))
+        chosen = np.sort(np.random.default_rng(self.config.seed).permutation(data.count)[:count])
+        return {name: np.asarray(values)[chosen] for name, values in data.arrays.items()
+                if name in self.sim.graph_inputs}
+
+    def all_blocks(self) -> dict:
+        for index, block in enumerate(self.blocks):
+            self._reconstruct(index, block)
+        return self.params
+
+    def _owned(self, block: Block) -> set[str]:
+        """The quantizers a block learns: its weights and biases, the activations it produces, and
+        graph inputs it reads."""
+        nodes = {n.name: n for n in self.model.graph.nodes if n.name in set(block.nodes)}
+        owned = {t.name for n in nodes.values() for t in n.outputs}
+        owned |= {t.name for n in nodes.values() for t in n.inputs if self.model.const_value(t) is not None}
+        return owned | (set(block.inputs) & set(self.sim.graph_inputs))
+
+    def _problem(self, block: Block, owned: set[str], state: QuantState, targets, fisher) -> BlockProblem:
+        forward = self.sim.function(block.inputs, block.outputs, quant_hooks(self.model, state, owned))
+        return BlockProblem(forward, _pick(self.q_state, block.inputs), targets, fisher)
+
+    def _phase(self, label: str, iters: int, rounding: bool, steps: bool) -> Phase:
+        c = self.config
+        return Phase(label, iters, rounding, steps, c.lr, c.act_lr, c.reg_weight, c.beta, c.warmup, c.batch_size)
+
+    def _reconstruct(self, index: int, block: Block) -> None:
+        start, c = time.perf_counter(), self.config
+        owned = self._owned(block)
+        fp_block = jax.jit(self.sim.function(block.inputs, block.outputs))
+        targets = _map(lambda p, x: dict(zip(block.outputs, fp_block(p, x))), self.params,
+                       _pick(self.fp_state, block.inputs))
+        fisher = self._fisher(index, block, owned) if c.fisher else None
+        final = self._problem(block, owned, QuantState("hard", True), targets, fisher)
+        loss_nearest = block_loss(final, self.params)
+        weights = sorted(w for w in owned if w in self.params["weight_q"])
+        groups = sorted({self.model.quant[t].group or t for t in owned
+                         if t in self.model.quant and self.model.quant[t].role == "activation"})
+        steps = {g: self.params["act"][g][0] for g in groups if g in self.params["act"]}
+        rounding = initial_rounding(self.params, self.model.quant, weights) if weights and c.iters else {}
+        tag, curve = f"{block.name} ({index + 1}/{len(self.blocks)})", []
+        if c.qdrop > 0:
+            learned = {k: v for k, v in (("rounding", rounding), ("steps", steps)) if v}
+            phase = self._phase(f"{tag} rounding+steps, QDrop {c.qdrop}", c.iters, bool(rounding), bool(steps))
+            problem = self._problem(block, owned, QuantState("soft", True, c.qdrop), targets, fisher)
+            curve = self._learn(problem, learned, phase, index) if learned and c.iters else []
+        else:
+            if rounding:
+                problem = self._problem(block, owned, QuantState("soft", False), targets, fisher)
+                curve = self._learn(problem, {"rounding": rounding}, self._phase(f"{tag} rounding", c.iters, True, False),
+                                    index)
+            if steps and c.act_iters:
+                curve += self._learn(final, {"steps": steps}, self._phase(f"{tag} steps", c.act_iters, False, True), index)
+        loss_learned = block_loss(final, self.params)
+        q_block = jax.jit(final.forward)
+        outputs = _map(lambda p, x: dict(zip(block.outputs, q_block(p, x))), self.params, final.inputs)
+        self.fp_state.update(targets)
+        self.q_state.update(outputs)
+        keep = self.needed_after[index]
+        self.fp_state = {k: v for k, v in self.fp_state.items() if k in keep}
+        self.q_state = {k: v for k, v in self.q_state.items() if k in keep}
+        self.reports.append(BlockReport(block, loss_nearest, loss_learned, time.perf_counter() - start, curve))
+        log.info("%s: loss %.4g with nearest rounding -> %.4g learned", tag, loss_nearest, loss_learned)
+
+    def _learn(self, problem: BlockProblem, learned: dict, phase: Phase, index: int) -> list[float]:
+        learned, curve = learn(problem, self.params, learned, phase, self.config.seed + index, self.progress)
+        self.params = merge_learned(self.params, learned)
+        return curve
+
+    def _fisher(self, index: int, block: Block, owned: set[str]) -> dict[str, np.ndarray]:
+        """|d KL(float || quantized network outputs) / d block output| + 1 per element (the BRECQ
+        code's weighting), through the quantized rest of the network, in batches of batch_size."""
+        outputs = list(block.outputs)
+        others = sorted(n for n in self.needed_after[index] - set(outputs) if n in self.q_state)
+        hooks = quant_hooks(self.model, QuantState("hard", True))
+        block_fn = self.sim.function(block.inputs, outputs, quant_hooks(self.model, QuantState("hard", True), owned))
+        tail = self.sim.function(outputs + others, self.sim.graph_outputs[:1], hooks)
+
+        def kl(outs, params, rest, fp_logits):
+            logits = tail(params, {**dict(zip(outputs, outs)), **rest})[0]
+            p = jax.nn.softmax(fp_logits, axis=-1)
+            return jnp.sum(p * (jnp.log(jnp.maximum(p, 1e-30)) - jax.nn.log_softmax(logits, axis=-1))) / len(logits)
+
+        @jax.jit
+        def grads(params, feeds):
+            outs = tuple(block_fn(params, {n: feeds[n] for n in block.inputs}))
+            g = jax.grad(kl)(outs, params, {n: feeds[n] for n in others}, feeds["<fp logits>"])
+            return {n: jnp.abs(v) + 1.0 for n, v in zip(outputs, g)}
+
+        feeds = {**_pick(self.q_state, list(block.inputs) + others), "<fp logits>": self.fp_logits}
+        return _map(grads, self.params, feeds, self.config.batch_size)
+
+
+def _pick(state: dict[str, np.ndarray], names) -> dict[str, np.ndarray]:
+    return {n: state[n] for n in names}
+
+
+def _map(fn, params: dict, inputs: dict[str, np.ndarray], batch: int = 256):
+    """fn(params, batch of inputs) over all samples, concatenated (a dict or one array)."""
+    count = len(next(iter(inputs.values())))
+    parts = [fn(params, {k: v[i:i + batch] for k, v in inputs.items()}) for i in range(0, count, batch)]
+    if isinstance(parts[0], dict):
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    return np.concatenate([np.asarray(p) for p in parts])
