@@ -75,7 +75,8 @@ class AnnotateQuant(Pass):
             return
         model.quant[weight_t.name] = TensorQuant(spec, "weight", layer=layer.name)
         _request(model, layer.inputs[0], self.config.input_bits(layer.name, edge), requests)
-        out_bits = 8 if last and self.config.edge_8bit else self.config.preset.activation_bits
+        out_bits = 8 if last and self.config.edge_8bit and self.config.preset.activation_bits else \
+            self.config.preset.activation_bits
         _request(model, _activation_output(model, layer), out_bits, requests)
 
     def _annotate_other(self, model: Model, node: Node, requests: dict[str, int], parent: dict[str, str]) -> None:
@@ -123,8 +124,9 @@ def _activation_output(model: Model, node: Node):
 
 
 def _request(model: Model, tensor, bits: int, requests: dict[str, int]) -> bool:
-    """Ask for `tensor` to be quantized (float, computed or a graph input); False if it cannot be."""
-    if model.const_value(tensor) is not None or tensor.dtype is None or np.dtype(tensor.dtype).kind != "f":
+    """Ask for `tensor` to be quantized (float, computed or a graph input); False if it cannot be
+    (or if `bits` is 0: weight-only presets leave activations in float)."""
+    if bits <= 0 or model.const_value(tensor) is not None or tensor.dtype is None or np.dtype(tensor.dtype).kind != "f":
         return False
     requests[tensor.name] = max(requests.get(tensor.name, 0), bits)
     return True

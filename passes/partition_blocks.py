@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import networkx as nx
 
-from qcompiler.blocks import Block
+from qcompiler.blocks import GRANULARITIES, Block
 from qcompiler.errors import UsageError
 from qcompiler.ir import Model, Node
 from qcompiler.ops import QUANTIZED_LAYERS
 from qcompiler.pass_infra import Pass, PassResult
 from qcompiler.registry import register
 
-GRANULARITIES = ("layer", "block", "stage", "net")
 CHAIN_LAYERS = 3
 
 

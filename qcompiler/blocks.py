@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
+#: How much partition-blocks puts in one block (see qcompiler.passes.partition_blocks).
+GRANULARITIES = ("layer", "block", "stage", "net")
+
 
 @dataclasses.dataclass(frozen=True)
 class Block:

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from qcompiler import __version__
+from qcompiler.blocks import GRANULARITIES, ReconstructConfig
 from qcompiler.errors import QCompilerError, UsageError
 
 log = logging.getLogger("qcompiler")
 
 # Names for --help only (the modules that own them are imported when a command runs).
-PRESET_NAMES = ("w8a8", "w8a8-per-tensor", "w4a8", "w4a4", "w2a4")
+PRESET_NAMES = ("w8a8", "w8a8-per-tensor", "w4a8", "w4a4", "w2a4", "w4", "w2")
 OBSERVER_NAMES = ("minmax", "ema", "percentile", "mse", "kl")
 
 
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="ops, parameters, inputs/outputs, layers to quantize, unsupported ops")
     p.add_argument("model", type=Path)
     p.add_argument("--all", action="store_true", help="list every quantized layer")
+    p.add_argument("--blocks", action="store_true", help="list the blocks BRECQ reconstructs (partition-blocks)")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="block", help="for --blocks (default: %(default)s)")
 
     p = sub.add_parser("optimize", help="run graph passes and write the optimized model")
     p.add_argument("model", type=Path)
@@ -108,6 +111,43 @@ def _quantize_options(p: argparse.ArgumentParser) -> None:
                    "'resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW,color=RGB'")
     p.add_argument("--batch-size", type=int, help="calibration batch size (default: what fits 256 MiB of activations)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _reconstruct_options(p)
+
+
+def _reconstruct_options(p: argparse.ArgumentParser) -> None:
+    defaults = ReconstructConfig()
+    g = p.add_argument_group("reconstruction (BRECQ; docs/brecq.md)")
+    g.add_argument("--reconstruct", choices=["brecq"], help="learn weight rounding (AdaRound) and activation step "
+                   "sizes block by block against the float model")
+    g.add_argument("--granularity", choices=GRANULARITIES, default=defaults.granularity,
+                   help="what is reconstructed together (default: %(default)s)")
+    g.add_argument("--iters", type=int, default=defaults.iters,
+                   help="weight-rounding iterations per block (default: %(default)s, the authors')")
+    g.add_argument("--act-iters", type=int, help="activation step-size iterations per block "
+                   f"(default: a quarter of --iters, the authors' ratio {defaults.act_iters}/{defaults.iters})")
+    g.add_argument("--fisher", action="store_true", help="weight the block output error by the Fisher diagonal "
+                   "(squared gradients of the KL between quantized and float network outputs)")
+    g.add_argument("--qdrop", type=float, default=0.0, metavar="P", help="QDrop: learn rounding and step sizes "
+                   "together, keeping each activation in float with probability P (the authors use 0.5)")
+    g.add_argument("--reconstruct-samples", type=int, default=defaults.samples,
+                   help="calibration samples reconstruction uses at most (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
+
+
+def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig | None:
+    """The ReconstructConfig the options ask for (None without --reconstruct); bad values are usage errors."""
+    if not args.reconstruct:
+        for flag, value in (("--fisher", args.fisher), ("--qdrop", args.qdrop)):
+            if value:
+                raise UsageError(f"{flag} needs --reconstruct brecq")
+        return None
+    if args.iters < 0 or (args.act_iters or 0) < 0 or args.reconstruct_samples < 1:
+        raise UsageError("--iters and --act-iters must be >= 0 and --reconstruct-samples >= 1")
+    if not 0.0 <= args.qdrop < 1.0:
+        raise UsageError(f"--qdrop {args.qdrop}: a probability in [0, 1)")
+    act_iters = args.iters // 4 if args.act_iters is None else args.act_iters
+    return ReconstructConfig(granularity=args.granularity, iters=args.iters, act_iters=act_iters, fisher=args.fisher,
+                             qdrop=args.qdrop, samples=args.reconstruct_samples, seed=args.seed)
 
 
 def _more_commands(sub) -> None:
@@ -156,6 +196,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     folded = sum(rule != "bn-to-mul-add" for rule, _ in fold.last_applied)
     summary = summarize(model, optimized, folded, producer=model.metadata.get("producer", ""))
     print(format_summary(summary, max_layers=10**9 if args.all else 40))
+    if args.blocks:
+        from qcompiler.passes.partition_blocks import partition
+
+        blocks = partition(optimized, args.granularity)
+        print(f"\nblocks ({args.granularity} granularity, after canonicalize + fold-batchnorm): {len(blocks)}")
+        for block in blocks:
+            print("  " + block.describe())
     return 0
 
 
@@ -220,7 +267,8 @@ def _quantize(args: argparse.Namespace):
     model = ir.load(args.model)
     progress = not args.no_progress
     result = quantize(model, args.calib, config, calib_count=args.calib_count, batch_size=args.batch_size,
-                      preprocess=ImagePreprocess.parse(args.preprocess), progress=progress)
+                      preprocess=ImagePreprocess.parse(args.preprocess), progress=progress,
+                      reconstruct=reconstruct_config(args))
     evaluation = None
     if args.eval:
         eval_data = load_data(args.eval, result.float_model, what="evaluation",
@@ -232,8 +280,17 @@ def _quantize(args: argparse.Namespace):
         observer=config.activation_observer or config.preset.activation_observer,
         calibration=str(args.calib), calibration_samples=result.calibration.count, evaluation=evaluation,
         evaluation_source=str(args.eval), tensors=tensors, float_bytes=constant_bytes(result.float_model),
-        quant_bytes=constant_bytes(result.qdq), seconds=time.perf_counter() - start, weight_values=weight_values(result.annotated))
+        quant_bytes=constant_bytes(result.qdq), seconds=time.perf_counter() - start, weight_values=weight_values(result.annotated),
+        reconstruction=result.reconstruction, reconstruction_setting=_describe_reconstruction(args))
     return result, report
+
+
+def _describe_reconstruction(args: argparse.Namespace) -> str:
+    config = reconstruct_config(args)
+    if config is None:
+        return ""
+    extras = (", Fisher" if config.fisher else "") + (f", QDrop {config.qdrop}" if config.qdrop else "")
+    return f"BRECQ {config.granularity}, {config.iters}+{config.act_iters} iterations per block{extras}"
 
 
 def _write_quantized(out: Path, result, report) -> None:

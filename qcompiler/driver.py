@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from qcompiler.blocks import ReconstructConfig
 from qcompiler.data import Dataset, ImagePreprocess, load_data
 from qcompiler.errors import UnsupportedModelError
 from qcompiler.ir import INT4_DTYPES, Model
@@ -34,16 +35,18 @@ class Quantized:
     dequantized: dict[str, str]  # quantized tensor -> its dequantized name in `qdq`
     config: QuantConfig
     calibration: Dataset
+    reconstruction: list = dataclasses.field(default_factory=list)  # BlockReports, when reconstructed
 
 
 def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_count: int | None = None,
              preprocess: ImagePreprocess | None = None, batch_size: int | None = None, progress: bool = True,
-             context: PassContext | None = None) -> Quantized:
-    """Post-training quantization: canonicalize, fold BN, annotate, calibrate, insert QDQ.
+             context: PassContext | None = None, reconstruct: ReconstructConfig | None = None) -> Quantized:
+    """Post-training quantization: canonicalize, fold BN, annotate, calibrate, [reconstruct
+    blocks (BRECQ) when `reconstruct` is given], insert QDQ.
 
     `calib`: a .npz/.npy path or image folder, a dict of arrays, or an iterable of feed dicts.
     """
-    from qcompiler.passes import AnnotateQuant, CalibrateRanges, InsertQDQ
+    from qcompiler.passes import AnnotateQuant, CalibrateRanges, InsertQDQ, ReconstructBlocks
 
     config = config or QuantConfig()
     qdq_nodes = [n.name for n in model.graph.nodes if n.op in ("QuantizeLinear", "DequantizeLinear")]
@@ -53,11 +56,14 @@ def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_co
             f"e.g. {qdq_nodes[0]}); quantize the float model instead")
     float_model = build_pipeline(None, context)(model).model
     data = load_data(calib, float_model, preprocess=preprocess, limit=calib_count)
-    annotated = PassManager([AnnotateQuant(config), CalibrateRanges(data, batch_size, progress)], context)(
-        float_model.copy()).model
+    steps = [AnnotateQuant(config), CalibrateRanges(data, batch_size, progress)]
+    if reconstruct is not None:
+        steps.append(ReconstructBlocks(data, reconstruct, progress))
+    annotated = PassManager(steps, context)(float_model.copy()).model
     insert = InsertQDQ()
     qdq = PassManager([insert], context)(annotated.copy()).model
-    return Quantized(float_model, annotated, qdq, insert.dequantized, config, data)
+    reports = steps[-1].reports if reconstruct is not None else []
+    return Quantized(float_model, annotated, qdq, insert.dequantized, config, data, reports)
 
 
 def constant_bytes(model: Model) -> int:

@@ -32,6 +32,8 @@ class ReportData:
     quant_bytes: int
     seconds: float
     weight_values: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    reconstruction: list = dataclasses.field(default_factory=list)  # BlockReports (qcompiler.blocks)
+    reconstruction_setting: str = ""
 
 
 def summary_table(r: ReportData) -> str:
@@ -48,6 +50,12 @@ def summary_table(r: ReportData) -> str:
         rows.append(("top-1 agreement", f"{e.agreement:.4f}"))
         rows.append(("KL(float || quantized)", f"{e.kl:.5f} nats"))
         rows.append(("output SQNR", f"{e.sqnr_db:.1f} dB"))
+    if r.reconstruction:
+        before = sum(b.loss_nearest for b in r.reconstruction)
+        after = sum(b.loss_learned for b in r.reconstruction)
+        rows.append(("reconstruction", f"{r.reconstruction_setting}: {len(r.reconstruction)} blocks, block output "
+                     f"error {before:.4g} -> {after:.4g} (sum, nearest rounding -> learned), "
+                     f"{sum(b.seconds for b in r.reconstruction):.1f} s"))
     worst = sorted((t for t in r.tensors if math.isfinite(t.sqnr_db)), key=lambda t: t.sqnr_db)[:3]
     if worst:
         rows.append(("lowest SQNR tensors", "; ".join(f"{t.name} {t.sqnr_db:.1f} dB" for t in worst)))
@@ -67,6 +75,16 @@ def write_html(r: ReportData) -> str:
         f"<tr><td>{html.escape(t.name)}</td><td>{t.role}</td><td>{html.escape(t.spec)}</td>"
         f"<td>{t.sqnr_db:.1f}</td><td>{t.lo:.4g}</td><td>{t.hi:.4g}</td></tr>" for t in r.tensors)
     summary = html.escape(summary_table(r))
+    blocks = "".join(
+        f"<tr><td>{html.escape(b.block.name)}</td><td>{html.escape(', '.join(b.block.layers))}</td>"
+        f"<td>{b.loss_nearest:.4g}</td><td>{b.loss_learned:.4g}</td><td>{b.seconds:.1f}</td></tr>"
+        for b in r.reconstruction)
+    if blocks:
+        blocks = ("<h2>Block reconstruction</h2><p>Block output error (squared error summed over channels, "
+                  "mean over samples and positions; Fisher-weighted when chosen) on the cached calibration "
+                  "samples, with nearest rounding and calibrated ranges, then with the learned rounding and "
+                  "step sizes.</p><table><tr><th>block</th><th>layers</th><th>nearest</th><th>learned</th>"
+                  f"<th>seconds</th></tr>{blocks}</table>")
     figures = "".join(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{png}'>" for title, png in plots if png)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>qcompiler report: {html.escape(r.model_path)}</title>
@@ -80,6 +98,7 @@ against their fake-quantized values; activations: the float model's tensor again
 model's dequantized tensor on the first calibration samples, so an activation's SQNR includes the error
 of every quantizer before it (it falls along the network; a sudden drop points at the culprit).
 Made by qcompiler {__version__}.</p>
+{blocks}
 {figures}
 <h2>Every quantized tensor</h2>
 <table><tr><th>tensor</th><th>role</th><th>quantizer</th><th>SQNR dB</th><th>range lo</th><th>range hi</th></tr>

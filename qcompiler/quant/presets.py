@@ -36,6 +36,8 @@ PRESETS = {p.name: p for p in (
     Preset("w4a8", 4, 8, weight_observer="mse", keep_edge_layers_8bit=True, description="int4 weights, uint8 activations"),
     Preset("w4a4", 4, 4, weight_observer="mse", keep_edge_layers_8bit=True, description="int4 weights, uint4 activations"),
     Preset("w2a4", 2, 4, weight_observer="mse", keep_edge_layers_8bit=True, description="2-bit weights, uint4 activations"),
+    Preset("w4", 4, 0, weight_observer="mse", keep_edge_layers_8bit=True, description="int4 weights only, float activations"),
+    Preset("w2", 2, 0, weight_observer="mse", keep_edge_layers_8bit=True, description="2-bit weights only, float activations"),
 )}
 
 
@@ -84,8 +86,8 @@ class QuantConfig:
                          observer=self.activation_observer or self.preset.activation_observer)
 
     def input_bits(self, layer: str, edge: bool) -> int:
-        """Bits of the activation a layer reads (8 for edge layers in low-bit presets)."""
-        bits = 8 if edge and self.edge_8bit else self.preset.activation_bits
+        """Bits of the activation a layer reads (8 for edge layers in low-bit presets; 0: float)."""
+        bits = 8 if edge and self.edge_8bit and self.preset.activation_bits else self.preset.activation_bits
         for override in self.overrides:
             if override.matches(layer) and override.activation_bits:
                 bits = override.activation_bits

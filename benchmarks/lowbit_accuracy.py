@@ -1,0 +1,142 @@
+"""Low-bit accuracy: nearest rounding against AdaRound (layer), BRECQ (block), BRECQ with Fisher
+weights and QDrop, at W4A8, W4A4, W2A4 and weight-only W4 and W2, on the Fashion-MNIST nets.
+
+    apt-get install dataset-fashion-mnist
+    pip install -e .
+    python benchmarks/lowbit_accuracy.py --iters 2000          # writes benchmarks/results/lowbit.md
+    python benchmarks/lowbit_accuracy.py --models fashion_resnet8 --presets w4a4 --methods brecq
+
+Data (DESIGN.md §6): calibrated on 1024 training images (seed 0), evaluated on all 10,000 test
+images. Each run's numbers are kept in benchmarks/results/lowbit.<model>.json (a run already
+there is not repeated unless --fresh; models can run in parallel processes), and the table is
+rendered from those files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from qcompiler import ir, models  # noqa: E402
+from qcompiler.blocks import ReconstructConfig  # noqa: E402
+from qcompiler.datasets import load_fashion_mnist  # noqa: E402
+from qcompiler.driver import quantize  # noqa: E402
+from qcompiler.executor import session  # noqa: E402
+from qcompiler.quant.presets import load_config  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("fashion_resnet8", "fashion_mobilenetv2")
+PRESETS = ("w4a8", "w4a4", "w2a4", "w4", "w2")
+METHODS = {  # name -> ReconstructConfig fields (None: nearest rounding, no reconstruction)
+    "nearest": None,
+    "adaround": dict(granularity="layer"),
+    "brecq": dict(granularity="block"),
+    "brecq+fisher": dict(granularity="block", fisher=True),
+    "qdrop": dict(granularity="block", qdrop=0.5),
+}
+
+
+def fashion(count: int):
+    train_x, _ = load_fashion_mnist("train")
+    test_x, test_y = load_fashion_mnist("test")
+    picks = np.sort(np.random.default_rng(0).choice(len(train_x), count, replace=False))
+    return {"input": train_x[picks]}, test_x, test_y
+
+
+def top1(model: ir.Model, images: np.ndarray, labels: np.ndarray) -> float:
+    runner = session(model, threads=1)
+    predictions = np.concatenate([np.argmax(runner.run(None, {"input": images[i:i + 1000]})[0], axis=1)
+                                  for i in range(0, len(images), 1000)])
+    return float(np.mean(predictions == labels))
+
+
+def run_one(name: str, preset: str, method: str, iters: int, calib, images, labels) -> dict:
+    fields = METHODS[method]
+    config = None if fields is None else ReconstructConfig(iters=iters, act_iters=iters // 4, **fields)
+    start = time.perf_counter()
+    result = quantize(ir.load(models.path(f"{name}.onnx")), calib, load_config(None, preset, None, []),
+                      progress=False, reconstruct=config)
+    seconds = time.perf_counter() - start
+    blocks = result.reconstruction
+    per_block = [b.seconds for b in blocks]
+    return {"model": name, "preset": preset, "method": method, "iters": iters if fields else 0,
+            "top1": top1(result.qdq, images, labels), "fp_top1": top1(result.float_model, images, labels),
+            "seconds": seconds, "blocks": len(blocks), "block_seconds": per_block,
+            "ms_per_iter": 1000 * sum(per_block) / max(len(blocks) * (iters + iters // 4), 1) if fields else 0.0,
+            "loss_nearest": sum(b.loss_nearest for b in blocks), "loss_learned": sum(b.loss_learned for b in blocks)}
+
+
+def render(runs: list[dict], calib_count: int) -> str:
+    lines = ["# Low-bit accuracy: nearest rounding, AdaRound, BRECQ, BRECQ + Fisher, QDrop", "",
+             f"Fashion-MNIST, top-1 on all 10,000 test images; {calib_count} calibration images from the training "
+             "split (seed 0). First and last layer 8-bit (weights and their inputs), as BRECQ does; weights "
+             "per-channel (2-bit: asymmetric), activations per-tensor uint. AdaRound = layer granularity; BRECQ = "
+             "block granularity (partition-blocks); QDrop = block, rounding and step sizes learned together with "
+             "p = 0.5. Iterations per block: as listed for the weight rounding, a quarter of that for the "
+             "activation step sizes (the authors use 20,000 and 5,000 on a GPU; see the note below).", "",
+             f"Machine: {platform.processor() or platform.machine()}, `python benchmarks/lowbit_accuracy.py`; "
+             "raw numbers in lowbit.<model>.json next to this file.", ""]
+    for name in MODELS:
+        rows = [r for r in runs if r["model"] == name]
+        if not rows:
+            continue
+        fp = rows[0]["fp_top1"]
+        lines += [f"## {name} (float top-1 {100 * fp:.2f}%)", "",
+                  "| preset | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
+        for preset in PRESETS:
+            cells = []
+            for method in METHODS:
+                match = [r for r in rows if r["preset"] == preset and r["method"] == method]
+                cells.append(f"{100 * match[0]['top1']:.2f} ({100 * (match[0]['top1'] - fp):+.2f})" if match else "")
+            if any(cells):
+                lines.append(f"| {preset} | " + " | ".join(cells) + " |")
+        lines += ["", "Time (whole quantize, seconds; ms per iteration averaged over blocks, including compilation):",
+                  "", "| preset | method | iters | blocks | seconds | ms/iter | block error nearest -> learned |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["method"] != "nearest":
+                lines.append(f"| {r['preset']} | {r['method']} | {r['iters']} | {r['blocks']} | {r['seconds']:.0f} | "
+                             f"{r['ms_per_iter']:.1f} | {r['loss_nearest']:.4g} -> {r['loss_learned']:.4g} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--iters", type=int, default=2000, help="weight-rounding iterations per block")
+    parser.add_argument("--calib", type=int, default=1024)
+    parser.add_argument("--fresh", action="store_true", help="rerun runs already in lowbit.json")
+    args = parser.parse_args()
+    calib, images, labels = fashion(args.calib)
+    for name in args.models:
+        path = RESULTS / f"lowbit.{name}.json"
+        for preset in args.presets:
+            for method in args.methods:
+                key = (name, preset, method, args.iters if METHODS[method] else 0)
+                runs = json.loads(path.read_text()) if path.exists() else []
+                if not args.fresh and any((r["model"], r["preset"], r["method"], r["iters"]) == key for r in runs):
+                    continue
+                run = run_one(name, preset, method, args.iters, calib, images, labels)
+                print(f"{name} {preset} {method}: top-1 {100 * run['top1']:.2f} ({run['seconds']:.0f} s)", flush=True)
+                runs = [r for r in runs if (r["model"], r["preset"], r["method"], r["iters"]) != key] + [run]
+                path.write_text(json.dumps(runs, indent=1))
+    runs = [r for name in MODELS if (RESULTS / f"lowbit.{name}.json").exists()
+            for r in json.loads((RESULTS / f"lowbit.{name}.json").read_text())]
+    table = render(sorted(runs, key=lambda r: (r["model"], r["preset"])), args.calib)
+    (RESULTS / "lowbit.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""reconstruct-blocks: a short reconstruction lowers the block output error, the learned integers
+reach the QDQ model, runs repeat with a seed, and the options (Fisher, QDrop, granularities) run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from onnx import numpy_helper
+
+import qcompiler
+from qcompiler.blocks import ReconstructConfig
+from qcompiler.errors import PassError
+from qcompiler.executor import session
+from qcompiler.passes import ReconstructBlocks
+from qcompiler.quant.maths import quantize
+from graphs import ROOT
+
+DATA = np.load(ROOT / "models" / "fashion_mnist_subset.npz")
+SHORT = ReconstructConfig(iters=60, act_iters=15, samples=96)
+
+
+def _quantized(preset="w4a4", config=SHORT):
+    model = qcompiler.load(ROOT / "models" / "fashion_resnet8.onnx")
+    return qcompiler.quantize(model, {"input": DATA["input"][:96]}, preset, progress=False, reconstruct=config)
+
+
+@pytest.fixture(scope="module")
+def reconstructed():
+    return _quantized()
+
+
+def test_short_reconstruction_lowers_the_block_output_error(reconstructed):
+    reports = reconstructed.reconstruction
+    assert len(reports) == 5
+    low_bit = [r for r in reports if any(reconstructed.annotated.quant[w].spec.bits == 4
+                                         for w in reconstructed.annotated.quant
+                                         if reconstructed.annotated.quant[w].layer in r.block.layers)]
+    assert len(low_bit) == 3  # the three residual blocks; the stem and the classifier stay 8-bit
+    for report in low_bit:
+        assert report.loss_learned < report.loss_nearest, report
+    assert sum(r.loss_learned for r in reports) < sum(r.loss_nearest for r in reports)
+
+
+def test_the_qdq_model_holds_the_learned_integers(reconstructed):
+    annotated, qdq = reconstructed.annotated, reconstructed.qdq.to_onnx()
+    stored = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    changed = 0
+    for name, tq in annotated.quant.items():
+        if tq.role != "weight":
+            continue
+        assert tq.rounded is not None, name
+        np.testing.assert_array_equal(stored[f"{name}_quantized"].astype(np.int32), tq.rounded)
+        nearest = quantize(annotated.const_value(annotated.tensor(name)), tq.params, tq.spec)
+        assert np.all(np.abs(tq.rounded - nearest) <= 1), name  # AdaRound only chooses floor or ceil
+        changed += int(np.sum(tq.rounded != nearest))
+    assert changed > 0
+    assert session(qdq).run(None, {"input": DATA["input"][:4]})[0].shape == (4, 10)
+
+
+def test_runs_repeat_with_a_seed_and_differ_with_another():
+    first = _quantized("w2a4", dataclasses.replace(SHORT, iters=30, act_iters=0))
+    again = _quantized("w2a4", dataclasses.replace(SHORT, iters=30, act_iters=0))
+    other = _quantized("w2a4", dataclasses.replace(SHORT, iters=30, act_iters=0, seed=1))
+    weights = [n for n, tq in first.annotated.quant.items() if tq.role == "weight"]
+    assert all(np.array_equal(first.annotated.quant[w].rounded, again.annotated.quant[w].rounded) for w in weights)
+    assert not all(np.array_equal(first.annotated.quant[w].rounded, other.annotated.quant[w].rounded)
+                   for w in weights)
+
+
+@pytest.mark.parametrize("options", [dict(fisher=True), dict(qdrop=0.5), dict(granularity="layer"),
+                                     dict(granularity="net", act_iters=0)], ids=str)
+def test_options_run_and_lower_the_error(options):
+    result = _quantized("w4a4", dataclasses.replace(SHORT, **options))
+    reports = result.reconstruction
+    assert sum(r.loss_learned for r in reports) < sum(r.loss_nearest for r in reports)
+    if options.get("fisher"):  # weights |g| + 1 > 1: on the first block (same inputs) the error grows
+        plain = _quantized("w4a4", dataclasses.replace(SHORT, iters=0, act_iters=0)).reconstruction
+        assert reports[0].loss_nearest > plain[0].loss_nearest
+
+
+def test_weight_only_preset_learns_rounding_only():
+    result = _quantized("w4", dataclasses.replace(SHORT, iters=40))
+    quant = result.annotated.quant
+    assert quant and all(tq.role == "weight" for tq in quant.values())
+    assert sum(r.loss_learned for r in result.reconstruction) < sum(r.loss_nearest for r in result.reconstruction)
+
+
+def test_needs_calibration_data():
+    model = qcompiler.load(ROOT / "models" / "fashion_resnet8.onnx")
+    annotated = qcompiler.quantize(model, {"input": DATA["input"][:16]}, "w4a4", progress=False).annotated
+    with pytest.raises(PassError, match="needs calibration data"):
+        ReconstructBlocks()(annotated)
