@@ -172,3 +172,21 @@ def test_imagenet_mobilenetv2_as_close_as_onnxruntime_is_to_itself(tmp_path):
     assert fidelity.max_lsb <= max(spread, 1.0) + 1e-4
     ours = load(tmp_path).run(feeds)["logits"]
     assert np.array_equal(ours.argmax(1), session(qdq.to_onnx()).run(None, feeds)[0].argmax(1))
+
+
+@pytest.mark.parametrize("preset", ["w4a8", "w2a4"])
+def test_reconstructed_models_compile_and_follow_their_qdq_model(preset, tmp_path):
+    """BRECQ's output (learned integers, learned activation scales) goes through the backend
+    unchanged: packed 4-bit weights (2-bit values on the 4-bit grid), integer kernels."""
+    from qcompiler.blocks import ReconstructConfig
+
+    data = np.load(ROOT / "models" / "fashion_mnist_subset.npz")
+    model = qcompiler.load(ROOT / "models" / "fashion_resnet8.onnx")
+    config = ReconstructConfig(iters=40, act_iters=10, samples=96)
+    qdq = qcompiler.quantize(model, {"input": data["input"][:96]}, preset, progress=False, reconstruct=config).qdq
+    feeds = {"input": data["input"][128:]}
+    library, (fidelity,) = _compile_and_compare(qdq, feeds, tmp_path, batch=16)
+    print(f"resnet8 {preset} + BRECQ: {fidelity.line()}; kernels {dict(library.kernels)}")
+    assert not library.float_ops, dict(library.float_ops)
+    assert any("int4" in k for k in library.kernels), dict(library.kernels)
+    assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import qcompiler
+from qcompiler.blocks import ReconstructConfig
 from qcompiler.executor import session
 from qcompiler.sim import Interpreter
 from qcompiler.sim.quantized import QuantState, quant_hooks, quant_params
@@ -33,12 +34,15 @@ def test_float_outputs_match_onnxruntime(path):
     assert_close(np.asarray(ours), session(model).run(None, {sim.graph_inputs[0]: x})[0])
 
 
-@pytest.fixture(scope="module", params=[("fashion_resnet8", "w8a8"), ("fashion_resnet8", "w2a4"),
-                                        ("fashion_mobilenetv2", "w4a4")], ids=lambda p: "-".join(p))
+@pytest.fixture(scope="module", params=[("fashion_resnet8", "w8a8", False), ("fashion_resnet8", "w2a4", False),
+                                        ("fashion_mobilenetv2", "w4a4", False), ("fashion_resnet8", "w4a4", True)],
+                ids=lambda p: "-".join(p[:2]) + ("-brecq" if p[2] else ""))
 def quantized(request):
-    name, preset = request.param
+    """Quantized models; the last with learned rounding and step sizes (a short BRECQ run)."""
+    name, preset, brecq = request.param
     model = qcompiler.load(ROOT / "models" / f"{name}.onnx")
-    return qcompiler.quantize(model, {"input": FASHION["input"][:64]}, preset, progress=False)
+    config = ReconstructConfig(iters=40, act_iters=10, samples=64) if brecq else None
+    return qcompiler.quantize(model, {"input": FASHION["input"][:64]}, preset, progress=False, reconstruct=config)
 
 
 def _reference(quantized, x):
@@ -65,13 +69,21 @@ def test_each_quantized_layer_within_one_lsb_of_the_qdq_model(quantized):
         assert lsb.max() <= 1.0 + 1e-3, f"{name}: {lsb.max():.2f} LSB"
 
 
-def test_free_running_simulation_mostly_exact(quantized):
+def test_free_running_simulation_agrees(quantized, request):
+    """Nearest rounding: >= 95% of every tensor exact. After BRECQ the learned scales put
+    repeated values (e.g. a channel's bias on an all-zero background) next to rounding ties, whose
+    flips then grow through a 4-bit net (measured: 77% exact deep inside, every layer within
+    1 LSB when fed the reference's inputs); there the predictions must agree."""
     annotated, x = quantized.annotated, FASHION["input"][64:128]
     reference = _reference(quantized, x)
     sim = Interpreter(annotated)
-    names = list(reference)
+    names = list(reference) + sim.graph_outputs
     run = jax.jit(sim.function(sim.graph_inputs, names, quant_hooks(annotated, QuantState())))
-    outputs = run(quant_params(annotated), {"input": x})
-    for name, ours in zip(names, outputs):
-        lsb = np.abs(np.asarray(ours) - reference[name]) / float(annotated.quant[name].params.scale)
-        assert np.mean(lsb < 1e-3) >= 0.95, f"{name}: {np.mean(lsb < 1e-3):.3f} exact"
+    outputs = dict(zip(names, run(quant_params(annotated), {"input": x})))
+    if not quantized.reconstruction:
+        for name in reference:
+            lsb = np.abs(np.asarray(outputs[name]) - reference[name]) / float(annotated.quant[name].params.scale)
+            assert np.mean(lsb < 1e-3) >= 0.95, f"{name}: {np.mean(lsb < 1e-3):.3f} exact"
+    logits = session(quantized.qdq, optimize=False).run(None, {"input": x})[0]
+    agreement = np.mean(np.asarray(outputs[sim.graph_outputs[0]]).argmax(1) == logits.argmax(1))
+    assert agreement >= 0.95, agreement
