@@ -36,11 +36,36 @@ def explicit_pads(attrs: dict, in_sizes, kernel, strides, dilations) -> list[tup
     return list(zip(flat[:rank], flat[rank:]))
 
 
+def _depthwise(x, w, strides, pads, dilations):
+    """A 2-D depthwise convolution as a sum of kh * kw shifted, strided slices times per-channel
+    weights: the same numbers as lax.conv, and its gradient 5-8x faster on CPU (measured on
+    MobileNetV2 shapes: XLA's grouped-convolution gradient is slow), which BRECQ needs."""
+    multiplier = w.shape[0] // x.shape[1]
+    x = jnp.repeat(x, multiplier, axis=1) if multiplier > 1 else x
+    x = jnp.pad(x, [(0, 0), (0, 0), *pads])
+    n, c, h, width = x.shape
+    kh, kw = w.shape[2:]
+    out_h = (h - (kh - 1) * dilations[0] - 1) // strides[0] + 1
+    out_w = (width - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    y = 0.0
+    for i in range(kh):
+        for j in range(kw):
+            top, left = i * dilations[0], j * dilations[1]
+            window = lax.slice(x, (0, 0, top, left), (n, c, top + (out_h - 1) * strides[0] + 1,
+                                                      left + (out_w - 1) * strides[1] + 1), (1, 1, *strides))
+            y = y + window * w[:, 0, i, j].reshape(1, -1, 1, 1)
+    return y
+
+
 def conv(x, w, b=None, **attrs):
     rank = w.ndim - 2
     kernel = list(w.shape[2:])
     strides, dilations = _spatial(attrs, "strides", rank, 1), _spatial(attrs, "dilations", rank, 1)
     pads = explicit_pads(attrs, x.shape[2:], kernel, strides, dilations)
+    groups = int(attrs.get("group", 1))
+    if rank == 2 and groups == x.shape[1] and w.shape[1] == 1 and groups > 1:
+        y = _depthwise(x, w, strides, pads, dilations)
+        return (y if b is None else y + b.reshape(1, -1, 1, 1),)
     y = lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilations,
                                  feature_group_count=int(attrs.get("group", 1)),
                                  precision=lax.Precision.HIGHEST)

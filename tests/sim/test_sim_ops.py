@@ -34,6 +34,7 @@ CONV_CASES = [
     dict(pads=[0, 1, 2, 0], dilations=[2, 1]),
     dict(group=4, pads=[1, 1, 1, 1]),
     dict(group=8, strides=[2, 1], pads=[1, 1, 1, 1]),  # depthwise
+    dict(group=8, strides=[2, 2], pads=[2, 1, 0, 2], dilations=[2, 1]),
     dict(auto_pad="SAME_UPPER", strides=[2, 2]),
     dict(auto_pad="SAME_LOWER", strides=[2, 2]),
     dict(auto_pad="VALID"),
@@ -52,6 +53,11 @@ def test_conv(attrs, bias):
 
 CONV_T_CASES = [dict(), dict(strides=[2, 2]), dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),
                 dict(group=2, strides=[2, 1], dilations=[1, 2]), dict(pads=[0, 1, 1, 0])]
+
+
+def test_depthwise_with_channel_multiplier():
+    _check([helper.make_node("Conv", ["x", "w"], ["y"], group=4, strides=[2, 2], pads=[1, 1, 1, 1])],
+           {"x": _x(2, 4, 9, 8)}, {"w": _x(12, 1, 3, 3)})
 
 
 @pytest.mark.parametrize("attrs", CONV_T_CASES, ids=[str(c) for c in CONV_T_CASES])
