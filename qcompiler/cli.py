@@ -277,7 +277,8 @@ def _quantize(args: argparse.Namespace):
     tensors = tensor_errors(result.annotated, result.qdq, result.dequantized, result.calibration.head(64))
     report = ReportData(
         model_path=str(args.model), preset=config.preset.name,
-        observer=config.activation_observer or config.preset.activation_observer,
+        observer=(config.activation_observer or config.preset.activation_observer) if config.preset.activation_bits
+        else "none (weight-only preset: activations stay float)",
         calibration=str(args.calib), calibration_samples=result.calibration.count, evaluation=evaluation,
         evaluation_source=str(args.eval), tensors=tensors, float_bytes=constant_bytes(result.float_model),
         quant_bytes=constant_bytes(result.qdq), seconds=time.perf_counter() - start, weight_values=weight_values(result.annotated),

@@ -1,0 +1,60 @@
+"""`qcompiler quantize/compile --reconstruct brecq` and `inspect --blocks` as a user meets them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from graphs import ROOT
+from qcompiler.cli import main
+
+RESNET = ROOT / "models" / "fashion_resnet8.onnx"
+SUBSET = ROOT / "models" / "fashion_mnist_subset.npz"
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_quantize_with_brecq_reports_the_reconstruction(tmp_path, capsys):
+    code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "--preset", "w4a4", "--reconstruct", "brecq",
+                         "--iters", "30", "--act-iters", "8", "--calib-count", "64", "-o", tmp_path, "--fisher")
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("reconstruction"))
+    match = re.search(r"BRECQ block, 30\+8 iterations per block, Fisher: 5 blocks, block output error ([\d.]+) -> "
+                      r"([\d.]+)", line)
+    assert match and float(match[2]) < float(match[1]), line
+    assert "block4 (5/5) rounding" in err and "loss" in err  # progress per block, with the loss
+    report = (tmp_path / "report.html").read_text()
+    assert "<h2>Block reconstruction</h2>" in report and "/layer3/conv2/Conv" in report
+    assert (tmp_path / "model.qdq.onnx").exists()
+
+
+def test_compile_with_brecq_builds_and_checks_the_library(tmp_path, capsys):
+    code, out, err = cli(capsys, "compile", RESNET, "--calib", SUBSET, "--preset", "w2a4", "--reconstruct", "brecq",
+                         "--iters", "20", "--calib-count", "64", "--no-progress", "-o", tmp_path)
+    assert code == 0, err
+    assert "int4" in out and "library vs QDQ model (onnxruntime): logits: max" in out
+    assert (tmp_path / "model.so").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--fisher"], "--fisher needs --reconstruct brecq"),
+    (["--reconstruct", "brecq", "--qdrop", "1.5"], "--qdrop 1.5: a probability in [0, 1)"),
+    (["--reconstruct", "brecq", "--iters", "-1"], "--iters and --act-iters must be >= 0"),
+    (["--reconstruct", "brecq", "--granularity", "blocks"], "invalid choice: 'blocks'"),
+])
+def test_bad_options_are_usage_errors(args, message, tmp_path, capsys):
+    code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "-o", tmp_path / "out", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_inspect_lists_the_blocks(capsys):
+    code, out, _ = cli(capsys, "inspect", RESNET, "--blocks", "--granularity", "stage")
+    assert code == 0
+    assert "blocks (stage granularity, after canonicalize + fold-batchnorm): 4" in out
+    assert "block3: 1 layer(s) [/fc/Gemm] /Flatten_output_0 -> logits" in out
