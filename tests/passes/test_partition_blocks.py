@@ -63,3 +63,18 @@ def test_the_pass_leaves_the_model_alone_and_rejects_unknown_granularity(resnet)
     assert len(step.blocks) == 4
     with pytest.raises(UsageError, match="granularity 'blocks'"):
         partition(resnet, "blocks")
+
+
+def test_resnet50_bottlenecks_and_any_dag_in_single_entry_single_exit_blocks():
+    """ONNX's light ResNet-50: stem, 3 + 4 + 6 + 3 bottlenecks (the first of each stage with its
+    downsampling conv: 4 layers), classifier. Every light model partitions into blocks that read
+    one tensor and hand on one."""
+    from graphs import LIGHT_MODELS
+
+    resnet50 = next(p for p in LIGHT_MODELS if p.stem == "light_resnet50")
+    stages = [[4] + [3] * (n - 1) for n in (3, 4, 6, 3)]
+    assert [len(b.layers) for b in partition(qcompiler.optimize(qcompiler.load(resnet50)))] == \
+        [1] + sum(stages, []) + [1]
+    for path in LIGHT_MODELS:
+        blocks = partition(qcompiler.optimize(qcompiler.load(path)), "block")
+        assert all(len(b.inputs) == 1 and len(b.outputs) == 1 and b.layers for b in blocks), path.stem
