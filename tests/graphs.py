@@ -54,6 +54,15 @@ def bn_node(x: str, y: str, prefix: str = "bn", **attrs):
                             [y], name=prefix, **attrs)
 
 
+def cli(capsys, *args):
+    """Run the `qcompiler` command line in-process: (exit code, stdout, stderr)."""
+    from qcompiler.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def save(proto: onnx.ModelProto, path: Path) -> Path:
     onnx.save_model(proto, str(path))
     return path

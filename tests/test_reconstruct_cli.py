@@ -6,17 +6,10 @@ import re
 
 import pytest
 
-from graphs import ROOT
-from qcompiler.cli import main
+from graphs import ROOT, cli
 
 RESNET = ROOT / "models" / "fashion_resnet8.onnx"
 SUBSET = ROOT / "models" / "fashion_mnist_subset.npz"
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_quantize_with_brecq_reports_the_reconstruction(tmp_path, capsys):

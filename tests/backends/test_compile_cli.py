@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from graphs import ROOT
+from graphs import ROOT, cli
 from qcompiler.backends.tvm import targets as target_table
 from qcompiler.cli import main
 from qcompiler.executor import session
@@ -17,12 +17,6 @@ from qcompiler.runtime import load
 
 RESNET = ROOT / "models" / "fashion_resnet8.onnx"
 SUBSET = ROOT / "models" / "fashion_mnist_subset.npz"
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
