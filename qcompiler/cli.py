@@ -429,19 +429,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     calib, held_out = out / "calibration.npz", out / "evaluation.npz"
     np.savez(calib, input=data["input"][:150])
     np.savez(held_out, input=data["input"][150:], labels=data["labels"][150:])
-    print(f"== qcompiler inspect {model_path.name}")
-    cmd_inspect(argparse.Namespace(model=model_path, all=False))
-    print(f"\n== qcompiler optimize {model_path.name} -o {out / 'model.opt.onnx'}")
-    cmd_optimize(argparse.Namespace(model=model_path, output=out / "model.opt.onnx", passes=None, user_passes=[],
-                                    dump_after=[], time=False, no_verify=False))
-    print(f"\n== qcompiler quantize {model_path.name} --calib {calib} --eval {held_out} --preset w8a8 -o {out}")
-    cmd_quantize(argparse.Namespace(
-        model=model_path, calib=str(calib), output_dir=out, preset="w8a8", observer=None, override=[], config=None,
-        eval=str(held_out), calib_count=None, preprocess="none", batch_size=None, no_progress=not sys.stderr.isatty()))
     library = out / "library"
-    print(f"\n== qcompiler compile {out / 'model.qdq.onnx'} --target x86 -o {library}")
-    cmd_compile(argparse.Namespace(model=out / "model.qdq.onnx", calib=None, target="x86", batch=1,
-                                   output_dir=library))
+    progress = [] if sys.stderr.isatty() else ["--no-progress"]
+    name = model_path.name
+    for shown, command, run in (
+            (f"inspect {name}", ["inspect", model_path], cmd_inspect),
+            (f"optimize {name} -o {out / 'model.opt.onnx'}", ["optimize", model_path, "-o", out / "model.opt.onnx"],
+             cmd_optimize),
+            (f"quantize {name} --calib {calib} --eval {held_out} --preset w8a8 -o {out}",
+             ["quantize", model_path, "--calib", calib, "--eval", held_out, "--preset", "w8a8", "-o", out, *progress],
+             cmd_quantize),
+            (f"compile {out / 'model.qdq.onnx'} --target x86 -o {library}",
+             ["compile", out / "model.qdq.onnx", "--target", "x86", "-o", library], cmd_compile)):
+        print(f"{'' if run is cmd_inspect else chr(10)}== qcompiler {shown}")
+        run(build_parser().parse_args([str(c) for c in command]))  # the parser's defaults, as a user gets them
     print(f"\n== qcompiler run {library} --input {held_out}")
     return _demo_run(library, out / "model.qdq.onnx", data["input"][150:], data["labels"][150:])
 
