@@ -166,6 +166,7 @@ def main() -> None:
                     continue
                 run = run_one(name, preset, method, args.iters, calib, images, labels)
                 print(f"{name} {preset} {method}: top-1 {100 * run['top1']:.2f} ({run['seconds']:.0f} s)", flush=True)
+                runs = json.loads(path.read_text()) if path.exists() else []  # again: another process may have added
                 runs = [r for r in runs if (r["model"], r["preset"], r["method"], r["iters"]) != key] + [run]
                 path.write_text(json.dumps(runs, indent=1))
     runs = [r for name in MODELS if (RESULTS / f"lowbit.{name}.json").exists()
