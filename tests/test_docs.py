@@ -46,3 +46,17 @@ def test_the_docs_test_passes(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout
+
+
+def test_brecq_doc_python_example_runs(tmp_path, capsys):
+    """docs/brecq.md's Python example, on the bundled ResNet-8 with a few iterations."""
+    (block,) = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "brecq.md").read_text(), re.S)
+    code = (block.replace('"model.onnx"', repr(str(ROOT / "models" / "fashion_resnet8.onnx")))
+            .replace('"calib.npz"', repr(str(ROOT / "models" / "fashion_mnist_subset.npz")))
+            .replace("ReconstructConfig(iters=2000)", "ReconstructConfig(iters=10, act_iters=2, samples=32)")
+            .replace('"model.qdq.onnx"', repr(str(tmp_path / "model.qdq.onnx"))))
+    assert code.count(str(ROOT)) == 2 and "iters=10" in code
+    exec(compile(code, "docs/brecq.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert (tmp_path / "model.qdq.onnx").exists()
+    assert len([line for line in out.splitlines() if line.startswith("block")]) == 5

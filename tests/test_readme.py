@@ -44,3 +44,12 @@ def test_latency_numbers_in_the_readme_come_from_the_benchmark_file():
         if number in ("3.8",):      # the targets, from the issue
             continue
         assert number in results, number
+
+
+def test_lowbit_numbers_in_the_readme_come_from_the_benchmark_file():
+    paragraph = README.split("[benchmarks/results/lowbit.md]", 1)[1].split("\n\n", 1)[0]
+    results = (ROOT / "benchmarks" / "results" / "lowbit.md").read_text()
+    numbers = re.findall(r"\d+\.\d+", paragraph)
+    assert len(numbers) >= 10
+    for number in numbers:
+        assert number in results, number
