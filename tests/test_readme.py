@@ -27,18 +27,21 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_ptq_numbers_in_the_readme_come_from_the_benchmark_file():
-    paragraph = README.split("[benchmarks/results/ptq.md]", 1)[1].split("\n\n", 1)[0]
-    results = "".join((ROOT / "benchmarks" / "results" / name).read_text() for name in ("ptq.md", "ptq_paired.md"))
-    numbers = re.findall(r"\d+\.\d+", paragraph)
+    numbers, results = _paragraph_numbers("ptq.md", ("ptq.md", "ptq_paired.md"))
     assert len(numbers) >= 8
     for number in numbers:
         assert number in results or f"+{number}" in results or f"{float(number):.2f}" in results, number
 
 
+def _paragraph_numbers(link: str, files: tuple[str, ...]) -> tuple[list[str], str]:
+    """The decimal numbers in the README paragraph after `link`, and the named results files' text."""
+    paragraph = README.split(f"[benchmarks/results/{link}]", 1)[1].split("\n\n", 1)[0]
+    results = "".join((ROOT / "benchmarks" / "results" / name).read_text() for name in files)
+    return re.findall(r"\d+\.\d+", paragraph), results
+
+
 def test_latency_numbers_in_the_readme_come_from_the_benchmark_file():
-    paragraph = README.split("[benchmarks/results/latency.md]", 1)[1].split("\n\n", 1)[0]
-    results = (ROOT / "benchmarks" / "results" / "latency.md").read_text()
-    numbers = re.findall(r"\d+\.\d+", paragraph)
+    numbers, results = _paragraph_numbers("latency.md", ("latency.md",))
     assert len(numbers) >= 6
     for number in numbers:
         if number in ("3.8",):      # the targets, from the issue
@@ -47,9 +50,7 @@ def test_latency_numbers_in_the_readme_come_from_the_benchmark_file():
 
 
 def test_lowbit_numbers_in_the_readme_come_from_the_benchmark_file():
-    paragraph = README.split("[benchmarks/results/lowbit.md]", 1)[1].split("\n\n", 1)[0]
-    results = (ROOT / "benchmarks" / "results" / "lowbit.md").read_text()
-    numbers = re.findall(r"\d+\.\d+", paragraph)
+    numbers, results = _paragraph_numbers("lowbit.md", ("lowbit.md",))
     assert len(numbers) >= 10
     for number in numbers:
         assert number in results, number
