@@ -137,7 +137,9 @@ def notes(runs: list[dict]) -> list[str]:
                 lines.append(f"- {model} {preset.upper()}: block {100 * block:.2f} against layer {100 * layer:.2f} "
                              f"({100 * (block - layer):+.2f} points, a net {round((block - layer) * 10000)} of 10,000 "
                              "images; no significance test).")
-    lines += ["", "What these numbers do not say: the iterations are a tenth (ResNet-8) and a twentieth "
+    lines += ["", "At W4 and W2 (weight-only) QDrop has no activation quantizer to drop and learns only the "
+              "rounding: it equals BRECQ there, run for run.", "",
+              "What these numbers do not say: the iterations are a tenth (ResNet-8) and a twentieth "
               "(MobileNetV2-style) of the authors' 20,000 per block, for time on a 2-vCPU machine; the "
               "Fashion-MNIST nets are small and their float accuracy near its ceiling, so methods differ by "
               "tenths of a point; the timings were taken with the two models running in parallel processes "
