@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from qcompiler.data import Dataset
+from qcompiler.data import Dataset, sample_bytes
 from qcompiler.errors import CalibrationDataError, PassError
 from qcompiler.executor import session
 from qcompiler.ir import Model
@@ -87,13 +87,8 @@ class CalibrateRanges(Pass):
 
 
 def _batch_size(model: Model, names: list[str]) -> int:
-    """As many samples as fit BATCH_MEMORY of observed tensors (symbolic dimensions count as 1)."""
-    tensors = model.tensors()
-    per_sample = 0
-    for name in names:
-        shape = tensors[name].shape or ()
-        per_sample += 4 * int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]] or [1]))
-    return int(np.clip(BATCH_MEMORY // max(per_sample, 1), 1, 256))
+    """As many samples as fit BATCH_MEMORY of observed tensors."""
+    return int(np.clip(BATCH_MEMORY // max(sample_bytes(model, names), 1), 1, 256))
 
 
 def _checked_range(name: str, observer: Observer, spec) -> tuple[float, float]:

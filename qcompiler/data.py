@@ -30,6 +30,17 @@ class InputInfo:
     shape: tuple  # ints, or None for symbolic dimensions; shape[0] is the batch dimension
 
 
+def sample_bytes(model: Model, names) -> int:
+    """Bytes one sample of the named float32 tensors takes (symbolic dimensions count as 1): for
+    sizing batches and caches to a memory budget."""
+    tensors = model.tensors()
+    total = 0
+    for name in names:
+        shape = (tensors[name].shape or ()) if name in tensors else ()
+        total += 4 * int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]] or [1]))
+    return total
+
+
 def model_inputs(model: Model) -> list[InputInfo]:
     return [InputInfo(t.name, np.dtype(t.dtype), tuple(d if isinstance(d, int) and d > 0 else None for d in t.shape or ()))
             for t in model.graph.inputs]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qcompiler.blocks import Block, BlockReport, ReconstructConfig
-from qcompiler.data import Dataset
+from qcompiler.data import Dataset, sample_bytes
 from qcompiler.ir import Model
 from qcompiler.sim.interpreter import Interpreter
 from qcompiler.sim.quantized import QuantState, quant_hooks, quant_params
@@ -45,13 +45,9 @@ class Reconstruction:
     def _samples(self, data: Dataset) -> dict[str, np.ndarray]:
         """At most `samples` calibration samples (a seeded random subset), fewer if the caches would
         outgrow `cache_bytes`."""
-        tensors = self.model.tensors()
-        per_sample = 0
-        for block, after in zip(self.blocks, self.needed_after):
-            live = set(block.inputs) | set(block.outputs) | after
-            size = sum(int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in (tensors[n].shape or [1])[1:]]))
-                       for n in live if n in tensors)
-            per_sample = max(per_sample, 4 * 3 * size)  # float and quantized caches, Fisher weights
+        # float and quantized caches and Fisher weights of the tensors live around each block
+        per_sample = max((3 * sample_bytes(self.model, set(block.inputs) | set(block.outputs) | after)
+                          for block, after in zip(self.blocks, self.needed_after)), default=0)
         count = min(self.config.samples, data.count, max(self.config.cache_bytes // max(per_sample, 1), 1))
         if count < min(self.config.samples, data.count):
             log.warning("reconstruction caches: %d samples fit %d MiB (of %d asked for)", count,
