@@ -4,7 +4,7 @@ qcompiler library, one thread each, in one process, batch 1.
     python benchmarks/latency.py [--runs 50]     # writes benchmarks/results/latency.md
 
 Each runner gets 5 warm-up calls, then the median (and the 10th-90th percentile spread) of
-`--runs` timed calls on the same input. Models: the two Fashion-MNIST nets (1x1x28x28) and the
+`--runs` timed calls on the same input, the runners taking turns call by call. Models: the two Fashion-MNIST nets (1x1x28x28) and the
 ImageNet MobileNetV2 (1x3x224x224), quantized W8A8 (and W4A8 for the size column) with
 qcompiler's defaults; calibration data: 128 Fashion-MNIST subset images, or foolbox's 20
 ImageNet samples.
@@ -35,17 +35,24 @@ from qcompiler.runtime import load  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "latency.md"
 
 
-def timings(call, runs: int) -> tuple[float, float, float]:
-    """Median, 10th and 90th percentile of `runs` calls in milliseconds, after 5 warm-up calls."""
-    for _ in range(5):
-        call()
-    samples = []
+def timings(calls: dict, runs: int) -> dict:
+    """Per runner: median, 10th and 90th percentile of `runs` calls in milliseconds, after 5
+    warm-up calls. The runners take turns call by call, so that a slow spell of this shared
+    machine slows all of them alike instead of one runner's whole series."""
+    for call in calls.values():
+        for _ in range(5):
+            call()
+    samples = {name: [] for name in calls}
     for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1000)
-    deciles = statistics.quantiles(samples, n=10)
-    return statistics.median(samples), deciles[0], deciles[-1]
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append((time.perf_counter() - start) * 1000)
+    result = {}
+    for name, series in samples.items():
+        deciles = statistics.quantiles(series, n=10)
+        result[name] = (statistics.median(series), deciles[0], deciles[-1])
+    return result
 
 
 def model_data(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -75,9 +82,8 @@ def measure(name: str, runs: int, workdir: Path) -> dict:
     int8 = session(qdq, threads=1)
     ours = load(out)
     feeds = {"input": x}
-    row["ort_fp32"] = timings(lambda: fp32.run(None, feeds), runs)
-    row["ort_int8"] = timings(lambda: int8.run(None, feeds), runs)
-    row["ours"] = timings(lambda: ours.run(feeds), runs)
+    row.update(timings({"ort_fp32": lambda: fp32.run(None, feeds), "ort_int8": lambda: int8.run(None, feeds),
+                        "ours": lambda: ours.run(feeds)}, runs))
     return row
 
 
@@ -88,7 +94,8 @@ def table(rows: list[dict], runs: int) -> str:
     lines = ["# Latency and size (batch 1, one thread)", "",
              f"Made by `python benchmarks/latency.py --runs {runs}` on {platform.machine()} "
              f"({platform.processor() or 'cpu'}), Python {platform.python_version()}: median ms of {runs} runs after 5 "
-             "warm-up runs (10th-90th percentile in brackets), all runners in one process, one thread each. "
+             "warm-up runs (10th-90th percentile in brackets), all runners in one process, one thread each, "
+             "taking turns call by call. "
              "onnxruntime int8 = onnxruntime on the same QDQ model (its QLinear kernels). Speed-up = onnxruntime "
              "FP32 / runner; size ratio = FP32 .onnx bytes / library bytes (the .so holds code and constants).",
              "", "| model | input | onnxruntime FP32 ms | onnxruntime int8 ms | qcompiler ms | speed-up vs FP32 "

@@ -20,7 +20,6 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from qcompiler.backends.tvm.fixed_point import ties_possible
 from qcompiler.backends.tvm.qdq_patterns import Bindings, op_name
 from qcompiler.backends.tvm.schedules import arm_smmla, int8_conv
 
@@ -63,19 +62,20 @@ class _Uses(Bindings):
 
 def _rounding(uses: _Uses, v_prod):
     """The rounding add after the product, in either form _scale_terms emits: half to even
-    (product + half-1 + ((product >> shift) & 1)) or half up (product + half). Returns that add
-    and a var whose second argument is the shift; (None, None) otherwise."""
+    (product + half-1 + ((product >> shift) & 1)) or half up (product + half, where the rewrite
+    proved that no tie can occur). Returns that add, a var whose second argument is the shift,
+    and whether ties are rounded to even; (None, None, True) otherwise."""
     users = {op_name(uses.values[u]): u for u in uses.users.get(v_prod, [])}
     if len(uses.users.get(v_prod, [])) == 1 and set(users) == {"relax.add"}:
         v_sum = users["relax.add"]
-        return v_sum, uses.only_user(v_sum, "relax.right_shift")
+        return v_sum, uses.only_user(v_sum, "relax.right_shift"), False
     if set(users) != {"relax.right_shift", "relax.add"} or len(uses.users[v_prod]) != 2:
-        return None, None
+        return None, None, True
     v_odd = uses.only_user(users["relax.right_shift"], "relax.bitwise_and")
     v_sum = uses.only_user(users["relax.add"], "relax.add")
     if v_odd is None or uses.only_user(v_odd, "relax.add") != v_sum:
-        return None, None
-    return v_sum, users["relax.right_shift"]
+        return None, None, True
+    return v_sum, users["relax.right_shift"], True
 
 
 def requantize_chain(uses: _Uses, acc) -> tuple | None:
@@ -87,7 +87,7 @@ def requantize_chain(uses: _Uses, acc) -> tuple | None:
     v_prod = uses.only_user(v_wide, "relax.multiply")
     if v_prod is None or str(uses.values[v_wide].attrs.dtype) != "int64":
         return None
-    v_sum, shift_var = _rounding(uses, v_prod)
+    v_sum, shift_var, ties = _rounding(uses, v_prod)
     v_shifted = uses.only_user(v_sum, "relax.right_shift")
     v_zp = uses.only_user(v_shifted, "relax.add")
     v_lo = uses.only_user(v_zp, "relax.maximum")
@@ -102,7 +102,7 @@ def requantize_chain(uses: _Uses, acc) -> tuple | None:
     if not np.array_equal(shift, shift_again) or zp.size != 1 or lo.size != 1 or hi.size != 1:
         return None
     rq = int8_conv.Requantize(int(zp.reshape(())), int(lo.reshape(())), int(hi.reshape(())),
-                              str(uses.values[v_out].attrs.dtype), ties_possible(multiplier, shift))
+                              str(uses.values[v_out].attrs.dtype), ties)
     return v_out, corr, multiplier, shift, rq
 
 

@@ -54,19 +54,29 @@ def round_shift_half_up(value: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return (value + (np.int64(1) << (shift - 1))) >> shift
 
 
-def ties_possible(m: np.ndarray, shift: np.ndarray, magnitude_bits: int = 31) -> bool:
-    """Whether a * m / 2**shift can be an exact tie (x.5) for some integer |a| <= 2**magnitude_bits.
+def ties_possible(m: np.ndarray, shift: np.ndarray, magnitude: np.ndarray | int = 2 ** 31) -> bool:
+    """Whether a * m / 2**shift can be an exact tie (x.5) for some integer |a| <= magnitude
+    (per element of m, or one bound for all).
 
     a * m = 2**(shift-1) (mod 2**shift) needs a to hold exactly shift - 1 - v2(m) factors of two
     (v2: the power of two dividing m), so |a| >= 2**(shift - 1 - v2(m)). With the usual
-    multipliers (shift around 40, m odd) no int32 accumulator reaches that: half up and half to
-    even then agree everywhere, and the kernel can skip the tie fix-up.
+    multipliers (shift around 40) only an m with many factors of two lets an accumulator reach
+    it; the accumulator's real bound (a layer's 255 * sum|w| + |correction|, about 2**25) rules
+    out most of those. Then half up and half to even agree everywhere, and the kernel can skip
+    the tie fix-up.
+
+    >>> ties_possible(np.array([3 << 10]), np.array([40]))            # |a| up to 2**31 may tie
+    True
+    >>> ties_possible(np.array([3 << 10]), np.array([40]), 2 ** 25)   # a bounded accumulator cannot
+    False
     """
     m = np.asarray(m, np.int64).reshape(-1)
     shift = np.broadcast_to(np.asarray(shift, np.int64).reshape(-1), m.shape)
+    magnitude = np.broadcast_to(np.asarray(magnitude, np.float64).reshape(-1), m.shape)
     live = m != 0
     twos = np.log2(m[live] & -m[live]).astype(np.int64)
-    return bool(np.any(shift[live] - 1 - twos <= magnitude_bits))
+    smallest_tie = 2.0 ** (shift[live] - 1 - twos)
+    return bool(np.any(smallest_tie <= magnitude[live]))
 
 
 def quantize_bound(value: float, scale: float, zero_point: int) -> int:

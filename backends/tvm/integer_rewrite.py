@@ -128,7 +128,11 @@ class _IntegerRewriter(relax.PyExprMutator):
             acc, out_axis = self._int_matmul(x, w), len(call.ty.shape) - 1
         ndim = len(call.ty.shape)
         acc = self.builder_.emit(relax.op.add(acc, _const(_channel_shape(correction, ndim, out_axis), "int32")))
-        return self._scale_terms([(acc, _channel_shape(acc_scale / out.scale, ndim, out_axis))], out)
+        # |acc| <= max|x| * sum|w| + |correction| per channel: far below 2**31, which lets
+        # the rounding skip the tie fix-up for more layers (fixed_point.ties_possible).
+        x_max = max(abs(v) for v in DTYPE_RANGE[x.dtype])
+        bound = x_max * np.abs(w.values.astype(np.int64)).sum(axis=reduce_axes) + np.abs(correction)
+        return self._scale_terms([(acc, _channel_shape(acc_scale / out.scale, ndim, out_axis))], out, bound)
 
     def _linear_parts(self, expr):
         conv = self.b.call(expr, "relax.nn.conv2d")
@@ -275,8 +279,9 @@ class _IntegerRewriter(relax.PyExprMutator):
             return self.builder_.emit(relax.op.add(shifted, _const(out.zero_point - x.zero_point, "int64")))
         return self._scale_terms([(self._centred(x), np.array(x.scale / out.scale))], out)
 
-    def _scale_terms(self, terms, out: QTensor) -> relax.Expr:
-        """round(sum_i t_i * real_i) + zp_out in int64, t_i int32 and real_i > 0 (broadcastable).
+    def _scale_terms(self, terms, out: QTensor, bound=2 ** 31) -> relax.Expr:
+        """round(sum_i t_i * real_i) + zp_out in int64, t_i int32 and real_i > 0 (broadcastable);
+        `bound`: the largest |t| of a single term (per channel, or one number).
 
         One term: per-channel multipliers and shifts. Several (a residual add): one shift from
         the largest multiplier, so that the terms add before the single rounding."""
@@ -295,7 +300,7 @@ class _IntegerRewriter(relax.PyExprMutator):
         # Round half to even at bit `shift` (fixed_point.round_shift), then the zero point. One
         # int32 term whose multipliers admit no exact tie rounds half up: the same result, cheaper.
         shift_c = _const(shift, "int64")
-        if len(terms) == 1 and not ties_possible(ms[0], shift):
+        if len(terms) == 1 and not ties_possible(ms[0], shift, bound):
             half = np.int64(1) << (np.asarray(shift, np.int64) - 1)
             total = self.builder_.emit(relax.op.add(total, _const(half, "int64")))
         else:

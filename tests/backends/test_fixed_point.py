@@ -52,3 +52,20 @@ def test_typical_convolution_multipliers_admit_no_tie():
     rng = np.random.default_rng(0)
     m, shift = multiplier_and_shift(rng.uniform(1e-4, 1e-2, 64))
     assert not ties_possible(m, shift)
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 2 ** 20), st.integers(0, 30), st.integers(20, 45), st.integers(1, 2 ** 12))
+def test_a_bounded_accumulator_rules_out_ties_exactly(odd, twos, shift, bound):
+    """ties_possible with a magnitude bound: when it says no, no |a| <= bound ties (checked for
+    every a); when it says yes, some a within the bound does tie (unless m alone holds shift
+    factors of two: then nothing can tie, and the answer is merely cautious)."""
+    m = np.array([(2 * odd - 1) << twos], np.int64) % (2 ** 31)
+    assume(m[0] > 0)
+    shift = np.array([shift], np.int64)
+    accumulators = np.arange(-bound, bound + 1, dtype=np.int64)
+    ties = (accumulators * m[0]) % (2 ** int(shift[0])) == 2 ** (int(shift[0]) - 1)
+    if int(shift[0]) - 1 - int(np.log2(m[0] & -m[0])) >= 0:
+        assert ties_possible(m, shift, bound) == bool(ties.any())
+    else:
+        assert not ties.any()
