@@ -21,7 +21,7 @@ import tvm
 from tvm import relax
 
 from qcompiler.backends.tvm.qdq_patterns import Bindings, op_name
-from qcompiler.backends.tvm.schedules import arm_smmla, int8_conv
+from qcompiler.backends.tvm.schedules import arm_smmla, depthwise, int8_conv
 
 
 def to_nhwc(mod: tvm.IRModule) -> tvm.IRModule:
@@ -80,7 +80,7 @@ def _rounding(uses: _Uses, v_prod):
 
 def requantize_chain(uses: _Uses, acc) -> tuple | None:
     """The requantization the integer rewrite emits after an int32 accumulator `acc` (see
-    integer_rewrite._scale_terms and _finish), read back: (final var, corr, multiplier, shift,
+    integer_rewrite._scale_terms and _finish), read back: (final var, corr, multiplier,
     Requantize); None if the ops that follow are anything else or are used elsewhere."""
     v_corr = uses.only_user(acc, "relax.add")
     v_wide = uses.only_user(v_corr, "relax.astype")
@@ -99,11 +99,11 @@ def requantize_chain(uses: _Uses, acc) -> tuple | None:
     if any(c is None for c in consts):
         return None
     corr, multiplier, shift, shift_again, zp, lo, hi = consts
-    if not np.array_equal(shift, shift_again) or zp.size != 1 or lo.size != 1 or hi.size != 1:
+    if not np.array_equal(shift, shift_again) or any(c.size != 1 for c in (shift, zp, lo, hi)):
         return None
     rq = int8_conv.Requantize(int(zp.reshape(())), int(lo.reshape(())), int(hi.reshape(())),
-                              str(uses.values[v_out].attrs.dtype), ties)
-    return v_out, corr, multiplier, shift, rq
+                              str(uses.values[v_out].attrs.dtype), int(shift.reshape(())), ties)
+    return v_out, corr, multiplier, rq
 
 
 @relax.expr_functor.mutator
@@ -148,13 +148,36 @@ class _DotKernels(relax.PyExprMutator):
                 or attrs.out_layout != "NHWC"):
             return None
         if int(attrs.groups) != 1:
-            return self._grouped_hwio(call, weight)
+            fused = self._depthwise(call, weight)
+            return fused if fused is not None else self._grouped_hwio(call, weight)
         out, fused = self._emit(self.visit_expr(call.args[0]), weight, tuple(int(s) for s in attrs.strides),
                                 tuple(int(d) for d in attrs.dilation), tuple(int(p) for p in attrs.padding),
                                 self.current)
         if out is None or fused is None:
             return out
         self.replaced[fused] = out
+        return super().visit_call_(call)
+
+    def _depthwise(self, call: relax.Call, weight: np.ndarray) -> relax.Expr | None:
+        """A depthwise convolution (one input channel per group) and its requantization on the
+        dedicated kernel; None when it has no fusable requantization or an odd channel count."""
+        attrs = call.attrs
+        n, h, w, c = (int(d) for d in call.args[0].ty.shape)
+        chain = requantize_chain(self.uses, self.current)
+        if int(attrs.groups) != c or weight.shape[0] != c or weight.shape[3] != 1 or chain is None \
+                or not depthwise.applies(c):
+            return None
+        final, corr, multiplier, rq = chain
+        _, kh, kw, _ = weight.shape
+        kernel = depthwise.depthwise_kernel(n, h, w, c, kh, kw, tuple(int(s) for s in attrs.strides),
+                                            tuple(int(d) for d in attrs.dilation),
+                                            tuple(int(p) for p in attrs.padding), rq)
+        gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
+        args = [self.visit_expr(call.args[0]), relax.const(np.ascontiguousarray(weight[..., 0].transpose(1, 2, 0)), "int8"),
+                _per_channel(corr, c, c, 0), _per_channel(multiplier, c, c, 0)]
+        self.replaced[final] = self.builder_.emit(relax.op.call_tir(
+            gvar, relax.Tuple(args), relax.TensorType([int(call.ty.shape[i]) for i in range(3)] + [c], rq.dtype)))
+        self.used["depthwise conv2d + requantize"] += 1
         return super().visit_call_(call)
 
     def _grouped_hwio(self, call: relax.Call, weight: np.ndarray) -> relax.Expr:
@@ -217,14 +240,13 @@ class _DotKernels(relax.PyExprMutator):
         args = [self._pad_channels(data, ci_p - ci), self._packed(padded, kind, int4)]
         rq, dtype = None, "int32"
         if chain is not None:
-            final, corr, multiplier, shift, rq = chain
+            final, corr, multiplier, rq = chain
             if kind != "vnni":   # sdot/smmla compute with x - 128: add 128 * sum(w) back
                 corr = np.broadcast_to(corr.reshape(-1), (co,)).astype(np.int64) \
                     + 128 * weight.astype(np.int64).sum(axis=(1, 2, 3))
                 if np.abs(corr).max() >= 2 ** 31:
                     return None, None
-            args += [_per_channel(corr, co, co16, 0), _per_channel(multiplier, co, co16, 0),
-                     _per_channel(shift, co, co16, 1)]
+            args += [_per_channel(corr, co, co16, 0), _per_channel(multiplier, co, co16, 0)]
             dtype = rq.dtype
         if kind == "smmla":
             kernel = arm_smmla.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding, rq)

@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from qcompiler.backends.tvm.fixed_point import MANTISSA_BITS, multiplier_and_shift, quantize_bound, ties_possible
+from qcompiler.backends.tvm.fixed_point import multiplier_and_shift, quantize_bound, ties_possible
 from qcompiler.backends.tvm.qdq_patterns import QUANTIZE, Bindings, QTensor, op_name
 
 PASS_THROUGH = ("relax.nn.max_pool2d", "relax.reshape", "relax.flatten", "relax.permute_dims",
@@ -283,15 +283,13 @@ class _IntegerRewriter(relax.PyExprMutator):
         """round(sum_i t_i * real_i) + zp_out in int64, t_i int32 and real_i > 0 (broadcastable);
         `bound`: the largest |t| of a single term (per channel, or one number).
 
-        One term: per-channel multipliers and shifts. Several (a residual add): one shift from
-        the largest multiplier, so that the terms add before the single rounding."""
-        if len(terms) == 1:
-            m, shift = multiplier_and_shift(terms[0][1])
-            ms = [m]
-        else:
-            largest = max(float(np.max(real)) for _, real in terms)
-            shift = np.int64(MANTISSA_BITS - int(np.ceil(np.log2(largest))))
-            ms = [np.rint(np.asarray(real, np.float64) * 2.0 ** shift).astype(np.int64) for _, real in terms]
+        One shift per layer, from the largest multiplier (which gets 31 significant bits, the
+        others fewer: a channel 2**-10 of the largest still has 21, below float32's rounding of
+        the reference's own arithmetic). Per-channel multipliers, one shift: the kernels shift
+        by a constant, and several terms (a residual add) add before the single rounding."""
+        largest = max(float(np.max(real)) for _, real in terms)
+        shift = np.int64(multiplier_and_shift(np.array(largest))[1])
+        ms = [np.rint(np.asarray(real, np.float64) * 2.0 ** shift).astype(np.int64) for _, real in terms]
         total = None
         for (term, _), m in zip(terms, ms):
             wide = self.builder_.emit(relax.op.astype(term, "int64"))

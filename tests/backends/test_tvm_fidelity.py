@@ -45,6 +45,12 @@ def _graph(kind: str):
         nodes, inits = _conv("conv", "x", "c", C, C, group=C, pads=[1, 1, 1, 1])
         clip = helper.make_node("Clip", ["c", "lo", "hi"], ["y"])
         return nodes + [clip], {**inits, "lo": np.float32(0.0), "hi": np.float32(6.0)}
+    if kind == "depthwise16-stride2":   # 16 channels: the dedicated depthwise kernel
+        n1, i1 = _conv("expand", "x", "e", C, 16, k=1)
+        n2, i2 = _conv("dw", "r", "c", 16, 16, group=16, strides=[2, 2], pads=[1, 1, 1, 1])
+        clip = helper.make_node("Clip", ["c", "lo", "hi"], ["y"])
+        return n1 + [helper.make_node("Relu", ["e"], ["r"])] + n2 + [clip], \
+            {**i1, **i2, "lo": np.float32(0.0), "hi": np.float32(6.0)}
     if kind == "dilated-conv":
         return _conv("conv", "x", "y", C, C, dilations=[2, 2], pads=[2, 2, 2, 2])
     if kind == "residual-add":
@@ -79,7 +85,8 @@ def _graph(kind: str):
     raise ValueError(kind)
 
 
-GRAPHS = ["conv-relu", "conv-stride2-asymmetric-pads", "grouped-conv", "depthwise-relu6", "dilated-conv",
+GRAPHS = ["conv-relu", "conv-stride2-asymmetric-pads", "grouped-conv", "depthwise-relu6", "depthwise16-stride2",
+          "dilated-conv",
           "residual-add", "concat", "maxpool-conv", "conv-avgpool", "global-pool-flatten-gemm", "matmul-add"]
 
 
@@ -102,6 +109,8 @@ def test_generated_graph_within_one_lsb(kind, preset, tmp_path):
     print(f"{kind} {preset}: {fidelity.line()}; integer ops {dict(library.lowered)}")
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
     assert not library.float_ops, f"unexpected float fallback: {dict(library.float_ops)}"
+    if kind == "depthwise16-stride2":
+        assert library.kernels["depthwise conv2d + requantize"] == 1, dict(library.kernels)
 
 
 @pytest.mark.parametrize("name", ["fashion_resnet8", "fashion_mobilenetv2"])

@@ -63,7 +63,7 @@ def applies(ci: int, co: int, wo: int) -> bool:
 @functools.cache
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
                   padding: tuple, requantize: Requantize):
-    """x u8 NHWC, packed weight, corr s32[co], m s32[co], shift s32[co] -> requantized NHWC."""
+    """x u8 NHWC, packed weight, corr s32[co], m s32[co] -> requantized NHWC."""
     import tvm
     from tvm import te, topi
 
@@ -88,10 +88,9 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         name="conv")
     corr = te.placeholder((co,), "int32", name="corr")
     m = te.placeholder((co,), "int32", name="multiplier")
-    shift = te.placeholder((co,), "int32", name="shift")
-    out = requantized(tvm, te, acc, corr, m, shift, requantize, shape=(n, ho, wo, co),
+    out = requantized(tvm, te, acc, corr, m, requantize, shape=(n, ho, wo, co),
                        read=lambda b, y, xx, o: acc[b, y, xx // 2, o // 2, xx % 2, o % 2])
-    sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, corr, m, shift, out]))
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, corr, m, out]))
     if any(padding):
         sch.compute_inline(sch.get_sblock("padded"))
     block = sch.get_sblock("conv")
@@ -110,6 +109,6 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     sch.reverse_compute_at(requant, o_outer)
     sch.vectorize(sch.get_loops(requant)[-1])
     name = (f"qconv2d_smmla_{n}x{h}x{w}x{ci}_{co}x{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
-            f"_rq{requantize.zero_point}_{requantize.lo}_{requantize.hi}_{requantize.dtype}{'_t' * requantize.ties}")
+            + requantize.suffix)
     # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
     return sch.mod["main"].with_attrs({"global_symbol": name, "tirx.is_scheduled": True, "op_pattern": 8})

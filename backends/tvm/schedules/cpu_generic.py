@@ -12,6 +12,7 @@ integer network once its convolutions use the VNNI kernel:
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir
 from tvm.s_tir import dlight as dl
 
@@ -20,17 +21,55 @@ from qcompiler.backends.tvm.schedules.int8_conv import pixel_tile
 LANES = 16
 
 
+def _reads_across_layout(sch, block) -> bool:
+    """Whether the block reads some input with its innermost axis in another index than the
+    input's last: a layout change (NCHW -> NHWC), where vectorizing that axis gathers."""
+    stmt = sch.get(block)
+    axis = stmt.iter_vars[-1].var
+
+    def uses_axis(expr) -> bool:
+        return any(var.same_as(axis) for var in tvm.tirx.analysis.undefined_vars(expr))
+
+    return any(uses_axis(r.min) for read in stmt.reads for r in list(read.region)[:-1]) and \
+        not any(uses_axis(read.region[-1].min) for read in stmt.reads)
+
+
 def _vectorize_innermost(sch, block, lanes: int = LANES) -> None:
     """Vectorize the innermost loop (NHWC: channels, so per-channel constants load contiguously)
-    when it holds whole vectors; otherwise all loops fused, then vectorized."""
+    when it holds whole vectors; otherwise all loops fused, then vectorized. Two layouts
+    change between input and output, where the fused index would gather lane by lane:
+    - the network input, NCHW -> NHWC with few channels: vectorize the pixels instead, so
+      that each channel plane is read in whole vectors;
+    - a slice of the channel axis (32 padded kernel channels -> 24): half vectors (8 lanes)
+      along the channels when they divide them."""
     loops = sch.get_loops(block)
-    extent = sch.get(loops[-1]).extent
-    if len(loops) == 1 or not (isinstance(extent, int) or hasattr(extent, "value")) or int(extent) % lanes:
+    extent = _static(sch.get(loops[-1]).extent)
+    if len(loops) > 1 and extent is not None and extent <= 4 and _reads_across_layout(sch, block):
+        outer, inner = sch.split(loops[-2], [None, lanes])
+        sch.reorder(outer, loops[-1], inner)
+        sch.unroll(loops[-1])
+        sch.vectorize(inner)
+        return
+    if extent is not None and extent % lanes and extent % (lanes // 2) == 0 and _slices_channels(sch, block):
+        lanes //= 2
+    if len(loops) == 1 or extent is None or extent % lanes:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         _, inner = sch.split(fused, [None, lanes])
     else:
         _, inner = sch.split(loops[-1], [None, lanes])
     sch.vectorize(inner)
+
+
+def _static(extent) -> int | None:
+    return int(extent) if isinstance(extent, int | tvm.tirx.IntImm) else None
+
+
+def _slices_channels(sch, block) -> bool:
+    """Whether some input's last axis is longer than the output's (a channel slice)."""
+    stmt = sch.get(block)
+    out = stmt.writes[0].source.shape[-1]
+    return any(_static(read.source.shape[-1]) != _static(out) for read in stmt.reads
+               if len(read.source.shape) == len(stmt.writes[0].source.shape))
 
 
 class VectorizeInjective(dl.ScheduleRule):
@@ -80,9 +119,8 @@ class VectorizeChannels(dl.ScheduleRule):
         init = sch.decompose_reduction(main.block_rv, reduce[0])
         sch.vectorize(sch.get_loops(init)[-1])
         sch.vectorize(sch.get_loops(write_back)[-1])
-        if epilogue:
-            sch.reverse_compute_at(epilogue[0].block_rv, channel_outer)
-            sch.vectorize(sch.get_loops(epilogue[0].block_rv)[-1])
+        if epilogue:   # the requantization, from the registers on the way out (no int32 round trip)
+            sch.reverse_compute_inline(epilogue[0].block_rv)
         return sch
 
 

@@ -88,23 +88,30 @@ def pixel_tile(width: int) -> int:
 @dataclass(frozen=True)
 class Requantize:
     """The epilogue fused into the kernel: out = clamp(round_half_even(((acc + corr) * m) >> shift)
-    + zero_point, lo, hi) as `dtype`; corr, m and shift are per-channel kernel inputs."""
+    + zero_point, lo, hi) as `dtype`; corr and m are per-channel kernel inputs, the shift is one
+    number per layer (a constant in the code)."""
 
     zero_point: int
     lo: int
     hi: int
     dtype: str
+    shift: int
     ties: bool = True   # False: no exact tie can occur (fixed_point.ties_possible): round half up
 
+    @property
+    def suffix(self) -> str:
+        """What a kernel's name says of its requantization (each setting makes other code)."""
+        return f"_rq{self.zero_point}_{self.lo}_{self.hi}_{self.dtype}_s{self.shift}{'_t' * self.ties}"
 
-def requantized(tvm, te, acc, corr, m, shift, rq: Requantize, shape=None, read=None):
+
+def requantized(tvm, te, acc, corr, m, rq: Requantize, shape=None, read=None):
     """The fused requantization over `shape` (default: acc's), reading the accumulator with
     `read(b, y, x, o)` (default: acc[b, y, x, o])."""
     read = read or (lambda b, y, x, o: acc[b, y, x, o])
+    one, bits = tvm.tirx.const(1, "int64"), tvm.tirx.const(rq.shift, "int64")
 
     def compute(b, y, x, o):
         product = (read(b, y, x, o) + corr[o]).astype("int64") * m[o].astype("int64")
-        one, bits = tvm.tirx.const(1, "int64"), shift[o].astype("int64")
         if rq.ties:
             odd = (product >> bits) & one
             rounded = ((product + ((one << (bits - one)) - one) + odd) >> bits) + rq.zero_point
@@ -138,7 +145,7 @@ def _unpacked_int4(tvm, te, packed, co: int, kh: int, kw: int, ci: int):
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
                   padding: tuple, requantize: Requantize | None = None, int4: bool = False, isa: str = "vnni"):
     """The scheduled PrimFunc (x u8 NHWC, packed weight -> s32 NHWC; or, with `requantize`,
-    x, weight, corr s32[co], m s32[co], shift s32[co] -> u8/s8 NHWC); ci % 4 == co % 16 == 0.
+    x, weight, corr s32[co], m s32[co] -> u8/s8 NHWC); ci % 4 == co % 16 == 0.
 
     With `int4` the weight comes packed two to a byte (pack_weight_int4) and each block of 16
     output channels is decoded into a small buffer once per call, then reused for every pixel:
@@ -171,8 +178,7 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     if requantize is not None:
         corr = te.placeholder((co,), "int32", name="corr")
         m = te.placeholder((co,), "int32", name="multiplier")
-        shift = te.placeholder((co,), "int32", name="shift")
-        params = [x, weight, corr, m, shift, requantized(tvm, te, out, corr, m, shift, requantize)]
+        params = [x, weight, corr, m, requantized(tvm, te, out, corr, m, requantize)]
     sch = tvm.s_tir.Schedule(te.create_prim_func(params))
     block = sch.get_sblock("conv")
     b, y, xx, o, r_y, r_x, r_c = sch.get_loops(block)
@@ -209,6 +215,6 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     if int4:
         name += "_w4"
     if requantize is not None:
-        name += f"_rq{requantize.zero_point}_{requantize.lo}_{requantize.hi}_{requantize.dtype}{'_t' * requantize.ties}"
+        name += requantize.suffix
     # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
     return sch.mod["main"].with_attrs({"global_symbol": name, "tirx.is_scheduled": True, "op_pattern": 8})
