@@ -171,10 +171,10 @@ class _DotKernels(relax.PyExprMutator):
         _, kh, kw, _ = weight.shape
         kernel = depthwise.depthwise_kernel(n, h, w, c, kh, kw, tuple(int(s) for s in attrs.strides),
                                             tuple(int(d) for d in attrs.dilation),
-                                            tuple(int(p) for p in attrs.padding), rq)
+                                            tuple(int(p) for p in attrs.padding), rq.code)
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         args = [self.visit_expr(call.args[0]), relax.const(np.ascontiguousarray(weight[..., 0].transpose(1, 2, 0)), "int8"),
-                _per_channel(corr, c, c, 0), _per_channel(multiplier, c, c, 0)]
+                _per_channel(corr, c, c, 0), _per_channel(multiplier, c, c, 0), relax.const(rq.values, "int32")]
         self.replaced[final] = self.builder_.emit(relax.op.call_tir(
             gvar, relax.Tuple(args), relax.TensorType([int(call.ty.shape[i]) for i in range(3)] + [c], rq.dtype)))
         self.used["depthwise conv2d + requantize"] += 1
@@ -246,12 +246,14 @@ class _DotKernels(relax.PyExprMutator):
                     + 128 * weight.astype(np.int64).sum(axis=(1, 2, 3))
                 if np.abs(corr).max() >= 2 ** 31:
                     return None, None
-            args += [_per_channel(corr, co, co16, 0), _per_channel(multiplier, co, co16, 0)]
+            args += [_per_channel(corr, co, co16, 0), _per_channel(multiplier, co, co16, 0),
+                     relax.const(rq.values, "int32")]
             dtype = rq.dtype
         if kind == "smmla":
-            kernel = arm_smmla.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding, rq)
+            kernel = arm_smmla.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding, rq.code)
         else:
-            kernel = int8_conv.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding, rq, int4, kind)
+            kernel = int8_conv.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding,
+                                             None if rq is None else rq.code, int4, kind)
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         out = self.builder_.emit(relax.op.call_tir(gvar, relax.Tuple(args), relax.TensorType([n, ho, wo, co16], dtype)))
         self.used[(f"{kind} conv2d" if kh * kw > 1 else f"{kind} 1x1 conv2d / matmul") + (" int4" if int4 else "")

@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from qcompiler.backends.tvm.schedules.int8_conv import Requantize, requantized
+from qcompiler.backends.tvm.schedules.int8_conv import RequantizeCode, requantized
 
 SMMLA_INTRIN = "qcompiler_smmla_s8s8s32_2x8x2"
 
@@ -62,8 +62,8 @@ def applies(ci: int, co: int, wo: int) -> bool:
 
 @functools.cache
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
-                  padding: tuple, requantize: Requantize):
-    """x u8 NHWC, packed weight, corr s32[co], m s32[co] -> requantized NHWC."""
+                  padding: tuple, requantize: RequantizeCode):
+    """x u8 NHWC, packed weight, corr s32[co], m s32[co], Requantize.values s32[4] -> requantized NHWC."""
     import tvm
     from tvm import te, topi
 
@@ -88,9 +88,9 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         name="conv")
     corr = te.placeholder((co,), "int32", name="corr")
     m = te.placeholder((co,), "int32", name="multiplier")
-    out = requantized(tvm, te, acc, corr, m, requantize, shape=(n, ho, wo, co),
-                       read=lambda b, y, xx, o: acc[b, y, xx // 2, o // 2, xx % 2, o % 2])
-    sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, corr, m, out]))
+    out, rq_params = requantized(tvm, te, acc, corr, m, requantize, shape=(n, ho, wo, co),
+                                 read=lambda b, y, xx, o: acc[b, y, xx // 2, o // 2, xx % 2, o % 2])
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, corr, m, rq_params, out]))
     if any(padding):
         sch.compute_inline(sch.get_sblock("padded"))
     block = sch.get_sblock("conv")

@@ -4,7 +4,7 @@ its per-channel parameters int32 like the dot-product kernels'.
 Without it, a depthwise convolution keeps TVM's compute and the integer rewrite's int64
 requantization constants (multiplier, rounding half, shift per channel: 24 bytes a channel,
 MobileNetV2 has 7,000 depthwise channels). Here the multiplier and correction are int32 kernel
-inputs and the shift a constant in the code. The schedule is cpu_generic.VectorizeChannels:
+inputs and the shift one number per layer. The schedule is cpu_generic.VectorizeChannels:
 16 channels per vector, a tile of pixels in registers, the requantization on the way out.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 
-from qcompiler.backends.tvm.schedules.int8_conv import Requantize, requantized
+from qcompiler.backends.tvm.schedules.int8_conv import RequantizeCode, requantized
 
 
 def applies(channels: int) -> bool:
@@ -21,9 +21,9 @@ def applies(channels: int) -> bool:
 
 @functools.cache
 def depthwise_kernel(n: int, h: int, w: int, c: int, kh: int, kw: int, stride: tuple, dilation: tuple,
-                     padding: tuple, requantize: Requantize):
-    """The scheduled PrimFunc: x u8 NHWC, weight s8 [KH, KW, C], corr s32[C], m s32[C] ->
-    requantized NHWC. Padding is zero (the graph pads with a non-zero zero point itself)."""
+                     padding: tuple, requantize: RequantizeCode):
+    """The scheduled PrimFunc: x u8 NHWC, weight s8 [KH, KW, C], corr s32[C], m s32[C],
+    Requantize.values s32[4] -> requantized NHWC. Padding is zero (the graph pads with a non-zero zero point itself)."""
     import tvm
     from tvm import te, topi
 
@@ -45,8 +45,8 @@ def depthwise_kernel(n: int, h: int, w: int, c: int, kh: int, kw: int, stride: t
             padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], o].astype("int32")
             * weight[ry, rx, o].astype("int32"), axis=[ry, rx]),
         name="depthwise")
-    out = requantized(tvm, te, acc, corr, m, requantize)
-    func = te.create_prim_func([x, weight, corr, m, out])
+    out, rq_params = requantized(tvm, te, acc, corr, m, requantize)
+    func = te.create_prim_func([x, weight, corr, m, rq_params, out])
     sch = VectorizeChannels().apply(func, None, False)
     if sch is None:
         raise RuntimeError("depthwise kernel: the channel schedule did not apply")   # a bug, not bad input

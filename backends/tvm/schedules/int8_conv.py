@@ -86,40 +86,60 @@ def pixel_tile(width: int) -> int:
 
 
 @dataclass(frozen=True)
+class RequantizeCode:
+    """What shapes a kernel's requantization code: the output dtype and whether exact ties can
+    occur (False: fixed_point.ties_possible ruled them out; round half up, cheaper)."""
+
+    dtype: str
+    ties: bool = True
+
+    @property
+    def suffix(self) -> str:
+        return f"_rq_{self.dtype}{'_t' * self.ties}"
+
+
+@dataclass(frozen=True)
 class Requantize:
-    """The epilogue fused into the kernel: out = clamp(round_half_even(((acc + corr) * m) >> shift)
-    + zero_point, lo, hi) as `dtype`; corr and m are per-channel kernel inputs, the shift is one
-    number per layer (a constant in the code)."""
+    """The epilogue fused into a kernel: out = clamp(round_half_even(((acc + corr) * m) >> shift)
+    + zero_point, lo, hi) as `dtype`. corr and m are per-channel kernel inputs; zero point,
+    bounds and shift one small int32 input per layer (`values`), so that one kernel serves
+    every layer of its shape (a constant per layer made 45 MobileNetV2 kernels of 29 shapes)."""
 
     zero_point: int
     lo: int
     hi: int
     dtype: str
     shift: int
-    ties: bool = True   # False: no exact tie can occur (fixed_point.ties_possible): round half up
+    ties: bool = True
 
     @property
-    def suffix(self) -> str:
-        """What a kernel's name says of its requantization (each setting makes other code)."""
-        return f"_rq{self.zero_point}_{self.lo}_{self.hi}_{self.dtype}_s{self.shift}{'_t' * self.ties}"
+    def code(self) -> RequantizeCode:
+        return RequantizeCode(self.dtype, self.ties)
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.array([self.zero_point, self.lo, self.hi, self.shift], np.int32)
 
 
-def requantized(tvm, te, acc, corr, m, rq: Requantize, shape=None, read=None):
+def requantized(tvm, te, acc, corr, m, code: RequantizeCode, shape=None, read=None):
     """The fused requantization over `shape` (default: acc's), reading the accumulator with
-    `read(b, y, x, o)` (default: acc[b, y, x, o])."""
+    `read(b, y, x, o)` (default: acc[b, y, x, o]); returns it and its per-layer input
+    (Requantize.values: zero point, lo, hi, shift)."""
     read = read or (lambda b, y, x, o: acc[b, y, x, o])
-    one, bits = tvm.tirx.const(1, "int64"), tvm.tirx.const(rq.shift, "int64")
+    params = te.placeholder((4,), "int32", name="requantize_params")
+    zero_point, lo, hi, bits = (params[i].astype("int64") for i in range(4))
+    one = tvm.tirx.const(1, "int64")
 
     def compute(b, y, x, o):
         product = (read(b, y, x, o) + corr[o]).astype("int64") * m[o].astype("int64")
-        if rq.ties:
+        if code.ties:
             odd = (product >> bits) & one
-            rounded = ((product + ((one << (bits - one)) - one) + odd) >> bits) + rq.zero_point
+            rounded = ((product + ((one << (bits - one)) - one) + odd) >> bits) + zero_point
         else:
-            rounded = ((product + (one << (bits - one))) >> bits) + rq.zero_point
-        return tvm.tirx.max(tvm.tirx.min(rounded, rq.hi), rq.lo).astype(rq.dtype)
+            rounded = ((product + (one << (bits - one))) >> bits) + zero_point
+        return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(code.dtype)
 
-    return te.compute(shape or acc.shape, compute, name="requantize")
+    return te.compute(shape or acc.shape, compute, name="requantize"), params
 
 
 def pack_weight_int4(weight_ohwi: np.ndarray) -> np.ndarray:
@@ -143,9 +163,10 @@ def _unpacked_int4(tvm, te, packed, co: int, kh: int, kw: int, ci: int):
 
 @functools.cache
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
-                  padding: tuple, requantize: Requantize | None = None, int4: bool = False, isa: str = "vnni"):
+                  padding: tuple, requantize: RequantizeCode | None = None, int4: bool = False, isa: str = "vnni"):
     """The scheduled PrimFunc (x u8 NHWC, packed weight -> s32 NHWC; or, with `requantize`,
-    x, weight, corr s32[co], m s32[co] -> u8/s8 NHWC); ci % 4 == co % 16 == 0.
+    x, weight, corr s32[co], m s32[co], Requantize.values s32[4] -> u8/s8 NHWC);
+    ci % 4 == co % 16 == 0.
 
     With `int4` the weight comes packed two to a byte (pack_weight_int4) and each block of 16
     output channels is decoded into a small buffer once per call, then reused for every pixel:
@@ -178,7 +199,8 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     if requantize is not None:
         corr = te.placeholder((co,), "int32", name="corr")
         m = te.placeholder((co,), "int32", name="multiplier")
-        params = [x, weight, corr, m, requantized(tvm, te, out, corr, m, requantize)]
+        requant, rq_params = requantized(tvm, te, out, corr, m, requantize)
+        params = [x, weight, corr, m, rq_params, requant]
     sch = tvm.s_tir.Schedule(te.create_prim_func(params))
     block = sch.get_sblock("conv")
     b, y, xx, o, r_y, r_x, r_c = sch.get_loops(block)
