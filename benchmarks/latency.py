@@ -4,7 +4,8 @@ qcompiler library, one thread each, in one process, batch 1.
     python benchmarks/latency.py [--runs 50]     # writes benchmarks/results/latency.md
 
 Each runner gets 5 warm-up calls, then the median (and the 10th-90th percentile spread) of
-`--runs` timed calls on the same input, the runners taking turns call by call. Models: the two Fashion-MNIST nets (1x1x28x28) and the
+`--runs` timed calls on the same input, the runners taking turns (the order rotating every
+turn; each timed call directly after an untimed call of the same runner: steady state). Models: the two Fashion-MNIST nets (1x1x28x28) and the
 ImageNet MobileNetV2 (1x3x224x224), quantized W8A8 (and W4A8 for the size column) with
 qcompiler's defaults; calibration data: 128 Fashion-MNIST subset images, or foolbox's 20
 ImageNet samples.
@@ -40,15 +41,22 @@ RESULTS = Path(__file__).resolve().parent / "results" / "latency.md"
 def timings(calls: dict, runs: int) -> dict:
     """Per runner: median, 10th and 90th percentile of `runs` calls in milliseconds, after 5
     warm-up calls. The runners take turns call by call, so that a slow spell of this shared
-    machine slows all of them alike instead of one runner's whole series."""
+    machine slows all of them alike instead of one runner's whole series, in an order that
+    rotates every turn; each timed call right after an untimed one of the same runner."""
     for call in calls.values():
         for _ in range(5):
             call()
     samples = {name: [] for name in calls}
-    for _ in range(runs):
-        for name, call in calls.items():
+    names = list(calls)
+    for turn in range(runs):
+        # Each timed call follows an untimed call of the same runner: steady state, as when a
+        # model serves requests back to back. Right after another runner, a runner pays for
+        # the caches that one leaves (measured: our library 10% slower right after
+        # onnxruntime int8 than right after itself). The order rotates too.
+        for name in names[turn % len(names):] + names[:turn % len(names)]:
+            calls[name]()
             start = time.perf_counter()
-            call()
+            calls[name]()
             samples[name].append((time.perf_counter() - start) * 1000)
     result = {}
     for name, series in samples.items():
@@ -106,7 +114,8 @@ def table(rows: list[dict], runs: int) -> str:
              f"Made by `python benchmarks/latency.py --runs {runs}` on {platform.machine()} "
              f"({platform.processor() or 'cpu'}), Python {platform.python_version()}: median ms of {runs} runs after 5 "
              "warm-up runs (10th-90th percentile in brackets), all runners in one process, one thread each, "
-             "taking turns call by call. "
+             "taking turns in a rotating order; each timed call directly follows an untimed call of the same runner "
+             "(steady state, as when a model serves requests back to back). "
              "onnxruntime int8 = onnxruntime on the same QDQ model (its QLinear kernels). Speed-up = onnxruntime "
              "FP32 / runner; size ratio = FP32 .onnx bytes / library bytes (the .so holds code and constants). "
              "W4A8 = the preset (first and last layer 8-bit); W4A8 every layer = the same with "

@@ -51,6 +51,8 @@ class CompiledModel:
         self.batch: int = int(self.meta["batch"])
         self.folder = folder
         self._vm = _virtual_machine(lib_path)
+        self._staging: list | None = None   # the input tensors, reused from call to call
+        self._main = self._vm["main"]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs for inputs with any number of samples along axis 0."""
@@ -67,7 +69,13 @@ class CompiledModel:
     def _run_batch(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         import tvm.runtime
 
-        result = self._vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays))
+        # The input tensors are allocated once and refilled: a fresh tensor per call costs more
+        # than the copy (MobileNetV2's 600 KB input: 27 us, its first touch of new pages).
+        if self._staging is None:
+            self._staging = [tvm.runtime.empty(a.shape, str(a.dtype)) for a in arrays]
+        for tensor, array in zip(self._staging, arrays):
+            tensor.copyfrom(np.ascontiguousarray(array))
+        result = self._main(*self._staging)
         results = list(result) if not hasattr(result, "numpy") else [result]
         return [r.numpy() for r in results]
 

@@ -150,13 +150,32 @@ class _DotKernels(relax.PyExprMutator):
         if int(attrs.groups) != 1:
             fused = self._depthwise(call, weight)
             return fused if fused is not None else self._grouped_hwio(call, weight)
-        out, fused = self._emit(self.visit_expr(call.args[0]), weight, tuple(int(s) for s in attrs.strides),
-                                tuple(int(d) for d in attrs.dilation), tuple(int(p) for p in attrs.padding),
-                                self.current)
+        data, padding, pad_value = self._unpadded(call.args[0], tuple(int(p) for p in attrs.padding))
+        out, fused = self._emit(data, weight, tuple(int(s) for s in attrs.strides),
+                                tuple(int(d) for d in attrs.dilation), padding, self.current, pad_value)
         if out is None or fused is None:
             return out
         self.replaced[fused] = out
         return super().visit_call_(call)
+
+    def _unpadded(self, data: relax.Expr, padding: tuple) -> tuple:
+        """(input, padding, pad value) for a kernel. An input the graph pads with its zero point
+        (an NCHW pad, then the transpose to NHWC: the network's first conv) is passed unpadded
+        and the kernel pads it, so that the transpose writes whole rows (224 pixels, not 226:
+        no masked tail) and no padded copy is made."""
+        transpose = self.uses.values.get(data)
+        if op_name(transpose) != "relax.permute_dims" or [int(a) for a in transpose.attrs.axes] != [0, 2, 3, 1]:
+            return self.visit_expr(data), padding, 0
+        pad = self.uses.values.get(transpose.args[0])
+        if op_name(pad) != "relax.nn.pad" or pad.attrs.pad_mode != "constant":
+            return self.visit_expr(data), padding, 0
+        widths = [int(w) for w in pad.attrs.pad_width]
+        if any(widths[:4]) or float(pad.attrs.pad_value) != int(pad.attrs.pad_value):
+            return self.visit_expr(data), padding, 0
+        top, bottom, left, right = widths[4:]
+        unpadded = self.builder_.emit(relax.op.permute_dims(self.visit_expr(pad.args[0]), [0, 2, 3, 1]))
+        return unpadded, (padding[0] + top, padding[1] + left, padding[2] + bottom, padding[3] + right), \
+            int(pad.attrs.pad_value)
 
     def _depthwise(self, call: relax.Call, weight: np.ndarray) -> relax.Expr | None:
         """A depthwise convolution (one input channel per group) and its requantization on the
@@ -219,7 +238,8 @@ class _DotKernels(relax.PyExprMutator):
             return "smmla"
         return "sdot"
 
-    def _emit(self, data: relax.Expr, weight: np.ndarray, stride, dilation, padding, acc_var) -> relax.Expr:
+    def _emit(self, data: relax.Expr, weight: np.ndarray, stride, dilation, padding, acc_var,
+              pad_value: int = 0) -> relax.Expr:
         """The kernel call, and the var of the requantization chain after `acc_var` that it
         computes when that chain could be fused in (else None). With a fused chain the caller
         maps that var to its output (self.replaced) and leaves the unfused ops to dead-code
@@ -250,10 +270,11 @@ class _DotKernels(relax.PyExprMutator):
                      relax.const(rq.values, "int32")]
             dtype = rq.dtype
         if kind == "smmla":
-            kernel = arm_smmla.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding, rq.code)
+            kernel = arm_smmla.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding, rq.code,
+                                             pad_value)
         else:
             kernel = int8_conv.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding,
-                                             None if rq is None else rq.code, int4, kind)
+                                             None if rq is None else rq.code, int4, kind, pad_value)
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         out = self.builder_.emit(relax.op.call_tir(gvar, relax.Tuple(args), relax.TensorType([n, ho, wo, co16], dtype)))
         self.used[(f"{kind} conv2d" if kh * kw > 1 else f"{kind} 1x1 conv2d / matmul") + (" int4" if int4 else "")

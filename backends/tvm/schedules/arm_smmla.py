@@ -62,7 +62,7 @@ def applies(ci: int, co: int, wo: int) -> bool:
 
 @functools.cache
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
-                  padding: tuple, requantize: RequantizeCode):
+                  padding: tuple, requantize: RequantizeCode, pad_value: int = 0):
     """x u8 NHWC, packed weight, corr s32[co], m s32[co], Requantize.values s32[4] -> requantized NHWC."""
     import tvm
     from tvm import te, topi
@@ -70,7 +70,7 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     top, left, bottom, right = padding
     x = te.placeholder((n, h, w, ci), "uint8", name="x")
     weight = te.placeholder((co // 2, kh, kw, ci // 8, 2, 8), "int8", name="w")
-    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=0, name="padded") \
+    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=pad_value, name="padded") \
         if any(padding) else x
     ho = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
@@ -109,6 +109,6 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     sch.reverse_compute_at(requant, o_outer)
     sch.vectorize(sch.get_loops(requant)[-1])
     name = (f"qconv2d_smmla_{n}x{h}x{w}x{ci}_{co}x{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
-            + requantize.suffix)
+            + requantize.suffix + (f"_z{pad_value}" if pad_value else ""))
     # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
     return sch.mod["main"].with_attrs({"global_symbol": name, "tirx.is_scheduled": True, "op_pattern": 8})

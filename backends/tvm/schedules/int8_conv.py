@@ -5,8 +5,8 @@ The kernel computes acc[n, h, w, co] = sum_{ry, rx, ci} x[n, h*s + ry*d, w*s + r
 with the weights packed [Co/16, KH, KW, Ci/4, 16, 4]: the innermost 16 x 4 block is one
 `vpdpbusd` (16 int32 lanes, each a 4-byte dot product). Loops: output rows, a tile of WT
 output pixels, blocks of 16 output channels; the WT x 16 accumulators stay in registers
-(a local cache written back once). Zero padding is materialized in the kernel (the graph pads
-with the zero point itself when it is not 0). 1x1 convolutions and matmuls use the same kernel.
+(a local cache written back once). Padding is materialized in the kernel, with 0 or with the
+input's zero point (`pad_value`). 1x1 convolutions and matmuls use the same kernel.
 
 TVM 0.27's own `dot_16x4_vnni` intrinsic does not compile with its bundled LLVM 22 (operand
 vector types, DESIGN.md §5); ours broadcasts the 4 activation bytes as one int32 to 16 lanes
@@ -163,7 +163,8 @@ def _unpacked_int4(tvm, te, packed, co: int, kh: int, kw: int, ci: int):
 
 @functools.cache
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
-                  padding: tuple, requantize: RequantizeCode | None = None, int4: bool = False, isa: str = "vnni"):
+                  padding: tuple, requantize: RequantizeCode | None = None, int4: bool = False, isa: str = "vnni",
+                  pad_value: int = 0):
     """The scheduled PrimFunc (x u8 NHWC, packed weight -> s32 NHWC; or, with `requantize`,
     x, weight, corr s32[co], m s32[co], Requantize.values s32[4] -> u8/s8 NHWC);
     ci % 4 == co % 16 == 0.
@@ -181,7 +182,7 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         wp = _unpacked_int4(tvm, te, weight, co, kh, kw, ci)
     else:
         weight = wp = te.placeholder((co // 16, kh, kw, ci // 4, 16, 4), "int8", name="w")
-    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=0, name="padded") \
+    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=pad_value, name="padded") \
         if any(padding) else x
     if isa == "sdot":   # u8 -> s8 (x - 128): sdot is signed only; the caller corrects by 128 * sum(w)
         padded = te.compute(padded.shape, lambda *i: (padded(*i).astype("int32") - 128).astype("int8"),
@@ -236,6 +237,8 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     name = f"qconv2d_{isa}_{n}x{h}x{w}x{ci}_{co}x{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
     if int4:
         name += "_w4"
+    if pad_value:
+        name += f"_z{pad_value}"
     if requantize is not None:
         name += requantize.suffix
     # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
