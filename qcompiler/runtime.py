@@ -52,6 +52,7 @@ class CompiledModel:
         self.folder = folder
         self._vm = _virtual_machine(lib_path)
         self._staging: list | None = None   # the input tensors, reused from call to call
+        self._views: list = []               # numpy views of them
         self._main = self._vm["main"]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -69,12 +70,14 @@ class CompiledModel:
     def _run_batch(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         import tvm.runtime
 
-        # The input tensors are allocated once and refilled: a fresh tensor per call costs more
-        # than the copy (MobileNetV2's 600 KB input: 27 us, its first touch of new pages).
+        # The input tensors are allocated once and refilled through numpy views of them: a
+        # fresh tensor per call cost 27 us (MobileNetV2's 600 KB input, new pages), and a
+        # strided input is copied once, not made contiguous and then copied (60 -> 30 us).
         if self._staging is None:
             self._staging = [tvm.runtime.empty(a.shape, str(a.dtype)) for a in arrays]
-        for tensor, array in zip(self._staging, arrays):
-            tensor.copyfrom(np.ascontiguousarray(array))
+            self._views = [np.from_dlpack(t) for t in self._staging]
+        for view, array in zip(self._views, arrays):
+            np.copyto(view, array, casting="no")
         result = self._main(*self._staging)
         results = list(result) if not hasattr(result, "numpy") else [result]
         return [r.numpy() for r in results]
