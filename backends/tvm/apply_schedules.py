@@ -190,7 +190,7 @@ class _DotKernels(relax.PyExprMutator):
         _, kh, kw, _ = weight.shape
         kernel = depthwise.depthwise_kernel(n, h, w, c, kh, kw, tuple(int(s) for s in attrs.strides),
                                             tuple(int(d) for d in attrs.dilation),
-                                            tuple(int(p) for p in attrs.padding), rq.code)
+                                            tuple(int(p) for p in attrs.padding), rq.code_for(weight, corr, 255))
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         args = [self.visit_expr(call.args[0]), relax.const(np.ascontiguousarray(weight[..., 0].transpose(1, 2, 0)), "int8"),
                 _per_channel(corr, c, c, 0), _per_channel(multiplier, c, c, 0), relax.const(rq.values, "int32")]
@@ -258,7 +258,7 @@ class _DotKernels(relax.PyExprMutator):
         padded[:co, :, :, :ci] = weight
         int4 = kind != "smmla" and on_4bit_grid
         args = [self._pad_channels(data, ci_p - ci), self._packed(padded, kind, int4)]
-        rq, dtype = None, "int32"
+        rq, dtype, code = None, "int32", None
         if chain is not None:
             final, corr, multiplier, rq = chain
             if kind != "vnni":   # sdot/smmla compute with x - 128: add 128 * sum(w) back
@@ -269,12 +269,13 @@ class _DotKernels(relax.PyExprMutator):
             args += [_per_channel(corr, co, co16, 0), _per_channel(multiplier, co, co16, 0),
                      relax.const(rq.values, "int32")]
             dtype = rq.dtype
+            code = rq.code_for(weight, corr, 255 if kind == "vnni" else 128)
         if kind == "smmla":
-            kernel = arm_smmla.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding, rq.code,
+            kernel = arm_smmla.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding, code,
                                              pad_value)
         else:
             kernel = int8_conv.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding,
-                                             None if rq is None else rq.code, int4, kind, pad_value)
+                                             code, int4, kind, pad_value)
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         out = self.builder_.emit(relax.op.call_tir(gvar, relax.Tuple(args), relax.TensorType([n, ho, wo, co16], dtype)))
         self.used[(f"{kind} conv2d" if kh * kw > 1 else f"{kind} 1x1 conv2d / matmul") + (" int4" if int4 else "")

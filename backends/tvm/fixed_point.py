@@ -79,6 +79,22 @@ def ties_possible(m: np.ndarray, shift: np.ndarray, magnitude: np.ndarray | int 
     return bool(np.any(smallest_tie <= magnitude[live]))
 
 
+def requantize_int32_parts(acc: np.ndarray, m: np.ndarray, shift: int) -> np.ndarray:
+    """The int32-only form of round_shift_half_up(acc * m, shift) for |acc| < 2**20 and
+    23 <= shift <= 53, step by step as the kernels compute it (every intermediate fits int32).
+
+    >>> m, shift = multiplier_and_shift(np.array(0.0123))
+    >>> a = np.array([-(2 ** 20) + 1, -5, 0, 41, 12345, 2 ** 20 - 1])
+    >>> requantize_int32_parts(a, m, int(shift)).tolist() == round_shift_half_up(a * m, shift).tolist()
+    True
+    """
+    a, m = np.asarray(acc, np.int32), np.asarray(m, np.int64).astype(np.int32)
+    with np.errstate(over="raise"):
+        low, mid, high = a * (m & 2047), a * ((m >> 11) & 2047), a * (m >> 22)
+        top = high + ((mid + (low >> 11)) >> 11)
+        return ((top + (np.int32(1) << (shift - 23))) >> (shift - 22)).astype(np.int64)
+
+
 def quantize_bound(value: float, scale: float, zero_point: int) -> int:
     """Where a float clamp bound lands on the output grid (half to even, as QuantizeLinear)."""
     if np.isinf(value):

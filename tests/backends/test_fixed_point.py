@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from qcompiler.backends.tvm.fixed_point import (multiplier_and_shift, requantize, round_shift, round_shift_half_up,
-                                                ties_possible)
+                                                requantize_int32_parts, ties_possible)
 
 INT32 = st.integers(-(2 ** 31), 2 ** 31 - 1)
 
@@ -69,3 +69,15 @@ def test_a_bounded_accumulator_rules_out_ties_exactly(odd, twos, shift, bound):
         assert ties_possible(m, shift, bound) == bool(ties.any())
     else:
         assert not ties.any()
+
+
+@settings(max_examples=400)
+@given(st.floats(1e-7, 0.45, allow_nan=False), st.lists(st.integers(-(2 ** 20) + 1, 2 ** 20 - 1), min_size=1, max_size=50))
+def test_int32_parts_equal_the_int64_requantization(real, values):
+    """The kernels' int32-only form for accumulators below 2**20 (layers with few input
+    channels): bit-identical to the int64 half-up rounding, the extremes included."""
+    m, shift = multiplier_and_shift(np.array(real))
+    assume(23 <= int(shift) <= 53)   # as RequantizeCode.code_for requires
+    accumulators = np.array(values + [2 ** 20 - 1, -(2 ** 20) + 1, 0, 1, -1], np.int64)
+    assert np.array_equal(requantize_int32_parts(accumulators, m, int(shift)),
+                          round_shift_half_up(accumulators * m, shift))

@@ -92,10 +92,11 @@ class RequantizeCode:
 
     dtype: str
     ties: bool = True
+    int32: bool = False   # the accumulator stays below 2**20: the product in three int32 parts
 
     @property
     def suffix(self) -> str:
-        return f"_rq_{self.dtype}{'_t' * self.ties}"
+        return f"_rq_{self.dtype}{'_t' * self.ties}{'_i' * self.int32}"
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,14 @@ class Requantize:
     shift: int
     ties: bool = True
 
-    @property
-    def code(self) -> RequantizeCode:
-        return RequantizeCode(self.dtype, self.ties)
+    def code_for(self, weight: np.ndarray, corr: np.ndarray, input_max: int) -> RequantizeCode:
+        """The code for a layer with these int8 weights (output channels first), per-channel
+        corrections and inputs up to `input_max` in magnitude: the int32 form where no
+        accumulator reaches 2**20 (255 * sum|w| + |corr| per channel) and no tie can occur."""
+        bound = input_max * np.abs(weight.astype(np.int64)).reshape(len(weight), -1).sum(axis=1) \
+            + np.abs(np.broadcast_to(np.asarray(corr, np.int64).reshape(-1), (len(weight),)))
+        fits = not self.ties and 23 <= self.shift <= 53 and int(bound.max()) < 2 ** INT32_ACCUMULATOR_BITS
+        return RequantizeCode(self.dtype, self.ties, fits)
 
     @property
     def values(self) -> np.ndarray:
@@ -127,6 +133,9 @@ def requantized(tvm, te, acc, corr, m, code: RequantizeCode, shape=None, read=No
     (Requantize.values: zero point, lo, hi, shift)."""
     read = read or (lambda b, y, x, o: acc[b, y, x, o])
     params = te.placeholder((4,), "int32", name="requantize_params")
+    if code.int32:
+        return te.compute(shape or acc.shape, _int32_requantize(tvm, read, corr, m, params, code.dtype),
+                          name="requantize"), params
     zero_point, lo, hi, bits = (params[i].astype("int64") for i in range(4))
     one = tvm.tirx.const(1, "int64")
 
@@ -140,6 +149,29 @@ def requantized(tvm, te, acc, corr, m, code: RequantizeCode, shape=None, read=No
         return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(code.dtype)
 
     return te.compute(shape or acc.shape, compute, name="requantize"), params
+
+
+INT32_ACCUMULATOR_BITS = 20   # |acc + corr| < 2**20: each 11-bit part of m times it fits int32
+
+
+def _int32_requantize(tvm, read, corr, m, params, dtype: str):
+    """The half-up requantization in int32 only, for accumulators below 2**20 (the layers with
+    few input channels, where the int64 form costs more than the dot products): m in three
+    11-bit parts, a * m = p2 * 2**22 + p1 * 2**11 + p0, each part's product in int32. With a
+    shift s >= 23, floor((a*m + 2**(s-1)) / 2**s) depends on the low parts only through their
+    carries, so for 23 <= s <= 53 it equals floor((p2 + carry + 2**(s-23)) / 2**(s-22)) exactly
+    (fixed_point.requantize_int32_parts is the numpy reference)."""
+    zero_point, lo, hi, bits = (params[i] for i in range(4))
+    mask = tvm.tirx.const(2047, "int32")
+
+    def compute(b, y, x, o):
+        a, mult = read(b, y, x, o) + corr[o], m[o]
+        low, mid, high = a * (mult & mask), a * ((mult >> 11) & mask), a * (mult >> 22)
+        top = high + ((mid + (low >> 11)) >> 11)
+        rounded = ((top + (tvm.tirx.const(1, "int32") << (bits - 23))) >> (bits - 22)) + zero_point
+        return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(dtype)
+
+    return compute
 
 
 def pack_weight_int4(weight_ohwi: np.ndarray) -> np.ndarray:
