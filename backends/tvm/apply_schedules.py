@@ -7,13 +7,15 @@
    weight becomes a call of the scheduled VNNI, sdot or smmla kernel (schedules/int8_conv.py,
    arm_smmla.py), with the requantization that follows computed inside it. Input channels are
    zero-padded to a multiple of 4 (smmla: 8) and output channels to a multiple of 16 (zero
-   weights, then a slice), so every such layer qualifies. Depthwise convolutions keep TVM's
-   compute with HWIO weights; they and the remaining elementwise ops are scheduled by the
-   generic CPU rules (schedules/cpu_generic.py).
+   weights, then a slice), so every such layer qualifies. Depthwise convolutions with 16k
+   channels and a requantization use their own kernel (schedules/depthwise.py); other grouped
+   convolutions keep TVM's compute with HWIO weights; they and the remaining elementwise ops
+   are scheduled by the generic CPU rules (schedules/cpu_generic.py).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import numpy as np
@@ -23,10 +25,20 @@ from tvm import relax
 from qcompiler.backends.tvm.qdq_patterns import Bindings, op_name
 from qcompiler.backends.tvm.schedules import arm_smmla, depthwise, int8_conv
 
+logger = logging.getLogger(__name__)
+
 
 def to_nhwc(mod: tvm.IRModule) -> tvm.IRModule:
+    """The convolutions in NHWC (the kernels' layout). TVM's ConvertLayout cannot carry a
+    layout through some ops (ShuffleNet's channel shuffle: a 5-D reshape and transpose);
+    then the network stays NCHW, correct but without the int8 kernels, and a warning says so."""
     mod = relax.transform.CanonicalizeBindings()(mod)   # aliases would stop layout propagation
-    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+    try:
+        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+    except RuntimeError as exc:   # tvm.error.InternalError
+        first_line = str(exc).strip().splitlines()[-1][:160]
+        logger.warning("TVM could not convert this network to NHWC (%s): it is built in NCHW without "
+                       "the int8 kernels, correct but slow", first_line)
     return relax.transform.FoldConstant()(mod)
 
 

@@ -142,3 +142,21 @@ def test_x86_library_uses_vnni_dot_products(compiled):
         assert "vpdpbusd" in disassembly
     else:
         assert "int8-vnni" not in meta["target"]["schedules"] and not meta["kernels"]
+
+
+def test_compile_checks_a_model_with_a_fixed_batch_sample_by_sample(tmp_path, capsys):
+    """A model whose input fixes batch 1 (like the ONNX zoo's squeezenet) with 8 calibration
+    samples: the host check runs the reference one batch at a time, not 8 at once."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
+    proto = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        "fixed", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 8, 8])],
+        [onnx.numpy_helper.from_array(weight, "w")]), opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(proto, tmp_path / "fixed.onnx")
+    np.savez(tmp_path / "calib.npz", x=rng.normal(0, 1, (8, 3, 8, 8)).astype(np.float32))
+    code, out, err = cli(capsys, "compile", tmp_path / "fixed.onnx", "--calib", tmp_path / "calib.npz",
+                         "-o", tmp_path / "out", "--no-progress")
+    assert code == 0, err
+    assert "max 0.00 LSB" in out and "(8 samples)" in out

@@ -51,6 +51,14 @@ def _graph(kind: str):
         clip = helper.make_node("Clip", ["c", "lo", "hi"], ["y"])
         return n1 + [helper.make_node("Relu", ["e"], ["r"])] + n2 + [clip], \
             {**i1, **i2, "lo": np.float32(0.0), "hi": np.float32(6.0)}
+    if kind == "channel-shuffle":   # ShuffleNet's: TVM's ConvertLayout fails, the build stays NCHW
+        n1, i1 = _conv("conv1", "x", "a", C, C, k=1)
+        n2, i2 = _conv("conv2", "s", "y", C, C, k=1)
+        shuffle = [helper.make_node("Reshape", ["a", "groups"], ["g"]),
+                   helper.make_node("Transpose", ["g"], ["t"], perm=[0, 2, 1, 3, 4]),
+                   helper.make_node("Reshape", ["t", "flat"], ["s"])]
+        return n1 + shuffle + n2, {**i1, **i2, "groups": np.array([-1, 2, C // 2, 12, 12], np.int64),
+                                   "flat": np.array([-1, C, 12, 12], np.int64)}
     if kind == "dilated-conv":
         return _conv("conv", "x", "y", C, C, dilations=[2, 2], pads=[2, 2, 2, 2])
     if kind == "residual-add":
@@ -86,7 +94,7 @@ def _graph(kind: str):
 
 
 GRAPHS = ["conv-relu", "conv-stride2-asymmetric-pads", "grouped-conv", "depthwise-relu6", "depthwise16-stride2",
-          "dilated-conv",
+          "channel-shuffle", "dilated-conv",
           "residual-add", "concat", "maxpool-conv", "conv-avgpool", "global-pool-flatten-gemm", "matmul-add"]
 
 
@@ -198,4 +206,20 @@ def test_reconstructed_models_compile_and_follow_their_qdq_model(preset, tmp_pat
     print(f"resnet8 {preset} + BRECQ: {fidelity.line()}; kernels {dict(library.kernels)}")
     assert not library.float_ops, dict(library.float_ops)
     assert any("int4" in k for k in library.kernels), dict(library.kernels)
+    assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
+
+
+def test_a_network_tvm_cannot_lay_out_in_nhwc_builds_in_nchw(tmp_path, caplog):
+    """ONNX Sum (ShuffleNet's residual adds) imports as stack + sum over a 5-D tensor, which
+    TVM's ConvertLayout cannot carry: the build warns, stays NCHW, and is still exact."""
+    n1, i1 = _conv("conv1", "x", "a", C, C, pads=[1, 1, 1, 1])
+    nodes = n1 + [helper.make_node("Sum", ["a", "x"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    model = make_model(nodes, [("x", ["N", C, 12, 12])], [("y", None)], i1, opset=13)
+    rng = np.random.default_rng(0)
+    qdq = qcompiler.quantize(model, {"x": rng.normal(0, 1, (32, C, 12, 12)).astype(np.float32)}, "w8a8",
+                             progress=False).qdq
+    with caplog.at_level("WARNING"):
+        _, (fidelity,) = _compile_and_compare(qdq, {"x": rng.normal(0, 1, (8, C, 12, 12)).astype(np.float32)},
+                                              tmp_path, batch=4)
+    assert "could not convert this network to NHWC" in caplog.text
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
