@@ -21,6 +21,7 @@ from qcompiler.rewrite import Reject, RewriteRule, RuleSetPass
 
 from qcompiler.passes.fold_constants import FoldConstants  # noqa: E402  (registers)
 from qcompiler.passes.remove_identity import RemoveIdentity  # noqa: E402
+from qcompiler.passes.sum_to_add import SumToAdd  # noqa: E402
 from qcompiler.passes.matmul_add_to_gemm import MatMulAddToGemm  # noqa: E402
 from qcompiler.passes.normalize_clip import NormalizeClip  # noqa: E402
 from qcompiler.passes.canonicalize import Canonicalize  # noqa: E402
@@ -37,6 +38,6 @@ DEFAULT_PIPELINE = ("canonicalize", "fold-batchnorm")
 __all__ = [
     "AnnotateQuant", "CalibrateRanges", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants",
     "Instrument", "MatMulAddToGemm", "NormalizeClip", "Pass", "PassContext", "PassManager",
-    "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "TimingInstrument",
+    "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "SumToAdd", "TimingInstrument",
     "VerifyInstrument", "get_pass", "load_pass", "register", "registered_passes",
 ]

@@ -8,17 +8,18 @@ from qcompiler.passes.fold_constants import FoldConstants
 from qcompiler.passes.matmul_add_to_gemm import MatMulAddToGemm
 from qcompiler.passes.normalize_clip import NormalizeClip
 from qcompiler.passes.remove_identity import RemoveIdentity
+from qcompiler.passes.sum_to_add import SumToAdd
 from qcompiler.registry import register
 
 
 @register("canonicalize")
 class Canonicalize(Pass):
-    """fold-constants, remove-identity, matmul-add-to-gemm, normalize-clip, in that order.
+    """fold-constants, remove-identity, sum-to-add, matmul-add-to-gemm, normalize-clip, in that order.
 
     Constants are folded first so that the later rules see weights, biases and clip bounds
     as constants whatever form the exporter wrote them in.
     """
 
     def call(self, model: Model) -> PassResult:
-        steps = (FoldConstants(), RemoveIdentity(), MatMulAddToGemm(), NormalizeClip())
+        steps = (FoldConstants(), RemoveIdentity(), SumToAdd(), MatMulAddToGemm(), NormalizeClip())
         return PassManager(steps)(model)

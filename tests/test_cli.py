@@ -67,7 +67,7 @@ def test_optimize_named_passes_and_dump(tmp_path, capsys):
 def test_passes_lists_registered(capsys):
     code, out, _ = cli(capsys, "passes")
     assert code == 0
-    for name in ("canonicalize", "fold-batchnorm", "fold-constants", "matmul-add-to-gemm", "normalize-clip",
+    for name in ("canonicalize", "fold-batchnorm", "fold-constants", "matmul-add-to-gemm", "normalize-clip", "sum-to-add",
                  "remove-identity"):
         assert name in out
 

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from graphs import make_model
 from qcompiler import testing
-from qcompiler.passes import Canonicalize, FoldConstants, MatMulAddToGemm, NormalizeClip, RemoveIdentity
+from qcompiler.passes import Canonicalize, FoldConstants, MatMulAddToGemm, NormalizeClip, RemoveIdentity, SumToAdd
 
 
 def check_same_function(before, after):
@@ -190,3 +190,20 @@ def test_torch_relu6_export_form():
     nodes = [const("lo", 0.0), const("hi", 6.0), helper.make_node("Clip", ["x", "lo", "hi"], ["y"])]
     result = apply(Canonicalize(), single(nodes))
     assert ops_and_bounds(result.model) == [("Clip", 0.0, 6.0)]
+
+
+# ---- sum-to-add ---------------------------------------------------------------------------------
+def test_sum_of_two_becomes_add_and_computes_the_same():
+    """ResNet-50's residual Sum (ONNX zoo, opset 9) as an Add, checked against onnxruntime."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sum", ["r", "x"], ["y"])]
+    model = make_model(nodes, [("x", [2, 3, 4, 4])], [("y", None)], opset=13)
+    result = apply(SumToAdd(), model)
+    assert [n.op for n in result.model.nodes] == ["Relu", "Add"]
+    assert result.model.graph.outputs[0].name == "y"
+
+
+def test_sum_of_three_stays():
+    nodes = [helper.make_node("Sum", ["x", "x", "x"], ["y"])]
+    rule_pass = SumToAdd()
+    assert not rule_pass(make_model(nodes, [("x", [2, 3])], [("y", None)], opset=13)).modified
+    assert any("Sum of 3 inputs" in r for _, _, r in rule_pass.last_rejections)
