@@ -4,6 +4,8 @@ bundled models. The share of exactly equal elements is printed (pytest -s, or -r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -223,3 +225,25 @@ def test_a_network_tvm_cannot_lay_out_in_nhwc_builds_in_nchw(tmp_path, caplog):
                                               tmp_path, batch=4)
     assert "could not convert this network to NHWC" in caplog.text
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
+
+
+LIGHT_MODELS = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+@pytest.mark.parametrize("name", ["squeezenet", "resnet50"])
+def test_onnx_zoo_light_models_compile_all_integer(name, tmp_path):
+    """Models we did not write (the onnx wheel's zoo architectures, random weights): SqueezeNet
+    fixes batch 1; ResNet-50 (opset 9) writes its residual connections as Sum. Both compile to
+    integer code on the dot-product kernels and follow their QDQ models."""
+    model = qcompiler.load(LIGHT_MODELS / f"light_{name}.onnx")
+    input_name = model.graph.inputs[0].name
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 1, (4, 3, 224, 224)).astype(np.float32)
+    qdq = qcompiler.quantize(model, {input_name: images}, "w8a8", progress=False).qdq
+    library, (fidelity,) = _compile_and_compare(qdq, {input_name: images[:2]}, tmp_path, batch=1)
+    print(f"{name}: {fidelity.line()}; integer ops {dict(library.lowered)}; float {dict(library.float_ops)}")
+    assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
+    assert set(library.float_ops) <= {"nn.softmax", "reshape"}   # after the last dequantize
+    assert sum(n for kind, n in library.kernels.items() if "vnni" in kind or "sdot" in kind) >= 20
+    if name == "resnet50":
+        assert library.lowered["residual_add"] == 16
