@@ -212,10 +212,11 @@ def test_reconstructed_models_compile_and_follow_their_qdq_model(preset, tmp_pat
 
 
 def test_a_network_tvm_cannot_lay_out_in_nhwc_builds_in_nchw(tmp_path, caplog):
-    """ONNX Sum (ShuffleNet's residual adds) imports as stack + sum over a 5-D tensor, which
-    TVM's ConvertLayout cannot carry: the build warns, stays NCHW, and is still exact."""
+    """An ONNX Sum of three tensors (two become an Add: sum-to-add) imports as stack + sum over
+    a 5-D tensor, which TVM's ConvertLayout cannot carry: the build warns, stays NCHW, and is
+    still exact."""
     n1, i1 = _conv("conv1", "x", "a", C, C, pads=[1, 1, 1, 1])
-    nodes = n1 + [helper.make_node("Sum", ["a", "x"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    nodes = n1 + [helper.make_node("Sum", ["a", "x", "x"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
     model = make_model(nodes, [("x", ["N", C, 12, 12])], [("y", None)], i1, opset=13)
     rng = np.random.default_rng(0)
     qdq = qcompiler.quantize(model, {"x": rng.normal(0, 1, (32, C, 12, 12)).astype(np.float32)}, "w8a8",
