@@ -258,8 +258,7 @@ class _DotKernels(relax.PyExprMutator):
         elimination. (None, None): no kernel applies, TVM's generic code stays."""
         n, h, w, ci = (int(d) for d in data.ty.shape)
         co, kh, kw, _ = weight.shape
-        ho = (h + padding[0] + padding[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-        wo = (w + padding[1] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        ho, wo = int8_conv.output_size(h, w, kh, kw, stride, dilation, padding)
         chain = requantize_chain(self.uses, acc_var) if acc_var is not None else None
         on_4bit_grid = bool(weight.min() >= -8 and weight.max() <= 7)   # the 4- and 2-bit presets
         kind = self._kernel(on_4bit_grid, ci, wo, chain)

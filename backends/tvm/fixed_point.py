@@ -79,6 +79,19 @@ def ties_possible(m: np.ndarray, shift: np.ndarray, magnitude: np.ndarray | int 
     return bool(np.any(smallest_tie <= magnitude[live]))
 
 
+def accumulator_bound(weight: np.ndarray, axis: int, correction: np.ndarray, input_max: int) -> np.ndarray:
+    """Per output channel (`axis` of the integer weight), the largest |sum_k w_k x_k + correction|
+    for inputs |x| <= input_max: what the requantization's multiply can see.
+
+    >>> accumulator_bound(np.array([[1, -2], [3, 0]]), 0, np.array([5, -7]), 255).tolist()
+    [770, 772]
+    """
+    weight = np.abs(np.moveaxis(np.asarray(weight, np.int64), axis, 0))
+    channels = weight.shape[0]
+    correction = np.broadcast_to(np.abs(np.asarray(correction, np.float64)).reshape(-1), (channels,))
+    return input_max * weight.reshape(channels, -1).sum(axis=1) + correction.astype(np.int64)
+
+
 def requantize_int32_parts(acc: np.ndarray, m: np.ndarray, shift: int) -> np.ndarray:
     """The int32-only form of round_shift_half_up(acc * m, shift) for |acc| < 2**20 and
     23 <= shift <= 53, step by step as the kernels compute it (every intermediate fits int32).

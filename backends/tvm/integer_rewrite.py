@@ -24,7 +24,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from qcompiler.backends.tvm.fixed_point import multiplier_and_shift, quantize_bound, ties_possible
+from qcompiler.backends.tvm.fixed_point import (accumulator_bound, multiplier_and_shift, quantize_bound,
+                                                ties_possible)
 from qcompiler.backends.tvm.qdq_patterns import QUANTIZE, Bindings, QTensor, op_name
 
 PASS_THROUGH = ("relax.nn.max_pool2d", "relax.reshape", "relax.flatten", "relax.permute_dims",
@@ -130,8 +131,7 @@ class _IntegerRewriter(relax.PyExprMutator):
         acc = self.builder_.emit(relax.op.add(acc, _const(_channel_shape(correction, ndim, out_axis), "int32")))
         # |acc| <= max|x| * sum|w| + |correction| per channel: far below 2**31, which lets
         # the rounding skip the tie fix-up for more layers (fixed_point.ties_possible).
-        x_max = max(abs(v) for v in DTYPE_RANGE[x.dtype])
-        bound = x_max * np.abs(w.values.astype(np.int64)).sum(axis=reduce_axes) + np.abs(correction)
+        bound = accumulator_bound(w.values, weight_axis, correction, max(abs(v) for v in DTYPE_RANGE[x.dtype]))
         return self._scale_terms([(acc, _channel_shape(acc_scale / out.scale, ndim, out_axis))], out, bound)
 
     def _linear_parts(self, expr):

@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from qcompiler.backends.tvm.schedules.int8_conv import RequantizeCode, requantized
+from qcompiler.backends.tvm.schedules.int8_conv import RequantizeCode, output_size, padded_input, requantized
 
 SMMLA_INTRIN = "qcompiler_smmla_s8s8s32_2x8x2"
 
@@ -67,13 +67,10 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     import tvm
     from tvm import te, topi
 
-    top, left, bottom, right = padding
     x = te.placeholder((n, h, w, ci), "uint8", name="x")
     weight = te.placeholder((co // 2, kh, kw, ci // 8, 2, 8), "int8", name="w")
-    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=pad_value, name="padded") \
-        if any(padding) else x
-    ho = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    padded = padded_input(topi, x, padding, pad_value)
+    ho, wo = output_size(h, w, kh, kw, stride, dilation, padding)
     pairs = te.compute(
         (n, ho, wo // 2, kh, kw, ci // 8, 2, 8),
         lambda b, y, p, r, s, c, j, k: (padded[b, y * stride[0] + r * dilation[0],
@@ -86,11 +83,9 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         lambda b, y, p, o, j, i: te.sum(pairs[b, y, p, ry, rx, rc, j, rk].astype("int32")
                                         * weight[o, ry, rx, rc, i, rk].astype("int32"), axis=[ry, rx, rc, rk]),
         name="conv")
-    corr = te.placeholder((co,), "int32", name="corr")
-    m = te.placeholder((co,), "int32", name="multiplier")
-    out, rq_params = requantized(tvm, te, acc, corr, m, requantize, shape=(n, ho, wo, co),
+    out, rq_inputs = requantized(tvm, te, acc, co, requantize, shape=(n, ho, wo, co),
                                  read=lambda b, y, xx, o: acc[b, y, xx // 2, o // 2, xx % 2, o % 2])
-    sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, corr, m, rq_params, out]))
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, *rq_inputs, out]))
     if any(padding):
         sch.compute_inline(sch.get_sblock("padded"))
     block = sch.get_sblock("conv")

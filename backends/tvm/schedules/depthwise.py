@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 
-from qcompiler.backends.tvm.schedules.int8_conv import RequantizeCode, requantized
+from qcompiler.backends.tvm.schedules.int8_conv import RequantizeCode, output_size, padded_input, requantized
 
 
 def applies(channels: int) -> bool:
@@ -23,21 +23,17 @@ def applies(channels: int) -> bool:
 def depthwise_kernel(n: int, h: int, w: int, c: int, kh: int, kw: int, stride: tuple, dilation: tuple,
                      padding: tuple, requantize: RequantizeCode):
     """The scheduled PrimFunc: x u8 NHWC, weight s8 [KH, KW, C], corr s32[C], m s32[C],
-    Requantize.values s32[4] -> requantized NHWC. Padding is zero (the graph pads with a non-zero zero point itself)."""
+    Requantize.values s32[4] -> requantized NHWC. Padding is zero (the graph pads with a
+    non-zero zero point itself)."""
     import tvm
     from tvm import te, topi
 
     from qcompiler.backends.tvm.schedules.cpu_generic import VectorizeChannels
 
-    top, left, bottom, right = padding
     x = te.placeholder((n, h, w, c), "uint8", name="x")
     weight = te.placeholder((kh, kw, c), "int8", name="w")
-    corr = te.placeholder((c,), "int32", name="corr")
-    m = te.placeholder((c,), "int32", name="multiplier")
-    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=0, name="padded") \
-        if any(padding) else x
-    ho = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    padded = padded_input(topi, x, padding)
+    ho, wo = output_size(h, w, kh, kw, stride, dilation, padding)
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     acc = te.compute(
         (n, ho, wo, c),
@@ -45,8 +41,8 @@ def depthwise_kernel(n: int, h: int, w: int, c: int, kh: int, kw: int, stride: t
             padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], o].astype("int32")
             * weight[ry, rx, o].astype("int32"), axis=[ry, rx]),
         name="depthwise")
-    out, rq_params = requantized(tvm, te, acc, corr, m, requantize)
-    func = te.create_prim_func([x, weight, corr, m, rq_params, out])
+    out, rq_inputs = requantized(tvm, te, acc, c, requantize)
+    func = te.create_prim_func([x, weight, *rq_inputs, out])
     sch = VectorizeChannels().apply(func, None, False)
     if sch is None:
         raise RuntimeError("depthwise kernel: the channel schedule did not apply")   # a bug, not bad input

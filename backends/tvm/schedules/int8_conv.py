@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qcompiler.backends.tvm.fixed_point import accumulator_bound
+
 INTRIN = "qcompiler_vnni_u8s8s32_16x4"
 SDOT_INTRIN = "qcompiler_sdot_s8s8s32_4x4"
 
@@ -117,8 +119,7 @@ class Requantize:
         """The code for a layer with these int8 weights (output channels first), per-channel
         corrections and inputs up to `input_max` in magnitude: the int32 form where no
         accumulator reaches 2**20 (255 * sum|w| + |corr| per channel) and no tie can occur."""
-        bound = input_max * np.abs(weight.astype(np.int64)).reshape(len(weight), -1).sum(axis=1) \
-            + np.abs(np.broadcast_to(np.asarray(corr, np.int64).reshape(-1), (len(weight),)))
+        bound = accumulator_bound(weight, 0, corr, input_max)
         fits = not self.ties and 23 <= self.shift <= 53 and int(bound.max()) < 2 ** INT32_ACCUMULATOR_BITS
         return RequantizeCode(self.dtype, self.ties, fits)
 
@@ -127,15 +128,18 @@ class Requantize:
         return np.array([self.zero_point, self.lo, self.hi, self.shift], np.int32)
 
 
-def requantized(tvm, te, acc, corr, m, code: RequantizeCode, shape=None, read=None):
+def requantized(tvm, te, acc, channels: int, code: RequantizeCode, shape=None, read=None):
     """The fused requantization over `shape` (default: acc's), reading the accumulator with
-    `read(b, y, x, o)` (default: acc[b, y, x, o]); returns it and its per-layer input
-    (Requantize.values: zero point, lo, hi, shift)."""
+    `read(b, y, x, o)` (default: acc[b, y, x, o]); returns it and its kernel inputs: corr
+    s32[channels], m s32[channels] and Requantize.values s32[4] (zero point, lo, hi, shift)."""
     read = read or (lambda b, y, x, o: acc[b, y, x, o])
+    corr = te.placeholder((channels,), "int32", name="corr")
+    m = te.placeholder((channels,), "int32", name="multiplier")
     params = te.placeholder((4,), "int32", name="requantize_params")
+    inputs = [corr, m, params]
     if code.int32:
         return te.compute(shape or acc.shape, _int32_requantize(tvm, read, corr, m, params, code.dtype),
-                          name="requantize"), params
+                          name="requantize"), inputs
     zero_point, lo, hi, bits = (params[i].astype("int64") for i in range(4))
     one = tvm.tirx.const(1, "int64")
 
@@ -148,7 +152,7 @@ def requantized(tvm, te, acc, corr, m, code: RequantizeCode, shape=None, read=No
             rounded = ((product + (one << (bits - one))) >> bits) + zero_point
         return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(code.dtype)
 
-    return te.compute(shape or acc.shape, compute, name="requantize"), params
+    return te.compute(shape or acc.shape, compute, name="requantize"), inputs
 
 
 INT32_ACCUMULATOR_BITS = 20   # |acc + corr| < 2**20: each 11-bit part of m times it fits int32
@@ -172,6 +176,21 @@ def _int32_requantize(tvm, read, corr, m, params, dtype: str):
         return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(dtype)
 
     return compute
+
+
+def output_size(h: int, w: int, kh: int, kw: int, stride: tuple, dilation: tuple, padding: tuple) -> tuple[int, int]:
+    """(rows, columns) of a convolution's output; padding is (top, left, bottom, right)."""
+    top, left, bottom, right = padding
+    return ((h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1,
+            (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1)
+
+
+def padded_input(topi, x, padding: tuple, pad_value: int = 0):
+    """The NHWC input padded by (top, left, bottom, right) with `pad_value` (x itself when no padding)."""
+    top, left, bottom, right = padding
+    if not any(padding):
+        return x
+    return topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=pad_value, name="padded")
 
 
 def pack_weight_int4(weight_ohwi: np.ndarray) -> np.ndarray:
@@ -207,20 +226,17 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     import tvm
     from tvm import te, topi
 
-    top, left, bottom, right = padding
     x = te.placeholder((n, h, w, ci), "uint8", name="x")
     if int4:
         weight = te.placeholder((co // 16, kh, kw, ci // 4, 32), "uint8", name="w4")
         wp = _unpacked_int4(tvm, te, weight, co, kh, kw, ci)
     else:
         weight = wp = te.placeholder((co // 16, kh, kw, ci // 4, 16, 4), "int8", name="w")
-    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=pad_value, name="padded") \
-        if any(padding) else x
+    padded = padded_input(topi, x, padding, pad_value)
     if isa == "sdot":   # u8 -> s8 (x - 128): sdot is signed only; the caller corrects by 128 * sum(w)
         padded = te.compute(padded.shape, lambda *i: (padded(*i).astype("int32") - 128).astype("int8"),
                             name="signed")
-    ho = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    ho, wo = output_size(h, w, kh, kw, stride, dilation, padding)
     ry, rx, rc = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, ci), "rc")
     out = te.compute(
         (n, ho, wo, co),
@@ -230,10 +246,8 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         name="conv")
     params = [x, weight, out]
     if requantize is not None:
-        corr = te.placeholder((co,), "int32", name="corr")
-        m = te.placeholder((co,), "int32", name="multiplier")
-        requant, rq_params = requantized(tvm, te, out, corr, m, requantize)
-        params = [x, weight, corr, m, rq_params, requant]
+        requant, rq_inputs = requantized(tvm, te, out, co, requantize)
+        params = [x, weight, *rq_inputs, requant]
     sch = tvm.s_tir.Schedule(te.create_prim_func(params))
     block = sch.get_sblock("conv")
     b, y, xx, o, r_y, r_x, r_c = sch.get_loops(block)
