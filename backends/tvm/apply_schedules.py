@@ -3,14 +3,16 @@
 1. `to_nhwc`: Relax's ConvertLayout puts every convolution (and, through layout inference,
    the requantization, residual adds and pooling around it) in NHWC, so that input channels
    are contiguous; constant weights are re-laid out by constant folding.
-2. `use_dot_kernels`: every u8 x s8 -> s32 conv2d (groups 1) and matmul with a constant
-   weight becomes a call of the scheduled VNNI, sdot or smmla kernel (schedules/int8_conv.py,
-   arm_smmla.py), with the requantization that follows computed inside it. Input channels are
-   zero-padded to a multiple of 4 (smmla: 8) and output channels to a multiple of 16 (zero
-   weights, then a slice), so every such layer qualifies. Depthwise convolutions with 16k
-   channels and a requantization use their own kernel (schedules/depthwise.py); other grouped
-   convolutions keep TVM's compute with HWIO weights; they and the remaining elementwise ops
-   are scheduled by the generic CPU rules (schedules/cpu_generic.py).
+2. `use_dot_kernels`: where the CPU has a dot-product instruction, every u8 x s8 -> s32
+   conv2d (groups 1) and matmul with a constant weight becomes a call of the scheduled VNNI,
+   sdot or smmla kernel (schedules/int8_conv.py, arm_smmla.py), with the requantization that
+   follows computed inside it. Input channels are zero-padded to a multiple of 4 (smmla: 8)
+   and output channels to a multiple of 16 (VNNI: of 8, with 8-lane blocks; zero weights, then
+   a slice), so every such layer qualifies. On every target, depthwise convolutions with 16k
+   channels and a requantization use their own kernel (schedules/depthwise.py), residual adds
+   theirs (schedules/residual_add.py); other grouped convolutions keep TVM's compute with HWIO
+   weights; they and the remaining elementwise ops are scheduled by the generic CPU rules
+   (schedules/cpu_generic.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import tvm
 from tvm import relax
 
 from qcompiler.backends.tvm.qdq_patterns import Bindings, op_name
-from qcompiler.backends.tvm.schedules import arm_smmla, depthwise, int8_conv
+from qcompiler.backends.tvm.schedules import arm_smmla, depthwise, int8_conv, residual_add
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +101,17 @@ def requantize_chain(uses: _Uses, acc) -> tuple | None:
     v_prod = uses.only_user(v_wide, "relax.multiply")
     if v_prod is None or str(uses.values[v_wide].attrs.dtype) != "int64":
         return None
-    v_sum, shift_var, ties = _rounding(uses, v_prod)
+    corr, multiplier = uses.const_arg(v_corr), uses.const_arg(v_prod)
+    tail = _rounding_tail(uses, v_prod)
+    if tail is None or corr is None or multiplier is None:
+        return None
+    return tail[0], corr, multiplier, tail[1]
+
+
+def _rounding_tail(uses: _Uses, v_total) -> tuple | None:
+    """What follows an int64 fixed-point total: rounding, shift, zero point, clamps and cast,
+    read back as (final var, Requantize); None for anything else."""
+    v_sum, shift_var, ties = _rounding(uses, v_total)
     v_shifted = uses.only_user(v_sum, "relax.right_shift")
     v_zp = uses.only_user(v_shifted, "relax.add")
     v_lo = uses.only_user(v_zp, "relax.maximum")
@@ -107,20 +119,43 @@ def requantize_chain(uses: _Uses, acc) -> tuple | None:
     v_out = uses.only_user(v_hi, "relax.astype")
     if v_out is None:
         return None
-    consts = [uses.const_arg(v) for v in (v_corr, v_prod, shift_var, v_shifted, v_zp, v_lo, v_hi)]
-    if any(c is None for c in consts):
+    consts = [uses.const_arg(v) for v in (shift_var, v_shifted, v_zp, v_lo, v_hi)]
+    if any(c is None or c.size != 1 for c in consts):
         return None
-    corr, multiplier, shift, shift_again, zp, lo, hi = consts
-    if not np.array_equal(shift, shift_again) or any(c.size != 1 for c in (shift, zp, lo, hi)):
+    shift, shift_again, zp, lo, hi = (int(c.reshape(())) for c in consts)
+    if shift != shift_again:
         return None
-    rq = int8_conv.Requantize(int(zp.reshape(())), int(lo.reshape(())), int(hi.reshape(())),
-                              str(uses.values[v_out].attrs.dtype), int(shift.reshape(())), ties)
-    return v_out, corr, multiplier, rq
+    return v_out, int8_conv.Requantize(zp, lo, hi, str(uses.values[v_out].attrs.dtype), shift, ties)
+
+
+def _centred_term(uses: _Uses, v_product) -> tuple | None:
+    """(x, zero point, multiplier, axes) of one side of a residual add as the rewrite writes it:
+    astype(astype(x, int32) [- zp], int64) * m, with m a scalar that fits int32, and then
+    possibly transposed by `axes` (ConvertLayout moves a side that stays NCHW, the network's
+    input, to NHWC there: on int64; the kernel's caller transposes x itself instead)."""
+    product, axes = uses.values.get(v_product), None
+    if op_name(product) == "relax.permute_dims":
+        axes, v_product = [int(a) for a in product.attrs.axes], product.args[0]
+        product = uses.values.get(v_product)
+    if op_name(product) != "relax.multiply":
+        return None
+    m, wide = uses.const_arg(v_product), uses.values.get(product.args[0])
+    if m is None or m.size != 1 or not 0 < int(m.reshape(())) < 2 ** 31 or op_name(wide) != "relax.astype":
+        return None
+    inner, zero_point = uses.values.get(wide.args[0]), 0
+    if op_name(inner) == "relax.subtract":
+        zp = uses.const_arg(wide.args[0])
+        if zp is None or zp.size != 1:
+            return None
+        inner, zero_point = uses.values.get(inner.args[0]), int(zp.reshape(()))
+    if op_name(inner) != "relax.astype" or str(inner.attrs.dtype) != "int32":
+        return None
+    return inner.args[0], zero_point, int(m.reshape(())), axes
 
 
 @relax.expr_functor.mutator
 class _DotKernels(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, isa: str):
+    def __init__(self, mod: tvm.IRModule, isa: str | None):
         super().__init__(mod)
         self.isa = isa
         self.used: Counter = Counter()
@@ -141,6 +176,8 @@ class _DotKernels(relax.PyExprMutator):
             lowered = self._conv2d(call)
         elif name == "relax.matmul":
             lowered = self._matmul(call)
+        elif name == "relax.add":
+            lowered = self._residual_add(call)
         else:
             lowered = None
         return lowered if lowered is not None else super().visit_call_(call)
@@ -200,15 +237,44 @@ class _DotKernels(relax.PyExprMutator):
             return None
         final, corr, multiplier, rq = chain
         _, kh, kw, _ = weight.shape
+        int4 = _on_4bit_grid(weight)
         kernel = depthwise.depthwise_kernel(n, h, w, c, kh, kw, tuple(int(s) for s in attrs.strides),
                                             tuple(int(d) for d in attrs.dilation),
-                                            tuple(int(p) for p in attrs.padding), rq.code_for(weight, corr, 255))
+                                            tuple(int(p) for p in attrs.padding), rq.code_for(weight, corr, 255), int4)
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
-        args = [self.visit_expr(call.args[0]), relax.const(np.ascontiguousarray(weight[..., 0].transpose(1, 2, 0)), "int8"),
-                _per_channel(corr, c, c, 0), _per_channel(multiplier, c, c, 0), relax.const(rq.values, "int32")]
+        hwc = np.ascontiguousarray(weight[..., 0].transpose(1, 2, 0))
+        packed = relax.const(depthwise.pack_weight_int4(hwc), "uint8") if int4 else relax.const(hwc, "int8")
+        args = [self.visit_expr(call.args[0]), packed,
+                relax.const(int8_conv.requantize_table(corr, multiplier, rq, c, c), "int32")]
         self.replaced[final] = self.builder_.emit(relax.op.call_tir(
             gvar, relax.Tuple(args), relax.TensorType([int(call.ty.shape[i]) for i in range(3)] + [c], rq.dtype)))
-        self.used["depthwise conv2d + requantize"] += 1
+        self.used["depthwise conv2d" + (" int4" if int4 else "") + " + requantize"] += 1
+        return super().visit_call_(call)
+
+    def _residual_add(self, call: relax.Call) -> relax.Expr | None:
+        """A residual add (two requantized sides, one rounding) on the shared kernel."""
+        terms = [_centred_term(self.uses, arg) for arg in call.args]
+        tail = _rounding_tail(self.uses, self.current)
+        if any(t is None for t in terms) or tail is None or call.ty.shape is None:
+            return None
+        final, rq = tail
+        shape = tuple(int(d) for d in call.ty.shape)
+        for x, _, _, axes in terms:   # no broadcasting: both sides have the output's shape
+            dims = [int(d) for d in x.ty.shape]
+            if tuple(dims if axes is None else [dims[a] for a in axes]) != shape:
+                return None
+        sides = []
+        for x, _, _, axes in terms:
+            x = self.visit_expr(x)
+            sides.append(x if axes is None else self.builder_.emit(relax.op.permute_dims(x, axes)))
+        (_, za, ma, _), (_, zb, mb, _) = terms
+        kernel = residual_add.residual_add_kernel(shape, str(sides[0].ty.dtype), str(sides[1].ty.dtype),
+                                                  int8_conv.RequantizeCode(rq.dtype, rq.ties))
+        gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
+        table = relax.const(residual_add.residual_table((za, zb), (ma, mb), rq), "int32")
+        self.replaced[final] = self.builder_.emit(relax.op.call_tir(
+            gvar, relax.Tuple([*sides, table]), relax.TensorType(list(shape), rq.dtype)))
+        self.used["residual add"] += 1
         return super().visit_call_(call)
 
     def _grouped_hwio(self, call: relax.Call, weight: np.ndarray) -> relax.Expr:
@@ -244,7 +310,7 @@ class _DotKernels(relax.PyExprMutator):
         apply (4-bit weights, odd output widths); sdot and smmla need the fused correction."""
         if self.isa == "vnni":
             return "vnni"
-        if chain is None:
+        if chain is None or self.isa is None:
             return None
         if self.isa == "smmla" and not on_4bit_grid and arm_smmla.applies(_round_up(ci, 8), 16, wo):
             return "smmla"
@@ -260,15 +326,16 @@ class _DotKernels(relax.PyExprMutator):
         co, kh, kw, _ = weight.shape
         ho, wo = int8_conv.output_size(h, w, kh, kw, stride, dilation, padding)
         chain = requantize_chain(self.uses, acc_var) if acc_var is not None else None
-        on_4bit_grid = bool(weight.min() >= -8 and weight.max() <= 7)   # the 4- and 2-bit presets
+        on_4bit_grid = _on_4bit_grid(weight)
         kind = self._kernel(on_4bit_grid, ci, wo, chain)
         if kind is None:
             return None, None
-        ci_p, co16 = _round_up(ci, 8 if kind == "smmla" else 4), _round_up(co, 16)
-        padded = np.zeros((co16, kh, kw, ci_p), np.int8)
+        isa = "vnni8" if kind == "vnni" and co % 16 else kind   # 8-lane blocks: less padding
+        ci_p, co_p = _round_up(ci, 8 if kind == "smmla" else 4), _round_up(co, int8_conv.channel_block(isa))
+        padded = np.zeros((co_p, kh, kw, ci_p), np.int8)
         padded[:co, :, :, :ci] = weight
         int4 = kind != "smmla" and on_4bit_grid
-        args = [self._pad_channels(data, ci_p - ci), self._packed(padded, kind, int4)]
+        args = [self._pad_channels(data, ci_p - ci), self._packed(padded, isa, int4)]
         rq, dtype, code = None, "int32", None
         if chain is not None:
             final, corr, multiplier, rq = chain
@@ -277,21 +344,20 @@ class _DotKernels(relax.PyExprMutator):
                     + 128 * weight.astype(np.int64).sum(axis=(1, 2, 3))
                 if np.abs(corr).max() >= 2 ** 31:
                     return None, None
-            args += [_per_channel(corr, co, co16, 0), _per_channel(multiplier, co, co16, 0),
-                     relax.const(rq.values, "int32")]
+            args.append(relax.const(int8_conv.requantize_table(corr, multiplier, rq, co, co_p), "int32"))
             dtype = rq.dtype
             code = rq.code_for(weight, corr, 255 if kind == "vnni" else 128)
         if kind == "smmla":
-            kernel = arm_smmla.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding, code,
+            kernel = arm_smmla.conv2d_kernel(n, h, w, ci_p, co_p, kh, kw, stride, dilation, padding, code,
                                              pad_value)
         else:
-            kernel = int8_conv.conv2d_kernel(n, h, w, ci_p, co16, kh, kw, stride, dilation, padding,
-                                             code, int4, kind, pad_value)
+            kernel = int8_conv.conv2d_kernel(n, h, w, ci_p, co_p, kh, kw, stride, dilation, padding,
+                                             code, int4, isa, pad_value)
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
-        out = self.builder_.emit(relax.op.call_tir(gvar, relax.Tuple(args), relax.TensorType([n, ho, wo, co16], dtype)))
+        out = self.builder_.emit(relax.op.call_tir(gvar, relax.Tuple(args), relax.TensorType([n, ho, wo, co_p], dtype)))
         self.used[(f"{kind} conv2d" if kh * kw > 1 else f"{kind} 1x1 conv2d / matmul") + (" int4" if int4 else "")
                   + (" + requantize" if rq else "")] += 1
-        if co16 != co:
+        if co_p != co:
             out = self.builder_.emit(relax.op.strided_slice(out, axes=[3], begin=[0], end=[co]))
         return out, (None if chain is None else final)
 
@@ -302,24 +368,23 @@ class _DotKernels(relax.PyExprMutator):
         return self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, 0, 0, 0, extra], pad_value=0.0))
 
     @staticmethod
-    def _packed(weight: np.ndarray, kind: str, int4: bool) -> relax.Expr:
+    def _packed(weight: np.ndarray, isa: str, int4: bool) -> relax.Expr:
         """The weight in the kernel's layout; on a 4-bit grid, two to a byte."""
-        if kind == "smmla":
+        if isa == "smmla":
             return relax.const(arm_smmla.pack_weight(weight), "int8")
         if int4:
-            return relax.const(int8_conv.pack_weight_int4(weight), "uint8")
-        return relax.const(int8_conv.pack_weight(weight), "int8")
+            return relax.const(int8_conv.pack_weight_int4(weight, int8_conv.channel_block(isa)), "uint8")
+        return relax.const(int8_conv.pack_weight(weight, int8_conv.channel_block(isa)), "int8")
 
 
-def _per_channel(values: np.ndarray, channels: int, padded: int, fill: int) -> relax.Expr:
-    """A kernel's per-output-channel int32 input, padded to the kernel's channel multiple."""
-    array = np.full(padded, fill, np.int32)
-    array[:channels] = np.broadcast_to(values.reshape(-1), (channels,))
-    return relax.const(array, "int32")
+def _on_4bit_grid(weight: np.ndarray) -> bool:
+    """Whether int8 weights all lie in [-8, 7] (the 4- and 2-bit presets): stored two to a byte."""
+    return bool(weight.min() >= -8 and weight.max() <= 7)
 
 
-def use_dot_kernels(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, Counter]:
-    """Convolutions and matmuls on the dot-product kernels of `isa` ("vnni", "sdot", "smmla")."""
+def use_dot_kernels(mod: tvm.IRModule, isa: str | None) -> tuple[tvm.IRModule, Counter]:
+    """Convolutions and matmuls on the dot-product kernels of `isa` ("vnni", "sdot", "smmla";
+    None: none), depthwise convolutions and residual adds on their own kernels."""
     mutator = _DotKernels(mod, isa)
     main = mutator.visit_expr(mod["main"])
     mod = mutator.builder_.get()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -85,19 +87,17 @@ def _compile(mod, target):
 
 
 def schedule(mod, spec: TargetSpec, target) -> tuple[object, Counter]:
-    """NHWC layout, the target's kernels, then the generic CPU rules for everything else."""
+    """NHWC layout, the target's kernels (the depthwise and residual add kernels on every
+    target, the dot-product ones where the CPU has the instruction), then the generic CPU
+    rules for everything else."""
     from qcompiler.backends.tvm.apply_schedules import to_nhwc, use_dot_kernels
     from qcompiler.backends.tvm.schedules.cpu_generic import apply_cpu_rules
 
     mod = to_nhwc(mod)
-    kernels: Counter = Counter()
     active = active_schedules(spec)
-    if "int8-vnni" in active:
-        mod, kernels = use_dot_kernels(mod, "vnni")
-    elif "int8-smmla" in active:
-        mod, kernels = use_dot_kernels(mod, "smmla")
-    elif "int8-sdot" in active:
-        mod, kernels = use_dot_kernels(mod, "sdot")
+    isa = next((isa for name, isa in (("int8-vnni", "vnni"), ("int8-smmla", "smmla"), ("int8-sdot", "sdot"))
+                if name in active), None)
+    mod, kernels = use_dot_kernels(mod, isa)
     return apply_cpu_rules(mod, target), kernels
 
 
@@ -128,13 +128,20 @@ def float_compute_ops(mod) -> Counter:
     return counts
 
 
+# -s: no debug information or static symbol table in a deployable library (the dynamic symbols
+# the runtime looks up stay; 12% of MobileNetV2's library). -z noseparate-code: code and
+# read-only data share pages, without the page of padding around the code (4 KiB).
+LINK_OPTIONS = ["-s", "-Wl,-z,noseparate-code"]
+
+
 def export(library: Library, path: Path) -> Path:
     """Write the shared library atomically (a temporary name in the same folder, then rename)."""
     from tvm.support import cc
 
     spec = library.target
     _check_compiler(spec)
-    fcompile = cc.cross_compiler(spec.cross_compiler) if spec.cross_compiler else None
+    fcompile = _without_unwind_tables(cc.cross_compiler(spec.cross_compiler) if spec.cross_compiler
+                                      else cc.create_shared, spec)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".so", dir=path.parent)
         os.close(fd)
@@ -142,13 +149,8 @@ def export(library: Library, path: Path) -> Path:
         raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
     try:
         try:
-            # -s: no debug information or static symbol table in a deployable library (the
-            # dynamic symbols the runtime looks up stay); 12% of MobileNetV2's library.
-            if fcompile is None:
-                library.executable.export_library(tmp, options=["-s"])
-            else:
-                library.executable.export_library(tmp, fcompile=fcompile, options=["-s"])
-        except RuntimeError as exc:   # the C compiler/linker failed: say which and why, in one line
+            library.executable.export_library(tmp, fcompile=fcompile, options=LINK_OPTIONS)
+        except (RuntimeError, subprocess.CalledProcessError) as exc:   # the linker or objcopy failed: one line
             detail = next((line for line in str(exc).splitlines() if "error" in line.lower()), str(exc)[:200])
             raise OutputError(f"{path}: linking the library for {spec.name} failed: {detail.strip()}"
                               + (f" (is {spec.apt_package} complete? scripts/setup_aarch64.sh installs it)"
@@ -158,6 +160,25 @@ def export(library: Library, path: Path) -> Path:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _without_unwind_tables(link, spec: TargetSpec):
+    """`link` (TVM's fcompile) after removing the unwind tables (.eh_frame) from the objects:
+    no exception crosses the generated code (kernels return error codes to TVM's C API), so
+    they only serve debuggers and profilers; 8 KiB of MobileNetV2's library. Skipped when the
+    target's objcopy is missing."""
+    objcopy = spec.cross_compiler.removesuffix("gcc") + "objcopy" if spec.cross_compiler else "objcopy"
+
+    def strip_and_link(output, objects, options=None, **kwargs):
+        if shutil.which(objcopy):
+            for obj in objects:
+                if obj.endswith(".o"):
+                    subprocess.run([objcopy, "--remove-section=.eh_frame", "--remove-section=.rela.eh_frame", obj],
+                                   check=True, capture_output=True)
+        return link(output, objects, options=options, **kwargs)
+
+    strip_and_link.output_format = "so"
+    return strip_and_link
 
 
 def _check_compiler(spec: TargetSpec) -> None:

@@ -63,7 +63,7 @@ def applies(ci: int, co: int, wo: int) -> bool:
 @functools.cache
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
                   padding: tuple, requantize: RequantizeCode, pad_value: int = 0):
-    """x u8 NHWC, packed weight, corr s32[co], m s32[co], Requantize.values s32[4] -> requantized NHWC."""
+    """x u8 NHWC, packed weight, requantize_table s32[2 * co + 4] -> requantized NHWC."""
     import tvm
     from tvm import te, topi
 

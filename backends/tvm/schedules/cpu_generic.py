@@ -34,7 +34,7 @@ def _reads_across_layout(sch, block) -> bool:
         not any(uses_axis(read.region[-1].min) for read in stmt.reads)
 
 
-def _vectorize_innermost(sch, block, lanes: int = LANES) -> None:
+def vectorize_innermost(sch, block, lanes: int = LANES) -> None:
     """Vectorize the innermost loop (NHWC: channels, so per-channel constants load contiguously)
     when it holds whole vectors; otherwise all loops fused, then vectorized. Two layouts
     change between input and output, where the fused index would gather lane by lane:
@@ -81,8 +81,30 @@ class VectorizeInjective(dl.ScheduleRule):
         blocks = dl.try_inline(sch, blocks)
         if len(blocks) != 1 or not blocks[0].is_injective():
             return None
-        _vectorize_innermost(sch, blocks[0].block_rv)
+        vectorize_innermost(sch, blocks[0].block_rv)
         return sch
+
+
+def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=None) -> None:
+    """Schedule an NHWC reduction block (`spatial` loops ending in pixels, channels): 16
+    channels per vector, the reduction loops outside a tile of pixels along the row that shares
+    each weight vector: tile x 16 accumulators in registers (a local cache), written back once
+    per tile; the `epilogue` block (a requantization) computed from the registers on the way
+    out (no int32 round trip)."""
+    channel_outer, channel_inner = sch.split(spatial[-1], [None, LANES])
+    width = sch.get(spatial[-2]).extent
+    tile = pixel_tile(int(width)) if hasattr(width, "value") or isinstance(width, int) else 1
+    pixel_outer, pixel_inner = sch.split(spatial[-2], [None, tile])
+    sch.reorder(*spatial[:-2], pixel_outer, channel_outer, *reduce, pixel_inner, channel_inner)
+    write_back = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(write_back, channel_outer)
+    sch.vectorize(channel_inner)
+    sch.unroll(pixel_inner)
+    init = sch.decompose_reduction(block, reduce[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(sch.get_loops(write_back)[-1])
+    if epilogue is not None:
+        sch.reverse_compute_inline(epilogue)
 
 
 class VectorizeChannels(dl.ScheduleRule):
@@ -105,22 +127,7 @@ class VectorizeChannels(dl.ScheduleRule):
         reduce = [loop for loop, kind in zip(loops, kinds) if kind == "R"]
         if len(spatial) < 2:
             return None
-        channel_outer, channel_inner = sch.split(spatial[-1], [None, LANES])
-        # A tile of pixels along the row shares each weight vector: tile x 16 accumulators in
-        # registers (a local cache), written back once per tile.
-        width = sch.get(spatial[-2]).extent
-        tile = pixel_tile(int(width)) if hasattr(width, "value") or isinstance(width, int) else 1
-        pixel_outer, pixel_inner = sch.split(spatial[-2], [None, tile])
-        sch.reorder(*spatial[:-2], pixel_outer, channel_outer, *reduce, pixel_inner, channel_inner)
-        write_back = sch.cache_write(main.block_rv, 0, "local")
-        sch.reverse_compute_at(write_back, channel_outer)
-        sch.vectorize(channel_inner)
-        sch.unroll(pixel_inner)
-        init = sch.decompose_reduction(main.block_rv, reduce[0])
-        sch.vectorize(sch.get_loops(init)[-1])
-        sch.vectorize(sch.get_loops(write_back)[-1])
-        if epilogue:   # the requantization, from the registers on the way out (no int32 round trip)
-            sch.reverse_compute_inline(epilogue[0].block_rv)
+        tile_pixels_and_channels(sch, main.block_rv, spatial, reduce, epilogue[0].block_rv if epilogue else None)
         return sch
 
 

@@ -4,13 +4,16 @@ its per-channel parameters int32 like the dot-product kernels'.
 Without it, a depthwise convolution keeps TVM's compute and the integer rewrite's int64
 requantization constants (multiplier, rounding half, shift per channel: 24 bytes a channel,
 MobileNetV2 has 7,000 depthwise channels). Here the multiplier and correction are int32 kernel
-inputs and the shift one number per layer. The schedule is cpu_generic.VectorizeChannels:
-16 channels per vector, a tile of pixels in registers, the requantization on the way out.
+inputs and the shift one number per layer. The schedule is cpu_generic's
+tile_pixels_and_channels: 16 channels per vector, a tile of pixels in registers, the
+requantization on the way out. Weights on a 4-bit grid come two to a byte.
 """
 
 from __future__ import annotations
 
 import functools
+
+import numpy as np
 
 from qcompiler.backends.tvm.schedules.int8_conv import RequantizeCode, output_size, padded_input, requantized
 
@@ -19,19 +22,47 @@ def applies(channels: int) -> bool:
     return channels % 16 == 0
 
 
+def pack_weight_int4(weight_hwc: np.ndarray) -> np.ndarray:
+    """[KH, KW, C] weights in [-8, 7] two to a byte: [KH, KW, 16 * ceil(C / 32)] uint8, the
+    channels in pairs of 16-blocks: byte 16p + j holds channel 32p + j (low nibble) and
+    32p + 16 + j (high nibble; zero past C)."""
+    kh, kw, c = weight_hwc.shape
+    blocks = np.zeros((kh, kw, -(-c // 32) * 2, 16), np.int16)
+    blocks.reshape(kh, kw, -1)[:, :, :c] = weight_hwc
+    nibbles = blocks.reshape(kh, kw, -1, 2, 16) & 0xF
+    return (nibbles[..., 0, :] | (nibbles[..., 1, :] << 4)).reshape(kh, kw, -1).astype(np.uint8)
+
+
+def _unpacked_int4(tvm, te, packed, kh: int, kw: int, pairs: int):
+    """[KH, KW, 32 * pairs] int8 decoded from pack_weight_int4's nibbles (shifts in int8)."""
+    four = tvm.tirx.const(4, "int8")
+
+    def decode(r, s, o):
+        byte = packed[r, s, (o // 32) * 16 + o % 16].astype("int8")
+        up = (4 - 4 * ((o // 16) % 2)).astype("int8")   # 4 for the low nibble, 0 for the high one
+        return (byte << up) >> four
+
+    return te.compute((kh, kw, 32 * pairs), decode, name="unpack")
+
+
 @functools.cache
 def depthwise_kernel(n: int, h: int, w: int, c: int, kh: int, kw: int, stride: tuple, dilation: tuple,
-                     padding: tuple, requantize: RequantizeCode):
-    """The scheduled PrimFunc: x u8 NHWC, weight s8 [KH, KW, C], corr s32[C], m s32[C],
-    Requantize.values s32[4] -> requantized NHWC. Padding is zero (the graph pads with a
-    non-zero zero point itself)."""
+                     padding: tuple, requantize: RequantizeCode, int4: bool = False):
+    """The scheduled PrimFunc: x u8 NHWC, weight s8 [KH, KW, C] (`int4`: pack_weight_int4's
+    uint8), requantize_table s32[2C + 4] (int8_conv.requantize_table) -> requantized NHWC.
+    Padding is zero (the graph pads with a non-zero zero point itself). 4-bit weights are
+    decoded once per call into a [KH, KW, C] buffer (at most a few KiB)."""
     import tvm
     from tvm import te, topi
 
-    from qcompiler.backends.tvm.schedules.cpu_generic import VectorizeChannels
+    from qcompiler.backends.tvm.schedules.cpu_generic import tile_pixels_and_channels
 
     x = te.placeholder((n, h, w, c), "uint8", name="x")
-    weight = te.placeholder((kh, kw, c), "int8", name="w")
+    if int4:
+        weight = te.placeholder((kh, kw, -(-c // 32) * 16), "uint8", name="w4")
+        unpacked = _unpacked_int4(tvm, te, weight, kh, kw, -(-c // 32))
+    else:
+        weight = unpacked = te.placeholder((kh, kw, c), "int8", name="w")
     padded = padded_input(topi, x, padding)
     ho, wo = output_size(h, w, kh, kw, stride, dilation, padding)
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
@@ -39,14 +70,18 @@ def depthwise_kernel(n: int, h: int, w: int, c: int, kh: int, kw: int, stride: t
         (n, ho, wo, c),
         lambda b, y, xx, o: te.sum(
             padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], o].astype("int32")
-            * weight[ry, rx, o].astype("int32"), axis=[ry, rx]),
+            * unpacked[ry, rx, o].astype("int32"), axis=[ry, rx]),
         name="depthwise")
     out, rq_inputs = requantized(tvm, te, acc, c, requantize)
-    func = te.create_prim_func([x, weight, *rq_inputs, out])
-    sch = VectorizeChannels().apply(func, None, False)
-    if sch is None:
-        raise RuntimeError("depthwise kernel: the channel schedule did not apply")   # a bug, not bad input
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, *rq_inputs, out]))
+    if any(padding):
+        sch.compute_inline(sch.get_sblock("padded"))
+    if int4:   # decoded where used: 16 channels are one load, both nibbles' shifts and a select
+        sch.compute_inline(sch.get_sblock("unpack"))
+    block = sch.get_sblock("depthwise")
+    loops = sch.get_loops(block)
+    tile_pixels_and_channels(sch, block, loops[:4], loops[4:], sch.get_sblock("requantize"))
     name = (f"qdepthwise_{n}x{h}x{w}x{c}_{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
-            + requantize.suffix)
+            + ("_w4" if int4 else "") + requantize.suffix)
     # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
     return sch.mod["main"].with_attrs({"global_symbol": name, "tirx.is_scheduled": True, "op_pattern": 8})

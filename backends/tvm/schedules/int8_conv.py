@@ -6,7 +6,8 @@ with the weights packed [Co/16, KH, KW, Ci/4, 16, 4]: the innermost 16 x 4 block
 `vpdpbusd` (16 int32 lanes, each a 4-byte dot product). Loops: output rows, a tile of WT
 output pixels, blocks of 16 output channels; the WT x 16 accumulators stay in registers
 (a local cache written back once). Padding is materialized in the kernel, with 0 or with the
-input's zero point (`pad_value`). 1x1 convolutions and matmuls use the same kernel.
+input's zero point (`pad_value`). 1x1 convolutions and matmuls use the same kernel. Layers
+with 8 (mod 16) output channels use 8-channel blocks (`vnni8`: vpdpbusd on 256-bit registers).
 
 TVM 0.27's own `dot_16x4_vnni` intrinsic does not compile with its bundled LLVM 22 (operand
 vector types, DESIGN.md §5); ours broadcasts the 4 activation bytes as one int32 to 16 lanes
@@ -31,10 +32,18 @@ SDOT_INTRIN = "qcompiler_sdot_s8s8s32_4x4"
 
 
 # (name, activation dtype, output lanes, LLVM intrinsic) of each dot-product instruction used.
+# vnni8 is vpdpbusd on 256-bit registers, for layers with 8 (mod 16) output channels: their
+# weights then need no padding to 16 (MobileNetV2's classifier: 1000 outputs, 10 KiB).
 DOT_INSTRUCTIONS = {
     "vnni": (INTRIN, "uint8", 16, "llvm.x86.avx512.vpdpbusd.512"),
+    "vnni8": ("qcompiler_vnni_u8s8s32_8x4", "uint8", 8, "llvm.x86.avx512.vpdpbusd.256"),
     "sdot": (SDOT_INTRIN, "int8", 4, "llvm.aarch64.neon.sdot.v4i32.v16i8"),
 }
+
+
+def channel_block(isa: str) -> int:
+    """Output channels per packed weight block (the kernel's channel multiple)."""
+    return 8 if isa == "vnni8" else 16
 
 
 @functools.cache
@@ -76,10 +85,11 @@ def register_intrinsic(isa: str = "vnni") -> str:
     return name
 
 
-def pack_weight(weight_ohwi: np.ndarray) -> np.ndarray:
-    """[Co, KH, KW, Ci] int8 -> [Co/16, KH, KW, Ci/4, 16, 4] (Co, Ci already multiples of 16, 4)."""
+def pack_weight(weight_ohwi: np.ndarray, block: int = 16) -> np.ndarray:
+    """[Co, KH, KW, Ci] int8 -> [Co/B, KH, KW, Ci/4, B, 4] for B = `block` output channels
+    (Co, Ci already multiples of B, 4)."""
     co, kh, kw, ci = weight_ohwi.shape
-    return np.ascontiguousarray(weight_ohwi.reshape(co // 16, 16, kh, kw, ci // 4, 4).transpose(0, 2, 3, 4, 1, 5))
+    return np.ascontiguousarray(weight_ohwi.reshape(co // block, block, kh, kw, ci // 4, 4).transpose(0, 2, 3, 4, 1, 5))
 
 
 def pixel_tile(width: int) -> int:
@@ -104,9 +114,9 @@ class RequantizeCode:
 @dataclass(frozen=True)
 class Requantize:
     """The epilogue fused into a kernel: out = clamp(round_half_even(((acc + corr) * m) >> shift)
-    + zero_point, lo, hi) as `dtype`. corr and m are per-channel kernel inputs; zero point,
-    bounds and shift one small int32 input per layer (`values`), so that one kernel serves
-    every layer of its shape (a constant per layer made 45 MobileNetV2 kernels of 29 shapes)."""
+    + zero_point, lo, hi) as `dtype`. corr and m per channel, zero point, bounds and shift per
+    layer: all kernel inputs (requantize_table), so that one kernel serves every layer of its
+    shape (constants in the code made 45 MobileNetV2 kernels of 29 shapes)."""
 
     zero_point: int
     lo: int
@@ -128,31 +138,55 @@ class Requantize:
         return np.array([self.zero_point, self.lo, self.hi, self.shift], np.int32)
 
 
+def requantize_table(corr: np.ndarray, multiplier: np.ndarray, requantize: Requantize, channels: int,
+                     padded: int) -> np.ndarray:
+    """A layer's requantization as one int32 kernel input: corr and m per output channel (zero
+    in the padded channels), then Requantize.values. One constant instead of three: each of the
+    VM's constants costs ~58 bytes of library."""
+    table = np.zeros(2 * padded + 4, np.int32)
+    table[:channels] = np.broadcast_to(corr.reshape(-1), (channels,))
+    table[padded:padded + channels] = np.broadcast_to(multiplier.reshape(-1), (channels,))
+    table[2 * padded:] = requantize.values
+    return table
+
+
 def requantized(tvm, te, acc, channels: int, code: RequantizeCode, shape=None, read=None):
     """The fused requantization over `shape` (default: acc's), reading the accumulator with
-    `read(b, y, x, o)` (default: acc[b, y, x, o]); returns it and its kernel inputs: corr
-    s32[channels], m s32[channels] and Requantize.values s32[4] (zero point, lo, hi, shift)."""
+    `read(b, y, x, o)` (default: acc[b, y, x, o]); returns it and its kernel input, the layer's
+    requantize_table s32[2 * channels + 4]: corr, m, then zero point, lo, hi, shift."""
     read = read or (lambda b, y, x, o: acc[b, y, x, o])
-    corr = te.placeholder((channels,), "int32", name="corr")
-    m = te.placeholder((channels,), "int32", name="multiplier")
-    params = te.placeholder((4,), "int32", name="requantize_params")
-    inputs = [corr, m, params]
+    table = te.placeholder((2 * channels + 4,), "int32", name="requantize_table")
+
+    def corr(o):
+        return table[o]
+
+    def m(o):
+        return table[channels + o]
+
+    params = [table[2 * channels + i] for i in range(4)]
     if code.int32:
         return te.compute(shape or acc.shape, _int32_requantize(tvm, read, corr, m, params, code.dtype),
-                          name="requantize"), inputs
-    zero_point, lo, hi, bits = (params[i].astype("int64") for i in range(4))
-    one = tvm.tirx.const(1, "int64")
+                          name="requantize"), [table]
 
     def compute(b, y, x, o):
-        product = (read(b, y, x, o) + corr[o]).astype("int64") * m[o].astype("int64")
-        if code.ties:
-            odd = (product >> bits) & one
-            rounded = ((product + ((one << (bits - one)) - one) + odd) >> bits) + zero_point
-        else:
-            rounded = ((product + (one << (bits - one))) >> bits) + zero_point
-        return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(code.dtype)
+        product = (read(b, y, x, o) + corr(o)).astype("int64") * m(o).astype("int64")
+        return rounded_to_grid(tvm, product, params, code)
 
-    return te.compute(shape or acc.shape, compute, name="requantize"), inputs
+    return te.compute(shape or acc.shape, compute, name="requantize"), [table]
+
+
+def rounded_to_grid(tvm, product, params, code: RequantizeCode):
+    """An int64 fixed-point value shifted right by `bits` with rounding (half to even, or half
+    up where code.ties is False), plus the zero point, clamped to [lo, hi], cast to code.dtype;
+    params = (zero point, lo, hi, bits) as int32 expressions."""
+    zero_point, lo, hi, bits = (p.astype("int64") for p in params)
+    one = tvm.tirx.const(1, "int64")
+    if code.ties:
+        odd = (product >> bits) & one
+        rounded = ((product + ((one << (bits - one)) - one) + odd) >> bits) + zero_point
+    else:
+        rounded = ((product + (one << (bits - one))) >> bits) + zero_point
+    return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(code.dtype)
 
 
 INT32_ACCUMULATOR_BITS = 20   # |acc + corr| < 2**20: each 11-bit part of m times it fits int32
@@ -165,11 +199,11 @@ def _int32_requantize(tvm, read, corr, m, params, dtype: str):
     shift s >= 23, floor((a*m + 2**(s-1)) / 2**s) depends on the low parts only through their
     carries, so for 23 <= s <= 53 it equals floor((p2 + carry + 2**(s-23)) / 2**(s-22)) exactly
     (fixed_point.requantize_int32_parts is the numpy reference)."""
-    zero_point, lo, hi, bits = (params[i] for i in range(4))
+    zero_point, lo, hi, bits = params
     mask = tvm.tirx.const(2047, "int32")
 
     def compute(b, y, x, o):
-        a, mult = read(b, y, x, o) + corr[o], m[o]
+        a, mult = read(b, y, x, o) + corr(o), m(o)
         low, mid, high = a * (mult & mask), a * ((mult >> 11) & mask), a * (mult >> 22)
         top = high + ((mid + (low >> 11)) >> 11)
         rounded = ((top + (tvm.tirx.const(1, "int32") << (bits - 23))) >> (bits - 22)) + zero_point
@@ -193,23 +227,26 @@ def padded_input(topi, x, padding: tuple, pad_value: int = 0):
     return topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=pad_value, name="padded")
 
 
-def pack_weight_int4(weight_ohwi: np.ndarray) -> np.ndarray:
-    """Weights in [-8, 7] two to a byte: [Co/16, KH, KW, Ci/4, 32] uint8, byte j of a 16x4 block
-    holding elements 2j (low nibble) and 2j+1 (high nibble)."""
-    blocks = pack_weight(weight_ohwi).astype(np.int16)
-    pairs = blocks.reshape(*blocks.shape[:4], 32, 2) & 0xF
-    return (pairs[..., 0] | (pairs[..., 1] << 4)).astype(np.uint8)
+def pack_weight_int4(weight_ohwi: np.ndarray, block: int = 16) -> np.ndarray:
+    """Weights in [-8, 7] two to a byte: [Co/B, KH, KW, Ci/4, 2B] uint8. Byte j of a B x 4
+    block holds element j in its low nibble and element j + 2B in its high nibble, so that each
+    half of the block decodes from one contiguous load with two shifts (_unpacked_int4)."""
+    blocks = pack_weight(weight_ohwi, block).astype(np.int16)
+    flat = blocks.reshape(*blocks.shape[:4], 4 * block) & 0xF
+    return (flat[..., :2 * block] | (flat[..., 2 * block:] << 4)).astype(np.uint8)
 
 
-def _unpacked_int4(tvm, te, packed, co: int, kh: int, kw: int, ci: int):
-    """The int8 weight blocks decoded from nibbles (sign-extended by shifting through int32)."""
+def _unpacked_int4(tvm, te, packed, co: int, kh: int, kw: int, ci: int, block: int):
+    """The int8 weight blocks decoded from nibbles (pack_weight_int4), sign-extended by shifts
+    in int8: the low nibble by (b << 4) >> 4, the high one by b >> 4."""
+    half, four = 2 * block, tvm.tirx.const(4, "int8")
+
     def decode(a, p, q, c, i, k):
         index = i * 4 + k
-        byte = packed[a, p, q, c, index // 2].astype("int32")
-        low, high = (byte << 28) >> 28, (byte << 24) >> 28
-        return tvm.tirx.if_then_else(index % 2 == 0, low, high).astype("int8")
+        byte = packed[a, p, q, c, index % half].astype("int8")
+        return tvm.tirx.if_then_else(index < half, (byte << four) >> four, byte >> four)
 
-    return te.compute((co // 16, kh, kw, ci // 4, 16, 4), decode, name="unpack")
+    return te.compute((co // block, kh, kw, ci // 4, block, 4), decode, name="unpack")
 
 
 @functools.cache
@@ -217,8 +254,8 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
                   padding: tuple, requantize: RequantizeCode | None = None, int4: bool = False, isa: str = "vnni",
                   pad_value: int = 0):
     """The scheduled PrimFunc (x u8 NHWC, packed weight -> s32 NHWC; or, with `requantize`,
-    x, weight, corr s32[co], m s32[co], Requantize.values s32[4] -> u8/s8 NHWC);
-    ci % 4 == co % 16 == 0.
+    x, weight, requantize_table s32[2 * co + 4] -> u8/s8 NHWC);
+    ci % 4 == co % channel_block(isa) == 0.
 
     With `int4` the weight comes packed two to a byte (pack_weight_int4) and each block of 16
     output channels is decoded into a small buffer once per call, then reused for every pixel:
@@ -226,12 +263,13 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     import tvm
     from tvm import te, topi
 
+    cblock = channel_block(isa)
     x = te.placeholder((n, h, w, ci), "uint8", name="x")
     if int4:
-        weight = te.placeholder((co // 16, kh, kw, ci // 4, 32), "uint8", name="w4")
-        wp = _unpacked_int4(tvm, te, weight, co, kh, kw, ci)
+        weight = te.placeholder((co // cblock, kh, kw, ci // 4, 2 * cblock), "uint8", name="w4")
+        wp = _unpacked_int4(tvm, te, weight, co, kh, kw, ci, cblock)
     else:
-        weight = wp = te.placeholder((co // 16, kh, kw, ci // 4, 16, 4), "int8", name="w")
+        weight = wp = te.placeholder((co // cblock, kh, kw, ci // 4, cblock, 4), "int8", name="w")
     padded = padded_input(topi, x, padding, pad_value)
     if isa == "sdot":   # u8 -> s8 (x - 128): sdot is signed only; the caller corrects by 128 * sum(w)
         padded = te.compute(padded.shape, lambda *i: (padded(*i).astype("int32") - 128).astype("int8"),
@@ -242,7 +280,7 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         (n, ho, wo, co),
         lambda b, y, xx, o: te.sum(
             padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], rc].astype("int32")
-            * wp[o // 16, ry, rx, rc // 4, o % 16, rc % 4].astype("int32"), axis=[ry, rx, rc]),
+            * wp[o // cblock, ry, rx, rc // 4, o % cblock, rc % 4].astype("int32"), axis=[ry, rx, rc]),
         name="conv")
     params = [x, weight, out]
     if requantize is not None:
@@ -254,7 +292,7 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     if isa == "sdot":
         o_outer, o_block, o_inner = sch.split(o, [None, 4, 4])
     else:
-        o_outer, o_inner = sch.split(o, [None, 16])
+        o_outer, o_inner = sch.split(o, [None, cblock])
         o_block = None
     c_outer, c_inner = sch.split(r_c, [None, 4])
     inner_loops = [o_inner, c_inner] if o_block is None else [o_block, o_inner, c_inner]
@@ -264,7 +302,8 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         tile = x_outer
         unpack = sch.get_sblock("unpack")
         sch.compute_at(unpack, o_outer)
-        _, inner = sch.split(sch.fuse(*sch.get_loops(unpack)[-2:]), [None, 64])
+        halves, inner = sch.split(sch.fuse(*sch.get_loops(unpack)[-2:]), [2, 2 * cblock])
+        sch.unroll(halves)   # each half one vector: its nibble is a constant, no per-lane select
         sch.vectorize(inner)
     else:
         sch.reorder(b, y, x_outer, o_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
