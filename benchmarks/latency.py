@@ -96,6 +96,8 @@ def measure(name: str, runs: int, workdir: Path) -> dict:
     # MobileNetV2's weights), which bounds its size ratio below 6x whatever the packing.
     row["so4all_bytes"] = library_bytes(path, calib, QuantConfig(PRESETS["w4a8"], keep_edge_layers_8bit=False),
                                         workdir / f"{name}-w4a8-all")
+    row["so2all_bytes"] = library_bytes(path, calib, QuantConfig(PRESETS["w2a4"], keep_edge_layers_8bit=False),
+                                        workdir / f"{name}-w2a4-all")
 
     fp32 = session(qcompiler.load(path), threads=1)
     int8 = session(qdq, threads=1)
@@ -119,17 +121,20 @@ def table(rows: list[dict], runs: int) -> str:
              "onnxruntime int8 = onnxruntime on the same QDQ model (its QLinear kernels). Speed-up = onnxruntime "
              "FP32 / runner; size ratio = FP32 .onnx bytes / library bytes (the .so holds code and constants). "
              "W4A8 = the preset (first and last layer 8-bit); W4A8 every layer = the same with "
-             "`keep_edge_layers_8bit=False` (size only: its accuracy is not measured here).",
+             "`keep_edge_layers_8bit=False`, and W2A4 every layer the w2a4 preset so (size only: their accuracy "
+             "is not measured here).",
              "", "| model | input | onnxruntime FP32 ms | onnxruntime int8 ms | qcompiler ms | speed-up vs FP32 "
-             "| vs onnxruntime int8 | FP32 .onnx | W8A8 .so (ratio) | W4A8 .so (ratio) | W4A8 every layer .so (ratio) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| vs onnxruntime int8 | FP32 .onnx | W8A8 .so (ratio) | W4A8 .so (ratio) | W4A8 every layer .so (ratio) "
+             "| W2A4 every layer .so (ratio) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['input']} | {ms(r['ort_fp32'])} | {ms(r['ort_int8'])} | {ms(r['ours'])} "
             f"| {r['ort_fp32'][0] / r['ours'][0]:.2f}x | {r['ort_int8'][0] / r['ours'][0]:.2f}x "
             f"| {r['fp32_bytes'] / 1024:.0f} KiB | {r['so_bytes'] / 1024:.0f} KiB ({r['fp32_bytes'] / r['so_bytes']:.2f}x) "
             f"| {r['so4_bytes'] / 1024:.0f} KiB ({r['fp32_bytes'] / r['so4_bytes']:.2f}x) "
-            f"| {r['so4all_bytes'] / 1024:.0f} KiB ({r['fp32_bytes'] / r['so4all_bytes']:.2f}x) |")
+            f"| {r['so4all_bytes'] / 1024:.0f} KiB ({r['fp32_bytes'] / r['so4all_bytes']:.2f}x) "
+            f"| {r['so2all_bytes'] / 1024:.0f} KiB ({r['fp32_bytes'] / r['so2all_bytes']:.2f}x) |")
     return "\n".join(lines) + "\n"
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from qcompiler.backends.tvm.fixed_point import RESIDUAL_INT32_SHIFTS
 from qcompiler.backends.tvm.qdq_patterns import Bindings, op_name
 from qcompiler.backends.tvm.schedules import arm_smmla, depthwise, int8_conv, residual_add
 
@@ -268,8 +269,9 @@ class _DotKernels(relax.PyExprMutator):
             x = self.visit_expr(x)
             sides.append(x if axes is None else self.builder_.emit(relax.op.permute_dims(x, axes)))
         (_, za, ma, _), (_, zb, mb, _) = terms
-        kernel = residual_add.residual_add_kernel(shape, str(sides[0].ty.dtype), str(sides[1].ty.dtype),
-                                                  int8_conv.RequantizeCode(rq.dtype, rq.ties))
+        dtypes = [str(side.ty.dtype) for side in sides]
+        int32 = all(d in ("uint8", "int8") for d in dtypes) and rq.shift in RESIDUAL_INT32_SHIFTS
+        kernel = residual_add.residual_add_kernel(shape, *dtypes, int8_conv.RequantizeCode(rq.dtype, rq.ties, int32))
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         table = relax.const(residual_add.residual_table((za, zb), (ma, mb), rq), "int32")
         self.replaced[final] = self.builder_.emit(relax.op.call_tir(
@@ -330,12 +332,15 @@ class _DotKernels(relax.PyExprMutator):
         kind = self._kernel(on_4bit_grid, ci, wo, chain)
         if kind is None:
             return None, None
-        isa = "vnni8" if kind == "vnni" and co % 16 else kind   # 8-lane blocks: less padding
+        # 8-lane blocks where the weights outweigh the pixels (the classifier, batch <= 16: its
+        # padding to 16 was 10 KiB); over many pixels each block re-broadcasts the activations:
+        # 3 blocks of 8 for 24 channels cost MobileNetV2 95 us more than 2 blocks of 16 and a slice.
+        isa = "vnni8" if kind == "vnni" and co % 16 and n * ho * wo <= 16 else kind
         ci_p, co_p = _round_up(ci, 8 if kind == "smmla" else 4), _round_up(co, int8_conv.channel_block(isa))
         padded = np.zeros((co_p, kh, kw, ci_p), np.int8)
         padded[:co, :, :, :ci] = weight
-        int4 = kind != "smmla" and on_4bit_grid
-        args = [self._pad_channels(data, ci_p - ci), self._packed(padded, isa, int4)]
+        bits = 8 if kind == "smmla" or not on_4bit_grid else 2 if int8_conv.fits_int2(padded) else 4
+        args = [self._pad_channels(data, ci_p - ci), *self._packed(padded, isa, bits)]
         rq, dtype, code = None, "int32", None
         if chain is not None:
             final, corr, multiplier, rq = chain
@@ -352,10 +357,10 @@ class _DotKernels(relax.PyExprMutator):
                                              pad_value)
         else:
             kernel = int8_conv.conv2d_kernel(n, h, w, ci_p, co_p, kh, kw, stride, dilation, padding,
-                                             code, int4, isa, pad_value)
+                                             code, bits, isa, pad_value)
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         out = self.builder_.emit(relax.op.call_tir(gvar, relax.Tuple(args), relax.TensorType([n, ho, wo, co_p], dtype)))
-        self.used[(f"{kind} conv2d" if kh * kw > 1 else f"{kind} 1x1 conv2d / matmul") + (" int4" if int4 else "")
+        self.used[(f"{kind} conv2d" if kh * kw > 1 else f"{kind} 1x1 conv2d / matmul") + (f" int{bits}" if bits < 8 else "")
                   + (" + requantize" if rq else "")] += 1
         if co_p != co:
             out = self.builder_.emit(relax.op.strided_slice(out, axes=[3], begin=[0], end=[co]))
@@ -368,13 +373,18 @@ class _DotKernels(relax.PyExprMutator):
         return self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, 0, 0, 0, extra], pad_value=0.0))
 
     @staticmethod
-    def _packed(weight: np.ndarray, isa: str, int4: bool) -> relax.Expr:
-        """The weight in the kernel's layout; on a 4-bit grid, two to a byte."""
+    def _packed(weight: np.ndarray, isa: str, bits: int) -> list[relax.Expr]:
+        """The weight's kernel inputs in the kernel's layout: 4-bit two to a byte, 2-bit four to
+        a byte and their per-channel offsets."""
         if isa == "smmla":
-            return relax.const(arm_smmla.pack_weight(weight), "int8")
-        if int4:
-            return relax.const(int8_conv.pack_weight_int4(weight, int8_conv.channel_block(isa)), "uint8")
-        return relax.const(int8_conv.pack_weight(weight, int8_conv.channel_block(isa)), "int8")
+            return [relax.const(arm_smmla.pack_weight(weight), "int8")]
+        block = int8_conv.channel_block(isa)
+        if bits == 2:
+            fields, offsets = int8_conv.pack_weight_int2(weight, block)
+            return [relax.const(fields, "uint8"), relax.const(offsets, "int8")]
+        if bits == 4:
+            return [relax.const(int8_conv.pack_weight_int4(weight, block), "uint8")]
+        return [relax.const(int8_conv.pack_weight(weight, block), "int8")]
 
 
 def _on_4bit_grid(weight: np.ndarray) -> bool:

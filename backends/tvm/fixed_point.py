@@ -108,6 +108,33 @@ def requantize_int32_parts(acc: np.ndarray, m: np.ndarray, shift: int) -> np.nda
         return ((top + (np.int32(1) << (shift - 23))) >> (shift - 22)).astype(np.int64)
 
 
+RESIDUAL_INT32_SHIFTS = range(17, 47)   # where residual_add_int32's intermediates fit int32
+
+
+def residual_add_int32(ta: np.ndarray, ma: int, tb: np.ndarray, mb: int, shift: int, ties: bool) -> np.ndarray:
+    """round(ta * ma + tb * mb, shift) (half to even with `ties`, else half up) for |ta|, |tb|
+    <= 255, 0 < ma, mb < 2**31 and a shift in RESIDUAL_INT32_SHIFTS, in int32 only, step by
+    step as the residual add kernel computes it: the multipliers in 16-bit halves, the sum as
+    combined * 2**16 + r with 0 <= r < 2**16; half up is then (combined + 2**(s-17)) >> (s-16),
+    and an exact tie (r = 0, combined = 2**(s-17) mod 2**(s-16)) rounds down when that is odd.
+
+    >>> t = np.arange(-255, 256)
+    >>> ref = round_shift(t.astype(np.int64) * 1234567891 + t[::-1] * 987654, np.int64(31))
+    >>> residual_add_int32(t, 1234567891, t[::-1], 987654, 31, True).tolist() == ref.tolist()
+    True
+    """
+    ta, tb = np.asarray(ta, np.int32), np.asarray(tb, np.int32)
+    with np.errstate(over="raise"):
+        high = ta * np.int32(ma >> 16) + tb * np.int32(mb >> 16)
+        low = ta * np.int32(ma & 0xFFFF) + tb * np.int32(mb & 0xFFFF)
+        combined = high + (low >> 16)
+        up = (combined + (np.int32(1) << (shift - 17))) >> (shift - 16)
+        if ties:
+            tie = ((low & 0xFFFF) == 0) & ((combined & ((np.int32(1) << (shift - 16)) - 1)) == (np.int32(1) << (shift - 17)))
+            up = up - (tie & (up & 1).astype(bool))
+        return up.astype(np.int64)
+
+
 def quantize_bound(value: float, scale: float, zero_point: int) -> int:
     """Where a float clamp bound lands on the output grid (half to even, as QuantizeLinear)."""
     if np.isinf(value):

@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from qcompiler.backends.tvm.fixed_point import (multiplier_and_shift, requantize, round_shift, round_shift_half_up,
-                                                requantize_int32_parts, ties_possible)
+                                                requantize_int32_parts, residual_add_int32, ties_possible)
 
 INT32 = st.integers(-(2 ** 31), 2 ** 31 - 1)
 
@@ -81,3 +81,23 @@ def test_int32_parts_equal_the_int64_requantization(real, values):
     accumulators = np.array(values + [2 ** 20 - 1, -(2 ** 20) + 1, 0, 1, -1], np.int64)
     assert np.array_equal(requantize_int32_parts(accumulators, m, int(shift)),
                           round_shift_half_up(accumulators * m, shift))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 2 ** 31 - 1), st.integers(1, 2 ** 31 - 1), st.integers(17, 46), st.booleans(),
+       st.integers(0, 2 ** 32 - 1))
+def test_residual_add_int32_form_equals_the_int64_rounding(ma, mb, shift, ties, seed):
+    rng = np.random.default_rng(seed)
+    ta, tb = rng.integers(-255, 256, 512), rng.integers(-255, 256, 512)
+    total = ta.astype(np.int64) * ma + tb.astype(np.int64) * mb
+    reference = round_shift(total, np.int64(shift)) if ties else \
+        round_shift_half_up(total, np.int64(shift))
+    np.testing.assert_array_equal(residual_add_int32(ta, ma, tb, mb, shift, ties), reference)
+
+
+def test_residual_add_int32_form_rounds_exact_ties_to_even():
+    # ta * 2**15 / 2**17 = ta / 4: ta = 2 and 6 are exact ties (0.5 -> 0, 1.5 -> 2)
+    ta = np.array([2, 6, -2, -6, 1, 3])
+    out = residual_add_int32(ta, 2 ** 15, np.zeros(6, np.int64), 1, 17, True)
+    np.testing.assert_array_equal(out, round_shift(ta.astype(np.int64) * 2 ** 15, np.int64(17)))
+    assert out.tolist()[:4] == [0, 2, 0, -2]

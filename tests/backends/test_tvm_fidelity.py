@@ -148,9 +148,28 @@ def test_fashion_models_follow_the_qdq_model(name, preset, tmp_path):
     assert not library.float_ops
     from qcompiler.backends.tvm.targets import host_has_vnni
 
-    if host_has_vnni():   # 4- and 2-bit weights stay packed two to a byte in the VNNI kernels
-        packed = sum(count for kind, count in library.kernels.items() if "int4" in kind)
-        assert (packed > 0) == (preset != "w8a8"), dict(library.kernels)
+    if host_has_vnni():   # 4-bit weights stay packed two to a byte in the VNNI kernels, 2-bit four
+        packed = {bits: sum(n for kind, n in library.kernels.items() if f"int{bits}" in kind) for bits in (4, 2)}
+        assert (packed[4] + packed[2] > 0) == (preset != "w8a8"), dict(library.kernels)
+        assert (packed[2] > 0) == (preset == "w2a4"), dict(library.kernels)
+
+
+def test_every_layer_at_two_bits_compiles_four_weights_a_byte(tmp_path):
+    """w2a4 without the 8-bit edge layers: the network input quantized to 4 bits feeds the first
+    conv (a scalar read once made the generic schedule rule fail), every conv on 2-bit fields."""
+    from qcompiler.quant.presets import PRESETS, QuantConfig
+
+    data = np.load(ROOT / "models" / "fashion_mnist_subset.npz")
+    model = qcompiler.load(ROOT / "models" / "fashion_resnet8.onnx")
+    config = QuantConfig(PRESETS["w2a4"], keep_edge_layers_8bit=False)
+    qdq = qcompiler.driver.quantize(model, {"input": data["input"][:64]}, config, progress=False).qdq
+    library, (fidelity,) = _compile_and_compare(qdq, {"input": data["input"][128:192]}, tmp_path, batch=16)
+    assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
+    assert not library.float_ops, dict(library.float_ops)
+    from qcompiler.backends.tvm.targets import host_has_vnni
+
+    if host_has_vnni():
+        assert sum(n for kind, n in library.kernels.items() if "int2" in kind) == 10, dict(library.kernels)
 
 
 def test_float_fallback_between_dq_and_q_is_correct(tmp_path):
@@ -215,7 +234,7 @@ def test_reconstructed_models_compile_and_follow_their_qdq_model(preset, tmp_pat
     library, (fidelity,) = _compile_and_compare(qdq, feeds, tmp_path, batch=16)
     print(f"resnet8 {preset} + BRECQ: {fidelity.line()}; kernels {dict(library.kernels)}")
     assert not library.float_ops, dict(library.float_ops)
-    assert any("int4" in k for k in library.kernels), dict(library.kernels)
+    assert any("int4" in k or "int2" in k for k in library.kernels), dict(library.kernels)
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
 
 

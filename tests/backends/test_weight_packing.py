@@ -60,3 +60,18 @@ def test_requantize_table_layout():
     np.testing.assert_array_equal(table[:8], [5, -6, 7, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(table[8:16], [100, 200, 300, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(table[16:], [3, 0, 255, 38])
+
+
+@pytest.mark.parametrize("block", [16, 8])
+def test_conv_weights_two_bits_four_quarter_blocks_per_byte_plus_channel_offsets(block):
+    rng = np.random.default_rng(2)
+    offsets = rng.integers(-3, 1, 2 * block).astype(np.int8)          # zero point folded in: [-3, 0]
+    weight = (offsets[:, None, None, None] + rng.integers(0, 4, (2 * block, 1, 1, 8))).astype(np.int8)
+    assert int8_conv.fits_int2(weight) and not int8_conv.fits_int2(weight * 2)
+    packed, stored_offsets = int8_conv.pack_weight_int2(weight, block)
+    blocks = int8_conv.pack_weight(weight, block)
+    assert packed.shape == (*blocks.shape[:4], block) and packed.dtype == np.uint8
+    channel = np.repeat(np.arange(2 * block).reshape(2, 1, 1, 1, block, 1), 4, axis=5).reshape(2, 1, 1, 1, 4 * block)
+    fields = np.concatenate([(packed >> (2 * q)) & 3 for q in range(4)], axis=-1).astype(np.int8)
+    decoded = fields + stored_offsets[np.broadcast_to(channel, fields.shape)]
+    np.testing.assert_array_equal(decoded, blocks.reshape(*blocks.shape[:4], 4 * block))

@@ -30,8 +30,9 @@ def _reads_across_layout(sch, block) -> bool:
     def uses_axis(expr) -> bool:
         return any(var.same_as(axis) for var in tvm.tirx.analysis.undefined_vars(expr))
 
-    return any(uses_axis(r.min) for read in stmt.reads for r in list(read.region)[:-1]) and \
-        not any(uses_axis(read.region[-1].min) for read in stmt.reads)
+    reads = [read for read in stmt.reads if len(read.region)]   # scalars (0-d buffers) have no axes
+    return any(uses_axis(r.min) for read in reads for r in list(read.region)[:-1]) and \
+        not any(uses_axis(read.region[-1].min) for read in reads)
 
 
 def vectorize_innermost(sch, block, lanes: int = LANES) -> None:

@@ -6,8 +6,9 @@ with the weights packed [Co/16, KH, KW, Ci/4, 16, 4]: the innermost 16 x 4 block
 `vpdpbusd` (16 int32 lanes, each a 4-byte dot product). Loops: output rows, a tile of WT
 output pixels, blocks of 16 output channels; the WT x 16 accumulators stay in registers
 (a local cache written back once). Padding is materialized in the kernel, with 0 or with the
-input's zero point (`pad_value`). 1x1 convolutions and matmuls use the same kernel. Layers
-with 8 (mod 16) output channels use 8-channel blocks (`vnni8`: vpdpbusd on 256-bit registers).
+input's zero point (`pad_value`). 1x1 convolutions and matmuls use the same kernel; a
+layer with 8 (mod 16) outputs and few output pixels uses 8-channel blocks (`vnni8`: vpdpbusd on
+256-bit registers) rather than padded weights.
 
 TVM 0.27's own `dot_16x4_vnni` intrinsic does not compile with its bundled LLVM 22 (operand
 vector types, DESIGN.md §5); ours broadcasts the 4 activation bytes as one int32 to 16 lanes
@@ -32,8 +33,8 @@ SDOT_INTRIN = "qcompiler_sdot_s8s8s32_4x4"
 
 
 # (name, activation dtype, output lanes, LLVM intrinsic) of each dot-product instruction used.
-# vnni8 is vpdpbusd on 256-bit registers, for layers with 8 (mod 16) output channels: their
-# weights then need no padding to 16 (MobileNetV2's classifier: 1000 outputs, 10 KiB).
+# vnni8 is vpdpbusd on 256-bit registers, for layers with 8 (mod 16) outputs and few pixels:
+# their weights then need no padding to 16 (MobileNetV2's classifier: 1000 outputs, 10 KiB).
 DOT_INSTRUCTIONS = {
     "vnni": (INTRIN, "uint8", 16, "llvm.x86.avx512.vpdpbusd.512"),
     "vnni8": ("qcompiler_vnni_u8s8s32_8x4", "uint8", 8, "llvm.x86.avx512.vpdpbusd.256"),
@@ -249,27 +250,63 @@ def _unpacked_int4(tvm, te, packed, co: int, kh: int, kw: int, ci: int, block: i
     return te.compute((co // block, kh, kw, ci // 4, block, 4), decode, name="unpack")
 
 
+def pack_weight_int2(weight_ohwi: np.ndarray, block: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Weights spanning at most 4 consecutive values per output channel (the 2-bit presets,
+    zero point folded in) four to a byte: ([Co/B, KH, KW, Ci/4, B] uint8, offsets int8[Co]),
+    each weight its channel's offset + a 2-bit field; byte j of a B x 4 block holds elements
+    j, j + B, j + 2B, j + 3B in bits 0-1, 2-3, 4-5, 6-7 (a quarter block per shift)."""
+    offsets = weight_ohwi.reshape(weight_ohwi.shape[0], -1).min(axis=1).astype(np.int8)
+    fields = pack_weight((weight_ohwi - offsets[:, None, None, None]).astype(np.int8), block).astype(np.uint8)
+    flat = fields.reshape(*fields.shape[:4], 4 * block)
+    quarters = [flat[..., q * block:(q + 1) * block] << (2 * q) for q in range(4)]
+    return (quarters[0] | quarters[1] | quarters[2] | quarters[3]).astype(np.uint8), offsets
+
+
+def fits_int2(weight_ohwi: np.ndarray) -> bool:
+    """Whether every output channel's weights span at most 4 consecutive values."""
+    flat = weight_ohwi.reshape(weight_ohwi.shape[0], -1).astype(np.int16)
+    return bool(np.all(flat.max(axis=1) - flat.min(axis=1) <= 3))
+
+
+def _unpacked_int2(te, packed, offsets, co: int, kh: int, kw: int, ci: int, block: int):
+    """The int8 weight blocks decoded from pack_weight_int2's 2-bit fields plus their channel's offset."""
+    def decode(a, p, q, c, i, k):
+        index = i * 4 + k
+        field = (packed[a, p, q, c, index % block] >> (2 * (index // block)).astype("uint8")) & 3
+        return field.astype("int8") + offsets[a * block + i]
+
+    return te.compute((co // block, kh, kw, ci // 4, block, 4), decode, name="unpack")
+
+
 @functools.cache
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
-                  padding: tuple, requantize: RequantizeCode | None = None, int4: bool = False, isa: str = "vnni",
+                  padding: tuple, requantize: RequantizeCode | None = None, weight_bits: int = 8, isa: str = "vnni",
                   pad_value: int = 0):
     """The scheduled PrimFunc (x u8 NHWC, packed weight -> s32 NHWC; or, with `requantize`,
     x, weight, requantize_table s32[2 * co + 4] -> u8/s8 NHWC);
     ci % 4 == co % channel_block(isa) == 0.
 
-    With `int4` the weight comes packed two to a byte (pack_weight_int4) and each block of 16
-    output channels is decoded into a small buffer once per call, then reused for every pixel:
-    the loops over channel blocks move outside the pixel loops for that."""
+    With `weight_bits` 4 the weight comes packed two to a byte (pack_weight_int4), with 2 four
+    to a byte followed by int8 offsets per channel (pack_weight_int2); each block of output
+    channels is then decoded into a small buffer once per call and reused for every pixel: the
+    loops over channel blocks move outside the pixel loops for that."""
     import tvm
     from tvm import te, topi
 
     cblock = channel_block(isa)
     x = te.placeholder((n, h, w, ci), "uint8", name="x")
-    if int4:
-        weight = te.placeholder((co // cblock, kh, kw, ci // 4, 2 * cblock), "uint8", name="w4")
-        wp = _unpacked_int4(tvm, te, weight, co, kh, kw, ci, cblock)
+    packed = weight_bits < 8
+    weights = []
+    if weight_bits == 4:
+        weights = [te.placeholder((co // cblock, kh, kw, ci // 4, 2 * cblock), "uint8", name="w4")]
+        wp = _unpacked_int4(tvm, te, weights[0], co, kh, kw, ci, cblock)
+    elif weight_bits == 2:
+        weights = [te.placeholder((co // cblock, kh, kw, ci // 4, cblock), "uint8", name="w2"),
+                   te.placeholder((co,), "int8", name="w2_offsets")]
+        wp = _unpacked_int2(te, *weights, co, kh, kw, ci, cblock)
     else:
-        weight = wp = te.placeholder((co // cblock, kh, kw, ci // 4, cblock, 4), "int8", name="w")
+        weights = [te.placeholder((co // cblock, kh, kw, ci // 4, cblock, 4), "int8", name="w")]
+        wp = weights[0]
     padded = padded_input(topi, x, padding, pad_value)
     if isa == "sdot":   # u8 -> s8 (x - 128): sdot is signed only; the caller corrects by 128 * sum(w)
         padded = te.compute(padded.shape, lambda *i: (padded(*i).astype("int32") - 128).astype("int8"),
@@ -282,10 +319,10 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
             padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], rc].astype("int32")
             * wp[o // cblock, ry, rx, rc // 4, o % cblock, rc % 4].astype("int32"), axis=[ry, rx, rc]),
         name="conv")
-    params = [x, weight, out]
+    params = [x, *weights, out]
     if requantize is not None:
         requant, rq_inputs = requantized(tvm, te, out, co, requantize)
-        params = [x, weight, *rq_inputs, requant]
+        params = [x, *weights, *rq_inputs, requant]
     sch = tvm.s_tir.Schedule(te.create_prim_func(params))
     block = sch.get_sblock("conv")
     b, y, xx, o, r_y, r_x, r_c = sch.get_loops(block)
@@ -297,13 +334,14 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     c_outer, c_inner = sch.split(r_c, [None, 4])
     inner_loops = [o_inner, c_inner] if o_block is None else [o_block, o_inner, c_inner]
     x_outer, x_inner = sch.split(xx, [None, pixel_tile(wo)])
-    if int4:
+    if packed:
         sch.reorder(b, o_outer, y, x_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
         tile = x_outer
         unpack = sch.get_sblock("unpack")
         sch.compute_at(unpack, o_outer)
-        halves, inner = sch.split(sch.fuse(*sch.get_loops(unpack)[-2:]), [2, 2 * cblock])
-        sch.unroll(halves)   # each half one vector: its nibble is a constant, no per-lane select
+        parts = 8 // weight_bits   # fields per byte
+        part, inner = sch.split(sch.fuse(*sch.get_loops(unpack)[-2:]), [parts, 4 * cblock // parts])
+        sch.unroll(part)   # each part one vector: its shift is a constant, no per-lane select
         sch.vectorize(inner)
     else:
         sch.reorder(b, y, x_outer, o_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
@@ -320,8 +358,8 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         sch.reverse_compute_inline(sch.get_sblock("requantize"))
     sch.vectorize(sch.get_loops(write_back)[-1])
     name = f"qconv2d_{isa}_{n}x{h}x{w}x{ci}_{co}x{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
-    if int4:
-        name += "_w4"
+    if packed:
+        name += f"_w{weight_bits}"
     if pad_value:
         name += f"_z{pad_value}"
     if requantize is not None:
