@@ -30,7 +30,7 @@ def test_compile_with_brecq_builds_and_checks_the_library(tmp_path, capsys):
     code, out, err = cli(capsys, "compile", RESNET, "--calib", SUBSET, "--preset", "w2a4", "--reconstruct", "brecq",
                          "--iters", "20", "--calib-count", "64", "--no-progress", "-o", tmp_path)
     assert code == 0, err
-    assert "int4" in out and "library vs QDQ model (onnxruntime): logits: max" in out
+    assert "int2" in out and "library vs QDQ model (onnxruntime): logits: max" in out
     assert (tmp_path / "model.so").exists()
 
 
