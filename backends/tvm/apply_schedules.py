@@ -200,6 +200,8 @@ class _DotKernels(relax.PyExprMutator):
         if int(attrs.groups) != 1:
             fused = self._depthwise(call, weight)
             return fused if fused is not None else self._grouped_hwio(call, weight)
+        if self.isa is None:   # no dot-product kernel on this target: nothing to prepare
+            return None
         data, padding, pad_value = self._unpadded(call.args[0], tuple(int(p) for p in attrs.padding))
         out, fused = self._emit(data, weight, tuple(int(s) for s in attrs.strides),
                                 tuple(int(d) for d in attrs.dilation), padding, self.current, pad_value)
@@ -292,7 +294,7 @@ class _DotKernels(relax.PyExprMutator):
     def _matmul(self, call: relax.Call):
         weight = self._qualifies(call)
         data = call.args[0]
-        if weight is None or weight.ndim != 2 or len(data.ty.shape) != 2:
+        if weight is None or weight.ndim != 2 or len(data.ty.shape) != 2 or self.isa is None:
             return None
         rows, depth = (int(d) for d in data.ty.shape)
         image = self.builder_.emit(relax.op.reshape(self.visit_expr(data), [1, 1, rows, depth]))
@@ -312,7 +314,7 @@ class _DotKernels(relax.PyExprMutator):
         apply (4-bit weights, odd output widths); sdot and smmla need the fused correction."""
         if self.isa == "vnni":
             return "vnni"
-        if chain is None or self.isa is None:
+        if chain is None:
             return None
         if self.isa == "smmla" and not on_4bit_grid and arm_smmla.applies(_round_up(ci, 8), 16, wo):
             return "smmla"
@@ -388,7 +390,8 @@ class _DotKernels(relax.PyExprMutator):
 
 
 def _on_4bit_grid(weight: np.ndarray) -> bool:
-    """Whether int8 weights all lie in [-8, 7] (the 4- and 2-bit presets): stored two to a byte."""
+    """Whether int8 weights all lie in [-8, 7] (the 4- and 2-bit presets): stored packed, two
+    to a byte (four where int8_conv.fits_int2)."""
     return bool(weight.min() >= -8 and weight.max() <= 7)
 
 

@@ -296,7 +296,6 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     cblock = channel_block(isa)
     x = te.placeholder((n, h, w, ci), "uint8", name="x")
     packed = weight_bits < 8
-    weights = []
     if weight_bits == 4:
         weights = [te.placeholder((co // cblock, kh, kw, ci // 4, 2 * cblock), "uint8", name="w4")]
         wp = _unpacked_int4(tvm, te, weights[0], co, kh, kw, ci, cblock)
