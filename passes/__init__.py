@@ -28,6 +28,7 @@ from qcompiler.passes.canonicalize import Canonicalize  # noqa: E402
 from qcompiler.passes.fold_batchnorm import FoldBatchNorm  # noqa: E402
 from qcompiler.passes.annotate_quant import AnnotateQuant  # noqa: E402
 from qcompiler.passes.calibrate_ranges import CalibrateRanges  # noqa: E402
+from qcompiler.passes.correct_bias import CorrectBias  # noqa: E402
 from qcompiler.passes.insert_qdq import InsertQDQ  # noqa: E402
 from qcompiler.passes.partition_blocks import PartitionBlocks  # noqa: E402
 from qcompiler.passes.reconstruct_blocks import ReconstructBlocks  # noqa: E402
@@ -36,7 +37,7 @@ from qcompiler.passes.reconstruct_blocks import ReconstructBlocks  # noqa: E402
 DEFAULT_PIPELINE = ("canonicalize", "fold-batchnorm")
 
 __all__ = [
-    "AnnotateQuant", "CalibrateRanges", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants",
+    "AnnotateQuant", "CalibrateRanges", "CorrectBias", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants",
     "Instrument", "MatMulAddToGemm", "NormalizeClip", "Pass", "PassContext", "PassManager",
     "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "SumToAdd", "TimingInstrument",
     "VerifyInstrument", "get_pass", "load_pass", "register", "registered_passes",

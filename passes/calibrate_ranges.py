@@ -65,7 +65,7 @@ class CalibrateRanges(Pass):
     def _observe(self, model: Model, names: list[str]) -> dict[str, tuple[float, float]]:
         observers = {n: make_observer(model.quant[n].spec.observer) for n in names}
         runner = session(model, extra_outputs=names)
-        batch = self.batch_size or _batch_size(model, names)
+        batch = self.batch_size or observation_batch_size(model, names)
         passes = 2 if any(o.two_pass for o in observers.values()) else 1
         for index in range(passes):
             self._one_pass(runner, observers, names, batch, index, passes)
@@ -86,7 +86,7 @@ class CalibrateRanges(Pass):
         bar.close()
 
 
-def _batch_size(model: Model, names: list[str]) -> int:
+def observation_batch_size(model: Model, names: list[str]) -> int:
     """As many samples as fit BATCH_MEMORY of observed tensors."""
     return int(np.clip(BATCH_MEMORY // max(sample_bytes(model, names), 1), 1, 256))
 

@@ -103,13 +103,15 @@ def _quantize_options(p: argparse.ArgumentParser) -> None:
                    help="per-layer settings for node names matching PATTERN: wbits=, abits=, wobserver=, skip "
                    "(e.g. '/fc/*:wbits=8'; repeatable)")
     p.add_argument("--config", type=Path, help='JSON file: {"preset": ..., "observer": ..., "overrides": '
-                   '[{"pattern": ..., "wbits": 8}], "keep_edge_layers_8bit": true}')
+                   '[{"pattern": ..., "wbits": 8}], "keep_edge_layers_8bit": true, "bias_correction": true}')
     p.add_argument("--eval", help="held-out data like --calib, optionally with a 'labels' array: accuracy, "
                    "agreement, KL and SQNR against the float model")
     p.add_argument("--calib-count", type=int, help="use at most this many calibration samples")
     p.add_argument("--preprocess", default="none", help="for image folders: 'imagenet', or "
                    "'resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW,color=RGB'")
     p.add_argument("--batch-size", type=int, help="calibration batch size (default: what fits 256 MiB of activations)")
+    p.add_argument("--no-bias-correction", action="store_true", help="keep the biases as trained (by default the mean "
+                   "output shift that weight rounding causes is folded into them; not used with --reconstruct)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _reconstruct_options(p)
 
@@ -263,7 +265,8 @@ def _quantize(args: argparse.Namespace):
     from qcompiler.report import ReportData
 
     start = time.perf_counter()
-    config = load_config(args.config, args.preset, args.observer, args.override)
+    config = load_config(args.config, args.preset, args.observer, args.override,
+                         False if args.no_bias_correction else None)
     model = ir.load(args.model)
     progress = not args.no_progress
     result = quantize(model, args.calib, config, calib_count=args.calib_count, batch_size=args.batch_size,
@@ -274,7 +277,8 @@ def _quantize(args: argparse.Namespace):
         eval_data = load_data(args.eval, result.float_model, what="evaluation",
                               preprocess=ImagePreprocess.parse(args.preprocess))
         evaluation = evaluate(result.float_model, result.qdq, eval_data, progress=progress)
-    tensors = tensor_errors(result.annotated, result.qdq, result.dequantized, result.calibration.head(64))
+    tensors = tensor_errors(result.annotated, result.qdq, result.dequantized, result.calibration.head(64),
+                            result.float_model)
     report = ReportData(
         model_path=str(args.model), preset=config.preset.name,
         observer=(config.activation_observer or config.preset.activation_observer) if config.preset.activation_bits
@@ -282,8 +286,20 @@ def _quantize(args: argparse.Namespace):
         calibration=str(args.calib), calibration_samples=result.calibration.count, evaluation=evaluation,
         evaluation_source=str(args.eval), tensors=tensors, float_bytes=constant_bytes(result.float_model),
         quant_bytes=constant_bytes(result.qdq), seconds=time.perf_counter() - start, weight_values=weight_values(result.annotated),
-        reconstruction=result.reconstruction, reconstruction_setting=_describe_reconstruction(args))
+        reconstruction=result.reconstruction, reconstruction_setting=_describe_reconstruction(args),
+        bias_correction=_describe_bias_correction(result, args))
     return result, report
+
+
+def _describe_bias_correction(result, args: argparse.Namespace) -> str:
+    if args.reconstruct:
+        return ""  # reconstruction learns the rounding instead; its own row says so
+    if not result.config.bias_correction:
+        return "off"
+    if not result.bias_shifts:
+        return "no Conv/Gemm layer with quantized weights"
+    return (f"{len(result.bias_shifts)} layers (mean shift of weight rounding folded into the biases; "
+            f"largest change {max(result.bias_shifts.values()):.3g})")
 
 
 def _describe_reconstruction(args: argparse.Namespace) -> str:

@@ -36,17 +36,19 @@ class Quantized:
     config: QuantConfig
     calibration: Dataset
     reconstruction: list = dataclasses.field(default_factory=list)  # BlockReports, when reconstructed
+    bias_shifts: dict = dataclasses.field(default_factory=dict)  # layer -> largest bias change (correct-bias)
 
 
 def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_count: int | None = None,
              preprocess: ImagePreprocess | None = None, batch_size: int | None = None, progress: bool = True,
              context: PassContext | None = None, reconstruct: ReconstructConfig | None = None) -> Quantized:
-    """Post-training quantization: canonicalize, fold BN, annotate, calibrate, [reconstruct
-    blocks (BRECQ) when `reconstruct` is given], insert QDQ.
+    """Post-training quantization: canonicalize, fold BN, annotate, calibrate, then either
+    reconstruct blocks (BRECQ, when `reconstruct` is given) or correct biases (unless the config
+    turns it off), insert QDQ.
 
     `calib`: a .npz/.npy path or image folder, a dict of arrays, or an iterable of feed dicts.
     """
-    from qcompiler.passes import AnnotateQuant, CalibrateRanges, InsertQDQ, ReconstructBlocks
+    from qcompiler.passes import AnnotateQuant, CalibrateRanges, CorrectBias, InsertQDQ, ReconstructBlocks
 
     config = config or QuantConfig()
     qdq_nodes = [n.name for n in model.graph.nodes if n.op in ("QuantizeLinear", "DequantizeLinear")]
@@ -59,11 +61,14 @@ def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_co
     steps = [AnnotateQuant(config), CalibrateRanges(data, batch_size, progress)]
     if reconstruct is not None:
         steps.append(ReconstructBlocks(data, reconstruct, progress))
+    elif config.bias_correction:
+        steps.append(CorrectBias(data, batch_size, progress))
     annotated = PassManager(steps, context)(float_model.copy()).model
     insert = InsertQDQ()
     qdq = PassManager([insert], context)(annotated.copy()).model
-    reports = steps[-1].reports if reconstruct is not None else []
-    return Quantized(float_model, annotated, qdq, insert.dequantized, config, data, reports)
+    last = steps[-1]
+    return Quantized(float_model, annotated, qdq, insert.dequantized, config, data,
+                     getattr(last, "reports", []), getattr(last, "shifts", {}))
 
 
 def constant_bytes(model: Model) -> int:

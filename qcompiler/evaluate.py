@@ -10,8 +10,8 @@ from qcompiler.data import Dataset
 from qcompiler.executor import session
 from qcompiler.ir import Model
 from qcompiler.progress import Progress
-from qcompiler.quant.annotation import weight_values
-from qcompiler.quant.maths import dequantize, fake_quantize, sqnr_db
+from qcompiler.quant.annotation import quantized_weight, weight_values
+from qcompiler.quant.maths import sqnr_db
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,18 +71,20 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
-def tensor_errors(annotated: Model, quant_model: Model, dequantized: dict[str, str], data: Dataset) -> list[TensorError]:
+def tensor_errors(annotated: Model, quant_model: Model, dequantized: dict[str, str], data: Dataset,
+                  float_model: Model | None = None) -> list[TensorError]:
     """SQNR of every quantized tensor against its float counterpart: weights in numpy, activations
-    by running both models (with the tensors exposed) on `data`, a few batches at most."""
+    by running both models (with the tensors exposed) on `data`, a few batches at most. The float
+    activations come from `float_model` (default: `annotated`, whose biases correct-bias may have changed)."""
     rows = []
     for name, w in weight_values(annotated).items():
         tq = annotated.quant[name]
-        quantized = fake_quantize(w, tq.params, tq.spec) if tq.rounded is None else dequantize(tq.rounded, tq.params, tq.spec)
+        quantized = quantized_weight(w, tq)
         rows.append(TensorError(name, "weight", tq.spec.describe(), sqnr_db(w, quantized),
                                 float(w.min()), float(w.max())))
     names = [n for n, tq in annotated.quant.items() if tq.role == "activation" and n in dequantized]
     if names:
-        fp = session(annotated, extra_outputs=names)
+        fp = session(float_model or annotated, extra_outputs=names)
         q = session(quant_model, extra_outputs=[dequantized[n] for n in names])
         sums = {n: [0.0, 0.0] for n in names}
         for feeds in data.batches(16):

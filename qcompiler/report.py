@@ -34,6 +34,7 @@ class ReportData:
     weight_values: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     reconstruction: list = dataclasses.field(default_factory=list)  # BlockReports (qcompiler.blocks)
     reconstruction_setting: str = ""
+    bias_correction: str = ""  # what correct-bias did, for the summary; "" when it did not run
 
 
 def summary_table(r: ReportData) -> str:
@@ -50,6 +51,8 @@ def summary_table(r: ReportData) -> str:
         rows.append(("top-1 agreement", f"{e.agreement:.4f}"))
         rows.append(("KL(float || quantized)", f"{e.kl:.5f} nats"))
         rows.append(("output SQNR", f"{e.sqnr_db:.1f} dB"))
+    if r.bias_correction:
+        rows.append(("bias correction", r.bias_correction))
     if r.reconstruction:
         before = sum(b.loss_nearest for b in r.reconstruction)
         after = sum(b.loss_learned for b in r.reconstruction)

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from qcompiler.quant.maths import dequantize, fake_quantize
 from qcompiler.quant.spec import QuantParams, QuantSpec
 
 #: Ops whose output may absorb a following Relu/Clip: quantize after the activation, not before.
@@ -37,3 +38,9 @@ def weight_values(model) -> dict[str, np.ndarray]:
     """The float value of every weight annotated on `model` (a qcompiler.ir.Model)."""
     tensors = model.tensors()
     return {name: model.const_value(tensors[name]) for name, tq in model.quant.items() if tq.role == "weight"}
+
+
+def quantized_weight(values: np.ndarray, tq: TensorQuant) -> np.ndarray:
+    """The float value a quantized weight computes with: learned integers (AdaRound) when the
+    annotation has them, else round to nearest; what insert-qdq writes, dequantized."""
+    return fake_quantize(values, tq.params, tq.spec) if tq.rounded is None else dequantize(tq.rounded, tq.params, tq.spec)

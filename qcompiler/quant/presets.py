@@ -63,6 +63,9 @@ class QuantConfig:
     activation_observer: str | None = None  # None: the preset's
     overrides: tuple[Override, ...] = ()
     keep_edge_layers_8bit: bool | None = None  # None: the preset's
+    #: Fold the mean effect of weight rounding into the biases (passes/correct_bias.py); PTQ
+    #: without reconstruction only (BRECQ learns the rounding against the block output instead).
+    bias_correction: bool = True
 
     def weight_spec(self, layer: str, axis: int | None, edge: bool) -> QuantSpec | None:
         """The weight spec of layer `layer` (None: left in float); `axis` its output-channel axis."""
@@ -127,15 +130,16 @@ def _setting(key: str, value: str, text: str):
     return int(value)
 
 
-def load_config(path: Path | None, preset: str | None, observer: str | None, overrides: list[str]) -> QuantConfig:
-    """Combine a JSON config file (optional) with command-line settings, which win."""
+def load_config(path: Path | None, preset: str | None, observer: str | None, overrides: list[str],
+                bias_correction: bool | None = None) -> QuantConfig:
+    """Combine a JSON config file (optional) with command-line settings, which win (None: not given)."""
     data: dict = {}
     if path is not None:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise UsageError(f"--config {path}: cannot read it as JSON: {exc}") from None
-        unknown = set(data) - {"preset", "observer", "overrides", "keep_edge_layers_8bit"}
+        unknown = set(data) - {"preset", "observer", "overrides", "keep_edge_layers_8bit", "bias_correction"}
         if unknown:
             raise UsageError(f"--config {path}: unknown keys {sorted(unknown)}")
     name = preset or data.get("preset", "w8a8")
@@ -145,8 +149,12 @@ def load_config(path: Path | None, preset: str | None, observer: str | None, ove
     if observer is not None and observer not in OBSERVERS:
         raise UsageError(f"unknown observer {observer!r}; observers: {', '.join(OBSERVERS)}")
     file_overrides = [parse_override(o) if isinstance(o, str) else _override_from_dict(o, path) for o in data.get("overrides", [])]
+    if bias_correction is None:
+        bias_correction = data.get("bias_correction", True)
+    if not isinstance(bias_correction, bool):
+        raise UsageError(f"--config {path}: bias_correction must be true or false")
     return QuantConfig(PRESETS[name], observer, tuple(file_overrides + [parse_override(o) for o in overrides]),
-                       data.get("keep_edge_layers_8bit"))
+                       data.get("keep_edge_layers_8bit"), bias_correction)
 
 
 def _override_from_dict(item: dict, path) -> Override:

@@ -1,0 +1,114 @@
+"""correct-bias: remove the mean output shift that rounding a layer's weights causes.
+
+Rounding W to W_q changes a layer's output by (W_q - W) x. Its mean over the data, (W_q - W) E[x],
+is a systematic shift per output channel: rounding errors that happen to lean one way in a channel
+with few weights (a depthwise 3x3 has nine) move the whole channel, and ReLUs and the following
+layers do not average it out. Bias correction (Nagel et al. 2019, "Data-Free Quantization", §4.2;
+AIMET's bias correction) subtracts it from the bias, with E[x] per input channel measured by
+running the float model on the calibration data. Border pixels of padded convolutions see zeros,
+which this mean ignores (as the paper does).
+
+Applies to Conv (grouped and depthwise too) and Gemm whose weight is quantized; a Conv without a
+bias gets one. MatMul (no bias input) and ConvTranspose are left as they are. Matters most at 4
+bits and on depthwise layers; benchmarks/results/ptq.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qcompiler.data import Dataset
+from qcompiler.errors import PassError
+from qcompiler.executor import session
+from qcompiler.ir import Model, Node
+from qcompiler.pass_infra import Pass, PassResult
+from qcompiler.passes.calibrate_ranges import observation_batch_size
+from qcompiler.progress import Progress
+from qcompiler.quant.annotation import quantized_weight
+from qcompiler.registry import register
+
+
+@register("correct-bias")
+class CorrectBias(Pass):
+    """Fold the mean effect of weight rounding into each quantized layer's bias (see the module docstring)."""
+
+    def __init__(self, data: Dataset | None = None, batch_size: int | None = None, progress: bool = True) -> None:
+        self.data, self.batch_size, self.progress = data, batch_size, progress
+        #: After a run: layer name -> the largest change this pass made to one of its biases.
+        self.shifts: dict[str, float] = {}
+
+    def requires(self, model: Model) -> None:
+        if any(tq.role == "weight" and tq.params is None for tq in model.quant.values()):
+            raise PassError("correct-bias: run calibrate-ranges first (some weights have no params)")
+        if self.data is None and correctable_layers(model):
+            raise PassError("correct-bias needs calibration data: CorrectBias(data=...)")
+
+    def call(self, model: Model) -> PassResult:
+        layers = correctable_layers(model)
+        self.shifts = {}
+        if not layers:
+            return PassResult(model, False)
+        means = self._input_means(model, layers)
+        for layer in layers:
+            shift = rounding_shift(model, layer, means[layer.inputs[0].name])
+            bias = model.const_value(model.input_or_none(layer, 2))
+            bias = np.zeros(shift.shape, np.float32) if bias is None else bias
+            model.set_const_input(layer, 2, (bias - shift).astype(np.float32), name=f"{layer.name}_bias")
+            self.shifts[layer.name] = float(np.abs(shift).max())
+        return PassResult(model, True)
+
+    def _input_means(self, model: Model, layers: list[Node]) -> dict[str, np.ndarray]:
+        """Mean of each layer's input per channel over the calibration data, float model."""
+        axes = {layer.inputs[0].name: _channel_axis(layer) for layer in layers}
+        graph_inputs = {t.name for t in model.graph.inputs}
+        names = [n for n in axes if n not in graph_inputs]  # graph inputs are read from the feeds
+        runner = session(model, extra_outputs=names) if names else None
+        batch = self.batch_size or observation_batch_size(model, names)
+        sums = {n: 0.0 for n in axes}
+        counts = dict.fromkeys(axes, 0)
+        bar = Progress("bias correction (input means)", -(-self.data.count // batch), self.progress)
+        for feeds in self.data.batches(batch):
+            values = dict(zip(names, runner.run(names, feeds))) if runner else {}
+            values.update({n: feeds[n] for n in axes if n in graph_inputs})
+            for name, axis in axes.items():
+                channels_first = np.moveaxis(values[name], axis, 0)
+                flat = channels_first.reshape(channels_first.shape[0], -1)
+                sums[name] = sums[name] + flat.sum(axis=1, dtype=np.float64)
+                counts[name] += flat.shape[1]
+            bar.advance()
+        bar.close()
+        return {n: sums[n] / counts[n] for n in axes}
+
+
+def correctable_layers(model: Model) -> list[Node]:
+    """Conv and Gemm layers whose weight is quantized and whose bias (if any) is a 1-D constant."""
+    layers = []
+    for node in model.graph.nodes:
+        weight = model.input_or_none(node, 1)
+        if node.op not in ("Conv", "Gemm") or weight is None or weight.name not in model.quant:
+            continue
+        bias_t = model.input_or_none(node, 2)
+        bias = model.const_value(bias_t)
+        if bias_t is not None and (bias is None or bias.ndim != 1):
+            continue
+        if node.op == "Gemm" and (node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0):
+            continue
+        layers.append(node)
+    return layers
+
+
+def rounding_shift(model: Model, layer: Node, input_mean: np.ndarray) -> np.ndarray:
+    """(W_q - W) E[x] per output channel of a Conv or Gemm, in float64."""
+    weight = model.const_value(layer.inputs[1])
+    error = quantized_weight(weight, model.quant[layer.inputs[1].name]).astype(np.float64) - weight
+    if layer.op == "Gemm":
+        return error @ input_mean if layer.attrs.get("transB", 0) else input_mean @ error
+    groups = layer.attrs.get("group", 1)
+    out_channels, in_per_group = error.shape[:2]
+    per_group = error.reshape(groups, out_channels // groups, in_per_group, -1).sum(axis=3)
+    return np.einsum("goc,gc->go", per_group, input_mean.reshape(groups, in_per_group)).reshape(out_channels)
+
+
+def _channel_axis(layer: Node) -> int:
+    """Axis of the input's channels (features): NCHW for Conv; Gemm's A is (N, K), or (K, N) when transA."""
+    return 0 if layer.op == "Gemm" and layer.attrs.get("transA", 0) else 1

@@ -1,0 +1,124 @@
+"""correct-bias: after it, each layer's mean output with rounded weights equals the float layer's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from graphs import ROOT, cli, make_model
+from qcompiler import ir
+from qcompiler.driver import quantize
+from qcompiler.executor import session
+from qcompiler.quant.presets import load_config
+
+SUBSET = ROOT / "models" / "fashion_mnist_subset.npz"
+
+
+def conv_net(with_bias: bool):
+    """conv 3x3 -> depthwise 3x3 -> flatten -> Gemm, no padding."""
+    rng = np.random.default_rng(0)
+    inits = {"w1": rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "w2": rng.normal(size=(6, 1, 3, 3)).astype(np.float32),
+             "w3": rng.normal(size=(24, 5)).astype(np.float32), "b2": rng.normal(size=6).astype(np.float32),
+             "b3": rng.normal(size=5).astype(np.float32)}
+    if with_bias:
+        inits["b1"] = rng.normal(size=6).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"] + (["b1"] if with_bias else []), ["c1"], kernel_shape=[3, 3], name="conv"),
+             helper.make_node("Conv", ["c1", "w2", "b2"], ["c2"], kernel_shape=[3, 3], group=6, name="dw"),
+             helper.make_node("Flatten", ["c2"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], name="fc")]
+    return make_model(nodes, [("x", ["N", 3, 6, 6])], [("y", None)], inits)
+
+
+def layer_means(model: ir.Model, feeds: dict, names: list[str]) -> list[np.ndarray]:
+    values = session(model, extra_outputs=names).run(names, feeds)
+    return [v.mean(axis=(0, 2, 3)) if v.ndim == 4 else v.mean(axis=0) for v in values]
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_each_layer_mean_output_equals_the_float_layer(with_bias):
+    """Weight-only 4-bit (activations float), so a layer's input is the float one and the output
+    mean shift is exactly (W_q - W) E[x]: the corrected QDQ layer has the float layer's mean."""
+    # constant over space, so every window's mean is the image's mean (the pass's assumption)
+    x = np.broadcast_to(np.random.default_rng(1).normal(1.0, 1.0, size=(64, 3, 1, 1)), (64, 3, 6, 6)).astype(np.float32)
+    model = conv_net(with_bias)
+    config = load_config(None, "w4", None, ["*:wbits=4"])
+    fixed = quantize(model.copy(), {"x": x}, config, progress=False)
+    plain = quantize(model.copy(), {"x": x}, load_config(None, "w4", None, ["*:wbits=4"], bias_correction=False),
+                     progress=False)
+    assert sorted(fixed.bias_shifts) == ["conv", "dw", "fc"] and plain.bias_shifts == {}
+    for layer, output in (("conv", "c1"), ("dw", "c2"), ("fc", "y")):
+        # each layer fed the float input of the float model, so only its own rounding differs
+        float_mean, = layer_means(fixed.float_model, {"x": x}, [output])
+        inputs = {"conv": "x", "dw": "c1", "fc": "f"}[layer]
+        single = _single_layer(fixed.qdq, layer)
+        feed = {"x": x} if inputs == "x" else {inputs: session(fixed.float_model, extra_outputs=[inputs]).run([inputs], {"x": x})[0]}
+        got, = layer_means(single, feed, [single.graph.outputs[0].name])
+        plain_got, = layer_means(_single_layer(plain.qdq, layer), feed, [output])
+        scale = np.abs(float_mean).max()
+        assert np.max(np.abs(got - float_mean)) <= 2e-5 * scale + 1e-5  # int32 bias rounding: < 1e-6 here
+        assert np.max(np.abs(plain_got - float_mean)) > 20 * np.max(np.abs(got - float_mean))
+
+
+def _single_layer(qdq: ir.Model, layer: str) -> ir.Model:
+    """The QDQ model cut to one layer (its weight/bias DequantizeLinear nodes and the layer itself)."""
+    import onnx.utils
+
+    node = next(n for n in qdq.graph.nodes if n.name == layer)
+    proto = qdq.to_onnx()
+    data = node.inputs[0].name
+    extracted = onnx.utils.Extractor(proto).extract_model([data], [node.outputs[0].name])
+    return ir.Model.from_onnx(extracted)
+
+
+def test_conv_without_bias_gets_one_and_layers_without_quantized_weights_are_left():
+    x = np.random.default_rng(1).normal(size=(16, 3, 6, 6)).astype(np.float32)
+    config = load_config(None, "w4", None, ["*:wbits=4", "fc:skip"])
+    result = quantize(conv_net(False), {"x": x}, config, progress=False)
+    conv = next(n for n in result.annotated.graph.nodes if n.name == "conv")
+    assert result.annotated.const_value(result.annotated.input_or_none(conv, 2)).shape == (6,)
+    assert sorted(result.bias_shifts) == ["conv", "dw"]
+    fc = next(n for n in result.annotated.graph.nodes if n.name == "fc")
+    np.testing.assert_array_equal(result.annotated.const_value(fc.inputs[2]), result.float_model.const_value(
+        next(n for n in result.float_model.graph.nodes if n.name == "fc").inputs[2]))
+
+
+def test_not_run_with_reconstruction_and_off_from_config_file(tmp_path):
+    config_file = tmp_path / "q.json"
+    config_file.write_text('{"preset": "w4a8", "bias_correction": false}')
+    assert load_config(config_file, None, None, []).bias_correction is False
+    assert load_config(config_file, None, None, [], bias_correction=True).bias_correction is True
+    config_file.write_text('{"bias_correction": "yes"}')
+    with pytest.raises(Exception, match="bias_correction must be true or false"):
+        load_config(config_file, None, None, [])
+
+
+def test_lowers_kl_at_w4a8_on_the_fashion_subset():
+    """The measured effect (benchmarks/results/ptq.md), on the bundled 300 images: MobileNetV2-style
+    net at W4A8, KL(float || quantized) at least halved."""
+    from qcompiler.data import load_data
+    from qcompiler.evaluate import evaluate
+
+    data = dict(np.load(SUBSET))
+    model = ir.load(ROOT / "models" / "fashion_mobilenetv2.onnx")
+    kls = []
+    for enabled in (False, True):
+        result = quantize(model.copy(), {"input": data["input"]}, load_config(None, "w4a8", None, [], bias_correction=enabled),
+                          progress=False)
+        kls.append(evaluate(result.float_model, result.qdq, load_data(data, result.float_model, what="evaluation"),
+                            progress=False).kl)
+    assert kls[1] < kls[0] / 2, kls
+
+
+def test_cli_reports_it_and_turns_it_off(tmp_path, capsys):
+    model = ROOT / "models" / "fashion_resnet8.onnx"
+    code, out, _ = cli(capsys, "quantize", str(model), "--calib", str(SUBSET), "--calib-count", "32", "-o", str(tmp_path / "a"),
+                       "--no-progress")
+    assert code == 0 and _row(out, "bias correction").startswith("10 layers")
+    code, out, _ = cli(capsys, "quantize", str(model), "--calib", str(SUBSET), "--calib-count", "32", "-o", str(tmp_path / "b"),
+                       "--no-progress", "--no-bias-correction")
+    assert code == 0 and _row(out, "bias correction") == "off"
+
+
+def _row(summary: str, key: str) -> str:
+    return next(line[len(key):].strip() for line in summary.splitlines() if line.startswith(key))
