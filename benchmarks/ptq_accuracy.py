@@ -38,6 +38,7 @@ from qcompiler.quant.presets import QuantConfig, load_config  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "ptq.md"
 OBSERVERS = ("minmax", "ema", "percentile", "mse", "kl")
 ORT_CALIBRATORS = ("MinMax", "Entropy", "Percentile", "Distribution")
+NO_BIAS_CORRECTION = "qcompiler --no-bias-correction"
 
 
 def fashion_data(count: int = 512):
@@ -170,6 +171,9 @@ def run_model(name: str, path: Path, calib, evals, quick: bool) -> list[dict]:
     for preset, weights in (("w8a8", "int8"), ("w4a8", "int4")):
         for observer in observers:
             add("qcompiler", weights, "per-channel", observer, ours(model, calib, evals, load_config(None, preset, observer, [])))
+        for observer in observers:
+            add(NO_BIAS_CORRECTION, weights, "per-channel", observer,
+                ours(model, calib, evals, load_config(None, preset, observer, [], bias_correction=False)))
         if preset == "w8a8":
             for observer in observers:
                 add("qcompiler", weights, "per-tensor", observer,
@@ -211,8 +215,9 @@ def table(rows: list[dict], fp: dict[str, float]) -> str:
 def comparisons(rows: list[dict]) -> list[str]:
     """Best of each method per model and weight width, and per-channel against per-tensor."""
     ok = [r for r in rows if "failed" not in r]
-    lines = ["| model | weights | best qcompiler (per-channel) | best onnxruntime | qcompiler per-tensor (best) |",
-             "|---|---|---|---|---|"]
+    lines = ["| model | weights | best qcompiler (per-channel) | best onnxruntime | qcompiler per-tensor (best) "
+             "| qcompiler per-channel without bias correction (best) |",
+             "|---|---|---|---|---|---|"]
     for model in dict.fromkeys(r["model"] for r in ok):
         for weights in ("int8", "int4"):
             def best(method, granularity):
@@ -221,7 +226,8 @@ def comparisons(rows: list[dict]) -> list[str]:
                 top = max(found, key=lambda r: (r["top1"], r["agreement"]), default=None)
                 return "n/a" if top is None else f"{top['top1']:.4f} ({top['observer']}, agreement {top['agreement']:.4f})"
             lines.append(f"| {model} | {weights} | {best('qcompiler', 'per-channel')} | "
-                         f"{best('onnxruntime quantize_static', 'per-channel')} | {best('qcompiler', 'per-tensor')} |")
+                         f"{best('onnxruntime quantize_static', 'per-channel')} | {best('qcompiler', 'per-tensor')} | "
+                         f"{best(NO_BIAS_CORRECTION, 'per-channel')} |")
     return lines
 
 
@@ -237,7 +243,8 @@ def render(rows: list[dict], seconds: float | None, quick: bool, agreement_count
         "images (those 20 and unlabelled photos); not ImageNet accuracy, and with so few images one image is "
         f"{100 / 20:.0f} points of top-1. Activations are uint8 per tensor in every row; the observer column "
         "is the activation observer (weights: min/max at int8, Lp search at int4). `seconds` is the quantizer's "
-        "own time (calibration included, evaluation excluded). onnxruntime's quantizer runs in a child process "
+        "own time (calibration included, evaluation excluded). qcompiler rows use bias correction (the default; "
+        "passes/correct_bias.py) unless the method says `--no-bias-correction`. onnxruntime's quantizer runs in a child process "
         f"limited to {ORT_MEMORY_LIMIT // 2**30} GiB of address space.",
         "",
         "## Summary",
