@@ -58,17 +58,15 @@ def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_co
             f"e.g. {qdq_nodes[0]}); quantize the float model instead")
     float_model = build_pipeline(None, context)(model).model
     data = load_data(calib, float_model, preprocess=preprocess, limit=calib_count)
+    reconstructor = ReconstructBlocks(data, reconstruct, progress) if reconstruct is not None else None
+    corrector = CorrectBias(data, batch_size, progress) if reconstruct is None and config.bias_correction else None
     steps = [AnnotateQuant(config), CalibrateRanges(data, batch_size, progress)]
-    if reconstruct is not None:
-        steps.append(ReconstructBlocks(data, reconstruct, progress))
-    elif config.bias_correction:
-        steps.append(CorrectBias(data, batch_size, progress))
+    steps += [step for step in (reconstructor, corrector) if step is not None]
     annotated = PassManager(steps, context)(float_model.copy()).model
     insert = InsertQDQ()
     qdq = PassManager([insert], context)(annotated.copy()).model
-    last = steps[-1]
     return Quantized(float_model, annotated, qdq, insert.dequantized, config, data,
-                     getattr(last, "reports", []), getattr(last, "shifts", {}))
+                     reconstructor.reports if reconstructor else [], corrector.shifts if corrector else {})
 
 
 def constant_bytes(model: Model) -> int:

@@ -84,6 +84,15 @@ def test_conv_without_bias_gets_one_and_layers_without_quantized_weights_are_lef
 
 
 def test_not_run_with_reconstruction_and_off_from_config_file(tmp_path):
+    from qcompiler.blocks import ReconstructConfig
+
+    x = np.random.default_rng(1).normal(size=(16, 3, 6, 6)).astype(np.float32)
+    short = ReconstructConfig(iters=4, act_iters=1, samples=16)
+    reconstructed = quantize(conv_net(True), {"x": x}, load_config(None, "w4a8", None, []), progress=False, reconstruct=short)
+    assert reconstructed.reconstruction and reconstructed.bias_shifts == {}
+    for name in ("b1", "b2", "b3"):  # the trained biases, untouched
+        np.testing.assert_array_equal(reconstructed.annotated.const_value(reconstructed.annotated.tensor(name)),
+                                      reconstructed.float_model.const_value(reconstructed.float_model.tensor(name)))
     config_file = tmp_path / "q.json"
     config_file.write_text('{"preset": "w4a8", "bias_correction": false}')
     assert load_config(config_file, None, None, []).bias_correction is False
