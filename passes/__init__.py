@@ -20,6 +20,7 @@ from qcompiler.registry import get_pass, load_pass, register, registered_passes
 from qcompiler.rewrite import Reject, RewriteRule, RuleSetPass
 
 from qcompiler.passes.fold_constants import FoldConstants  # noqa: E402  (registers)
+from qcompiler.passes.fold_shapes import FoldShapes  # noqa: E402
 from qcompiler.passes.remove_identity import RemoveIdentity  # noqa: E402
 from qcompiler.passes.sum_to_add import SumToAdd  # noqa: E402
 from qcompiler.passes.matmul_add_to_gemm import MatMulAddToGemm  # noqa: E402
@@ -37,7 +38,7 @@ from qcompiler.passes.reconstruct_blocks import ReconstructBlocks  # noqa: E402
 DEFAULT_PIPELINE = ("canonicalize", "fold-batchnorm")
 
 __all__ = [
-    "AnnotateQuant", "CalibrateRanges", "CorrectBias", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants",
+    "AnnotateQuant", "CalibrateRanges", "CorrectBias", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants", "FoldShapes",
     "Instrument", "MatMulAddToGemm", "NormalizeClip", "Pass", "PassContext", "PassManager",
     "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "SumToAdd", "TimingInstrument",
     "VerifyInstrument", "get_pass", "load_pass", "register", "registered_passes",

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list every quantized layer")
     p.add_argument("--blocks", action="store_true", help="list the blocks BRECQ reconstructs (partition-blocks)")
     p.add_argument("--granularity", choices=GRANULARITIES, default="block", help="for --blocks (default: %(default)s)")
+    _input_shape_option(p)
 
     p = sub.add_parser("optimize", help="run graph passes and write the optimized model")
     p.add_argument("model", type=Path)
@@ -96,7 +97,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """argparse type of --input-shape: NAME=D,D,... (or D,D,... for a one-input model); -1 keeps a dynamic batch."""
+    name, _, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=1,3,224,224") from None
+    if not shape or any(d == 0 or d < -1 for d in shape) or -1 in shape[1:]:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive (-1 only first, to keep a dynamic batch)")
+    return name, shape
+
+
+def _input_shape_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", default=[], type=input_shape, metavar="NAME=D,D,...",
+                   help="fix an input's shape (repeatable); needed where a model has dynamic dimensions beyond the "
+                   "batch and no calibration data shows them (default: the calibration data's shape)")
+
+
+def input_shapes(args: argparse.Namespace, model) -> dict[str, tuple[int, ...]] | None:
+    """--input-shape as a dict; a nameless one names the model's only input."""
+    shapes = {}
+    for name, shape in getattr(args, "input_shape", []):
+        if not name:
+            inputs = [t.name for t in model.graph.inputs]
+            if len(inputs) != 1:
+                raise UsageError(f"--input-shape {','.join(map(str, shape))}: the model has inputs {inputs}; "
+                                 "say which, as NAME=D,D,...")
+            name = inputs[0]
+        shapes[name] = shape
+    return shapes or None
+
+
 def _quantize_options(p: argparse.ArgumentParser) -> None:
+    _input_shape_option(p)
     p.add_argument("--preset", help=f"quantization scheme (default w8a8): {', '.join(PRESET_NAMES)}")
     p.add_argument("--observer", help=f"activation range observer: {', '.join(OBSERVER_NAMES)} (default: the preset's, mse)")
     p.add_argument("--override", action="append", default=[], metavar="PATTERN:KEY=VALUE",
@@ -188,11 +222,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from qcompiler import ir
-    from qcompiler.passes import Canonicalize, FoldBatchNorm
+    from qcompiler.driver import resolve_input_shapes
+    from qcompiler.passes import Canonicalize, FoldBatchNorm, FoldShapes
     from qcompiler.summary import format_summary, summarize
 
     model = ir.load(args.model)
-    optimized = Canonicalize()(model.copy()).model
+    shapes = input_shapes(args, model)
+    optimized = FoldShapes(resolve_input_shapes(model, shapes))(model.copy()).model if shapes else model.copy()
+    optimized = Canonicalize()(optimized).model
     fold = FoldBatchNorm()
     optimized = fold(optimized).model
     folded = sum(rule != "bn-to-mul-add" for rule, _ in fold.last_applied)
@@ -271,7 +308,7 @@ def _quantize(args: argparse.Namespace):
     progress = not args.no_progress
     result = quantize(model, args.calib, config, calib_count=args.calib_count, batch_size=args.batch_size,
                       preprocess=ImagePreprocess.parse(args.preprocess), progress=progress,
-                      reconstruct=reconstruct_config(args))
+                      reconstruct=reconstruct_config(args), input_shapes=input_shapes(args, model))
     evaluation = None
     if args.eval:
         eval_data = load_data(args.eval, result.float_model, what="evaluation",
@@ -340,7 +377,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         result, report = _quantize(args)
         qdq = result.qdq
     print(f"building for {target.name} ({target.description}), batch {args.batch} ...", file=sys.stderr)
-    library = compile_qdq(qdq, target, args.batch)
+    library = compile_qdq(qdq, target, args.batch, input_shapes(args, qdq) if already else None)
     out = files.prepare_output_dir(args.output_dir)
     if result is not None:
         _write_quantized(out, result, report)

@@ -9,7 +9,7 @@ import numpy as np
 
 from qcompiler.blocks import ReconstructConfig
 from qcompiler.data import Dataset, ImagePreprocess, load_data
-from qcompiler.errors import UnsupportedModelError
+from qcompiler.errors import UnsupportedModelError, UsageError
 from qcompiler.ir import INT4_DTYPES, Model
 from qcompiler.pass_infra import Pass, PassContext, PassManager
 from qcompiler.quant.presets import QuantConfig
@@ -41,14 +41,17 @@ class Quantized:
 
 def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_count: int | None = None,
              preprocess: ImagePreprocess | None = None, batch_size: int | None = None, progress: bool = True,
-             context: PassContext | None = None, reconstruct: ReconstructConfig | None = None) -> Quantized:
+             context: PassContext | None = None, reconstruct: ReconstructConfig | None = None,
+             input_shapes: dict[str, tuple[int, ...]] | None = None) -> Quantized:
     """Post-training quantization: canonicalize, fold BN, annotate, calibrate, then either
     reconstruct blocks (BRECQ, when `reconstruct` is given) or correct biases (unless the config
     turns it off), insert QDQ.
 
     `calib`: a .npz/.npy path or image folder, a dict of arrays, or an iterable of feed dicts.
+    `input_shapes`: input name -> shape to fix (first dimension -1: keep a dynamic batch); inputs
+    with dynamic dimensions beyond the batch otherwise take the calibration data's shape.
     """
-    from qcompiler.passes import AnnotateQuant, CalibrateRanges, CorrectBias, InsertQDQ, ReconstructBlocks
+    from qcompiler.passes import AnnotateQuant, CalibrateRanges, CorrectBias, FoldShapes, InsertQDQ, ReconstructBlocks
 
     config = config or QuantConfig()
     qdq_nodes = [n.name for n in model.graph.nodes if n.op in ("QuantizeLinear", "DequantizeLinear")]
@@ -56,6 +59,11 @@ def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_co
         raise UnsupportedModelError(
             f"{model.path or 'model'}: already quantized ({len(qdq_nodes)} QuantizeLinear/DequantizeLinear nodes, "
             f"e.g. {qdq_nodes[0]}); quantize the float model instead")
+    if input_shapes or dynamic_inputs(model):
+        raw = load_data(calib, model, preprocess=preprocess, limit=calib_count)
+        shapes = resolve_input_shapes(model, input_shapes, raw.arrays)
+        model = PassManager([FoldShapes(shapes)], context)(model).model
+        calib = raw.arrays  # validated against the model as given; validated again after folding
     float_model = build_pipeline(None, context)(model).model
     data = load_data(calib, float_model, preprocess=preprocess, limit=calib_count)
     reconstructor = ReconstructBlocks(data, reconstruct, progress) if reconstruct is not None else None
@@ -69,6 +77,27 @@ def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_co
                      reconstructor.reports if reconstructor else [], corrector.shifts if corrector else {})
 
 
+def dynamic_inputs(model: Model) -> list[str]:
+    """Inputs with a dynamic dimension beyond the first (the batch): their shape must be fixed to compile."""
+    return [t.name for t in model.graph.inputs
+            if any(not isinstance(d, int) or d <= 0 for d in list(t.shape or ())[1:])]
+
+
+def resolve_input_shapes(model: Model, given: dict | None, arrays: dict | None = None) -> dict[str, tuple]:
+    """The shape to fix each input at: as given, else (for dynamic inputs) the data's sample shape
+    behind a batch kept dynamic (-1) where the model's batch is."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - {t.name for t in model.graph.inputs})
+    if unknown:
+        raise UsageError(f"--input-shape names {unknown}, which the model does not have as inputs "
+                         f"(its inputs: {[t.name for t in model.graph.inputs]})")
+    for name in dynamic_inputs(model):
+        if name not in given and arrays is not None and name in arrays:
+            first = (list(model.tensor(name).shape or [None]) or [None])[0]
+            given[name] = (first if isinstance(first, int) and first > 0 else -1, *arrays[name].shape[1:])
+    return given
+
+
 def constant_bytes(model: Model) -> int:
     """Bytes of a model's constants as stored in ONNX (INT4/UINT4 two values per byte)."""
     total = 0
@@ -80,10 +109,15 @@ def constant_bytes(model: Model) -> int:
     return total
 
 
-def compile_qdq(qdq: Model, target: str = "x86", batch: int = 1):
-    """Build the QDQ model into an integer library for a target (in memory; `write_library` saves it)."""
-    from qcompiler.backends.tvm.build import build
+def compile_qdq(qdq: Model, target: str = "x86", batch: int = 1, input_shapes: dict | None = None):
+    """Build the QDQ model into an integer library for a target (in memory; `write_library` saves it).
 
+    Shape arithmetic left in the model is folded first, at `input_shapes` where given."""
+    from qcompiler.backends.tvm.build import build
+    from qcompiler.passes import FoldShapes
+
+    if input_shapes or any(n.op in ("Shape", "Size") for n in qdq.graph.nodes):
+        qdq = FoldShapes(resolve_input_shapes(qdq, input_shapes))(qdq).model
     return build(qdq.to_onnx(), target, batch, name=str(qdq.path or "model"))
 
 

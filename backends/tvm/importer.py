@@ -1,7 +1,8 @@
 """QDQ ONNX to Relax through TVM's ONNX frontend.
 
 INT4/UINT4 initializers are widened to int8/uint8 first: the frontend cannot read them
-(DESIGN.md §5). Shapes are fixed at import (symbolic dims get the batch size given).
+(TVM's int4 path gives wrong results on CPU). Shapes are fixed at import: a symbolic batch
+dimension gets the batch size given; other dimensions must already be fixed.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from qcompiler.errors import UnsupportedModelError
 
 _WIDER = {onnx.TensorProto.INT4: np.int8, onnx.TensorProto.UINT4: np.uint8}
 
@@ -24,14 +27,20 @@ def widen_int4(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def input_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int]]:
-    """Static input shapes: every symbolic or unknown dimension becomes `batch`."""
+    """Static input shapes: a symbolic first dimension becomes `batch`; any other must be fixed already
+    (by fold-shapes with the calibration data's shapes or --input-shape)."""
     initializers = {i.name for i in model.graph.initializer}
     shapes = {}
     for value in model.graph.input:
         if value.name in initializers:
             continue
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch for d in dims]
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in value.type.tensor_type.shape.dim]
+        if None in dims[1:]:
+            shown = ",".join(str(d) if d else "?" for d in dims)
+            raise UnsupportedModelError(f"input {value.name!r} has dynamic dimensions [{shown}] beyond the batch: give "
+                                        f"the shape to build for, e.g. --input-shape {value.name}="
+                                        f"{','.join(str(d or 224) if i else '1' for i, d in enumerate(dims))}")
+        shapes[value.name] = [batch if d is None else d for d in dims]
     return shapes
 
 
