@@ -27,6 +27,7 @@ from qcompiler.passes.matmul_add_to_gemm import MatMulAddToGemm  # noqa: E402
 from qcompiler.passes.normalize_clip import NormalizeClip  # noqa: E402
 from qcompiler.passes.canonicalize import Canonicalize  # noqa: E402
 from qcompiler.passes.fold_batchnorm import FoldBatchNorm  # noqa: E402
+from qcompiler.passes.fold_scale import FoldScale  # noqa: E402
 from qcompiler.passes.annotate_quant import AnnotateQuant  # noqa: E402
 from qcompiler.passes.calibrate_ranges import CalibrateRanges  # noqa: E402
 from qcompiler.passes.correct_bias import CorrectBias  # noqa: E402
@@ -35,10 +36,10 @@ from qcompiler.passes.partition_blocks import PartitionBlocks  # noqa: E402
 from qcompiler.passes.reconstruct_blocks import ReconstructBlocks  # noqa: E402
 
 #: What `qcompiler optimize` runs when no --passes are given.
-DEFAULT_PIPELINE = ("canonicalize", "fold-batchnorm")
+DEFAULT_PIPELINE = ("canonicalize", "fold-batchnorm", "fold-scale")
 
 __all__ = [
-    "AnnotateQuant", "CalibrateRanges", "CorrectBias", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants", "FoldShapes",
+    "AnnotateQuant", "CalibrateRanges", "CorrectBias", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants", "FoldScale", "FoldShapes",
     "Instrument", "MatMulAddToGemm", "NormalizeClip", "Pass", "PassContext", "PassManager",
     "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "SumToAdd", "TimingInstrument",
     "VerifyInstrument", "get_pass", "load_pass", "register", "registered_passes",

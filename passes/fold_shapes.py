@@ -67,6 +67,8 @@ class FoldShapes(Pass):
             folded = first
         result = Model.from_onnx(folded, path=model.path)
         result.metadata = dict(model.metadata)
+        if result.fingerprint() == model.fingerprint():
+            return PassResult(model, False)
         return PassResult(result, True)
 
     def _fixes_dims(self, model: Model) -> bool:

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("optimize", help="run graph passes and write the optimized model")
     p.add_argument("model", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="where to write the model (.onnx)")
-    p.add_argument("--passes", help="comma-separated pass names (default: canonicalize,fold-batchnorm)")
+    p.add_argument("--passes", help="comma-separated pass names (default: canonicalize,fold-batchnorm,fold-scale)")
     p.add_argument("--pass", dest="user_passes", action="append", default=[], metavar="FILE.py:CLASS",
                    help="also run a pass of your own, from a .py file or module (repeatable)")
     p.add_argument("--dump-after", action="append", default=[], metavar="NAME",
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from qcompiler import ir
     from qcompiler.driver import resolve_input_shapes
-    from qcompiler.passes import Canonicalize, FoldBatchNorm, FoldShapes
+    from qcompiler.passes import Canonicalize, FoldBatchNorm, FoldScale, FoldShapes
     from qcompiler.summary import format_summary, summarize
 
     model = ir.load(args.model)
@@ -231,7 +231,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     optimized = FoldShapes(resolve_input_shapes(model, shapes))(model.copy()).model if shapes else model.copy()
     optimized = Canonicalize()(optimized).model
     fold = FoldBatchNorm()
-    optimized = fold(optimized).model
+    optimized = FoldScale()(fold(optimized).model).model
     folded = sum(rule != "bn-to-mul-add" for rule, _ in fold.last_applied)
     summary = summarize(model, optimized, folded, producer=model.metadata.get("producer", ""))
     print(format_summary(summary, max_layers=10**9 if args.all else 40))

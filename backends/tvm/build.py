@@ -49,6 +49,7 @@ def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: 
     """Import, rewrite to integer and compile for the target (not yet written to disk)."""
     from qcompiler.backends.tvm.importer import import_qdq
     from qcompiler.backends.tvm.integer_rewrite import rewrite_to_integer
+    from qcompiler.backends.tvm.lookup_tables import tabulate
 
     spec = target if isinstance(target, TargetSpec) else get_target(target)
     if batch < 1:
@@ -57,10 +58,13 @@ def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: 
     _check_compiler(spec)
     seconds = {}
     start = time.perf_counter()
+    qdq, tables = tabulate(qdq)
     mod = import_qdq(qdq, batch)
     seconds["import"] = time.perf_counter() - start
     start = time.perf_counter()
     mod, lowered = rewrite_to_integer(mod)
+    if tables:
+        lowered["lookup_table"] += tables
     seconds["integer rewrite"] = time.perf_counter() - start
     float_ops, outputs = float_compute_ops(mod), output_types(mod)
     start = time.perf_counter()

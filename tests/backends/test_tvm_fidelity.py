@@ -142,7 +142,7 @@ def test_fashion_models_follow_the_qdq_model(name, preset, tmp_path):
     spread = reference_spread(qdq.to_onnx(), feeds)
     print(f"{name} {preset}: {fidelity.line()}; onnxruntime optimized vs unoptimized {spread:.2f} LSB")
     assert fidelity.equal_share >= 0.98, fidelity.line()
-    reference = session(qdq.to_onnx()).run(None, feeds)[0]
+    reference = session(qdq.to_onnx(), optimize=False).run(None, feeds)[0]
     ours = load(tmp_path).run(feeds)["logits"]
     assert np.mean(ours.argmax(1) == reference.argmax(1)) >= 0.99
     assert not library.float_ops
@@ -198,9 +198,10 @@ def test_float_fallback_between_dq_and_q_is_correct(tmp_path):
 
 
 def test_imagenet_mobilenetv2_as_close_as_onnxruntime_is_to_itself(tmp_path):
-    """53 layers: intermediate 1-LSB rounding differences propagate, so the end-to-end bound is
-    relative: our library is no further from onnxruntime's optimized run of the QDQ model than
-    onnxruntime's unoptimized run of the same model is (measured: 4 vs 6 LSB on 8 images)."""
+    """53 layers: intermediate 1-LSB rounding differences (float32 near-ties in the reference)
+    propagate, so the end-to-end bound is relative: our library is no further from the QDQ model
+    as written than onnxruntime's own optimized run of it is (measured on an AVX2 host: 3 against
+    27 LSB on 4 images), with the same top-1."""
     from qcompiler.datasets import load_foolbox_imagenet
 
     images, _ = load_foolbox_imagenet()
@@ -212,7 +213,7 @@ def test_imagenet_mobilenetv2_as_close_as_onnxruntime_is_to_itself(tmp_path):
     print(f"mobilenet_v2_imagenet: {fidelity.line()}; onnxruntime optimized vs unoptimized: {spread:.2f} LSB")
     assert fidelity.max_lsb <= max(spread, 1.0) + 1e-4
     ours = load(tmp_path).run(feeds)["logits"]
-    assert np.array_equal(ours.argmax(1), session(qdq.to_onnx()).run(None, feeds)[0].argmax(1))
+    assert np.array_equal(ours.argmax(1), session(qdq.to_onnx(), optimize=False).run(None, feeds)[0].argmax(1))
     from qcompiler.backends.tvm.targets import host_has_vnni
 
     if host_has_vnni():   # the issue's size target (benchmarks/results/latency.md measures it)
@@ -272,6 +273,9 @@ def test_onnx_zoo_light_models_compile_all_integer(name, tmp_path):
     print(f"{name}: {fidelity.line()}; integer ops {dict(library.lowered)}; float {dict(library.float_ops)}")
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
     assert set(library.float_ops) <= {"nn.softmax", "reshape"}   # after the last dequantize
-    assert sum(n for kind, n in library.kernels.items() if "vnni" in kind or "sdot" in kind) >= 20
+    from qcompiler.backends.tvm.targets import host_has_vnni
+
+    if host_has_vnni():   # an AVX2-only host builds the same integer graph on generic schedules
+        assert sum(n for kind, n in library.kernels.items() if "vnni" in kind or "sdot" in kind) >= 20
     if name == "resnet50":
         assert library.lowered["residual_add"] == 16
