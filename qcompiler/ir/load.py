@@ -19,10 +19,13 @@ from qcompiler.ir.model import Model
 
 log = logging.getLogger(__name__)
 
-# Default-domain opsets qcompiler accepts: 9 is the oldest in the ONNX test zoo's light models;
-# 21 (INT4 QuantizeLinear) is the newest that onnxruntime 1.20, our oldest supported, runs in full.
+# Default-domain opsets the passes run as written: 9 is the oldest in the ONNX test zoo's light
+# models; 21 (INT4 QuantizeLinear) is the newest that onnxruntime 1.20, our oldest supported, runs
+# in full. Any other opset that the installed onnx defines (from 7) is converted to the nearest of
+# these with onnx's version converter, and the log says so.
 MIN_OPSET = 9
 MAX_OPSET = 21
+OLDEST_READABLE_OPSET = 7
 MIN_IR_VERSION = 3
 MAX_IR_VERSION = onnx.IR_VERSION  # any the onnx package reads; written back as IR <= 10 (ir/model.py)
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -34,6 +37,7 @@ def load(path: str | os.PathLike, *, check: bool = True) -> Model:
     proto = read_proto(path)
     check_versions(proto, path)
     check_ops_known(proto, path)
+    proto = convert_opset(proto, path)
     if external_tensors(proto):
         check_external_data(proto, path)
         external_data_helper.load_external_data_for_model(proto, str(path.parent))
@@ -74,11 +78,38 @@ def check_versions(proto: onnx.ModelProto, path: Path) -> None:
     opset = next((opsets[d] for d in DEFAULT_DOMAINS if d in opsets), None)
     if opset is None:
         raise InvalidModelError(f"{path}: the model imports no default-domain ('ai.onnx') opset")
-    if not MIN_OPSET <= opset <= MAX_OPSET:
+    newest = onnx.defs.onnx_opset_version()
+    if not OLDEST_READABLE_OPSET <= opset <= newest:
         raise UnsupportedModelError(
-            f"{path}: opset {opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET}; "
-            f"convert it with onnx.version_converter.convert_version(model, {min(max(opset, MIN_OPSET), MAX_OPSET)})"
+            f"{path}: opset {opset} is outside the range {OLDEST_READABLE_OPSET}..{newest} that onnx "
+            f"{onnx.__version__} defines; re-export it at an opset in {MIN_OPSET}..{MAX_OPSET}"
         )
+
+
+def default_opset(proto: onnx.ModelProto) -> int:
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    return next(opsets[d] for d in DEFAULT_DOMAINS if d in opsets)
+
+
+def convert_opset(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """A model outside MIN_OPSET..MAX_OPSET converted to the nearest end of it (onnx's version
+    converter); one whose ops the converter cannot carry is refused naming them."""
+    opset = default_opset(proto)
+    target = min(max(opset, MIN_OPSET), MAX_OPSET)
+    if opset == target:
+        return proto
+    try:
+        converted = onnx.version_converter.convert_version(proto, target)
+        onnx.checker.check_model(converted)
+    except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(
+            f"{path}: opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}, which the passes run as written, and onnx's "
+            f"version converter cannot take it to opset {target}: {first}; re-export the model at opset {target}"
+        ) from None
+    log.warning("%s: opset %d converted to opset %d with onnx's version converter (the passes run opsets %d..%d)",
+                path, opset, target, MIN_OPSET, MAX_OPSET)
+    return converted
 
 
 def check_ops_known(proto: onnx.ModelProto, path: Path) -> None:

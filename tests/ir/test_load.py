@@ -10,7 +10,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from graphs import make_proto
-from qcompiler import ir
+from qcompiler import ir, testing
 from qcompiler.cli import main
 from qcompiler.errors import InvalidModelError, UnsupportedModelError
 
@@ -146,19 +146,42 @@ def test_missing_file(tmp_path, capsys):
     assert_refused(tmp_path / "nope.onnx", 3, "no such file", capsys)
 
 
-def test_opset_above_range(tmp_path, capsys):
+@pytest.mark.parametrize("opset", [7, 8, ir.MAX_OPSET + 1, onnx.defs.onnx_opset_version()])
+def test_opsets_the_passes_do_not_run_are_converted_and_said(opset, tmp_path, caplog):
+    path = tmp_path / "model.onnx"
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4) - 6
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    onnx.save_model(make_proto(nodes, [("x", [2, 3])], [("y", None)], {"w": weight}, opset=opset), str(path))
+    with caplog.at_level("WARNING"):
+        model = ir.load(path)
+    assert model.opset == min(max(opset, ir.MIN_OPSET), ir.MAX_OPSET)
+    assert f"opset {opset} converted to opset {model.opset}" in caplog.text
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(testing.run(model, {"x": x})[0], np.maximum(x @ weight, 0), rtol=1e-6)
+
+
+def test_an_opset_the_converter_cannot_carry_is_refused_naming_the_op(tmp_path, capsys):
+    path = tmp_path / "old.onnx"
+    proto = gemm_proto()   # Gemm without C: valid from opset 11, not at 8 (the converter keeps it as is)
+    proto.opset_import[0].version = 8
+    onnx.save_model(proto, str(path))
+    assert_refused(path, 4, "version converter cannot take it to opset 9: Node with schema(::Gemm:9)", capsys)
+
+
+def test_opset_unknown_to_onnx_is_refused(tmp_path, capsys):
     path = tmp_path / "new.onnx"
-    onnx.save_model(gemm_proto(opset=ir.MAX_OPSET + 1), str(path))
-    err = assert_refused(path, 4, f"opset {ir.MAX_OPSET + 1} is outside the supported range", capsys)
-    assert "version_converter" in err
+    proto = gemm_proto()
+    proto.opset_import[0].version = onnx.defs.onnx_opset_version() + 1
+    onnx.save_model(proto, str(path))
+    assert_refused(path, 4, f"opset {onnx.defs.onnx_opset_version() + 1} is outside the range", capsys)
 
 
 def test_opset_below_range(tmp_path, capsys):
     proto = gemm_proto()
-    proto.opset_import[0].version = 7
+    proto.opset_import[0].version = 6
     path = tmp_path / "old.onnx"
     onnx.save_model(proto, str(path))
-    assert_refused(path, 4, "opset 7 is outside", capsys)
+    assert_refused(path, 4, "opset 6 is outside", capsys)
 
 
 def test_unknown_ops_are_listed_at_once(tmp_path, capsys):
@@ -188,7 +211,9 @@ def test_api_raises_typed_errors(tmp_path):
     (tmp_path / "empty.onnx").write_bytes(b"")
     with pytest.raises(InvalidModelError):
         ir.load(tmp_path / "empty.onnx")
-    onnx.save_model(gemm_proto(opset=ir.MAX_OPSET + 1), str(tmp_path / "new.onnx"))
+    proto = gemm_proto()
+    proto.opset_import[0].version = 3
+    onnx.save_model(proto, str(tmp_path / "new.onnx"))
     with pytest.raises(UnsupportedModelError):
         ir.load(tmp_path / "new.onnx")
 
