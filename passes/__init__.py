@@ -23,6 +23,7 @@ from qcompiler.passes.fold_constants import FoldConstants  # noqa: E402  (regist
 from qcompiler.passes.fold_shapes import FoldShapes  # noqa: E402
 from qcompiler.passes.remove_identity import RemoveIdentity  # noqa: E402
 from qcompiler.passes.sum_to_add import SumToAdd  # noqa: E402
+from qcompiler.passes.fold_pad import FoldPad  # noqa: E402
 from qcompiler.passes.matmul_add_to_gemm import MatMulAddToGemm  # noqa: E402
 from qcompiler.passes.normalize_clip import NormalizeClip  # noqa: E402
 from qcompiler.passes.canonicalize import Canonicalize  # noqa: E402
@@ -39,7 +40,7 @@ from qcompiler.passes.reconstruct_blocks import ReconstructBlocks  # noqa: E402
 DEFAULT_PIPELINE = ("canonicalize", "fold-batchnorm", "fold-scale")
 
 __all__ = [
-    "AnnotateQuant", "CalibrateRanges", "CorrectBias", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants", "FoldScale", "FoldShapes",
+    "AnnotateQuant", "CalibrateRanges", "CorrectBias", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants", "FoldPad", "FoldScale", "FoldShapes",
     "Instrument", "MatMulAddToGemm", "NormalizeClip", "Pass", "PassContext", "PassManager",
     "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "SumToAdd", "TimingInstrument",
     "VerifyInstrument", "get_pass", "load_pass", "register", "registered_passes",

@@ -233,13 +233,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     fold = FoldBatchNorm()
     optimized = FoldScale()(fold(optimized).model).model
     folded = sum(rule != "bn-to-mul-add" for rule, _ in fold.last_applied)
-    summary = summarize(model, optimized, folded, producer=model.metadata.get("producer", ""))
+    from qcompiler.backends.tvm.build import unconvertible_ops
+
+    summary = summarize(model, optimized, folded, producer=model.metadata.get("producer", ""),
+                        unsupported=unconvertible_ops(optimized.to_onnx()))
     print(format_summary(summary, max_layers=10**9 if args.all else 40))
     if args.blocks:
         from qcompiler.passes.partition_blocks import partition
 
         blocks = partition(optimized, args.granularity)
-        print(f"\nblocks ({args.granularity} granularity, after canonicalize + fold-batchnorm): {len(blocks)}")
+        print(f"\nblocks ({args.granularity} granularity, after canonicalize + fold-batchnorm + fold-scale): {len(blocks)}")
         for block in blocks:
             print("  " + block.describe())
     return 0

@@ -39,7 +39,8 @@ class TensorError:
 
 
 def evaluate(float_model: Model, quant_model: Model, data: Dataset, batch_size: int = 64, progress: bool = True) -> Evaluation:
-    fp, q = session(float_model), session(quant_model)
+    # The QDQ model as written (optimizations off): onnxruntime's QLinear kernels saturate on AVX2-only CPUs.
+    fp, q = session(float_model), session(quant_model, optimize=False)
     logits_fp, logits_q = [], []
     bar = Progress("evaluating", -(-data.count // batch_size), progress)
     for feeds in data.batches(batch_size):
@@ -85,7 +86,7 @@ def tensor_errors(annotated: Model, quant_model: Model, dequantized: dict[str, s
     names = [n for n, tq in annotated.quant.items() if tq.role == "activation" and n in dequantized]
     if names:
         fp = session(float_model or annotated, extra_outputs=names)
-        q = session(quant_model, extra_outputs=[dequantized[n] for n in names])
+        q = session(quant_model, extra_outputs=[dequantized[n] for n in names], optimize=False)
         sums = {n: [0.0, 0.0] for n in names}
         for feeds in data.batches(16):
             for n, a, b in zip(names, fp.run(names, feeds), q.run([dequantized[n] for n in names], feeds)):

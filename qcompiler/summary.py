@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from qcompiler.ir import Model, ops_histogram
-from qcompiler.ops import QUANTIZED_LAYERS, SUPPORTED_OPS
+from qcompiler.ops import QUANTIZED_LAYERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +35,11 @@ class Summary:
     unsupported: dict[str, list[str]]
 
 
-def summarize(original: Model, optimized: Model, bn_folded: int, producer: str = "") -> Summary:
+def summarize(original: Model, optimized: Model, bn_folded: int, producer: str = "",
+              unsupported: dict[str, list[str]] | None = None) -> Summary:
     """Summarize `original`; `optimized` is it after the default pipeline (what quantize sees),
-    in which `bn_folded` BatchNormalization nodes were folded into the layer before them."""
+    in which `bn_folded` BatchNormalization nodes were folded into the layer before them;
+    `unsupported`: op type -> nodes the backend cannot lower (the driver asks the backend)."""
     def io(tensors):
         return [(t.name, str(np.dtype(t.dtype)) if t.dtype is not None else "?", list(t.shape or [])) for t in tensors]
 
@@ -49,16 +51,12 @@ def summarize(original: Model, optimized: Model, bn_folded: int, producer: str =
         if weight is not None:
             bias = optimized.const_value(optimized.input_or_none(node, 2))
             layers.append(Layer(node.name, node.op, tuple(weight.shape), weight.size + (0 if bias is None else bias.size)))
-    unsupported: dict[str, list[str]] = {}
-    for node in optimized.graph.nodes:
-        if node.op not in SUPPORTED_OPS or node.domain not in (None, "", "ai.onnx"):
-            unsupported.setdefault(node.op if not node.domain else f"{node.domain}::{node.op}", []).append(node.name)
     return Summary(
         path=original.path or "", ir_version=original.ir_version, opset=original.opset, producer=producer,
         inputs=io(original.graph.inputs), outputs=io(original.graph.outputs),
         ops=ops_histogram(original.graph.nodes), ops_after=ops_histogram(optimized.graph.nodes),
         params=sum(c.size for c in floats), param_bytes=sum(c.nbytes for c in floats),
-        batchnorms_folded=bn_folded, layers=layers, unsupported=unsupported,
+        batchnorms_folded=bn_folded, layers=layers, unsupported=dict(unsupported or {}),
     )
 
 
@@ -67,7 +65,7 @@ def format_summary(s: Summary, max_layers: int = 40) -> str:
     for label, tensors in (("input", s.inputs), ("output", s.outputs)):
         lines += [f"{label:<10} {name}  {dtype}  {shape}" for name, dtype, shape in tensors]
     lines.append("ops        " + ", ".join(f"{op} {n}" for op, n in s.ops.items()))
-    lines.append("after canonicalize + fold-batchnorm:")
+    lines.append("after canonicalize + fold-batchnorm + fold-scale:")
     lines.append("ops        " + ", ".join(f"{op} {n}" for op, n in s.ops_after.items()))
     lines.append(f"parameters {s.params:,} ({format_bytes(s.param_bytes)} as float)")
     left = s.ops.get("BatchNormalization", 0) - s.batchnorms_folded
@@ -79,7 +77,8 @@ def format_summary(s: Summary, max_layers: int = 40) -> str:
     if len(s.layers) > max_layers:
         lines.append(f"  ... and {len(s.layers) - max_layers} more (--all lists every layer)")
     if s.unsupported:
-        lines.append(f"unsupported ({len(s.unsupported)} op types; quantization and compilation will refuse them):")
+        lines.append(f"unsupported ({len(s.unsupported)} op types; the TVM backend cannot lower them, compile refuses "
+                     "the model; quantize runs it):")
         for op, names in sorted(s.unsupported.items()):
             shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
             lines.append(f"  {op} x{len(names)}: {shown}")

@@ -9,7 +9,7 @@ import sys
 import onnx
 import pytest
 
-from graphs import LIGHT_DIR, ROOT
+from graphs import LIGHT_DIR, ROOT, make_proto, save
 from qcompiler import ir, testing
 from qcompiler.cli import main
 
@@ -33,11 +33,17 @@ def test_inspect_bundled_resnet(capsys):
     assert "unsupported none" in out
 
 
-def test_inspect_lists_unsupported_ops_at_once(capsys):
-    code, out, _ = cli(capsys, "inspect", LIGHT_DIR / "light_bvlc_alexnet.onnx")
+def test_inspect_lists_unsupported_ops_at_once(tmp_path, capsys):
+    """What the TVM backend cannot lower (the check compile refuses on), every op type at once."""
+    from onnx import helper
+
+    nodes = [helper.make_node("Celu", ["x"], ["a"], name="celu1"), helper.make_node("Celu", ["a"], ["b"], name="celu2"),
+             helper.make_node("LpNormalization", ["b"], ["y"], name="norm", axis=1)]
+    path = save(make_proto(nodes, [("x", [1, 4])], [("y", None)], opset=13), tmp_path / "odd.onnx")
+    code, out, _ = cli(capsys, "inspect", path)
     assert code == 0
-    assert "unsupported (1 op types" in out
-    assert "LRN x2:" in out
+    assert "unsupported (2 op types" in out
+    assert "Celu x2: celu1, celu2" in out and "LpNormalization x1: norm" in out
 
 
 def test_optimize_default_pipeline(tmp_path, capsys):

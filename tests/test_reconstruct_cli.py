@@ -49,5 +49,5 @@ def test_bad_options_are_usage_errors(args, message, tmp_path, capsys):
 def test_inspect_lists_the_blocks(capsys):
     code, out, _ = cli(capsys, "inspect", RESNET, "--blocks", "--granularity", "stage")
     assert code == 0
-    assert "blocks (stage granularity, after canonicalize + fold-batchnorm): 4" in out
+    assert "blocks (stage granularity, after canonicalize + fold-batchnorm + fold-scale): 4" in out
     assert "block3: 1 layer(s) [/fc/Gemm] /Flatten_output_0 -> logits" in out

@@ -33,16 +33,26 @@ class Library:
     kernels: Counter = field(default_factory=Counter)   # hand-written kernels used, by kind
 
 
-def check_ops(model: onnx.ModelProto, name: str = "model") -> None:
-    """Every op the frontend cannot convert, listed at once (exit 4)."""
+def unconvertible_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Op type -> node names for every node TVM's ONNX frontend has no converter for (the one
+    decision `inspect` shows and `compile` refuses on)."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
     known = _get_convert_map()
-    missing = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx") and n.op_type not in known}
-                     | {f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    missing: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        standard = node.domain in ("", "ai.onnx")
+        if not standard or node.op_type not in known:
+            missing.setdefault(node.op_type if standard else f"{node.domain}.{node.op_type}", []).append(node.name)
+    return missing
+
+
+def check_ops(model: onnx.ModelProto, name: str = "model") -> None:
+    """Every op the frontend cannot convert, listed at once (exit 4)."""
+    missing = unconvertible_ops(model)
     if missing:
         raise UnsupportedModelError(f"{name}: the TVM backend cannot lower {len(missing)} op type(s): "
-                                    f"{', '.join(missing)}; replace them or keep this model on onnxruntime")
+                                    f"{', '.join(sorted(missing))}; replace them or keep this model on onnxruntime")
 
 
 def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: str = "model") -> Library:

@@ -1,0 +1,158 @@
+"""Models from the wild: each corpus model (qcompiler.models.recipes.corpus: exporter-style graphs
+of the families users bring) through quantize W8A8 and compile for this host, measured.
+
+    python benchmarks/wild.py [--runs 50] [--only NAME]    # writes benchmarks/results/wild.md
+
+Per model: ops in the exported graph, the share of multiply-accumulates in integer layers (Conv,
+ConvTranspose, Gemm, MatMul whose inputs are both dequantized 8/4/2-bit tensors), the ops TVM
+still runs in float, compile time, the library against its QDQ model as written in onnxruntime
+(largest difference in LSBs of the output scale, share of exact elements, top-1 agreement over
+the last axis), and batch-1 one-thread latency against onnxruntime FP32 and onnxruntime's own
+int8 kernels on the same QDQ model (runners taking turns, as benchmarks/latency.py does).
+The weights are random (the corpus tests compilers, not accuracy) and the inputs standard normal.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TVM_NUM_THREADS", "1")  # before tvm starts its thread pool
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+
+import qcompiler  # noqa: E402
+from qcompiler.driver import compile_qdq, write_library  # noqa: E402
+from qcompiler.executor import session  # noqa: E402
+from qcompiler.fidelity import compare, run_reference  # noqa: E402
+from qcompiler.models.recipes import corpus  # noqa: E402
+from qcompiler.runtime import load  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import timings  # noqa: E402  (benchmarks/latency.py: runners taking turns)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "wild.md"
+LINEAR = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclasses.dataclass
+class WildResult:
+    model: str
+    ops: int
+    integer_mac_share: float
+    float_ops: dict
+    compile_s: float
+    max_lsb: float
+    exact_share: float
+    top1_agreement: float
+    latency_ms: dict = dataclasses.field(default_factory=dict)
+
+
+def multiply_accumulates(qdq: onnx.ModelProto) -> tuple[int, int]:
+    """(MACs of the layers the backend lowers to integer kernels, MACs of all linear layers): a
+    Conv, Gemm or MatMul reading a dequantized activation and a dequantized constant weight
+    (ConvTranspose, and MatMul of two activations, run in float between their DQ and Q)."""
+    inferred = onnx.shape_inference.infer_shapes(qdq)
+    shapes = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    shapes.update({i.name: list(i.dims) for i in qdq.graph.initializer})
+    producers = {out: n for n in qdq.graph.node for out in n.output}
+    inits = {i.name for i in qdq.graph.initializer}
+    integer = total = 0
+    for node in qdq.graph.node:
+        if node.op_type not in LINEAR or node.output[0] not in shapes or node.input[1] not in shapes:
+            continue
+        out, weight = shapes[node.output[0]], shapes[node.input[1]]
+        reduced = int(np.prod(weight[1:])) if node.op_type == "Conv" else weight[0] if node.op_type != "Gemm" \
+            else weight[1] if any(a.name == "transB" and a.i for a in node.attribute) else weight[0]
+        if node.op_type == "ConvTranspose":
+            reduced = int(np.prod(weight[2:])) * weight[0] // max(out[1], 1)
+        macs = int(np.prod(out)) * int(reduced)
+        total += macs
+        dequantized = [producers.get(name) for name in node.input[:2]]
+        if node.op_type != "ConvTranspose" and all(p is not None and p.op_type == "DequantizeLinear" for p in dequantized) \
+                and dequantized[1].input[0] in inits:
+            integer += macs
+    return integer, total
+
+
+def measure(name: str, opset: int, folder: Path, calib_count: int = 32, runs: int = 0,
+            target: str = "x86") -> WildResult:
+    """Quantize (W8A8, defaults), compile, compare; time it when `runs` > 0."""
+    proto = corpus.build(name, opset)
+    path = folder / f"{name}-opset{opset}.onnx"
+    onnx.save_model(proto, str(path))
+    calib = corpus.sample_inputs(proto, calib_count)
+    qdq = qcompiler.quantize(qcompiler.load(path), calib, progress=False).qdq
+    start = time.perf_counter()
+    library = compile_qdq(qdq, target, 1)
+    compile_s = time.perf_counter() - start
+    out = folder / f"{name}-opset{opset}-lib"
+    write_library(library, qdq, out)
+    qdq_proto = qdq.to_onnx()
+    held_out = corpus.sample_inputs(proto, 16, seed=1)
+    fidelity = compare(qdq_proto, load(out), held_out)
+    reference, feeds = run_reference(session(qdq_proto, optimize=False), held_out)
+    ours = load(out).run(feeds)
+    agreement = min(float(np.mean(ours[o.name].argmax(-1) == r.argmax(-1)))
+                    for o, r in zip(qdq_proto.graph.output, reference))
+    integer, total = multiply_accumulates(qdq_proto)
+    result = WildResult(f"{name}-opset{opset}", len(proto.graph.node), integer / max(total, 1),
+                        dict(library.float_ops), compile_s, max(f.max_lsb for f in fidelity),
+                        min(f.equal_share for f in fidelity), agreement)
+    if runs:
+        result.latency_ms = _latencies(path, qdq_proto, out, {k: v[:1] for k, v in held_out.items()}, runs)
+    return result
+
+
+def _latencies(float_path: Path, qdq: onnx.ModelProto, library_dir: Path, feeds: dict, runs: int) -> dict:
+    library = load(library_dir)
+    fp32, int8 = session(onnx.load(str(float_path)), threads=1), session(qdq, threads=1)
+    calls = {"onnxruntime FP32": lambda: fp32.run(None, feeds), "onnxruntime int8": lambda: int8.run(None, feeds),
+             "qcompiler": lambda: library.run(feeds)}
+    return {name: median for name, (median, _, _) in timings(calls, runs).items()}
+
+
+def table(results: list[WildResult]) -> str:
+    lines = ["| model | ops | MACs in integer | float ops in the library | compile s | max LSB | exact | top-1 agree "
+             "| ms (ours) | x ORT FP32 | x ORT int8 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        float_ops = ", ".join(f"{k} {v}" for k, v in sorted(r.float_ops.items())) or "none"
+        ms = r.latency_ms
+        speed = (f"{ms['qcompiler']:.3f} | {ms['onnxruntime FP32'] / ms['qcompiler']:.2f} | "
+                 f"{ms['onnxruntime int8'] / ms['qcompiler']:.2f}") if ms else "- | - | -"
+        lines.append(f"| {r.model} | {r.ops} | {100 * r.integer_mac_share:.1f}% | {float_ops} | {r.compile_s:.1f} | "
+                     f"{r.max_lsb:.2f} | {100 * r.exact_share:.1f}% | {100 * r.top1_agreement:.1f}% | {speed} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50, help="timed calls per runner (0: no timing)")
+    parser.add_argument("--only", help="only corpus models whose name contains this")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, opset in corpus.CORPUS:
+            if args.only and args.only not in f"{name}-opset{opset}":
+                continue
+            results.append(measure(name, opset, Path(tmp), runs=args.runs))
+            print(table(results[-1:]).splitlines()[-1], flush=True)
+    text = (f"# Models from the wild\n\n`python benchmarks/wild.py --runs {args.runs}` on {platform.processor() or platform.machine()}"
+            f" ({os.cpu_count()} cores; one thread per runner), qcompiler {qcompiler.__version__}. W8A8 defaults, 32 "
+            "random calibration inputs, 16 held-out random inputs for the comparison, batch 1. Random weights: these "
+            "numbers are about the compiler, not accuracy.\n\n" + table(results) + "\n")
+    RESULTS.write_text(text)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
