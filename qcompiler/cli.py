@@ -238,6 +238,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     summary = summarize(model, optimized, folded, producer=model.metadata.get("producer", ""),
                         unsupported=unconvertible_ops(optimized.to_onnx()))
     print(format_summary(summary, max_layers=10**9 if args.all else 40))
+    if not summary.unsupported:
+        print(_integer_split(model, shapes))
     if args.blocks:
         from qcompiler.passes.partition_blocks import partition
 
@@ -246,6 +248,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for block in blocks:
             print("  " + block.describe())
     return 0
+
+
+def _integer_split(model, shapes) -> str:
+    """What `compile` would run in integer and in float at W8A8: the model quantized with random
+    calibration inputs (placement does not depend on the values) and lowered by the backend."""
+    from qcompiler import testing
+    from qcompiler.backends.tvm.build import lower
+    from qcompiler.driver import dynamic_inputs, quantize
+    from qcompiler.quant.presets import QuantConfig
+
+    if dynamic_inputs(model) and not shapes:
+        return (f"integer/float split: inputs {dynamic_inputs(model)} have dynamic dimensions beyond the batch; "
+                "give --input-shape to see it")
+    calib = testing.random_inputs(model, batch=2)
+    for name, shape in (shapes or {}).items():
+        calib[name] = np.random.default_rng(0).standard_normal((2, *shape[1:])).astype(np.float32)
+    qdq = quantize(model, calib, QuantConfig(), progress=False, input_shapes=shapes).qdq
+    _, lowered, float_ops = lower(qdq.to_onnx(), 1)
+    return (f"at w8a8, compile lowers: integer ops: {_counts(lowered) or 'none'}; "
+            f"float fallback: {_counts(float_ops) or 'none'}")
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import sys
 import onnx
 import pytest
 
-from graphs import LIGHT_DIR, ROOT, make_proto, save
+from graphs import ROOT, make_proto, save
 from qcompiler import ir, testing
 from qcompiler.cli import main
 

@@ -55,12 +55,23 @@ def check_ops(model: onnx.ModelProto, name: str = "model") -> None:
                                     f"{', '.join(sorted(missing))}; replace them or keep this model on onnxruntime")
 
 
-def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: str = "model") -> Library:
-    """Import, rewrite to integer and compile for the target (not yet written to disk)."""
+def lower(qdq: onnx.ModelProto, batch: int = 1) -> tuple[object, Counter, Counter]:
+    """The QDQ model imported and rewritten to integer: (Relax module, integer ops by kind, ops
+    left in float by name). The one decision on what runs in integer: `build` compiles its
+    module, `inspect` prints its counts."""
     from qcompiler.backends.tvm.importer import import_qdq
     from qcompiler.backends.tvm.integer_rewrite import rewrite_to_integer
     from qcompiler.backends.tvm.lookup_tables import tabulate
 
+    qdq, tables = tabulate(qdq)
+    mod, lowered = rewrite_to_integer(import_qdq(qdq, batch))
+    if tables:
+        lowered["lookup_table"] += tables
+    return mod, lowered, float_compute_ops(mod)
+
+
+def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: str = "model") -> Library:
+    """Import, rewrite to integer and compile for the target (not yet written to disk)."""
     spec = target if isinstance(target, TargetSpec) else get_target(target)
     if batch < 1:
         raise UsageError(f"batch must be at least 1, got {batch}")
@@ -68,15 +79,9 @@ def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: 
     _check_compiler(spec)
     seconds = {}
     start = time.perf_counter()
-    qdq, tables = tabulate(qdq)
-    mod = import_qdq(qdq, batch)
-    seconds["import"] = time.perf_counter() - start
-    start = time.perf_counter()
-    mod, lowered = rewrite_to_integer(mod)
-    if tables:
-        lowered["lookup_table"] += tables
-    seconds["integer rewrite"] = time.perf_counter() - start
-    float_ops, outputs = float_compute_ops(mod), output_types(mod)
+    mod, lowered, float_ops = lower(qdq, batch)
+    seconds["import and integer rewrite"] = time.perf_counter() - start
+    outputs = output_types(mod)
     start = time.perf_counter()
     target_obj = tvm_target(spec)
     mod, kernels = schedule(mod, spec, target_obj)

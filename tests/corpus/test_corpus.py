@@ -95,3 +95,36 @@ def test_a_detector_with_dynamic_height_and_width_needs_and_takes_an_input_shape
     code, out, err = cli(capsys, "compile", tmp_path / "dynamic.qdq.onnx", "--input-shape", "input=-1,3,64,64",
                          "-o", tmp_path / "lib3")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("name,target", [("mobilenet_v3", "arm64-dotprod"), ("shufflenet", "arm64-i8mm")])
+def test_corpus_models_under_qemu(name, target, tmp_path):
+    """Cross-compiled for aarch64 (lookup tables, squeeze-excitation, channel shuffle) and run under
+    qemu-aarch64 (scripts/setup_aarch64.sh): the same agreement with the QDQ model as on the host."""
+    import qcompiler
+    from qcompiler.backends.tvm.qemu import QemuLibrary, environment
+    from qcompiler.driver import compile_qdq, write_library
+    from qcompiler.fidelity import compare
+
+    environment()   # a UsageError naming scripts/setup_aarch64.sh when it is missing
+    proto = corpus.build(name, COMPILED[name])
+    onnx.save_model(proto, str(tmp_path / "model.onnx"))
+    qdq = qcompiler.quantize(qcompiler.load(tmp_path / "model.onnx"), corpus.sample_inputs(proto, 16),
+                             progress=False).qdq
+    library = compile_qdq(qdq, target, 2)
+    write_library(library, qdq, tmp_path / "lib")
+    (fidelity,) = compare(qdq.to_onnx(), QemuLibrary(tmp_path / "lib"), corpus.sample_inputs(proto, 4, seed=1))
+    print(f"{name} on {target}: {fidelity.line()}; integer {dict(library.lowered)}")
+    assert fidelity.max_lsb <= LSB_BOUND.get(name, 1.0) + 1e-4, fidelity.line()
+
+
+@pytest.mark.parametrize("name,opset", [("mobilenet_v3", 17), ("text_recognizer", 13)])
+def test_inspect_predicts_the_integer_float_split_compile_makes(name, opset, corpus_dir, capsys):
+    model, calib = corpus_dir / f"{name}-opset{opset}.onnx", corpus_dir / f"{name}-opset{opset}.npz"
+    code, out, err = cli(capsys, "inspect", model)
+    assert code == 0, err
+    predicted = out.strip().splitlines()[-1].split("compile lowers: ", 1)[1]
+    code, out, err = cli(capsys, "compile", model, "--calib", calib, "--no-progress", "-o", corpus_dir / f"{name}-c")
+    assert code == 0, err
+    made = next(line for line in out.splitlines() if line.startswith("integer ops: "))
+    assert predicted == made
