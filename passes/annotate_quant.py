@@ -3,7 +3,8 @@
 - Layers (Conv, ConvTranspose, Gemm, MatMul with a constant weight): the weight per output
   channel; the data input; the output, or the output of a Relu/Clip that alone reads it.
 - Residual Add: its inputs and its output (or its Relu's).
-- Concat: inputs and output tied to one scale; pooling, Reshape, Flatten, Transpose,
+- Concat: inputs and output tied to one scale (unless the config unties it: then the output
+  stays float and each input keeps its own scale); pooling, Reshape, Flatten, Transpose,
   (Un)Squeeze: output tied to its input (the values pass through unchanged).
 - Anything else stays float between the dequantized tensors around it.
 Tied tensors form groups (union-find); a group takes the widest bit width among its members.
@@ -85,6 +86,8 @@ class AnnotateQuant(Pass):
             for tensor in node.inputs:
                 _request(model, tensor, bits, requests)
             _request(model, _activation_output(model, node), bits, requests)
+        elif node.op == "Concat" and node.name in self.config.untied_concats:
+            return  # inputs keep their own scales; the output stays float (qcompiler.quant.ties)
         elif node.op == "Concat":
             members = [t for t in [*node.inputs, node.outputs[0]] if _request(model, t, bits, requests)]
             for tensor in members[1:]:

@@ -59,7 +59,7 @@ class CalibrateRanges(Pass):
                 if tq.group not in group_params:
                     lo, hi = group_ranges[tq.group]
                     group_params[tq.group] = params_from_range(np.float32(lo), np.float32(hi), tq.spec)
-                model.quant[name] = tq.with_params(group_params[tq.group])
+                model.quant[name] = tq.with_params(group_params[tq.group], observed=ranges[name])
         return PassResult(model, model.fingerprint() != before)
 
     def _observe(self, model: Model, names: list[str]) -> dict[str, tuple[float, float]]:

@@ -349,7 +349,7 @@ def _quantize(args: argparse.Namespace):
         evaluation_source=str(args.eval), tensors=tensors, float_bytes=constant_bytes(result.float_model),
         quant_bytes=constant_bytes(result.qdq), seconds=time.perf_counter() - start, weight_values=weight_values(result.annotated),
         reconstruction=result.reconstruction, reconstruction_setting=_describe_reconstruction(args),
-        bias_correction=_describe_bias_correction(result, args))
+        bias_correction=_describe_bias_correction(result, args), untied=result.untied)
     return result, report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +14,9 @@ from qcompiler.errors import UnsupportedModelError, UsageError
 from qcompiler.ir import INT4_DTYPES, Model
 from qcompiler.pass_infra import Pass, PassContext, PassManager
 from qcompiler.quant.presets import QuantConfig
+from qcompiler.quant.ties import narrow_concat_inputs
+
+log = logging.getLogger(__name__)
 
 
 def build_pipeline(passes: Sequence[str | Pass] | None = None, context: PassContext | None = None) -> PassManager:
@@ -37,6 +41,7 @@ class Quantized:
     calibration: Dataset
     reconstruction: list = dataclasses.field(default_factory=list)  # BlockReports, when reconstructed
     bias_shifts: dict = dataclasses.field(default_factory=dict)  # layer -> largest bias change (correct-bias)
+    untied: dict = dataclasses.field(default_factory=dict)  # Concat -> why its scales were untied
 
 
 def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_count: int | None = None,
@@ -68,13 +73,21 @@ def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_co
     data = load_data(calib, float_model, preprocess=preprocess, limit=calib_count)
     reconstructor = ReconstructBlocks(data, reconstruct, progress) if reconstruct is not None else None
     corrector = CorrectBias(data, batch_size, progress) if reconstruct is None and config.bias_correction else None
-    steps = [AnnotateQuant(config), CalibrateRanges(data, batch_size, progress)]
-    steps += [step for step in (reconstructor, corrector) if step is not None]
-    annotated = PassManager(steps, context)(float_model.copy()).model
+    calibrate = [AnnotateQuant(config), CalibrateRanges(data, batch_size, progress)]
+    annotated = PassManager(calibrate, context)(float_model.copy()).model
+    untied = narrow_concat_inputs(annotated)
+    if untied:  # calibrate again with those Concats untied (qcompiler.quant.ties)
+        for concat, reason in untied.items():
+            log.warning("Concat %s: %s; its inputs keep their own scales and it runs in float", concat, reason)
+        config = dataclasses.replace(config, untied_concats=frozenset(untied))
+        calibrate = [AnnotateQuant(config), CalibrateRanges(data, batch_size, progress)]
+        annotated = PassManager(calibrate, context)(float_model.copy()).model
+    steps = [step for step in (reconstructor, corrector) if step is not None]
+    annotated = PassManager(steps, context)(annotated).model
     insert = InsertQDQ()
     qdq = PassManager([insert], context)(annotated.copy()).model
     return Quantized(float_model, annotated, qdq, insert.dequantized, config, data,
-                     reconstructor.reports if reconstructor else [], corrector.shifts if corrector else {})
+                     reconstructor.reports if reconstructor else [], corrector.shifts if corrector else {}, untied)
 
 
 def dynamic_inputs(model: Model) -> list[str]:

@@ -35,6 +35,7 @@ class ReportData:
     reconstruction: list = dataclasses.field(default_factory=list)  # BlockReports (qcompiler.blocks)
     reconstruction_setting: str = ""
     bias_correction: str = ""  # what correct-bias did, for the summary; "" when it did not run
+    untied: dict = dataclasses.field(default_factory=dict)  # Concat -> why its inputs keep their own scales
 
 
 def summary_table(r: ReportData) -> str:
@@ -53,6 +54,8 @@ def summary_table(r: ReportData) -> str:
         rows.append(("output SQNR", f"{e.sqnr_db:.1f} dB"))
     if r.bias_correction:
         rows.append(("bias correction", r.bias_correction))
+    for concat, reason in r.untied.items():
+        rows.append(("untied concat", f"{concat}: {reason}; inputs keep their own scales, the concat runs in float"))
     if r.reconstruction:
         before = sum(b.loss_nearest for b in r.reconstruction)
         after = sum(b.loss_learned for b in r.reconstruction)

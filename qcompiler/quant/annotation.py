@@ -29,9 +29,11 @@ class TensorQuant:
     #: Weights only: integer values learned by reconstruction (AdaRound), which insert-qdq
     #: stores instead of rounding to nearest; None means round to nearest.
     rounded: np.ndarray | None = None
+    #: Activations: the range calibration observed for this tensor itself (its group's params may be wider).
+    observed: tuple[float, float] | None = None
 
-    def with_params(self, params: QuantParams) -> TensorQuant:
-        return dataclasses.replace(self, params=params)
+    def with_params(self, params: QuantParams, observed: tuple[float, float] | None = None) -> TensorQuant:
+        return dataclasses.replace(self, params=params, observed=observed or self.observed)
 
 
 def weight_values(model) -> dict[str, np.ndarray]:

@@ -66,6 +66,9 @@ class QuantConfig:
     #: Fold the mean effect of weight rounding into the biases (passes/correct_bias.py); PTQ
     #: without reconstruction only (BRECQ learns the rounding against the block output instead).
     bias_correction: bool = True
+    #: Concat nodes whose inputs and output are not tied to one scale (qcompiler.quant.ties: an input
+    #: with a far narrower range than the others would lose its signal); their output stays float.
+    untied_concats: frozenset[str] = frozenset()
 
     def weight_spec(self, layer: str, axis: int | None, edge: bool) -> QuantSpec | None:
         """The weight spec of layer `layer` (None: left in float); `axis` its output-channel axis."""
