@@ -5,6 +5,10 @@
 `jax.jit` and `jax.grad` can transform. Hooks are how quantization enters: a hook keyed by a
 tensor name replaces that tensor's value (a weight when read, an activation when produced, a
 graph input when fed) by `hook(value, params)`; `params["weights"]` overrides constants.
+
+Inputs that fix shapes (STATIC_INPUTS) must be known while tracing: a constant, a Shape or Size
+output, or what numpy-capable ops compute from those alone (qcompiler.sim.arrays). Such values
+stay numpy through the run; an input computed from data is refused when the model is read.
 """
 
 from __future__ import annotations
@@ -17,10 +21,24 @@ import numpy as np
 
 from qcompiler.errors import UnsupportedModelError
 from qcompiler.ir import Model
-from qcompiler.sim.ops_basic import BASIC_OPS, STATIC_INPUTS
-from qcompiler.sim.ops_nn import NN_OPS
+from qcompiler.sim.arrays import as_float32, is_float, is_static, onnx_dtype
+from qcompiler.sim.ops_basic import BASIC_CHECKS, BASIC_OPS, BASIC_STATIC_INPUTS
+from qcompiler.sim.ops_math import MATH_OPS, MATH_STATIC_INPUTS
+from qcompiler.sim.ops_nn import NN_CHECKS, NN_OPS
+from qcompiler.sim.ops_resize import RESIZE_CHECKS, RESIZE_OPS, RESIZE_STATIC_INPUTS
+from qcompiler.sim.ops_shape import SHAPE_CHECKS, SHAPE_OPS, SHAPE_STATIC_INPUTS
 
-OPS = {**BASIC_OPS, **NN_OPS}
+OPS = {**BASIC_OPS, **MATH_OPS, **SHAPE_OPS, **NN_OPS, **RESIZE_OPS}
+#: Inputs (by position) that fix shapes: known while tracing (see qcompiler.sim.arrays), passed as numpy.
+STATIC_INPUTS = {**BASIC_STATIC_INPUTS, **MATH_STATIC_INPUTS, **SHAPE_STATIC_INPUTS, **RESIZE_STATIC_INPUTS}
+#: Ops that compute with numpy when their inputs are numpy, so their outputs are static then too.
+NUMPY_OPS = (frozenset(SHAPE_OPS) | frozenset(MATH_OPS)) - {"Erf"}
+#: Ops whose output is static whatever their input: a traced tensor's shape is known.
+SHAPE_OF = frozenset({"Shape", "Size"})
+#: Per op, why it cannot run with these attributes and constant inputs (None: it can).
+CHECKS = {**BASIC_CHECKS, **SHAPE_CHECKS, **NN_CHECKS, **RESIZE_CHECKS}
+#: Ops whose semantics, not just their signature, changed between opsets: they get `opset=`.
+OPSET_DEPENDENT = frozenset({"Softmax", "LogSoftmax", "Resize"})
 Hook = Callable[[object, Mapping], object]
 
 
@@ -35,19 +53,23 @@ class Step:
     attrs: dict
 
 
-def _unsupported_attribute(step: Step) -> str | None:
-    """Why an op we implement cannot run with these attributes, or None."""
-    text = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in step.attrs.items()}
-    if step.op == "ConvTranspose" and ("output_shape" in text or text.get("auto_pad", "NOTSET") != "NOTSET"):
-        return "output_shape/auto_pad"
-    if step.op == "Resize" and text.get("mode", "nearest") not in ("nearest", "linear"):
-        return f"mode {text['mode']}"
-    if step.op == "Resize" and text.get("coordinate_transformation_mode", "half_pixel") not in (
-            "half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
-        return f"coordinate_transformation_mode {text['coordinate_transformation_mode']}"
-    if step.op == "Pad" and text.get("mode", "constant") not in ("constant", "reflect", "edge"):
-        return f"mode {text['mode']}"
+def _constant_node_value(node) -> np.ndarray | None:
+    """A Constant node's value_float(s) / value_int(s) attribute (`value` is read by the ir)."""
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                       ("value_ints", np.int64)):
+        if key in node.attrs:
+            return np.asarray(node.attrs[key], dtype)
     return None
+
+
+def _attributes(node) -> dict:
+    """A node's attributes; CastLike also gets the declared type of its `like` input, which
+    the value itself may not carry (float16 and double values are float32 in the simulator)."""
+    attrs = dict(node.attrs)
+    if node.op == "CastLike" and node.inputs[1].dtype is not None:
+        dtype = node.inputs[1].dtype  # graphsurgeon gives an ONNX type number where numpy has none
+        attrs["like_dtype"] = onnx_dtype(dtype) if isinstance(dtype, int) else dtype
+    return attrs
 
 
 class Interpreter:
@@ -63,24 +85,38 @@ class Interpreter:
         self.steps: list[Step] = []
         for name, tensor in graph.tensors().items():
             value = model.const_value(tensor)
+            if value is None and tensor.inputs and tensor.inputs[0].op == "Constant":
+                value = _constant_node_value(tensor.inputs[0])
             if value is not None and not (tensor.inputs and tensor.inputs[0].op != "Constant"):
-                self.constants[name] = value
+                self.constants[name] = as_float32(value)
         for node in graph.nodes:
             if node.op == "Constant":
                 continue
             self.steps.append(Step(node.op, node.name, tuple(t.name for t in node.inputs),
-                                   tuple(t.name for t in node.outputs), dict(node.attrs)))
+                                   tuple(t.name for t in node.outputs), _attributes(node)))
+        self.static = self._static_tensors()
         self._check(model.path)
         self.producer = {out: step for step in self.steps for out in step.outputs}
+
+    def _static_tensors(self) -> set[str]:
+        """The tensors known while tracing: constants, Shape/Size outputs, and what numpy-capable
+        ops compute from those alone."""
+        static = set(self.constants)
+        for step in self.steps:
+            if step.op in SHAPE_OF or (step.op in NUMPY_OPS and all(not t or t in static for t in step.inputs)):
+                static.update(step.outputs)
+        return static
 
     def _check(self, path) -> None:
         problems = []
         for step in self.steps:
-            reason = "not implemented" if step.op not in OPS else _unsupported_attribute(step)
+            reason = "not implemented" if step.op not in OPS else None
+            if reason is None and step.op in CHECKS:
+                reason = CHECKS[step.op](step.attrs, [self.constants.get(t) for t in step.inputs])
             static = [step.inputs[i] for i in STATIC_INPUTS.get(step.op, ()) if i < len(step.inputs)]
-            missing = [t for t in static if t and t not in self.constants]
+            missing = [t for t in static if t and t not in self.static]
             if reason is None and missing:
-                reason = f"input {missing[0]} must be a constant"
+                reason = f"input {missing[0]} is computed from data; it must come from constants and shapes"
             if reason:
                 problems.append(f"{step.name} ({step.op}: {reason})")
         if problems:
@@ -109,35 +145,46 @@ class Interpreter:
         graph_inputs = set(self.graph_inputs)
 
         def run(params: Mapping, feeds: Mapping) -> tuple:
-            env = {}
+            env, static = {}, {}  # static: the unhooked numpy values, for inputs that fix shapes
             for name in inputs:
                 value = jnp.asarray(feeds[name])
+                value = value.astype(jnp.float32) if is_float(value.dtype) else value
                 env[name] = hooks[name](value, params) if name in hooks and name in graph_inputs else value
             for step in steps:
-                args = [self._read(step, i, name, env, params, hooks) for i, name in enumerate(step.inputs)]
+                args = [self._read(step, i, name, env, static, params, hooks) for i, name in enumerate(step.inputs)]
                 results = OPS[step.op](*args, **self._attrs(step))
                 for name, value in zip(step.outputs, results):
+                    if is_static(value):  # numpy gives 0-d results as scalars
+                        value = static[name] = np.asarray(value)
                     env[name] = hooks[name](value, params) if name in hooks else value
             return tuple(env[name] if name in env else self._constant(name, params) for name in outputs)
 
         return run
 
-    def _read(self, step: Step, index: int, name: str, env: dict, params: Mapping, hooks: Mapping):
+    def _read(self, step: Step, index: int, name: str, env: dict, static: dict, params: Mapping, hooks: Mapping):
+        """An input's value. Inputs that fix shapes read the numpy value, never a hooked or learned one."""
         if not name:
             return None
+        if index in STATIC_INPUTS.get(step.op, ()):
+            value = static.get(name, self.constants.get(name))
+            if value is None:
+                raise UnsupportedModelError(f"{step.name} ({step.op}): input {name} must be known while tracing, "
+                                            "but it was fed or computed from a learned value")
+            return value
         if name in env:
             return env[name]
-        if index in STATIC_INPUTS.get(step.op, ()):
-            return self.constants[name]
         value = self._constant(name, params)
         env[name] = hooks[name](value, params) if name in hooks else value
         return env[name]
 
     def _constant(self, name: str, params: Mapping):
+        """A constant: a learned value from params["weights"] (jax), else the model's (numpy, float32)."""
         weights = params.get("weights", {}) if params else {}
-        return weights[name] if name in weights else jnp.asarray(self.constants[name], jnp.float32)
+        return weights[name] if name in weights else self.constants[name]
 
     def _attrs(self, step: Step) -> dict:
-        if step.op == "Softmax":
+        if step.op in OPSET_DEPENDENT:
             return {**step.attrs, "opset": self.opset}
+        if step.op == "Split":  # equal parts, one per output, unless num_outputs says
+            return {**step.attrs, "outputs": len(step.outputs)}
         return step.attrs

@@ -1,7 +1,7 @@
-"""Elementwise, linear-algebra and layout ops in jax, with ONNX semantics.
+"""Linear algebra, activations, padding and quantization in jax, with ONNX semantics.
 
-Inputs that fix a shape (Reshape's shape, Pad's pads, Squeeze's axes, ...) must be constants:
-the interpreter passes them as numpy arrays, so shapes stay static under jit.
+Inputs that fix a shape (Pad's pads, ...) must be known while tracing: the interpreter passes
+them as numpy arrays (qcompiler.sim.arrays), so shapes stay static under jit.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from qcompiler.sim.arrays import axes_of
 
 
 def gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
@@ -43,58 +45,49 @@ def leaky_relu(x, alpha=0.01):
     return (jnp.where(x >= 0, x, alpha * x),)
 
 
-def softmax(x, axis=None, opset=13):
-    """Opset 13 normalizes along `axis` (default -1); older opsets over the flattened trailing axes."""
+def _softmax_like(fn, x, axis, opset: int):
+    """Opset 13 normalizes along `axis` (default -1); older opsets over the flattened trailing
+    axes from `axis` (default 1) on."""
     if opset >= 13:
-        return (jax.nn.softmax(x, axis=-1 if axis is None else axis),)
+        return fn(x, axis=-1 if axis is None else axis)
     axis = 1 if axis is None else axis % x.ndim
     flat = x.reshape((int(np.prod(x.shape[:axis])), -1))
-    return (jax.nn.softmax(flat, axis=1).reshape(x.shape),)
+    return fn(flat, axis=1).reshape(x.shape)
 
 
-def flatten(x, axis=1):
-    axis = axis % x.ndim if x.ndim else 0
-    return (x.reshape((int(np.prod(x.shape[:axis])), -1)),)
+def softmax(x, axis=None, opset=13):
+    return (_softmax_like(jax.nn.softmax, x, axis, opset),)
 
 
-def reshape(x, shape, allowzero=0):
-    target = [int(s) for s in np.asarray(shape)]
-    if not allowzero:
-        target = [x.shape[i] if s == 0 else s for i, s in enumerate(target)]
-    return (x.reshape(target),)
+def log_softmax(x, axis=None, opset=13):
+    return (_softmax_like(jax.nn.log_softmax, x, axis, opset),)
 
 
-def transpose(x, perm=None):
-    return (jnp.transpose(x, perm),)
+def elu(x, alpha=1.0):
+    return (jax.nn.elu(x, alpha),)  # exp of min(x, 0): no inf in the unused branch's gradient
 
 
-def concat(*xs, axis):
-    return (jnp.concatenate(xs, axis=axis),)
+def selu(x, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
+    return (gamma * jax.nn.elu(x, alpha),)
 
 
-def _axes(axes_input, axes_attr):
-    axes = axes_input if axes_input is not None else axes_attr
-    return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+def gelu(x, approximate="none"):
+    return (jax.nn.gelu(x, approximate=approximate == "tanh"),)
 
 
-def squeeze(x, axes=None, **attrs):
-    axes = _axes(axes, attrs.get("axes"))
-    return (jnp.squeeze(x, axis=None if axes is None else tuple(a % x.ndim for a in axes)),)
+def swish(x, alpha=1.0):
+    return (x * jax.nn.sigmoid(alpha * x),)
 
 
-def unsqueeze(x, axes=None, **attrs):
-    axes = _axes(axes, attrs.get("axes"))
-    rank = x.ndim + len(axes)
-    for a in sorted(a % rank for a in axes):
-        x = jnp.expand_dims(x, a)
-    return (x,)
+def mish(x):
+    return (x * jnp.tanh(jax.nn.softplus(x)),)
 
 
 def pad(x, pads=None, constant_value=None, axes=None, mode="constant", **attrs):
     """Pad (opset >= 11: pads as an input; opset 2: as an attribute), constant/reflect/edge."""
     flat = [int(p) for p in np.asarray(pads if pads is not None else attrs["pads"]).reshape(-1)]
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    axes = _axes(axes, None) or list(range(x.ndim))
+    axes = axes_of(axes, None) or list(range(x.ndim))
     half = len(flat) // 2
     widths = [(0, 0)] * x.ndim
     for i, a in enumerate(axes):
@@ -147,16 +140,16 @@ def _per_axis(values, ndim: int, axis: int):
 
 
 BASIC_OPS = {
-    "Add": lambda a, b: (a + b,),
-    "Sub": lambda a, b: (a - b,),
-    "Mul": lambda a, b: (a * b,),
-    "Div": lambda a, b: (a / b,),
-    "Sum": lambda *xs: (sum(xs[1:], xs[0]),),
     "Relu": lambda x: (jnp.maximum(x, 0.0),),
     "Sigmoid": lambda x: (jax.nn.sigmoid(x),),
     "Tanh": lambda x: (jnp.tanh(x),),
-    "Identity": lambda x: (x,),
-    "Dropout": lambda x, *_, **__: (x,),
+    "Softplus": lambda x: (jax.nn.softplus(x),),
+    "Elu": elu,
+    "Selu": selu,
+    "Gelu": gelu,
+    "Swish": swish,
+    "Mish": mish,
+    "PRelu": lambda x, slope: leaky_relu(x, slope),
     "Gemm": gemm,
     "MatMul": matmul,
     "Clip": clip,
@@ -164,18 +157,20 @@ BASIC_OPS = {
     "HardSwish": hard_swish,
     "LeakyRelu": leaky_relu,
     "Softmax": softmax,
-    "Flatten": flatten,
-    "Reshape": reshape,
-    "Transpose": transpose,
-    "Concat": concat,
-    "Squeeze": squeeze,
-    "Unsqueeze": unsqueeze,
+    "LogSoftmax": log_softmax,
     "Pad": pad,
     "BatchNormalization": batch_normalization,
     "QuantizeLinear": quantize_linear,
     "DequantizeLinear": dequantize_linear,
 }
 
-#: Inputs (by position) that fix shapes: they must be constants, passed as numpy arrays.
-STATIC_INPUTS = {"Reshape": (1,), "Pad": (1, 3), "Squeeze": (1,), "Unsqueeze": (1,), "Resize": (1, 2, 3),
-                 "QuantizeLinear": (2,), "DequantizeLinear": (2,)}
+#: Inputs (by position) that fix shapes or integer types: they arrive as numpy arrays.
+BASIC_STATIC_INPUTS = {"Pad": (1, 3), "QuantizeLinear": (2,), "DequantizeLinear": (2,)}
+
+
+def _pad_check(attrs: dict, inputs: list) -> str | None:
+    mode = attrs.get("mode", "constant")
+    return None if mode in ("constant", "reflect", "edge") else f"mode {mode}"
+
+
+BASIC_CHECKS = {"Pad": _pad_check}

@@ -1,4 +1,4 @@
-"""Convolution, pooling and resizing in jax, with ONNX's attribute semantics (NC... layout).
+"""Convolution, pooling and normalization in jax, with ONNX's attribute semantics (NC... layout).
 
 Each function takes the node's input arrays (None for an omitted optional input) and its
 attributes, and returns its outputs as a tuple. Shapes are static: a jitted function is traced
@@ -136,50 +136,34 @@ def global_average_pool(x):
     return (jnp.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True),)
 
 
-def _source_coordinates(out_size: int, in_size: int, scale: float, mode: str) -> np.ndarray:
-    """Input coordinate of each output position for ONNX Resize's coordinate_transformation_mode."""
-    o = np.arange(out_size, dtype=np.float64)
-    if mode == "asymmetric":
-        return o / scale
-    if mode == "align_corners":
-        return o * (in_size - 1) / (out_size - 1) if out_size > 1 else np.zeros_like(o)
-    if mode == "pytorch_half_pixel":
-        return (o + 0.5) / scale - 0.5 if out_size > 1 else np.zeros_like(o)
-    if mode == "half_pixel":
-        return (o + 0.5) / scale - 0.5
-    raise ValueError(f"coordinate_transformation_mode {mode!r}")
+def global_max_pool(x):
+    return (jnp.max(x, axis=tuple(range(2, x.ndim)), keepdims=True),)
 
 
-def _nearest(coords: np.ndarray, in_size: int, mode: str) -> np.ndarray:
-    rounders = {"round_prefer_floor": lambda c: np.ceil(c - 0.5), "round_prefer_ceil": lambda c: np.floor(c + 0.5),
-                "floor": np.floor, "ceil": np.ceil}
-    return np.clip(rounders[mode](coords), 0, in_size - 1).astype(np.int64)
+def _normalize(x, axes: tuple[int, ...], epsilon: float):
+    """(x - mean) / sqrt(var + epsilon) over `axes`, with the mean and 1 / sqrt(var + epsilon)."""
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    inv_std = lax.rsqrt(jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True) + epsilon)
+    return (x - mean) * inv_std, mean, inv_std
 
 
-def resize(x, roi=None, scales=None, sizes=None, **attrs):
-    """Nearest or (bi/tri)linear Resize, one axis at a time (both are separable)."""
-    text = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
-    mode = text.get("mode", "nearest")
-    transform = text.get("coordinate_transformation_mode", "half_pixel")
-    if sizes is not None and np.size(sizes):
-        out_shape = [int(s) for s in np.asarray(sizes)]
-        factors = [o / i for o, i in zip(out_shape, x.shape)]
-    else:
-        factors = [float(s) for s in np.asarray(scales)]
-        out_shape = [int(math.floor(i * f)) for i, f in zip(x.shape, factors)]
-    for axis, (size, out, factor) in enumerate(zip(x.shape, out_shape, factors)):
-        if out == size and factor == 1.0:
-            continue
-        coords = _source_coordinates(out, size, factor, transform)
-        if mode == "nearest":
-            x = jnp.take(x, _nearest(coords, size, text.get("nearest_mode", "round_prefer_floor")), axis=axis)
-            continue
-        coords = np.clip(coords, 0, size - 1)
-        low = np.floor(coords).astype(np.int64)
-        high = np.minimum(low + 1, size - 1)
-        frac = (coords - low).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
-        x = jnp.take(x, low, axis=axis) * (1 - frac) + jnp.take(x, high, axis=axis) * frac
-    return (x,)
+def layer_normalization(x, scale, bias=None, axis=-1, epsilon=1e-5, stash_type=1):
+    """LayerNormalization (opset 17) over the axes from `axis` on; also its Mean and InvStdDev outputs."""
+    y, mean, inv_std = _normalize(x, tuple(range(axis % x.ndim, x.ndim)), epsilon)
+    y = y * scale
+    return (y if bias is None else y + bias), mean, inv_std
+
+
+def instance_normalization(x, scale, bias, epsilon=1e-5):
+    y = _normalize(x, tuple(range(2, x.ndim)), epsilon)[0]
+    channels = (1, -1) + (1,) * (x.ndim - 2)
+    return (y * scale.reshape(channels) + bias.reshape(channels),)
+
+
+def _conv_transpose_check(attrs: dict, inputs: list) -> str | None:
+    if "output_shape" in attrs or attrs.get("auto_pad", "NOTSET") != "NOTSET":
+        return "output_shape/auto_pad"
+    return None
 
 
 NN_OPS = {
@@ -188,5 +172,9 @@ NN_OPS = {
     "MaxPool": max_pool,
     "AveragePool": average_pool,
     "GlobalAveragePool": global_average_pool,
-    "Resize": resize,
+    "GlobalMaxPool": global_max_pool,
+    "LayerNormalization": layer_normalization,
+    "InstanceNormalization": instance_normalization,
 }
+
+NN_CHECKS = {"ConvTranspose": _conv_transpose_check}

@@ -167,9 +167,9 @@ def test_resize(attrs, scales):
 
 
 def test_unsupported_ops_listed_at_once():
-    nodes = [helper.make_node("Erf", ["x"], ["a"], name="erf0"), helper.make_node("Relu", ["a"], ["b"]),
+    nodes = [helper.make_node("Hardmax", ["x"], ["a"], name="hardmax0"), helper.make_node("Relu", ["a"], ["b"]),
              helper.make_node("Pad", ["b", "p"], ["y"], name="pad_wrap", mode="wrap")]
     model = make_model(nodes, [("x", [1, 2, 3])], [("y", None)], {"p": np.array([0, 0, 1, 0, 0, 1], np.int64)},
                        opset=19)
-    with pytest.raises(UnsupportedModelError, match=r"2 node\(s\): erf0 \(Erf: not implemented\), pad_wrap"):
+    with pytest.raises(UnsupportedModelError, match=r"2 node\(s\): hardmax0 \(Hardmax: not implemented\), pad_wrap"):
         Interpreter(model)
