@@ -5,6 +5,7 @@ shapes stays static. Erf alone always computes in jax (numpy has none)."""
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from jax.scipy.special import erf
@@ -67,9 +68,34 @@ def _reduce(reducer):
     return op
 
 
+def _bound(dtype, upper: bool):
+    """The type's largest (upper) or smallest value."""
+    if is_float(dtype):
+        return np.inf if upper else -np.inf
+    if dtype == np.bool_:
+        return upper
+    return np.iinfo(dtype).max if upper else np.iinfo(dtype).min
+
+
+def _extreme(name: str):
+    """ReduceMax / ReduceMin; over an empty set the type's smallest / largest value (-inf / inf), as
+    onnxruntime gives (numpy refuses)."""
+
+    def reduce(m, x, axes, keepdims):
+        start = {} if x.size else {"initial": _bound(x.dtype, upper=name == "min")}
+        return getattr(m, name)(x, axis=axes, keepdims=keepdims, **start)
+
+    return reduce
+
+
+def _mean(m, x, axes, keepdims):
+    """The mean; 0 over an empty set, as onnxruntime (numpy: nan)."""
+    return m.sum(x, axis=axes, keepdims=keepdims) / max(math.prod(x.shape[a] for a in axes), 1)
+
+
 def _log_sum_exp(m, x, axes, keepdims):
     """log(sum(exp(x))) shifted by the maximum, so that large inputs do not overflow."""
-    top = m.max(x, axis=axes, keepdims=True)
+    top = _extreme("max")(m, x, axes, True)
     top = m.where(m.isfinite(top), top, 0.0)
     y = m.log(m.sum(m.exp(x - top), axis=axes, keepdims=True)) + top
     return y if keepdims else y.squeeze(axes)
@@ -77,9 +103,9 @@ def _log_sum_exp(m, x, axes, keepdims):
 
 REDUCERS = {
     "ReduceSum": lambda m, x, axes, keep: m.sum(x, axis=axes, keepdims=keep),
-    "ReduceMean": lambda m, x, axes, keep: m.mean(x, axis=axes, keepdims=keep),
-    "ReduceMax": lambda m, x, axes, keep: m.max(x, axis=axes, keepdims=keep),
-    "ReduceMin": lambda m, x, axes, keep: m.min(x, axis=axes, keepdims=keep),
+    "ReduceMean": _mean,
+    "ReduceMax": _extreme("max"),
+    "ReduceMin": _extreme("min"),
     "ReduceProd": lambda m, x, axes, keep: m.prod(x, axis=axes, keepdims=keep),
     "ReduceL1": lambda m, x, axes, keep: m.sum(m.abs(x), axis=axes, keepdims=keep),
     "ReduceL2": lambda m, x, axes, keep: m.sqrt(m.sum(x * x, axis=axes, keepdims=keep)),

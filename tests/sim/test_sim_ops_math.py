@@ -113,6 +113,15 @@ def test_reduce_axes_input(case):
         check([node(op, [f"a_{op}", *inits], [f"y_{op}"], **case) for op in ops], inputs, inits, opset=opset)
 
 
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # numpy's log(0), the static path's -inf
+def test_reduce_over_an_empty_set():
+    """Max -inf, Min inf, Mean 0 (onnxruntime's answers), and the others' identities."""
+    ops = [op for op in REDUCTIONS if op != "ReduceSum"]
+    inits = {"axes": np.array([1], np.int64)}
+    check([node(op, ["a", "axes"], [f"y_{op}"]) for op in ops], {"a": np.zeros((2, 0, 4), np.float32)}, inits,
+          opset=18)
+
+
 def test_reduce_int_keeps_type():
     check([node("ReduceSum", "a", keepdims=0, axes=[1])], {"a": np.arange(12, dtype=np.int32).reshape(3, 4)},
           opset=11)
