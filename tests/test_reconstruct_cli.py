@@ -30,7 +30,11 @@ def test_compile_with_brecq_builds_and_checks_the_library(tmp_path, capsys):
     code, out, err = cli(capsys, "compile", RESNET, "--calib", SUBSET, "--preset", "w2a4", "--reconstruct", "brecq",
                          "--iters", "20", "--calib-count", "64", "--no-progress", "-o", tmp_path)
     assert code == 0, err
-    assert "int2" in out and "library vs QDQ model (onnxruntime): logits: max" in out
+    assert "library vs QDQ model (onnxruntime): logits: max" in out
+    from qcompiler.backends.tvm.targets import host_has_vnni
+
+    if host_has_vnni():   # 2-bit weights four to a byte in the VNNI kernels; AVX2 hosts run generic code
+        assert "int2" in out
     assert (tmp_path / "model.so").exists()
 
 
