@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -80,6 +81,8 @@ class Interpreter:
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         self.opset = int(graph.opset)
         self.graph_inputs = [t.name for t in graph.inputs]
+        #: The model fixes its batch at 1 (tflite exports): run it one sample at a time (see `function`).
+        self.per_sample = bool(graph.inputs) and all(t.shape and t.shape[0] == 1 for t in graph.inputs)
         self.graph_outputs = [t.name for t in graph.outputs]
         self.constants: dict[str, np.ndarray] = {}
         self.steps: list[Step] = []
@@ -159,7 +162,7 @@ class Interpreter:
                     env[name] = hooks[name](value, params) if name in hooks else value
             return tuple(env[name] if name in env else self._constant(name, params) for name in outputs)
 
-        return run
+        return _one_sample_at_a_time(run) if self.per_sample else run
 
     def _read(self, step: Step, index: int, name: str, env: dict, static: dict, params: Mapping, hooks: Mapping):
         """An input's value. Inputs that fix shapes read the numpy value, never a hooked or learned one."""
@@ -188,3 +191,18 @@ class Interpreter:
         if step.op == "Split":  # equal parts, one per output, unless num_outputs says
             return {**step.attrs, "outputs": len(step.outputs)}
         return step.attrs
+
+
+def _one_sample_at_a_time(run: Callable) -> Callable:
+    """`run` mapped over the samples of its feeds, each fed as a batch of one. A model that fixes
+    its batch at 1 spells that 1 out in its Reshape targets, so a batch of samples fed at once
+    would be mixed up; callers still pass and get arrays with the samples first."""
+
+    def per_sample(params: Mapping, feeds: Mapping) -> tuple:
+        def one(sample: Mapping) -> tuple:
+            outputs = run(params, {name: value[None] for name, value in sample.items()})
+            return tuple(o[0] if getattr(o, "ndim", 0) and o.shape[0] == 1 else o for o in outputs)
+
+        return jax.vmap(one)(dict(feeds))
+
+    return per_sample

@@ -128,3 +128,15 @@ def test_inspect_predicts_the_integer_float_split_compile_makes(name, opset, cor
     assert code == 0, err
     made = next(line for line in out.splitlines() if line.startswith("integer ops: "))
     assert predicted == made
+
+
+@pytest.mark.parametrize("name,opset", [("text_recognizer", 20), ("shufflenet", 11), ("tflite_net", 13)])
+def test_brecq_runs_on_exported_models(name, opset, corpus_dir, capsys):
+    """The simulator runs what these exports contain (LayerNormalization, Gelu, attention MatMuls,
+    LogSoftmax; Split and channel shuffles; a batch fixed at 1): BRECQ reconstructs every block (a few
+    iterations)."""
+    model, calib = corpus_dir / f"{name}-opset{opset}.onnx", corpus_dir / f"{name}-opset{opset}.npz"
+    code, out, err = cli(capsys, "quantize", model, "--calib", calib, "--preset", "w4a8", "--reconstruct", "brecq",
+                         "--iters", "2", "--act-iters", "1", "--no-progress", "-o", corpus_dir / f"{name}-brecq")
+    assert code == 0, err
+    assert "BRECQ block, 2+1 iterations per block" in out, out

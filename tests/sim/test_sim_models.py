@@ -87,3 +87,21 @@ def test_free_running_simulation_agrees(quantized, request):
     logits = session(quantized.qdq, optimize=False).run(None, {"input": x})[0]
     agreement = np.mean(np.asarray(outputs[sim.graph_outputs[0]]).argmax(1) == logits.argmax(1))
     assert agreement >= 0.95, agreement
+
+
+def test_a_model_with_its_batch_fixed_at_one_runs_sample_by_sample():
+    """tflite exports fix the batch at 1 and spell it in Reshape targets ([1, -1, 1]): fed several
+    samples, the simulator runs each as a batch of one (as onnxruntime must be run)."""
+    import onnx
+
+    from qcompiler import ir
+    from qcompiler.fidelity import run_reference
+    from qcompiler.models.recipes import corpus
+
+    proto = corpus.build("tflite_net", 13)
+    model = ir.Model.from_onnx(onnx.shape_inference.infer_shapes(proto))
+    feeds = corpus.sample_inputs(proto, 4)
+    sim = Interpreter(model)
+    ours = jax.jit(sim.function(sim.graph_inputs, sim.graph_outputs))({}, feeds)[0]
+    expected = run_reference(session(model, optimize=False), feeds)[0][0]
+    assert_close(np.asarray(ours), expected)
