@@ -67,13 +67,17 @@ class FoldShapes(Pass):
             folded = first
         result = Model.from_onnx(folded, path=model.path)
         result.metadata = dict(model.metadata)
-        if result.fingerprint() == model.fingerprint():
+        if result.fingerprint() == model.fingerprint() and _input_shapes(result) == _input_shapes(model):
             return PassResult(model, False)
         return PassResult(result, True)
 
     def _fixes_dims(self, model: Model) -> bool:
         return any(t.name in self.input_shapes and tuple(t.shape or ()) != self.input_shapes[t.name]
                    for t in model.graph.inputs)
+
+
+def _input_shapes(model: Model) -> list:
+    return [tuple(t.shape or ()) for t in model.graph.inputs]
 
 
 def _dynamic_batch_inputs(proto: onnx.ModelProto, shapes: Mapping[str, tuple]) -> list[str]:

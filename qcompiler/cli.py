@@ -385,7 +385,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """Quantize (unless the model already is QDQ), build the integer library, check it, write all."""
     from qcompiler import files, ir
     from qcompiler.backends.tvm.targets import get_target
-    from qcompiler.driver import compile_qdq, write_library
+    from qcompiler.driver import compile_qdq, fix_shapes, write_library
 
     target = get_target(args.target)
     model = ir.load(args.model)
@@ -402,7 +402,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         result, report = _quantize(args)
         qdq = result.qdq
     print(f"building for {target.name} ({target.description}), batch {args.batch} ...", file=sys.stderr)
-    library = compile_qdq(qdq, target, args.batch, input_shapes(args, qdq) if already else None)
+    qdq = fix_shapes(qdq, input_shapes(args, qdq) if already else None)
+    library = compile_qdq(qdq, target, args.batch)
     out = files.prepare_output_dir(args.output_dir)
     if result is not None:
         _write_quantized(out, result, report)

@@ -125,13 +125,21 @@ def constant_bytes(model: Model) -> int:
 def compile_qdq(qdq: Model, target: str = "x86", batch: int = 1, input_shapes: dict | None = None):
     """Build the QDQ model into an integer library for a target (in memory; `write_library` saves it).
 
-    Shape arithmetic left in the model is folded first, at `input_shapes` where given."""
+    Shape arithmetic left in the model is folded first, at `input_shapes` where given (write
+    the library with the model `fix_shapes` returns)."""
     from qcompiler.backends.tvm.build import build
+
+    qdq = fix_shapes(qdq, input_shapes)
+    return build(qdq.to_onnx(), target, batch, name=str(qdq.path or "model"))
+
+
+def fix_shapes(model: Model, input_shapes: dict | None = None) -> Model:
+    """`model` with its input shapes fixed where given and shape arithmetic folded (fold-shapes)."""
     from qcompiler.passes import FoldShapes
 
-    if input_shapes or any(n.op in ("Shape", "Size") for n in qdq.graph.nodes):
-        qdq = FoldShapes(resolve_input_shapes(qdq, input_shapes))(qdq).model
-    return build(qdq.to_onnx(), target, batch, name=str(qdq.path or "model"))
+    if input_shapes or any(n.op in ("Shape", "Size") for n in model.graph.nodes):
+        return FoldShapes(resolve_input_shapes(model, input_shapes))(model).model
+    return model
 
 
 def write_library(library, qdq: Model, out_dir) -> list:

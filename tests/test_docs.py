@@ -33,7 +33,7 @@ def test_custom_pass_runs_from_the_cli_by_file_path(tmp_path, capsys):
                  "--pass", f"{files['my_passes.py']}:DropFinalSoftmax", "--time"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "canonicalize -> fold-batchnorm -> drop-final-softmax" in captured.out
+    assert "canonicalize -> fold-batchnorm -> fold-scale -> drop-final-softmax" in captured.out
     assert "Softmax 1->0" in captured.out
     optimized = ir.load(out)
     assert not any(n.op == "Softmax" for n in optimized.nodes)

@@ -199,6 +199,9 @@ def _one_sample_at_a_time(run: Callable) -> Callable:
     would be mixed up; callers still pass and get arrays with the samples first."""
 
     def per_sample(params: Mapping, feeds: Mapping) -> tuple:
+        if all(np.shape(value)[:1] == (1,) for value in feeds.values()):
+            return run(params, feeds)   # fed the model's own batch of one: as written
+
         def one(sample: Mapping) -> tuple:
             outputs = run(params, {name: value[None] for name, value in sample.items()})
             return tuple(o[0] if getattr(o, "ndim", 0) and o.shape[0] == 1 else o for o in outputs)

@@ -32,8 +32,9 @@ FLOAT_ALLOWED = {
 }
 #: End to end the library is within 1 LSB of its QDQ model, except where 1-LSB near-ties grow
 #: through float islands (squeeze-excitation gates, the detector's upsampling; measured 3-8 LSB
-#: on under 1% of the elements of the detector, more of the two SE nets: benchmarks/results/wild.md).
-LSB_BOUND = {"mobilenet_v3": 12.0, "lcnet_paddle": 8.0, "fpn_detector": 4.0}
+#: on under 1% of the elements of the detector, more of the two SE nets; the MobileNetV2 2 LSB on
+#: 5% of its logits: benchmarks/results/wild.md).
+LSB_BOUND = {"mobilenet_v3": 12.0, "lcnet_paddle": 8.0, "fpn_detector": 4.0, "mobilenet_v2": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_a_detector_with_dynamic_height_and_width_needs_and_takes_an_input_shape
     assert code == 0, err
 
 
-@pytest.mark.parametrize("name,target", [("mobilenet_v3", "arm64-dotprod"), ("shufflenet", "arm64-i8mm")])
+@pytest.mark.parametrize("name,target", [("mobilenet_v3", "arm64-dotprod"), ("shufflenet", "arm64-dotprod")])
 def test_corpus_models_under_qemu(name, target, tmp_path):
     """Cross-compiled for aarch64 (lookup tables, squeeze-excitation, channel shuffle) and run under
     qemu-aarch64 (scripts/setup_aarch64.sh): the same agreement with the QDQ model as on the host."""
