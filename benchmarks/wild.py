@@ -149,7 +149,10 @@ def main() -> None:
     text = (f"# Models from the wild\n\n`python benchmarks/wild.py --runs {args.runs}` on {platform.processor() or platform.machine()}"
             f" ({os.cpu_count()} cores; one thread per runner), qcompiler {qcompiler.__version__}. W8A8 defaults, 32 "
             "random calibration inputs, 16 held-out random inputs for the comparison, batch 1. Random weights: these "
-            "numbers are about the compiler, not accuracy.\n\n" + table(results) + "\n")
+            "numbers are about the compiler, not accuracy. max LSB: in LSBs of the output scale; an output "
+            "left float (an untied Concat, a float op last) in units of its largest magnitude. MACs in integer "
+            "counts Conv/Gemm/MatMul reading a dequantized activation and a dequantized constant weight.\n\n"
+            + table(results) + "\n")
     RESULTS.write_text(text)
     print(f"wrote {RESULTS}")
 
