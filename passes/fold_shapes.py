@@ -204,8 +204,4 @@ def _restore_batch(proto: onnx.ModelProto, batch_inputs: Sequence[str]) -> onnx.
     del proto.graph.value_info[:]
     for value in proto.graph.output:
         value.type.tensor_type.ClearField("shape")
-    proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    for value in proto.graph.output:  # outputs the inference left without a shape keep their element type only
-        if not value.type.tensor_type.HasField("shape"):
-            log.debug("output %s: shape not inferred after folding", value.name)
-    return proto
+    return onnx.shape_inference.infer_shapes(proto, data_prop=True)

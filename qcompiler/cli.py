@@ -222,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from qcompiler import ir
-    from qcompiler.driver import resolve_input_shapes
-    from qcompiler.passes import Canonicalize, FoldBatchNorm, FoldScale, FoldShapes
+    from qcompiler.driver import fix_shapes
+    from qcompiler.passes import Canonicalize, FoldBatchNorm, FoldScale
     from qcompiler.summary import format_summary, summarize
 
     model = ir.load(args.model)
     shapes = input_shapes(args, model)
-    optimized = FoldShapes(resolve_input_shapes(model, shapes))(model.copy()).model if shapes else model.copy()
+    optimized = fix_shapes(model.copy(), shapes)
     optimized = Canonicalize()(optimized).model
     fold = FoldBatchNorm()
     optimized = FoldScale()(fold(optimized).model).model

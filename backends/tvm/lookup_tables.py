@@ -41,7 +41,7 @@ def tabulate(qdq: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             continue
         dequantize, nodes = region
         table = _table(model, dequantize, nodes, quantize, inits)
-        _replace(graph, quantize, dequantize, table)
+        _replace(graph, quantize, dequantize, table, signed=inits[dequantize.input[2]].data_type == onnx.TensorProto.INT8)
         replaced += 1
     if replaced:
         _drop_dead(graph)
@@ -108,14 +108,15 @@ def _table(model: onnx.ModelProto, dequantize: onnx.NodeProto, nodes: list, quan
     return session(probe, optimize=False).run(None, {dequantize.input[0]: codes})[0]
 
 
-def _replace(graph: onnx.GraphProto, quantize: onnx.NodeProto, dequantize: onnx.NodeProto, table: np.ndarray) -> None:
+def _replace(graph: onnx.GraphProto, quantize: onnx.NodeProto, dequantize: onnx.NodeProto, table: np.ndarray,
+             signed: bool) -> None:
     """quantize's output := table[code - min code], read with Cast + (Add) + Gather."""
     base = quantize.output[0]
     table_name, index = f"{base}__table", f"{base}__index"
     graph.initializer.append(numpy_helper.from_array(table, table_name))
     lookup = [helper.make_node("Cast", [dequantize.input[0]], [index], to=onnx.TensorProto.INT32,
                                name=f"{base}__cast")]
-    if _is_signed(graph, dequantize):   # int8 codes -128..127 index the table from 0
+    if signed:   # int8 codes -128..127 index the table from 0
         offset = f"{base}__offset"
         graph.initializer.append(numpy_helper.from_array(np.array(128, np.int32), f"{base}__128"))
         lookup.append(helper.make_node("Add", [index, f"{base}__128"], [offset], name=f"{base}__shift"))
@@ -125,11 +126,6 @@ def _replace(graph: onnx.GraphProto, quantize: onnx.NodeProto, dequantize: onnx.
     graph.node.remove(quantize)
     for offset, node in enumerate(lookup):
         graph.node.insert(position + offset, node)
-
-
-def _is_signed(graph: onnx.GraphProto, dequantize: onnx.NodeProto) -> bool:
-    zero_point = next(i for i in graph.initializer if i.name == dequantize.input[2])
-    return zero_point.data_type == onnx.TensorProto.INT8
 
 
 def _drop_dead(graph: onnx.GraphProto) -> None:
