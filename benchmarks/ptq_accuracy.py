@@ -32,7 +32,7 @@ from qcompiler import ir, models  # noqa: E402
 from qcompiler.data import ImagePreprocess, load_data  # noqa: E402
 from qcompiler.datasets import IMAGENET_MEAN, IMAGENET_STD, load_fashion_mnist, load_foolbox_imagenet, unlabelled_photos  # noqa: E402
 from qcompiler.driver import quantize  # noqa: E402
-from qcompiler.evaluate import evaluate  # noqa: E402
+from qcompiler.evaluation import evaluate  # noqa: E402
 from qcompiler.quant.presets import QuantConfig, load_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ptq.md"

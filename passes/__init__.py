@@ -31,6 +31,7 @@ from qcompiler.passes.fold_batchnorm import FoldBatchNorm  # noqa: E402
 from qcompiler.passes.fold_scale import FoldScale  # noqa: E402
 from qcompiler.passes.annotate_quant import AnnotateQuant  # noqa: E402
 from qcompiler.passes.calibrate_ranges import CalibrateRanges  # noqa: E402
+from qcompiler.passes.untie_concats import UntieConcats  # noqa: E402
 from qcompiler.passes.correct_bias import CorrectBias  # noqa: E402
 from qcompiler.passes.insert_qdq import InsertQDQ  # noqa: E402
 from qcompiler.passes.partition_blocks import PartitionBlocks  # noqa: E402
@@ -42,6 +43,6 @@ DEFAULT_PIPELINE = ("canonicalize", "fold-batchnorm", "fold-scale")
 __all__ = [
     "AnnotateQuant", "CalibrateRanges", "CorrectBias", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants", "FoldPad", "FoldScale", "FoldShapes",
     "Instrument", "MatMulAddToGemm", "NormalizeClip", "Pass", "PassContext", "PassManager",
-    "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "SumToAdd", "TimingInstrument",
+    "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "SumToAdd", "TimingInstrument", "UntieConcats",
     "VerifyInstrument", "get_pass", "load_pass", "register", "registered_passes",
 ]

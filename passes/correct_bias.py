@@ -34,7 +34,8 @@ class CorrectBias(Pass):
 
     def __init__(self, data: Dataset | None = None, batch_size: int | None = None, progress: bool = True) -> None:
         self.data, self.batch_size, self.progress = data, batch_size, progress
-        #: After a run: layer name -> the largest change this pass made to one of its biases.
+        #: After a run: layer name -> the largest change this pass made to one of its biases (also
+        #: the model's `analysis["correct-bias"]`).
         self.shifts: dict[str, float] = {}
 
     def requires(self, model: Model) -> None:
@@ -55,6 +56,7 @@ class CorrectBias(Pass):
             bias = np.zeros(shift.shape, np.float32) if bias is None else bias
             model.set_const_input(layer, 2, (bias - shift).astype(np.float32), name=f"{layer.name}_bias")
             self.shifts[layer.name] = float(np.abs(shift).max())
+        model.analysis[self.name] = dict(self.shifts)
         return PassResult(model, True)
 
     def _input_means(self, model: Model, layers: list[Node]) -> dict[str, np.ndarray]:

@@ -23,11 +23,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
-import onnxruntime
 
 from qcompiler.errors import UnsupportedModelError
 from qcompiler.ir import Model
+from qcompiler.ir.fold import fold_shape_arithmetic
 from qcompiler.pass_infra import Pass, PassResult
 from qcompiler.passes.fold_constants import NEVER_FOLD
 from qcompiler.registry import register
@@ -36,7 +35,6 @@ log = logging.getLogger(__name__)
 
 #: Two batch sizes to fold at; their difference shows which folded constants hold the batch.
 PROBE_BATCHES = (2, 3)
-MAX_ROUNDS = 4  # a Shape becomes known only after the shapes before it fold (Reshape of a Reshape)
 
 
 @register("fold-shapes")
@@ -54,9 +52,11 @@ class FoldShapes(Pass):
             return PassResult(model, False)
         proto = model.to_onnx()
         batch_inputs = _dynamic_batch_inputs(proto, self.input_shapes)
-        first = _fold(_with_shapes(proto, self.input_shapes, PROBE_BATCHES[0], batch_inputs))
+        first = fold_shape_arithmetic(_with_shapes(proto, self.input_shapes, PROBE_BATCHES[0], batch_inputs),
+                                      NEVER_FOLD)
         if batch_inputs:
-            second = _fold(_with_shapes(proto, self.input_shapes, PROBE_BATCHES[1], batch_inputs))
+            second = fold_shape_arithmetic(_with_shapes(proto, self.input_shapes, PROBE_BATCHES[1], batch_inputs),
+                                           NEVER_FOLD)
             folded = _keep_batch_dynamic(first, second, batch_inputs)
             if folded is None:
                 self.fixed_batch = PROBE_BATCHES[0]
@@ -116,37 +116,6 @@ def _with_shapes(proto: onnx.ModelProto, shapes: Mapping[str, tuple], batch: int
     for value in fixed.graph.output:
         value.type.tensor_type.ClearField("shape")
     return fixed
-
-
-def _fold(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Shapes inferred, each Shape with a static input replaced by its value, constants folded."""
-    onnxruntime.set_default_logger_severity(3)
-    for _ in range(MAX_ROUNDS):
-        graph = gs.import_onnx(onnx.shape_inference.infer_shapes(proto, data_prop=True))
-        replaced = sum(_replace_static_shape(node) for node in graph.nodes if node.op in ("Shape", "Size"))
-        graph.cleanup().toposort()
-        graph.fold_constants(fold_shapes=True, error_ok=True, should_exclude_node=lambda n: n.op in NEVER_FOLD)
-        graph.cleanup().toposort()
-        proto = gs.export_onnx(graph, do_type_check=False)
-        if not replaced:
-            break
-    return onnx.shape_inference.infer_shapes(proto, data_prop=True)
-
-
-def _replace_static_shape(node: gs.Node) -> bool:
-    """Shape(x) (with start/end) or Size(x) of a fully known x becomes a constant; True if it did."""
-    shape = node.inputs[0].shape
-    if shape is None or not all(isinstance(d, int) for d in shape) or not node.outputs[0].outputs:
-        return False
-    dims = np.array(shape, np.int64)
-    value = np.array(dims.prod(), np.int64) if node.op == "Size" else dims[node.attrs.get("start", 0):node.attrs.get("end")]
-    out = node.outputs[0]
-    constant = gs.Constant(f"{out.name}__value", value)
-    for consumer in list(out.outputs):
-        for i, tensor in enumerate(consumer.inputs):
-            if tensor is out:
-                consumer.inputs[i] = constant
-    return True
 
 
 def _keep_batch_dynamic(first: onnx.ModelProto, second: onnx.ModelProto,

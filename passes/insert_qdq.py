@@ -55,7 +55,8 @@ class InsertQDQ(Pass):
 
     def __init__(self) -> None:
         #: After a run: each quantized tensor's name -> the name of its dequantized value in the
-        #: output (for comparing float and quantized tensors layer by layer).
+        #: output (for comparing float and quantized tensors layer by layer); also recorded in
+        #: the output model's `analysis["insert-qdq"]`.
         self.dequantized: dict[str, str] = {}
 
     def call(self, model: Model) -> PassResult:
@@ -72,6 +73,7 @@ class InsertQDQ(Pass):
         model.quant = {}
         model.finalize()
         self.dequantized = {name: tensor.name for name, tensor in dequantized.items()}  # names after renames
+        model.analysis[self.name] = dict(self.dequantized)
         return PassResult(model, True)
 
     def _quantize_weight(self, model: Model, weight: Tensor, tq) -> None:
@@ -141,5 +143,5 @@ def upgrade_opset(model: Model, target: int) -> Model:
         raise UnsupportedModelError(f"{model.path or 'model'}: cannot convert from opset {model.opset} to {target}, "
                                     f"which QDQ needs: {str(exc).splitlines()[0]}") from None
     upgraded = Model.from_onnx(onnx.shape_inference.infer_shapes(converted), path=model.path)
-    upgraded.metadata, upgraded.quant = model.metadata, model.quant
+    upgraded.metadata, upgraded.quant, upgraded.analysis = model.metadata, model.quant, model.analysis
     return upgraded

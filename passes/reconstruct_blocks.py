@@ -50,6 +50,7 @@ class ReconstructBlocks(Pass):
         run = Reconstruction(model, partition(model, self.config.granularity), self.data, self.config, self.progress)
         params = run.all_blocks()
         self.reports = run.reports
+        model.analysis[self.name] = list(run.reports)
         _write_back(model, params)
         return PassResult(model, True)
 

@@ -1,15 +1,17 @@
 """qcompiler: a quantizing model compiler (ONNX in; QDQ ONNX, integer libraries and a report out).
 
     import qcompiler
-    model = qcompiler.load("model.onnx")                  # validated, shape-inferred
-    model = qcompiler.optimize(model)                     # canonicalize + fold-batchnorm
-    qcompiler.save(model, "model.opt.onnx")               # atomic
-    result = qcompiler.quantize(model, "calib.npz", "w8a8")
-    qcompiler.save(result.qdq, "model.qdq.onnx")
+    built = qcompiler.compile("model.onnx", "calib.npz", target="native", output_dir="out")
+    outputs = built.load().run(x)                          # the integer library, here
 
-Only `qcompiler.ir` imports onnx-graphsurgeon and nothing here imports torch, jax or tvm.
-`Model`, `load` and `save` are imported on first use, so that `qcompiler.runtime` (which runs
-compiled libraries, also on an ARM board or under qemu) needs neither onnx nor the compiler.
+    run = qcompiler.quantize("model.onnx", "calib.npz", "w4a8")   # -> QuantizeRun
+    print(qcompiler.evaluate(run, "held_out.npz"))                 # accuracy, agreement, KL, SQNR
+    qcompiler.save(run.qdq, "model.qdq.onnx")                      # atomic
+
+The driver (qcompiler.driver, qcompiler.compiler) does the work; docs/architecture.md maps the
+layers. `Model`, `load`, `save` and the driver are imported on first use, so that
+`qcompiler.runtime` (which runs compiled libraries, also on an ARM board or under qemu) needs
+neither onnx nor the compiler.
 """
 
 from __future__ import annotations
@@ -31,13 +33,35 @@ def optimize(model: Model, passes=None, context=None) -> Model:
     return build_pipeline(passes, context)(model).model
 
 
-def quantize(model: Model, calib, preset: str = "w8a8", observer: str | None = None, overrides=(), **options):
-    """Post-training quantization (see docs/quantization.md); returns a `driver.Quantized` whose
-    `.qdq` is the QDQ model. `calib`: a .npz/.npy path, image folder, dict of arrays or iterable."""
+def quantize(model, calib, preset: str = "w8a8", observer: str | None = None, overrides=(), **options):
+    """Post-training quantization (docs/quantization.md) of a Model or .onnx path; returns a
+    `driver.QuantizeRun` whose `.qdq` is the QDQ model. `calib`: a .npz/.npy path, image
+    folder, dict of arrays or iterable. `options`: those of qcompiler.driver.quantize
+    (reconstruct=ReconstructConfig(...) for BRECQ, input_shapes, calib_count, ...)."""
     from qcompiler.driver import quantize as run
     from qcompiler.quant.presets import load_config
 
     return run(model, calib, load_config(None, preset, observer, list(overrides)), **options)
+
+
+def compile(model, calib=None, target: str = "native", *, output_dir=None, preset: str = "w8a8",
+            observer: str | None = None, overrides=(), **options):
+    """Quantize (a float model, with `calib`) and build the integer library for `target`; with
+    `output_dir`, write model.so, model.json, model.qdq.onnx and report.html there and check the
+    library against the QDQ model. Returns a `compiler.CompileRun` (`.load()` runs the library)."""
+    from qcompiler.compiler import compile as run
+    from qcompiler.quant.presets import load_config
+
+    config = load_config(None, preset, observer, list(overrides))
+    return run(model, calib, target, output_dir=output_dir, config=config, **options)
+
+
+def evaluate(run, data, **options):
+    """A QuantizeRun's QDQ model against its float model on held-out data (.npz with 'labels'
+    for accuracy): an `evaluate.Evaluation`."""
+    from qcompiler.driver import evaluate as run_evaluation
+
+    return run_evaluation(run, data, **options)
 
 
 def __getattr__(name: str):
@@ -48,4 +72,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'qcompiler' has no attribute {name!r}")
 
 
-__all__ = ["Model", "QCompilerError", "__version__", "load", "optimize", "quantize", "save"]
+__all__ = ["Model", "QCompilerError", "__version__", "compile", "evaluate", "load", "optimize", "quantize", "save"]

@@ -30,7 +30,9 @@ class ReconstructConfig:
 
     granularity: str = "block"
     iters: int = 20000  # weight-rounding iterations per block
-    act_iters: int = 5000  # activation step-size iterations per block (0: keep the calibrated ones)
+    #: Activation step-size iterations per block (0: keep the calibrated ones); None: a quarter
+    #: of `iters`, the authors' ratio (5000 for their 20000), the same in the CLI and in Python.
+    act_iters: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
     act_lr: float = 4e-4
@@ -42,6 +44,14 @@ class ReconstructConfig:
     samples: int = 1024
     cache_bytes: int = 2 * 2**30
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.act_iters is None:
+            object.__setattr__(self, "act_iters", self.iters // 4)
+
+    def describe(self) -> str:
+        extras = (", Fisher" if self.fisher else "") + (f", QDrop {self.qdrop}" if self.qdrop else "")
+        return f"BRECQ {self.granularity}, {self.iters}+{self.act_iters} iterations per block{extras}"
 
 
 @dataclasses.dataclass

@@ -1,20 +1,33 @@
-"""The driver: the one place that wires passes (and, later, backends) into pipelines."""
+"""The driver: the Python API's engine and the one place that wires passes and backends into
+pipelines (docs/architecture.md). The CLI parses options, calls these and prints the results.
+
+    run = qcompiler.quantize("model.onnx", "calib.npz", "w8a8")     # -> QuantizeRun
+    built = qcompiler.compile("model.onnx", "calib.npz", target="native", output_dir="out")
+    outputs = built.load().run(x)                                    # -> CompileRun, then run it
+
+This module holds quantization (and the shape fixing it shares); qcompiler.compiler holds
+inspect, optimize and compile, which build on it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from qcompiler.blocks import ReconstructConfig
 from qcompiler.data import Dataset, ImagePreprocess, load_data
 from qcompiler.errors import UnsupportedModelError, UsageError
-from qcompiler.ir import INT4_DTYPES, Model
-from qcompiler.pass_infra import Pass, PassContext, PassManager
+from qcompiler.evaluation import Evaluation, evaluate as evaluate_models, tensor_errors
+from qcompiler.ir import INT4_DTYPES, Model, load
+from qcompiler.pass_infra import Instrument, Pass, PassContext, PassManager
+from qcompiler.quant.annotation import weight_values
 from qcompiler.quant.presets import QuantConfig
-from qcompiler.quant.ties import narrow_concat_inputs
+from qcompiler.report import ReportData
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +41,16 @@ def build_pipeline(passes: Sequence[str | Pass] | None = None, context: PassCont
     return PassManager(instances, context)
 
 
+def _as_model(model: Model | str | Path) -> Model:
+    return model if isinstance(model, Model) else load(model)
+
+
+# ---- quantize --------------------------------------------------------------------------------
+
 @dataclasses.dataclass
-class Quantized:
+class QuantizeRun:
     """What `quantize` produces: the float model it started from (canonicalized, BN folded),
-    the same model annotated with calibrated QuantSpecs, and the QDQ model."""
+    the same model annotated with calibrated QuantSpecs, the QDQ model, and what each step did."""
 
     float_model: Model
     annotated: Model
@@ -42,53 +61,128 @@ class Quantized:
     reconstruction: list = dataclasses.field(default_factory=list)  # BlockReports, when reconstructed
     bias_shifts: dict = dataclasses.field(default_factory=dict)  # layer -> largest bias change (correct-bias)
     untied: dict = dataclasses.field(default_factory=dict)  # Concat -> why its scales were untied
+    reconstruct: ReconstructConfig | None = None
+    seconds: float = 0.0
+    source: str = ""  # the model's path
+    calibration_source: str = ""
+
+    def report(self, evaluation: Evaluation | None = None, evaluation_source: str = "") -> ReportData:
+        """The report's data: per-tensor errors on the first 64 calibration samples, sizes, settings."""
+        preset = self.config.preset
+        observer = (self.config.activation_observer or preset.activation_observer) if preset.activation_bits \
+            else "none (weight-only preset: activations stay float)"
+        return ReportData(
+            model_path=self.source, preset=preset.name, observer=observer, calibration=self.calibration_source,
+            calibration_samples=self.calibration.count, evaluation=evaluation, evaluation_source=evaluation_source,
+            tensors=tensor_errors(self.annotated, self.qdq, self.dequantized, self.calibration.head(64),
+                                  self.float_model),
+            float_bytes=constant_bytes(self.float_model), quant_bytes=constant_bytes(self.qdq), seconds=self.seconds,
+            weight_values=weight_values(self.annotated), reconstruction=self.reconstruction,
+            reconstruction_setting=self.reconstruct.describe() if self.reconstruct else "",
+            bias_correction=self.bias_correction(), untied=self.untied)
+
+    def bias_correction(self) -> str:
+        """What correct-bias did, in words ("" when reconstruction ran instead: its row says so)."""
+        if self.reconstruct is not None:
+            return ""
+        if not self.config.bias_correction:
+            return "off"
+        if not self.bias_shifts:
+            return "no Conv/Gemm layer with quantized weights"
+        return (f"{len(self.bias_shifts)} layers (mean shift of weight rounding folded into the biases; "
+                f"largest change {max(self.bias_shifts.values()):.3g})")
+
+    def save(self, out_dir: str | Path, report: ReportData | None = None) -> list[Path]:
+        """model.qdq.onnx and report.html in out_dir, each written atomically."""
+        from qcompiler import files, ir
+        from qcompiler.report import write_html
+
+        out = files.prepare_output_dir(Path(out_dir))
+        paths = [out / "model.qdq.onnx", out / "report.html"]
+        ir.save(self.qdq, paths[0])
+        files.write_text_atomic(paths[1], write_html(report or self.report()))
+        return paths
 
 
-def quantize(model: Model, calib, config: QuantConfig | None = None, *, calib_count: int | None = None,
+#: Kept for code written against the first API.
+Quantized = QuantizeRun
+
+
+class _KeepInputs(Instrument):
+    """A copy of the model as each named pass receives it: the float model (before annotate-quant)
+    and the annotated one (before insert-qdq), which the report compares."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names, self.models = set(names), {}
+
+    def before_pass(self, pass_: Pass, model: Model) -> None:
+        if pass_.display_name in self.names:
+            self.models[pass_.display_name] = model.copy()
+
+
+def quantization_pipeline(config: QuantConfig, data: Dataset, *, shapes: dict | None = None,
+                          reconstruct: ReconstructConfig | None = None, batch_size: int | None = None,
+                          progress: bool = True) -> list[Pass]:
+    """The passes of post-training quantization, in order: [fold-shapes], the default pipeline,
+    annotate, calibrate, untie concats, then reconstruct (BRECQ) or correct biases, insert QDQ."""
+    from qcompiler import passes as p
+
+    steps: list[Pass] = [p.FoldShapes(shapes)] if shapes else []
+    steps += [p.get_pass(name)() for name in p.DEFAULT_PIPELINE]
+    steps += [p.AnnotateQuant(config), p.CalibrateRanges(data, batch_size, progress),
+              p.UntieConcats(config, data, batch_size, progress)]
+    if reconstruct is not None:
+        steps.append(p.ReconstructBlocks(data, reconstruct, progress))
+    elif config.bias_correction:
+        steps.append(p.CorrectBias(data, batch_size, progress))
+    return steps + [p.InsertQDQ()]
+
+
+def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None, *, calib_count: int | None = None,
              preprocess: ImagePreprocess | None = None, batch_size: int | None = None, progress: bool = True,
              context: PassContext | None = None, reconstruct: ReconstructConfig | None = None,
-             input_shapes: dict[str, tuple[int, ...]] | None = None) -> Quantized:
-    """Post-training quantization: canonicalize, fold BN, annotate, calibrate, then either
-    reconstruct blocks (BRECQ, when `reconstruct` is given) or correct biases (unless the config
-    turns it off), insert QDQ.
+             input_shapes: dict[str, tuple[int, ...]] | None = None) -> QuantizeRun:
+    """Post-training quantization, one PassManager over `quantization_pipeline` under `context`
+    (its instruments see every pass).
 
     `calib`: a .npz/.npy path or image folder, a dict of arrays, or an iterable of feed dicts.
     `input_shapes`: input name -> shape to fix (first dimension -1: keep a dynamic batch); inputs
     with dynamic dimensions beyond the batch otherwise take the calibration data's shape.
     """
-    from qcompiler.passes import AnnotateQuant, CalibrateRanges, CorrectBias, FoldShapes, InsertQDQ, ReconstructBlocks
-
-    config = config or QuantConfig()
+    start = time.perf_counter()
+    model, config = _as_model(model), config or QuantConfig()
     qdq_nodes = [n.name for n in model.graph.nodes if n.op in ("QuantizeLinear", "DequantizeLinear")]
     if qdq_nodes:
         raise UnsupportedModelError(
             f"{model.path or 'model'}: already quantized ({len(qdq_nodes)} QuantizeLinear/DequantizeLinear nodes, "
             f"e.g. {qdq_nodes[0]}); quantize the float model instead")
-    if input_shapes or dynamic_inputs(model):
-        raw = load_data(calib, model, preprocess=preprocess, limit=calib_count)
-        shapes = resolve_input_shapes(model, input_shapes, raw.arrays)
-        model = PassManager([FoldShapes(shapes)], context)(model).model
-        calib = raw.arrays  # validated against the model as given; validated again after folding
-    float_model = build_pipeline(None, context)(model).model
-    data = load_data(calib, float_model, preprocess=preprocess, limit=calib_count)
-    reconstructor = ReconstructBlocks(data, reconstruct, progress) if reconstruct is not None else None
-    corrector = CorrectBias(data, batch_size, progress) if reconstruct is None and config.bias_correction else None
-    calibrate = [AnnotateQuant(config), CalibrateRanges(data, batch_size, progress)]
-    annotated = PassManager(calibrate, context)(float_model.copy()).model
-    untied = narrow_concat_inputs(annotated)
-    if untied:  # calibrate again with those Concats untied (qcompiler.quant.ties)
-        for concat, reason in untied.items():
-            log.warning("Concat %s: %s; its inputs keep their own scales and it runs in float", concat, reason)
+    data = load_data(calib, model, preprocess=preprocess, limit=calib_count)
+    shapes = resolve_input_shapes(model, input_shapes, data.arrays) if input_shapes or dynamic_inputs(model) else None
+    keep = _KeepInputs(["annotate-quant", "insert-qdq"])
+    context = context or PassContext()
+    manager = PassManager(quantization_pipeline(config, data, shapes=shapes, reconstruct=reconstruct,
+                                                batch_size=batch_size, progress=progress),
+                          PassContext([*context.instruments, keep], context.options))
+    qdq = manager(model).model
+    untied = qdq.analysis.get("untie-concats", {})
+    if untied:
         config = dataclasses.replace(config, untied_concats=frozenset(untied))
-        calibrate = [AnnotateQuant(config), CalibrateRanges(data, batch_size, progress)]
-        annotated = PassManager(calibrate, context)(float_model.copy()).model
-    steps = [step for step in (reconstructor, corrector) if step is not None]
-    annotated = PassManager(steps, context)(annotated).model
-    insert = InsertQDQ()
-    qdq = PassManager([insert], context)(annotated.copy()).model
-    return Quantized(float_model, annotated, qdq, insert.dequantized, config, data,
-                     reconstructor.reports if reconstructor else [], corrector.shifts if corrector else {}, untied)
+    return QuantizeRun(keep.models["annotate-quant"], keep.models["insert-qdq"], qdq, qdq.analysis["insert-qdq"]
+                       if "insert-qdq" in qdq.analysis else {}, config, data,
+                       qdq.analysis.get("reconstruct-blocks", []), qdq.analysis.get("correct-bias", {}), untied,
+                       reconstruct, time.perf_counter() - start, str(model.path or ""),
+                       calib if isinstance(calib, (str, Path)) else type(calib).__name__)
 
+
+def evaluate(run: QuantizeRun, data, *, preprocess: ImagePreprocess | None = None,
+             progress: bool = True) -> Evaluation:
+    """The QDQ model against the float model on held-out `data` (like `calib`, optionally with a
+    'labels' array): top-1 accuracy and agreement, KL, SQNR."""
+    held_out = load_data(data, run.float_model, what="evaluation", preprocess=preprocess)
+    return evaluate_models(run.float_model, run.qdq, held_out, progress=progress)
+
+
+# ---- shapes ------------------------------------------------------------------------------------
 
 def dynamic_inputs(model: Model) -> list[str]:
     """Inputs with a dynamic dimension beyond the first (the batch): their shape must be fixed to compile."""
@@ -97,40 +191,25 @@ def dynamic_inputs(model: Model) -> list[str]:
 
 
 def resolve_input_shapes(model: Model, given: dict | None, arrays: dict | None = None) -> dict[str, tuple]:
-    """The shape to fix each input at: as given, else (for dynamic inputs) the data's sample shape
-    behind a batch kept dynamic (-1) where the model's batch is."""
+    """The shape to fix each input at: as given (the key "" names a one-input model's input),
+    else (for dynamic inputs) the data's sample shape behind a batch kept dynamic (-1) where
+    the model's batch is."""
     given = dict(given or {})
-    unknown = sorted(set(given) - {t.name for t in model.graph.inputs})
+    names = [t.name for t in model.graph.inputs]
+    if "" in given:
+        if len(names) != 1:
+            raise UsageError(f"--input-shape {','.join(map(str, given['']))}: the model has inputs {names}; "
+                             "say which, as NAME=D,D,...")
+        given[names[0]] = given.pop("")
+    unknown = sorted(set(given) - set(names))
     if unknown:
         raise UsageError(f"--input-shape names {unknown}, which the model does not have as inputs "
-                         f"(its inputs: {[t.name for t in model.graph.inputs]})")
+                         f"(its inputs: {names})")
     for name in dynamic_inputs(model):
         if name not in given and arrays is not None and name in arrays:
             first = (list(model.tensor(name).shape or [None]) or [None])[0]
             given[name] = (first if isinstance(first, int) and first > 0 else -1, *arrays[name].shape[1:])
     return given
-
-
-def constant_bytes(model: Model) -> int:
-    """Bytes of a model's constants as stored in ONNX (INT4/UINT4 two values per byte)."""
-    total = 0
-    for tensor in model.tensors().values():
-        values = getattr(tensor, "values", None)
-        if values is not None:
-            values = np.asarray(values)
-            total += (values.size + 1) // 2 if values.dtype in INT4_DTYPES else values.nbytes
-    return total
-
-
-def compile_qdq(qdq: Model, target: str = "x86", batch: int = 1, input_shapes: dict | None = None):
-    """Build the QDQ model into an integer library for a target (in memory; `write_library` saves it).
-
-    Shape arithmetic left in the model is folded first, at `input_shapes` where given (write
-    the library with the model `fix_shapes` returns)."""
-    from qcompiler.backends.tvm.build import build
-
-    qdq = fix_shapes(qdq, input_shapes)
-    return build(qdq.to_onnx(), target, batch, name=str(qdq.path or "model"))
 
 
 def fix_shapes(model: Model, input_shapes: dict | None = None) -> Model:
@@ -142,19 +221,12 @@ def fix_shapes(model: Model, input_shapes: dict | None = None) -> Model:
     return model
 
 
-def write_library(library, qdq: Model, out_dir) -> list:
-    """model.so, model.json and model.qdq.onnx in out_dir, each written atomically."""
-    import json
-    from pathlib import Path
-
-    from qcompiler import __version__, files
-    from qcompiler.backends.tvm.build import export, metadata
-    from qcompiler.ir import save
-
-    out = files.prepare_output_dir(Path(out_dir))
-    onnx_model = qdq.to_onnx()
-    meta = metadata(onnx_model, library, __version__)
-    paths = [export(library, out / "model.so"), out / "model.json", out / "model.qdq.onnx"]
-    files.write_text_atomic(paths[1], json.dumps(meta, indent=1))
-    save(qdq, paths[2])
-    return paths
+def constant_bytes(model: Model) -> int:
+    """Bytes of a model's constants as stored in ONNX (INT4/UINT4 two values per byte)."""
+    total = 0
+    for tensor in model.tensors().values():
+        values = getattr(tensor, "values", None)
+        if values is not None:
+            values = np.asarray(values)
+            total += (values.size + 1) // 2 if values.dtype in INT4_DTYPES else values.nbytes
+    return total

@@ -1,9 +1,11 @@
 """The pass framework: `Pass`, `PassResult`, `PassManager`, `PassContext` and its instruments.
 
-Shaped after onnx-ir's pass infrastructure and TVM's PassContext (DESIGN.md §4): a pass is a
+Shaped after onnx-ir's pass infrastructure and TVM's PassContext: a pass is a
 class whose `call(model)` returns `PassResult(model, modified)`; `requires` and `ensures` are
 optional checks run before and after; a `PassManager` runs a list of passes under a
 `PassContext` whose instruments time them, dump the model after chosen passes and verify it.
+What an analysis pass finds goes on the model (`Model.analysis[pass name]`), which carries it
+to the passes after it and to the driver.
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ class PassManager:
             for instrument in self.context.instruments:
                 instrument.before_pass(pass_, model)
             result = pass_(model)
+            if result.model is not model:   # a pass that built a new Model: earlier findings travel on
+                result.model.analysis = {**model.analysis, **result.model.analysis}
             for instrument in self.context.instruments:
                 instrument.after_pass(pass_, result)
             log.debug("%s: modified=%s", pass_.display_name, result.modified)

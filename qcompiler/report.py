@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from qcompiler import __version__
-from qcompiler.evaluate import Evaluation, TensorError
+from qcompiler.evaluation import Evaluation, TensorError
 from qcompiler.summary import format_bytes
 
 

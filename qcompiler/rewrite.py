@@ -60,6 +60,7 @@ class RuleSetPass(Pass):
         for rule in self.rules:
             by_op.setdefault(rule.op_type, []).append(rule)
         modified = False
+        model.analysis[self.display_name] = self.last_applied  # (rule, node) in the order they fired
         for _ in range(MAX_SWEEPS):
             if not self._sweep(model, by_op):
                 return PassResult(model, modified)

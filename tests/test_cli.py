@@ -124,7 +124,8 @@ def test_demo(tmp_path, capsys):
     assert float_top1 >= 0.85 and float_top1 - quant_top1 <= 0.02
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.npz", "evaluation.npz", "library",
                                                           "model.opt.onnx", "model.qdq.onnx", "report.html"]
-    library_top1 = float(re.search(r"integer library on 150 held-out images: top-1 accuracy (\d\.\d+)", out).group(1))
+    assert "== qcompiler run " in out
+    library_top1 = float(re.search(r"top-1 accuracy: (\d\.\d+) on 150 labelled samples", out).group(1))
     assert library_top1 == quant_top1, "the compiled library should classify as the QDQ model does"
     assert re.search(r"library vs QDQ model \(onnxruntime\): logits: max (0|1)\.00 LSB", out)
     onnx.checker.check_model(str(tmp_path / "model.qdq.onnx"), full_check=True)

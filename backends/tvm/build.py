@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qcompiler.backends.tvm.targets import TargetSpec, get_target, host_has_vnni, tvm_target
+from qcompiler.backends.tvm.targets import TargetSpec, get_target, tvm_target
 from qcompiler.errors import OutputError, UnsupportedModelError, UsageError
 
 @dataclass
@@ -107,22 +107,13 @@ def _compile(mod, target):
 
 def schedule(mod, spec: TargetSpec, target) -> tuple[object, Counter]:
     """NHWC layout, the target's kernels (the depthwise and residual add kernels on every
-    target, the dot-product ones where the CPU has the instruction), then the generic CPU
-    rules for everything else."""
+    target, its preferred dot-product kernel where it has one), then the generic CPU rules for
+    everything else."""
     from qcompiler.backends.tvm.apply_schedules import to_nhwc, use_dot_kernels
     from qcompiler.backends.tvm.schedules.cpu_generic import apply_cpu_rules
 
-    mod = to_nhwc(mod)
-    active = active_schedules(spec)
-    isa = next((isa for name, isa in (("int8-vnni", "vnni"), ("int8-smmla", "smmla"), ("int8-sdot", "sdot"))
-                if name in active), None)
-    mod, kernels = use_dot_kernels(mod, isa)
+    mod, kernels = use_dot_kernels(to_nhwc(mod), spec.dot_kernel)
     return apply_cpu_rules(mod, target), kernels
-
-
-def active_schedules(spec: TargetSpec) -> tuple[str, ...]:
-    """The spec's templates that this build can use (VNNI only where the host CPU has it)."""
-    return tuple(s for s in spec.schedules if s != "int8-vnni" or (spec.host and host_has_vnni()))
 
 
 def output_types(mod) -> list[tuple[list[int], str]]:
@@ -230,7 +221,8 @@ def metadata(qdq: onnx.ModelProto, library: Library, version: str) -> dict:
         "qcompiler_version": version,
         "tvm_version": tvm.__version__,
         "target": {"name": library.target.name, "tvm": json.loads(str(tvm_target(library.target))),
-                   "schedules": list(active_schedules(library.target))},
+                   "dot_kernels": list(library.target.dot_kernels), "runner": library.target.runner,
+                   "cpu_flags": list(library.target.cpu_flags)},
         "kernels": dict(library.kernels),
         "batch": library.batch,
         "inputs": inputs,

@@ -2,8 +2,9 @@
 
 scripts/setup_aarch64.sh makes the environment: an arm64 Python unpacked from Debian packages,
 the aarch64 wheels of apache-tvm, apache-tvm-ffi and numpy, and a `python` wrapper that starts it
-under qemu with this repository's `qcompiler` importable. The library then runs through
-`python -m qcompiler.runtime`, exactly as it would on an ARM board.
+under qemu with this repository's root importable. The library then runs through the runtime
+script (backends/tvm/runtime.py, which needs only numpy, the TVM runtime and qcompiler/errors.py),
+as it would on an ARM board.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from qcompiler.errors import QCompilerError, UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP = "scripts/setup_aarch64.sh"
+RUNTIME_SCRIPT = Path(__file__).resolve().with_name("runtime.py")
 
 
 def environment() -> Path:
@@ -36,7 +38,7 @@ def run(library_dir: Path, feeds: dict[str, np.ndarray], timeout: float = 600) -
     with tempfile.TemporaryDirectory() as work:
         inputs, outputs = Path(work) / "inputs.npz", Path(work) / "outputs.npz"
         np.savez(inputs, **feeds)
-        done = subprocess.run([str(python), "-m", "qcompiler.runtime", str(Path(library_dir).resolve()),
+        done = subprocess.run([str(python), str(RUNTIME_SCRIPT), str(Path(library_dir).resolve()),
                                "--input", str(inputs), "-o", str(outputs)],
                               capture_output=True, text=True, timeout=timeout, check=False)
         if done.returncode != 0:
@@ -47,14 +49,22 @@ def run(library_dir: Path, feeds: dict[str, np.ndarray], timeout: float = 600) -
 
 
 class QemuLibrary:
-    """A compiled aarch64 library folder, run under qemu (the `run` of qcompiler.runtime's model)."""
+    """A compiled aarch64 library folder, run under qemu (the `run` of the runtime's CompiledModel;
+    no `time` or `profile`: emulated time says nothing of the device's)."""
 
     def __init__(self, folder: str | Path):
-        from qcompiler.runtime import read_metadata
+        from qcompiler.backends.tvm.runtime import read_metadata
 
         self.folder = Path(folder)
         self.meta = read_metadata(folder)
         self.inputs, self.outputs = self.meta["inputs"], self.meta["outputs"]
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return run(self.folder, feeds)
+    def __repr__(self) -> str:
+        from qcompiler.backends.tvm.runtime import describe
+
+        return describe(self)[:-1] + ", under qemu-aarch64>"
+
+    def run(self, feeds: dict[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        from qcompiler.backends.tvm.runtime import as_feeds
+
+        return run(self.folder, as_feeds(self.inputs, feeds))

@@ -36,6 +36,9 @@ class Model:
         #: Tensor name -> quantization annotation (qcompiler.quant.annotation.TensorQuant), set
         #: by annotate-quant and calibrate-ranges, consumed by insert-qdq; never saved to ONNX.
         self.quant: dict[str, object] = {}
+        #: Pass name -> what an analysis pass found (e.g. insert-qdq's dequantized names): results
+        #: travel with the model through a pipeline, not on pass objects; never saved to ONNX.
+        self.analysis: dict[str, object] = {}
 
     # ---- conversion -------------------------------------------------------------------------
     @classmethod
@@ -67,6 +70,7 @@ class Model:
         """A deep copy: passes that must not touch their input work on one."""
         copied = Model(self.graph.copy(), ir_version=self.ir_version, path=self.path, metadata=self.metadata)
         copied.quant = dict(self.quant)
+        copied.analysis = dict(self.analysis)
         return copied
 
     # ---- queries ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -36,7 +37,7 @@ def test_compile_writes_library_metadata_and_qdq(compiled):
     meta = json.loads((compiled / "model.json").read_text())
     assert meta["inputs"] == {"input": {"dtype": "float32", "shape": [4, 1, 28, 28]}}
     assert meta["outputs"] == {"logits": {"dtype": "float32", "shape": [4, 10]}}
-    assert meta["target"]["name"] == "x86" and meta["float_fallback_ops"] == {}
+    assert meta["target"]["name"] == "native" and meta["float_fallback_ops"] == {}
     assert meta["integer_ops"]["linear"] == 10
     assert meta["quantization"][0]["tensor"] == "input"
     assert not [p for p in compiled.iterdir() if p.name.startswith(".")], "temporary files left behind"
@@ -51,6 +52,24 @@ def test_runtime_chunks_any_sample_count(compiled):
     assert np.array_equal(ours.argmax(1), reference.argmax(1))
     scale = json.loads((compiled / "model.json").read_text())["quantization"][-1]["scale"]
     assert np.abs(ours - reference).max() <= scale * 1.0001
+
+
+def test_run_reports_accuracy_timing_and_kernels(compiled, tmp_path, capsys):
+    data = np.load(SUBSET)
+    np.savez(tmp_path / "x.npz", input=data["input"][:40], labels=data["labels"][:40])
+    code, out, err = cli(capsys, "run", compiled, "--input", tmp_path / "x.npz", "--repeat", "5", "--profile")
+    assert code == 0, err
+    logits = load(compiled).run(data["input"][:40])["logits"]   # an array for a one-input library
+    accuracy = float(np.mean(logits.argmax(1) == data["labels"][:40]))
+    assert f"top-1 accuracy: {accuracy:.4f} on 40 labelled samples" in out
+    assert re.search(r"time per batch of 4: median \d+\.\d+ ms, p10 .* \(5 runs of one batch\)", out)
+    kernels = [line for line in out.splitlines() if line.startswith("fused_conv2d")]
+    assert len(kernels) >= 5, out    # the convolutions, each timed
+
+
+def test_library_says_what_it_is(compiled):
+    assert repr(load(compiled)) == (f"<qcompiler library {compiled}: native, batch 4, (input float32[4, 1, 28, 28]) "
+                                    "-> (logits float32[4, 10])>")
 
 
 def test_run_command_writes_outputs(compiled, tmp_path, capsys):
@@ -74,7 +93,7 @@ def test_run_rejects_wrong_inputs(compiled, tmp_path, capsys):
 
 def test_unknown_target_lists_the_known_ones(tmp_path, capsys):
     code, _, err = cli(capsys, "compile", RESNET, "--calib", SUBSET, "--target", "riscv", "-o", tmp_path / "o")
-    assert code == 2 and "x86, arm64, arm64-dotprod, arm64-i8mm" in err
+    assert code == 2 and "native, x86-64-v3, x86-64-v4, x86-avx512-vnni, arm64, arm64-dotprod, arm64-i8mm" in err
     assert not (tmp_path / "o").exists()
 
 
@@ -122,8 +141,61 @@ def test_unwritable_output_directory(compiled, tmp_path, capsys):
 def test_targets_command_lists_every_target(capsys):
     code, out, _ = cli(capsys, "targets")
     assert code == 0
-    for name in ("x86", "arm64", "arm64-dotprod", "arm64-i8mm"):
+    for name in ("native", "x86-64-v3", "x86-64-v4", "x86-avx512-vnni", "arm64", "arm64-dotprod", "arm64-i8mm"):
         assert f"\n{name} " in "\n" + out
+    assert "runs here: in process" in out  # native, at least
+
+
+def test_x86_target_names_the_host_as_before(compiled):
+    """`x86`, the old name, is this machine (native): the same TVM target, recorded in model.json."""
+    from qcompiler.backends.tvm.targets import get_target, tvm_target
+
+    meta = json.loads((compiled / "model.json").read_text())
+    assert meta["target"]["name"] == "native" and meta["target"]["runner"] is None
+    assert str(tvm_target(get_target("x86"))) == str(tvm_target(get_target("native")))
+    assert meta["target"]["tvm"]["mcpu"] not in ("native", "")   # spelled out: the CPU LLVM found
+
+
+def test_avx512_vnni_target_builds_vnni_kernels_on_any_x86_host(compiled, tmp_path, capsys):
+    """x86-avx512-vnni is portable: built here even without VNNI (then not run or checked here),
+    its convolutions on vpdpbusd (disassembly checked)."""
+    import subprocess
+
+    from qcompiler.backends.tvm.targets import host_has_vnni
+
+    code, out, err = cli(capsys, "compile", compiled / "model.qdq.onnx", "--target", "x86-avx512-vnni",
+                         "-o", tmp_path / "v")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "v" / "model.json").read_text())
+    assert meta["target"]["dot_kernels"] == ["vnni"] and meta["target"]["tvm"]["mcpu"] == "x86-64-v4"
+    assert sum(n for kind, n in meta["kernels"].items() if kind.startswith("vnni")) == 10
+    disassembly = subprocess.run(["objdump", "-d", str(tmp_path / "v" / "model.so")], capture_output=True,
+                                 text=True, check=True).stdout
+    assert "vpdpbusd" in disassembly
+    if not host_has_vnni():
+        np.savez(tmp_path / "x.npz", input=np.load(SUBSET)["input"][:4])
+        code, _, err = cli(capsys, "run", tmp_path / "v", "--input", tmp_path / "x.npz")
+        assert code == 3 and "x86-avx512-vnni" in err and "cannot run on this CPU" in err
+
+
+def test_portable_and_tvm_string_targets_agree_with_native(compiled, tmp_path, capsys):
+    """The same QDQ model built for x86-64-v3 (any AVX2 CPU) and for a TVM target string gives
+    the library built for this machine's CPU, bit for bit."""
+    from qcompiler.runtime import load
+
+    feeds = {"input": np.load(SUBSET)["input"][:8]}
+    expected = load(compiled).run(feeds)["logits"]
+    for name, target in (("v3", "x86-64-v3"), ("s", "llvm -mcpu=x86-64-v3 -mattr=+avx2,+fma")):
+        code, _, err = cli(capsys, "compile", compiled / "model.qdq.onnx", "--target", target, "-o", tmp_path / name)
+        assert code == 0, err
+        np.testing.assert_array_equal(load(tmp_path / name).run(feeds)["logits"], expected)
+
+
+def test_bad_tvm_target_string_is_a_usage_error(compiled, tmp_path, capsys):
+    for bad in ("llvm mcpu", '{"kind": "llvm", "mcpu": 3', '{"kind": "cuda"}'):
+        code, _, err = cli(capsys, "compile", compiled / "model.qdq.onnx", "--target", bad, "-o", tmp_path / "b")
+        assert code == 2 and "--target" in err, err
+        assert not (tmp_path / "b" / "model.so").exists()
 
 
 def test_x86_library_uses_vnni_dot_products(compiled):
@@ -139,11 +211,11 @@ def test_x86_library_uses_vnni_dot_products(compiled):
     vnni_kernels = sum(n for kind, n in meta["kernels"].items() if kind.startswith("vnni"))
     assert meta["kernels"]["residual add"] == 3      # on every target
     if host_has_vnni():
-        assert meta["target"]["schedules"] == ["int8-vnni", "nhwc-vectorize"]
+        assert meta["target"]["dot_kernels"] == ["vnni"]
         assert vnni_kernels == 10       # every conv and the fc layer
         assert "vpdpbusd" in disassembly
     else:
-        assert "int8-vnni" not in meta["target"]["schedules"] and not vnni_kernels
+        assert meta["target"]["dot_kernels"] == [] and not vnni_kernels
 
 
 def test_compile_checks_a_model_with_a_fixed_batch_sample_by_sample(tmp_path, capsys):

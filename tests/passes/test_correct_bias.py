@@ -106,7 +106,7 @@ def test_lowers_kl_at_w4a8_on_the_fashion_subset():
     """The measured effect (benchmarks/results/ptq.md), on the bundled 300 images: MobileNetV2-style
     net at W4A8, KL(float || quantized) at least halved."""
     from qcompiler.data import load_data
-    from qcompiler.evaluate import evaluate
+    from qcompiler.evaluation import evaluate
 
     data = dict(np.load(SUBSET))
     model = ir.load(ROOT / "models" / "fashion_mobilenetv2.onnx")

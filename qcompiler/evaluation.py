@@ -27,6 +27,12 @@ class Evaluation:
     def drop(self) -> float | None:
         return None if self.float_top1 is None else self.float_top1 - self.quant_top1
 
+    def __str__(self) -> str:
+        top1 = "" if self.float_top1 is None else (f"top-1 float {self.float_top1:.4f}, quantized {self.quant_top1:.4f} "
+                                                  f"(drop {100 * self.drop:+.2f} points); ")
+        return (f"{self.samples} samples: {top1}agreement {self.agreement:.4f}; KL {self.kl:.5f} nats; "
+                f"SQNR {self.sqnr_db:.1f} dB")
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorError:
