@@ -36,7 +36,7 @@ from qcompiler.evaluation import evaluate  # noqa: E402
 from qcompiler.quant.presets import QuantConfig, load_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ptq.md"
-OBSERVERS = ("minmax", "ema", "percentile", "mse", "kl")
+OBSERVERS = ("minmax", "ema", "percentile", "lp", "kl")
 ORT_CALIBRATORS = ("MinMax", "Entropy", "Percentile", "Distribution")
 NO_BIAS_CORRECTION = "qcompiler --no-bias-correction"
 
@@ -167,7 +167,7 @@ def run_model(name: str, path: Path, calib, evals, quick: bool) -> list[dict]:
         print(f"{name:<22} {method:<28} {weights} {granularity:<11} {observer:<12} top-1 {r['top1']:.4f} "
               f"agree {r['agreement']:.4f} {r['seconds']:.1f}s", flush=True)
 
-    observers = ("minmax", "mse") if quick else OBSERVERS
+    observers = ("minmax", "lp") if quick else OBSERVERS
     for preset, weights in (("w8a8", "int8"), ("w4a8", "int4")):
         for observer in observers:
             add("qcompiler", weights, "per-channel", observer, ours(model, calib, evals, load_config(None, preset, observer, [])))
@@ -258,7 +258,7 @@ def render(rows: list[dict], seconds: float | None, quick: bool, agreement_count
     ]
     if seconds is not None:
         text += [f"Whole `quantize` of MobileNetV2 (1x3x224x224) with 512 calibration images, w8a8, default "
-                 f"observer (mse): **{seconds:.1f} s** (goal: at most 60 s on 2 cores).", ""]
+                 f"observer (lp): **{seconds:.1f} s** (goal: at most 60 s on 2 cores).", ""]
     return "\n".join(text)
 
 

@@ -65,7 +65,7 @@ def main() -> None:
         right = {k: v == test["labels"] for k, v in {**ours, **theirs}.items()}
         best_ours = max(OBSERVERS, key=lambda o: right[o].mean())
         best_theirs = max(ORT_CALIBRATORS, key=lambda c: right[c].mean())
-        for label, a, z in (("best against best", best_ours, best_theirs), ("defaults (mse, MinMax)", "mse", "MinMax")):
+        for label, a, z in (("best against best", best_ours, best_theirs), ("defaults (lp, MinMax)", "lp", "MinMax")):
             b = int(np.sum(right[a] & ~right[z]))
             c = int(np.sum(~right[a] & right[z]))
             lines.append(f"| {name} | {label}: {a} vs {z} | {right[a].mean():.4f} | {right[z].mean():.4f} | {b} | {c} | "

@@ -56,12 +56,14 @@ def test_w8a8_accuracy_on_the_bundled_subset(model, tmp_path, capsys):
     assert f"{float((logits.argmax(1) == labels).mean()):.4f}" == f"{quant_top1:.4f}"
 
 
-@pytest.mark.parametrize("observer", ["minmax", "ema", "percentile", "mse", "kl"])
-def test_every_observer(observer, tmp_path, capsys):
+@pytest.mark.parametrize("observer", ["minmax", "ema", "percentile", "lp", "kl", "mse"])  # mse: lp's old name
+def test_every_observer(observer, tmp_path, capsys, caplog):
     code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "--observer", observer, "--calib-count", 64,
                          "-o", tmp_path)
     assert code == 0, err
-    assert summary(out)["activation observer"] == observer
+    assert summary(out)["activation observer"] == ("lp" if observer == "mse" else observer)
+    if observer == "mse":
+        assert "observer 'mse' is now called 'lp'" in caplog.text
 
 
 @pytest.mark.parametrize("preset", ["w8a8-per-tensor", "w4a8", "w4a4", "w2a4"])
@@ -212,7 +214,7 @@ def test_top_level_api_as_documented():
     import qcompiler
 
     batches = np.split(np.load(SUBSET)["input"][:80], 10)
-    result = qcompiler.quantize(qcompiler.load(RESNET), ({"input": b} for b in batches), "w4a8", observer="mse",
+    result = qcompiler.quantize(qcompiler.load(RESNET), ({"input": b} for b in batches), "w4a8", observer="lp",
                                 overrides=["/fc/*:wbits=8"], progress=False)
     assert result.annotated.quant["fc.weight"].spec.bits == 8
     assert result.annotated.quant["layer2.conv1.weight"].spec.bits == 4

@@ -24,12 +24,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from qcompiler import ops
 from qcompiler.backends.tvm.fixed_point import (accumulator_bound, multiplier_and_shift, quantize_bound,
                                                 ties_possible)
 from qcompiler.backends.tvm.qdq_patterns import QUANTIZE, Bindings, QTensor, op_name
 
-PASS_THROUGH = ("relax.nn.max_pool2d", "relax.reshape", "relax.flatten", "relax.permute_dims",
-                "relax.squeeze", "relax.expand_dims")
+#: The Relax ops that move onto the integers unchanged (qcompiler.ops.PASS_THROUGH, the table
+#: annotate-quant reads too).
+PASS_THROUGH = tuple(op for op in ops.PASS_THROUGH.values() if op is not None)
 DTYPE_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
 
 

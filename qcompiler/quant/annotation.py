@@ -6,15 +6,15 @@ import dataclasses
 
 import numpy as np
 
+from qcompiler import ops
 from qcompiler.quant.maths import dequantize, fake_quantize
 from qcompiler.quant.spec import QuantParams, QuantSpec
 
 #: Ops whose output may absorb a following Relu/Clip: quantize after the activation, not before.
 FUSABLE_PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"})
 FUSED_ACTIVATIONS = frozenset({"Relu", "Clip"})
-#: Ops whose output is quantized with their input's scale and zero point (the values pass through).
-PASS_THROUGH = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "Reshape", "Flatten", "Transpose",
-                          "Squeeze", "Unsqueeze"})
+#: Ops whose output is quantized with their input's scale and zero point (qcompiler.ops's table).
+PASS_THROUGH = frozenset(ops.PASS_THROUGH)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

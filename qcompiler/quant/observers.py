@@ -1,18 +1,25 @@
-"""Range observers: they watch a tensor's values over calibration batches and choose [lo, hi].
+"""Range observers: they watch a tensor's values and choose [lo, hi]. One registry,
+`OBSERVERS`, serves activations and weights.
 
-Activation observers stream. `minmax` and `ema` need one pass; the histogram observers
-(`percentile`, `mse`, `kl`) need two: the first finds the value range, the second fills a
-fixed histogram of `BINS` bins over it, so memory stays one histogram per tensor whatever
-the number of batches. Weights are observed per output channel by `weight_range` (exact, no
-histogram: the whole weight is at hand).
+Activations stream. `minmax` and `ema` need one pass; the histogram observers (`percentile`,
+`lp`, `kl`) need two: the first finds the value range, the second fills a fixed histogram of
+`BINS` bins over it, so memory stays one histogram per tensor whatever the number of batches.
+Weights are whole at hand: an observer that serves them (`minmax`, `lp`) chooses each output
+channel's range exactly from the values (`weight_range`), no histogram. `lp` searches the
+clipping range that minimizes the L^p error with p = 2.4 (BRECQ's); it was called `mse`, and
+that name is still accepted (`canonical_name`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+import logging
+
 from qcompiler.quant.maths import fake_quantize, params_from_range
 from qcompiler.quant.spec import QuantSpec
+
+log = logging.getLogger(__name__)
 
 BINS = 2048
 #: Clipping ratios tried by the Lp search: 1.0 down to 0.2 (BRECQ searches 100 steps the same way).
@@ -24,6 +31,12 @@ class Observer:
 
     name = ""
     two_pass = False
+    serves_weights = False   # whether `weight_rows` chooses weight ranges too
+
+    @classmethod
+    def weight_rows(cls, rows: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+        """[lo, hi] of each row (output channel) of a weight; the whole range unless overridden."""
+        return rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
 
     def __init__(self) -> None:
         self.lo = np.inf
@@ -51,6 +64,7 @@ class MinMaxObserver(Observer):
     """The whole observed range: no clipping, no outlier left out."""
 
     name = "minmax"
+    serves_weights = True
 
 
 class EmaMinMaxObserver(Observer):
@@ -139,11 +153,18 @@ class LpObserver(HistogramObserver):
     p = 2 is the MSE search; BRECQ initializes with p = 2.4, which weighs outliers more.
     """
 
-    name = "mse"
+    name = "lp"
+    serves_weights = True
+    P = 2.4
 
-    def __init__(self, p: float = 2.4, bins: int = BINS) -> None:
+    def __init__(self, p: float = P, bins: int = BINS) -> None:
         super().__init__(bins)
         self.p = p
+
+    @classmethod
+    def weight_rows(cls, rows: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = super().weight_rows(rows, spec)
+        return _lp_search_rows(rows, lo, hi, spec, cls.P)
 
     def choose(self, spec: QuantSpec) -> tuple[float, float]:
         return lp_search(self.centers, self.counts.astype(np.float64), self.lo, self.hi, spec, self.p)
@@ -229,24 +250,35 @@ def _kl(p: np.ndarray, q: np.ndarray) -> float:
 OBSERVERS: dict[str, type[Observer]] = {
     cls.name: cls for cls in (MinMaxObserver, EmaMinMaxObserver, PercentileObserver, LpObserver, KlObserver)
 }
-WEIGHT_OBSERVERS = ("minmax", "mse")
+WEIGHT_OBSERVERS = tuple(name for name, cls in OBSERVERS.items() if cls.serves_weights)
+#: Old names -> what they are called now (accepted with a deprecation note).
+RENAMED = {"mse": "lp"}
+
+
+def canonical_name(name: str) -> str:
+    """An observer's current name: `mse` -> `lp` (with a note, once per call site's value)."""
+    if name in RENAMED:
+        log.warning("observer %r is now called %r (the Lp search with p = %s); the old name will go",
+                    name, RENAMED[name], LpObserver.P)
+        return RENAMED[name]
+    return name
 
 
 def make_observer(name: str) -> Observer:
+    name = canonical_name(name)
     if name not in OBSERVERS:
         raise ValueError(f"unknown observer {name!r}; choose from {', '.join(OBSERVERS)}")
     return OBSERVERS[name]()
 
 
-def weight_range(weight: np.ndarray, spec: QuantSpec, p: float = 2.4) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (along spec.axis) or per-tensor [lo, hi] of a weight, by `minmax` or `mse` (Lp)."""
-    if spec.observer not in WEIGHT_OBSERVERS:
+def weight_range(weight: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (along spec.axis) or per-tensor [lo, hi] of a weight, by its spec's observer."""
+    observer = canonical_name(spec.observer)
+    if observer not in WEIGHT_OBSERVERS:
         raise ValueError(f"weight observer must be one of {WEIGHT_OBSERVERS}, not {spec.observer!r}")
     w = weight.astype(np.float32)
     rows = w.reshape(1, -1) if spec.axis is None else np.moveaxis(w, spec.axis, 0).reshape(w.shape[spec.axis], -1)
-    lo, hi = rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
-    if spec.observer == "mse":
-        lo, hi = _lp_search_rows(rows, lo, hi, spec, p)
+    lo, hi = OBSERVERS[observer].weight_rows(rows, spec)
     if spec.axis is None:
         return lo[0], hi[0]
     return lo, hi

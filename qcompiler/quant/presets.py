@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from qcompiler.errors import UsageError
-from qcompiler.quant.observers import OBSERVERS, WEIGHT_OBSERVERS
+from qcompiler.quant.observers import OBSERVERS, WEIGHT_OBSERVERS, canonical_name
 from qcompiler.quant.spec import BITS, QuantSpec
 
 
@@ -25,7 +25,7 @@ class Preset:
     activation_bits: int
     per_channel: bool = True
     weight_observer: str = "minmax"
-    activation_observer: str = "mse"
+    activation_observer: str = "lp"
     keep_edge_layers_8bit: bool = False
     description: str = ""
 
@@ -33,11 +33,11 @@ class Preset:
 PRESETS = {p.name: p for p in (
     Preset("w8a8", 8, 8, description="int8 per-channel weights, uint8 per-tensor activations"),
     Preset("w8a8-per-tensor", 8, 8, per_channel=False, description="int8 per-tensor weights (the whitepaper's baseline)"),
-    Preset("w4a8", 4, 8, weight_observer="mse", keep_edge_layers_8bit=True, description="int4 weights, uint8 activations"),
-    Preset("w4a4", 4, 4, weight_observer="mse", keep_edge_layers_8bit=True, description="int4 weights, uint4 activations"),
-    Preset("w2a4", 2, 4, weight_observer="mse", keep_edge_layers_8bit=True, description="2-bit weights, uint4 activations"),
-    Preset("w4", 4, 0, weight_observer="mse", keep_edge_layers_8bit=True, description="int4 weights only, float activations"),
-    Preset("w2", 2, 0, weight_observer="mse", keep_edge_layers_8bit=True, description="2-bit weights only, float activations"),
+    Preset("w4a8", 4, 8, weight_observer="lp", keep_edge_layers_8bit=True, description="int4 weights, uint8 activations"),
+    Preset("w4a4", 4, 4, weight_observer="lp", keep_edge_layers_8bit=True, description="int4 weights, uint4 activations"),
+    Preset("w2a4", 2, 4, weight_observer="lp", keep_edge_layers_8bit=True, description="2-bit weights, uint4 activations"),
+    Preset("w4", 4, 0, weight_observer="lp", keep_edge_layers_8bit=True, description="int4 weights only, float activations"),
+    Preset("w2", 2, 0, weight_observer="lp", keep_edge_layers_8bit=True, description="2-bit weights only, float activations"),
 )}
 
 
@@ -125,6 +125,7 @@ def _setting(key: str, value: str, text: str):
     if key == "skip":
         return value.lower() not in ("0", "false", "no")
     if key == "wobserver":
+        value = canonical_name(value)
         if value not in WEIGHT_OBSERVERS:
             raise UsageError(f"--override {text!r}: weight observer must be one of {WEIGHT_OBSERVERS}")
         return value
@@ -149,6 +150,7 @@ def load_config(path: Path | None, preset: str | None, observer: str | None, ove
     if name not in PRESETS:
         raise UsageError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     observer = observer or data.get("observer")
+    observer = None if observer is None else canonical_name(observer)
     if observer is not None and observer not in OBSERVERS:
         raise UsageError(f"unknown observer {observer!r}; observers: {', '.join(OBSERVERS)}")
     file_overrides = [parse_override(o) if isinstance(o, str) else _override_from_dict(o, path) for o in data.get("overrides", [])]

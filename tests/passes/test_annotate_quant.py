@@ -84,7 +84,7 @@ def test_skipped_layer_has_no_weight_quantizer():
 
 
 def test_explicit_weight_observer_override_is_kept():
-    config = load_config(None, "w4a8", None, ["/fc/*:wobserver=mse", "/layer1/*:wbits=8"])
-    assert config.weight_spec("/fc/Gemm", 0, edge=True).observer == "mse"
+    config = load_config(None, "w4a8", None, ["/fc/*:wobserver=lp", "/layer1/*:wbits=8"])
+    assert config.weight_spec("/fc/Gemm", 0, edge=True).observer == "lp"
     assert config.weight_spec("/layer1/conv1/Conv", 0, edge=False).observer == "minmax"
-    assert config.weight_spec("/layer2/conv1/Conv", 0, edge=False).observer == "mse"
+    assert config.weight_spec("/layer2/conv1/Conv", 0, edge=False).observer == "lp"

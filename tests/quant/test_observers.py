@@ -101,9 +101,9 @@ def test_weight_minmax_per_channel():
     assert np.array_equal(hi1, w.max(axis=(0, 2, 3)))
 
 
-def test_weight_mse_per_channel_never_worse_than_minmax():
+def test_weight_lp_per_channel_never_worse_than_minmax():
     w = RNG.standard_t(3, size=(8, 64)).astype(np.float32)
-    spec = QuantSpec(4, True, True, True, axis=0, observer="mse")
+    spec = QuantSpec(4, True, True, True, axis=0, observer="lp")
     lo, hi = weight_range(w, spec)
     row_spec = QuantSpec(4, True, True, True)
     for c in range(8):
