@@ -1,5 +1,3 @@
-"""Backends (installed as `qcompiler.backends`): TVM lowering, targets, tuning.
-
-Nothing here yet: the TVM backend is the subject of its own issue. Only this package will
-import tvm (DESIGN.md §3).
+"""Backends (installed as `qcompiler.backends`): tvm/ lowers QDQ models to integer libraries
+per target and runs them. Only this package imports tvm (docs/architecture.md, layering).
 """

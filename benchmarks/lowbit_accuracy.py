@@ -6,7 +6,7 @@ BRECQ (block), BRECQ with Fisher weights and QDrop, at W4A8, W4A4, W2A4 and weig
     python benchmarks/lowbit_accuracy.py --iters 2000          # writes benchmarks/results/lowbit.md
     python benchmarks/lowbit_accuracy.py --models fashion_resnet8 --presets w4a4 --methods brecq
 
-Data (DESIGN.md §6): calibrated on 1024 training images (seed 0), evaluated on all 10,000 test
+Data: calibrated on 1024 training images (seed 0), evaluated on all 10,000 test
 images. Each run's numbers are kept in benchmarks/results/lowbit.<model>.json (a run already
 there is not repeated unless --fresh; models can run in parallel processes), and the table is
 rendered from those files.
@@ -144,7 +144,7 @@ def notes(runs: list[dict]) -> list[str]:
               "(MobileNetV2-style) of the authors' 20,000 per block, for time on a 2-vCPU machine; the "
               "Fashion-MNIST nets are small and their float accuracy near its ceiling, so methods differ by "
               "tenths of a point; the timings were taken with the two models running in parallel processes "
-              "on the same 2 vCPUs. The ImageNet MobileNetV2 (DESIGN.md §7's comparison) is not in this table: "
+              "on the same 2 vCPUs. The ImageNet MobileNetV2 (the papers' comparison) is not in this table: "
               "one reconstruction of it at these settings takes hours on this machine.", ""]
     return lines
 

@@ -5,7 +5,7 @@ against per-tensor, W8A8 and W4A8; plus the time of one whole `quantize` of Mobi
     pip install -e . && pip install --no-deps foolbox==3.3.4 scikit-image
     python benchmarks/ptq_accuracy.py                  # writes benchmarks/results/ptq.md
 
-Data (DESIGN.md §6):
+Data:
 - Fashion-MNIST nets: calibrated on 512 training images (seed 0), evaluated on all 10,000 test images.
 - MobileNetV2 (ImageNet weights): calibrated on 512 random crops (seed 0) of half the opencv-doc
   sample photos (even positions in name order); top-1 on foolbox's 20 labelled ImageNet samples;

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
 import qcompiler  # noqa: E402
-from qcompiler.driver import compile_qdq, write_library  # noqa: E402
+from qcompiler.compiler import compile_qdq, write_library  # noqa: E402
 from qcompiler.executor import session  # noqa: E402
 from qcompiler.fidelity import compare, run_reference  # noqa: E402
 from qcompiler.models.recipes import corpus  # noqa: E402

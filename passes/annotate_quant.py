@@ -1,4 +1,4 @@
-"""annotate-quant: decide which tensors are quantized and how (DESIGN.md §4, placement rules).
+"""annotate-quant: decide which tensors are quantized and how (docs/quantization.md, placement rules).
 
 - Layers (Conv, ConvTranspose, Gemm, MatMul with a constant weight): the weight per output
   channel; the data input; the output, or the output of a Relu/Clip that alone reads it.

@@ -1,6 +1,6 @@
 """insert-qdq: turn calibrated QuantSpecs into standard QuantizeLinear/DequantizeLinear.
 
-After this pass the quantization lives only in the ONNX graph (DESIGN.md §4):
+After this pass the quantization lives only in the ONNX graph (docs/architecture.md, conventions):
 - activation t:  t -> QuantizeLinear -> [Clip, below 8 bits] -> DequantizeLinear -> readers of t
   (uint8; below 8 bits the uint8 values are clipped to the smaller grid. Not UINT4: onnxruntime
   1.31's default graph optimizer (ClipQuantFusion) aborts the session on a UINT4 zero point after

@@ -1,4 +1,4 @@
-"""partition-blocks: split a network into the units BRECQ reconstructs (DESIGN.md §7).
+"""partition-blocks: split a network into the units BRECQ reconstructs (docs/brecq.md).
 
 Automatic on any ONNX DAG. A *cut* is a node that every path from the inputs to the outputs
 passes through (a dominator of the exit). Between two cuts lies either a single node (a link of

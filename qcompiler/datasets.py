@@ -1,4 +1,4 @@
-"""Readers for the datasets the project measures on (DESIGN.md §6); no downloads, ever."""
+"""Readers for the datasets the project measures on; no downloads, ever."""
 
 from __future__ import annotations
 

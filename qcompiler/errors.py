@@ -1,4 +1,4 @@
-"""One error hierarchy; each class carries the CLI exit code of DESIGN.md §8.
+"""One error hierarchy; each class carries its CLI exit code (docs/architecture.md, conventions).
 
 Messages name the file, node or tensor at fault and say what to do about it.
 """

@@ -1,4 +1,4 @@
-"""onnxruntime, the reference executor (DESIGN.md §4): sessions over a Model, extra outputs."""
+"""onnxruntime, the reference executor: sessions over a Model, extra outputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rewrite rules and rule-set passes, after onnxscript's rewriter (DESIGN.md §9).
+"""Rewrite rules and rule-set passes, after onnxscript's rewriter.
 
 A rule anchors on one op type, `match`es a node (returning the captured pieces, or a `Reject`
 that says *why* not) and `rewrite`s the match. A `RuleSetPass` applies its rules to every node

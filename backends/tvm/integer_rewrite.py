@@ -1,4 +1,4 @@
-"""QDQ-to-integer rewrite of an imported Relax module (DESIGN.md §4, "Integer code").
+"""QDQ-to-integer rewrite of an imported Relax module.
 
 Each `R.quantize(f(...), s_y, zp_y)` whose float computation f is one of
 

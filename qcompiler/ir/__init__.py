@@ -1,6 +1,6 @@
 """The graph IR: safe loading, the `Model` wrapper over onnx-graphsurgeon, atomic saving.
 
-Only this package imports onnx_graphsurgeon (DESIGN.md §3).
+Only this package imports onnx_graphsurgeon (docs/architecture.md, layering).
 """
 
 import onnx_graphsurgeon as _gs

@@ -1,7 +1,7 @@
 """Presets (named quantization schemes), per-layer overrides, and the config that holds both.
 
 Weights are symmetric, signed and per output channel; activations affine, unsigned and per
-tensor (DESIGN.md §4). In the low-bit presets the first and the last quantized layer keep 8-bit
+tensor. In the low-bit presets the first and the last quantized layer keep 8-bit
 weights and 8-bit inputs, as BRECQ does; `keep_edge_layers_8bit=False` or an override changes it.
 2-bit weights are affine (4 levels: symmetric 2-bit would leave only {-s, 0, s}).
 """

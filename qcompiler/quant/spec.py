@@ -1,4 +1,4 @@
-"""`QuantSpec`: how one tensor is quantized (DESIGN.md §4), and `QuantParams`: with what numbers.
+"""`QuantSpec`: how one tensor is quantized, and `QuantParams`: with what numbers.
 
 Examples (these run as tests):
 

@@ -1,4 +1,4 @@
-"""The differentiable simulator (DESIGN.md §4): ONNX graphs as jit-compiled jax functions, with
+"""The differentiable simulator: ONNX graphs as jit-compiled jax functions, with
 fake-quant hooks for BRECQ/AdaRound reconstruction. Only this package and the passes that need
 gradients import jax."""
 

@@ -13,7 +13,7 @@ import pytest
 import qcompiler
 from graphs import ROOT, make_model
 from qcompiler.backends.tvm.qemu import QemuLibrary, environment
-from qcompiler.driver import compile_qdq, write_library
+from qcompiler.compiler import compile_qdq, write_library
 from qcompiler.fidelity import compare
 from test_tvm_fidelity import C, _graph
 

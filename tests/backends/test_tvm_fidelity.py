@@ -12,7 +12,7 @@ import pytest
 from onnx import helper
 
 import qcompiler
-from qcompiler.driver import compile_qdq, write_library
+from qcompiler.compiler import compile_qdq, write_library
 from qcompiler.executor import session
 from qcompiler.fidelity import compare, reference_spread
 from qcompiler.runtime import load

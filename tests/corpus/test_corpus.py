@@ -104,7 +104,7 @@ def test_corpus_models_under_qemu(name, target, tmp_path):
     qemu-aarch64 (scripts/setup_aarch64.sh): the same agreement with the QDQ model as on the host."""
     import qcompiler
     from qcompiler.backends.tvm.qemu import QemuLibrary, environment
-    from qcompiler.driver import compile_qdq, write_library
+    from qcompiler.compiler import compile_qdq, write_library
     from qcompiler.fidelity import compare
 
     environment()   # a UsageError naming scripts/setup_aarch64.sh when it is missing

@@ -11,7 +11,7 @@ layer with 8 (mod 16) outputs and few output pixels uses 8-channel blocks (`vnni
 256-bit registers) rather than padded weights.
 
 TVM 0.27's own `dot_16x4_vnni` intrinsic does not compile with its bundled LLVM 22 (operand
-vector types, DESIGN.md §5); ours broadcasts the 4 activation bytes as one int32 to 16 lanes
+vector types, docs/backend.md); ours broadcasts the 4 activation bytes as one int32 to 16 lanes
 and passes them as u8x64, the weight block as i8x64.
 
 `sdot` multiplies signed bytes only, so on AArch64 the kernel first moves the uint8 activations
