@@ -61,3 +61,17 @@ def test_wild_numbers_in_the_readme_come_from_the_benchmark_file():
     assert len(numbers) >= 3
     for number in numbers:
         assert number in results, number
+
+
+def test_python_compile_example_runs(tmp_path, capsys):
+    """The README's qcompiler.compile example, as written (paths made absolute, output in tmp)."""
+    section = README.split("The same from Python, from the float model", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 8
+    code = code.replace('"models/', f'"{ROOT}/models/').replace('output_dir="out"', f'output_dir="{tmp_path / "out"}"')
+    exec(compile(code, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("integer ops: ") and "float fallback: none" in lines[0]
+    assert re.search(r"logits: max (0|1)\.00 LSB", lines[0])
+    assert re.fullmatch(r"\[(\d ){9}\d\]", lines[1])
+    assert (tmp_path / "out" / "model.so").exists() and (tmp_path / "out" / "report.html").exists()
