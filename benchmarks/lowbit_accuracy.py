@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from qcompiler import ir, models  # noqa: E402
 from qcompiler.blocks import ReconstructConfig  # noqa: E402
-from qcompiler.datasets import load_fashion_mnist  # noqa: E402
+from qcompiler.models.datasets import load_fashion_mnist  # noqa: E402
 from qcompiler.driver import quantize  # noqa: E402
 from qcompiler.executor import session  # noqa: E402
 from qcompiler.quant.presets import load_config  # noqa: E402

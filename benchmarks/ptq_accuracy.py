@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from qcompiler import ir, models  # noqa: E402
 from qcompiler.data import ImagePreprocess, load_data  # noqa: E402
-from qcompiler.datasets import IMAGENET_MEAN, IMAGENET_STD, load_fashion_mnist, load_foolbox_imagenet, unlabelled_photos  # noqa: E402
+from qcompiler.models.datasets import IMAGENET_MEAN, IMAGENET_STD, load_fashion_mnist, load_foolbox_imagenet, unlabelled_photos  # noqa: E402
 from qcompiler.driver import quantize  # noqa: E402
 from qcompiler.evaluation import evaluate  # noqa: E402
 from qcompiler.quant.presets import QuantConfig, load_config  # noqa: E402

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from qcompiler.datasets import IMAGENET_MEAN, IMAGENET_STD
 from qcompiler.errors import CalibrationDataError
 from qcompiler.ir import Model
+
+#: torchvision's ImageNet normalization (`--preprocess imagenet`).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 

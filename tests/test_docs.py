@@ -60,3 +60,18 @@ def test_brecq_doc_python_example_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (tmp_path / "model.qdq.onnx").exists()
     assert len([line for line in out.splitlines() if line.startswith("block")]) == 5
+
+
+def test_quantization_doc_recipe_example_runs():
+    """docs/quantization.md's preset recipe of one's own, on the bundled ResNet-8."""
+    block = next(b for b in re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "quantization.md").read_text(), re.S)
+                 if "WeightScheme(" in b)
+    code = (block.replace('"model.onnx"', repr(str(ROOT / "models" / "fashion_resnet8.onnx")))
+            .replace('"calib.npz"', repr(str(ROOT / "models" / "fashion_mnist_subset.npz"))))
+    scope: dict = {}
+    exec(compile(code, "docs/quantization.md", "exec"), scope)
+    run = scope["run"]
+    assert run.config.preset.name == "w6a8"
+    specs = [tq.spec for tq in run.annotated.quant.values()]
+    assert {s.bits for s in specs if s.signed} == {6, 8}      # 6-bit inside, 8-bit edge layers
+    assert {s.observer for s in specs if not s.signed} == {"percentile"}

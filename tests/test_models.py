@@ -10,7 +10,7 @@ import pytest
 
 from graphs import ROOT
 from qcompiler import models
-from qcompiler.datasets import load_fashion_mnist
+from qcompiler.models.datasets import load_fashion_mnist
 
 README = (ROOT / "models" / "README.md").read_text()
 
@@ -59,7 +59,7 @@ def test_parameter_counts_match_readme(capsys):
 
 
 def test_imagenet_model_on_foolbox_samples_matches_readme():
-    from qcompiler.datasets import load_foolbox_imagenet
+    from qcompiler.models.datasets import load_foolbox_imagenet
 
     images, labels = load_foolbox_imagenet()
     correct = round(top1("mobilenet_v2_imagenet.onnx", images, labels) * len(labels))

@@ -14,7 +14,7 @@ from graphs import ROOT
 from qcompiler import ir
 from qcompiler.cli import main
 from qcompiler.data import load_data
-from qcompiler.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from qcompiler.models.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from qcompiler.executor import session
 
 RESNET = ROOT / "models" / "fashion_resnet8.onnx"

@@ -99,7 +99,7 @@ def main() -> None:
         raise SystemExit(f"onnxruntime and torch disagree by {diff}; not writing {args.output}")
     tmp.replace(args.output)
     print(f"wrote {args.output} ({args.output.stat().st_size / 2**20:.1f} MiB); onnxruntime vs torch max |diff| {diff:.2g}")
-    from qcompiler.datasets import load_foolbox_imagenet
+    from qcompiler.models.datasets import load_foolbox_imagenet
 
     images, labels = load_foolbox_imagenet()
     session = ort.InferenceSession(str(args.output), providers=["CPUExecutionProvider"])

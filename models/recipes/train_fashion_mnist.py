@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qcompiler.datasets import load_fashion_mnist
+from qcompiler.models.datasets import load_fashion_mnist
 
 MODELS_DIR = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
-"""Presets (named quantization schemes), per-layer overrides, and the config that holds both.
+"""Presets (named recipes: a weight scheme and an activation scheme), per-layer overrides, and
+the config that holds both.
 
 Weights are symmetric, signed and per output channel; activations affine, unsigned and per
 tensor. In the low-bit presets the first and the last quantized layer keep 8-bit
@@ -19,25 +20,79 @@ from qcompiler.quant.spec import BITS, QuantSpec
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
-    name: str
-    weight_bits: int
-    activation_bits: int
+class WeightScheme:
+    """How a recipe quantizes weights: signed, symmetric (affine at 2 bits), narrow range."""
+
+    bits: int
     per_channel: bool = True
-    weight_observer: str = "minmax"
-    activation_observer: str = "lp"
+    observer: str = "minmax"
+
+    def spec(self, bits: int, axis: int | None, observer: str) -> QuantSpec:
+        """The spec of one layer's weight at `bits` (an override or an edge layer may differ)."""
+        symmetric = bits != 2
+        return QuantSpec(bits=bits, signed=True, symmetric=symmetric, narrow=symmetric,
+                         axis=axis if self.per_channel else None, observer=observer)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationScheme:
+    """How a recipe quantizes activations: unsigned, affine, per tensor (bits 0: left in float)."""
+
+    bits: int
+    observer: str = "lp"
+
+    def spec(self, bits: int, observer: str) -> QuantSpec:
+        return QuantSpec(bits=bits, signed=False, symmetric=False, observer=observer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named recipe: a weight scheme, an activation scheme, and whether the first and last
+    layers keep 8 bits."""
+
+    name: str
+    weights: WeightScheme
+    activations: ActivationScheme
     keep_edge_layers_8bit: bool = False
     description: str = ""
 
+    @property
+    def weight_bits(self) -> int:
+        return self.weights.bits
+
+    @property
+    def activation_bits(self) -> int:
+        return self.activations.bits
+
+    @property
+    def per_channel(self) -> bool:
+        return self.weights.per_channel
+
+    @property
+    def weight_observer(self) -> str:
+        return self.weights.observer
+
+    @property
+    def activation_observer(self) -> str:
+        return self.activations.observer
+
+
+def _low_bit(name: str, weight_bits: int, activation_bits: int, description: str) -> Preset:
+    """BRECQ's setting: Lp-searched weight ranges, first and last layers at 8 bits."""
+    return Preset(name, WeightScheme(weight_bits, observer="lp"), ActivationScheme(activation_bits),
+                  keep_edge_layers_8bit=True, description=description)
+
 
 PRESETS = {p.name: p for p in (
-    Preset("w8a8", 8, 8, description="int8 per-channel weights, uint8 per-tensor activations"),
-    Preset("w8a8-per-tensor", 8, 8, per_channel=False, description="int8 per-tensor weights (the whitepaper's baseline)"),
-    Preset("w4a8", 4, 8, weight_observer="lp", keep_edge_layers_8bit=True, description="int4 weights, uint8 activations"),
-    Preset("w4a4", 4, 4, weight_observer="lp", keep_edge_layers_8bit=True, description="int4 weights, uint4 activations"),
-    Preset("w2a4", 2, 4, weight_observer="lp", keep_edge_layers_8bit=True, description="2-bit weights, uint4 activations"),
-    Preset("w4", 4, 0, weight_observer="lp", keep_edge_layers_8bit=True, description="int4 weights only, float activations"),
-    Preset("w2", 2, 0, weight_observer="lp", keep_edge_layers_8bit=True, description="2-bit weights only, float activations"),
+    Preset("w8a8", WeightScheme(8), ActivationScheme(8),
+           description="int8 per-channel weights, uint8 per-tensor activations"),
+    Preset("w8a8-per-tensor", WeightScheme(8, per_channel=False), ActivationScheme(8),
+           description="int8 per-tensor weights (the whitepaper's baseline)"),
+    _low_bit("w4a8", 4, 8, "int4 weights, uint8 activations"),
+    _low_bit("w4a4", 4, 4, "int4 weights, uint4 activations"),
+    _low_bit("w2a4", 2, 4, "2-bit weights, uint4 activations"),
+    _low_bit("w4", 4, 0, "int4 weights only, float activations"),
+    _low_bit("w2", 2, 0, "2-bit weights only, float activations"),
 )}
 
 
@@ -82,14 +137,12 @@ class QuantConfig:
                 bits = override.weight_bits or bits
                 observer = override.weight_observer or observer
         if observer is None:  # the preset's choice; 8-bit layers of low-bit presets (edges) use minmax
-            observer = "minmax" if bits == 8 else self.preset.weight_observer
-        symmetric = bits != 2
-        return QuantSpec(bits=bits, signed=True, symmetric=symmetric, narrow=symmetric,
-                         axis=axis if self.preset.per_channel else None, observer=observer)
+            observer = "minmax" if bits == 8 else self.preset.weights.observer
+        return self.preset.weights.spec(bits, axis, observer)
 
     def activation_spec(self, bits: int | None = None) -> QuantSpec:
-        return QuantSpec(bits=bits or self.preset.activation_bits, signed=False, symmetric=False,
-                         observer=self.activation_observer or self.preset.activation_observer)
+        activations = self.preset.activations
+        return activations.spec(bits or activations.bits, self.activation_observer or activations.observer)
 
     def input_bits(self, layer: str, edge: bool) -> int:
         """Bits of the activation a layer reads (8 for edge layers in low-bit presets; 0: float)."""

@@ -215,7 +215,7 @@ def test_imagenet_mobilenetv2_as_close_as_onnxruntime_is_to_itself(tmp_path):
     propagate, so the end-to-end bound is relative: our library is no further from the QDQ model
     as written than onnxruntime's own optimized run of it is (measured on an AVX2 host: 3 against
     27 LSB on 4 images), with the same top-1."""
-    from qcompiler.datasets import load_foolbox_imagenet
+    from qcompiler.models.datasets import load_foolbox_imagenet
 
     images, _ = load_foolbox_imagenet()
     model = qcompiler.load(ROOT / "models" / "mobilenet_v2_imagenet.onnx")

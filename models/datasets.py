@@ -1,4 +1,5 @@
-"""Readers for the datasets the project measures on; no downloads, ever."""
+"""Readers for the datasets our benchmarks, tests and recipes measure on (Debian and PyPI
+packages; no downloads, ever). Not part of the compiler: installed as qcompiler.models.datasets."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from qcompiler.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported for the recipes)
+
 from qcompiler.errors import CalibrationDataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Mean and standard deviation of the Fashion-MNIST training pixels scaled to [0, 1].
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
