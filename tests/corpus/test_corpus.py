@@ -98,7 +98,8 @@ def test_a_detector_with_dynamic_height_and_width_needs_and_takes_an_input_shape
     assert code == 0, err
 
 
-@pytest.mark.parametrize("name,target", [("mobilenet_v3", "arm64-dotprod"), ("shufflenet", "arm64-dotprod")])
+@pytest.mark.parametrize("name,target", [("mobilenet_v3", "arm64-dotprod"), ("shufflenet", "arm64-dotprod"),
+                                         ("shufflenet", "arm64-i8mm")])   # its 12-channel grouped conv on smmla
 def test_corpus_models_under_qemu(name, target, tmp_path):
     """Cross-compiled for aarch64 (lookup tables, squeeze-excitation, channel shuffle) and run under
     qemu-aarch64 (scripts/setup_aarch64.sh): the same agreement with the QDQ model as on the host."""
