@@ -334,6 +334,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
               f"{built.reference_spread:.0f} LSB here (rounding near-ties grow through deep nets; docs/backend.md)")
     if timing is not None:
         print(timing.table())
+    if args.time:
+        print("backend pass            seconds")
+        print("\n".join(f"{name:<22} {seconds:>8.3f}" for name, seconds in library.stages.items()))
     print("wrote " + ", ".join(str(p) for p in built.paths))
     return 0
 

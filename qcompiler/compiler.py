@@ -71,8 +71,8 @@ def integer_split(model: Model, shapes: dict | None = None) -> str:
     for name, shape in (shapes or {}).items():
         calib[name] = np.random.default_rng(0).standard_normal((2, *shape[1:])).astype(np.float32)
     qdq = quantize(model, calib, QuantConfig(), progress=False, input_shapes=shapes).qdq
-    _, lowered, float_ops = lower(qdq.to_onnx(), 1)
-    return "at w8a8, compile lowers: " + split_line(lowered, float_ops)
+    integer = lower(qdq.to_onnx(), 1)
+    return "at w8a8, compile lowers: " + split_line(integer.lowered, integer.float_ops)
 
 
 # ---- optimize ----------------------------------------------------------------------------------

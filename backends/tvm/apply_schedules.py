@@ -6,7 +6,9 @@
 2. `use_dot_kernels`: where the CPU has a dot-product instruction, every u8 x s8 -> s32
    conv2d (groups 1) and matmul with a constant weight becomes a call of the scheduled VNNI,
    sdot or smmla kernel (schedules/int8_conv.py, arm_smmla.py), with the requantization that
-   follows computed inside it. Input channels are zero-padded to a multiple of 4 (smmla: 8)
+   follows computed inside it: its numbers come from the integer rewrite's record of the layer
+   (requantization.py), found by the names the rewrite gave its accumulator and output, never
+   read back from the ops in between. Input channels are zero-padded to a multiple of 4 (smmla: 8)
    and output channels to a multiple of 16 (VNNI: of 8, with 8-lane blocks; zero weights, then
    a slice), so every such layer qualifies. On every target, depthwise convolutions with 16k
    channels and a requantization use their own kernel (schedules/depthwise.py), residual adds
@@ -26,6 +28,7 @@ from tvm import relax
 
 from qcompiler.backends.tvm.fixed_point import RESIDUAL_INT32_SHIFTS
 from qcompiler.backends.tvm.qdq_patterns import Bindings, op_name
+from qcompiler.backends.tvm.requantization import var_name
 from qcompiler.backends.tvm.schedules import arm_smmla, depthwise, int8_conv, residual_add
 
 logger = logging.getLogger(__name__)
@@ -49,120 +52,47 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-class _Uses(Bindings):
-    """The function's bindings (var -> value) and, for each var, the bindings that use it."""
-
-    def __init__(self, func: relax.Function):
-        super().__init__(func)
-        self.users: dict = {}
-        for var, value in self.values.items():
-            for arg in getattr(value, "args", []):
-                for used in (arg.fields if isinstance(arg, relax.Tuple) else [arg]):
-                    if isinstance(used, relax.Var):
-                        self.users.setdefault(used, []).append(var)
-
-    def only_user(self, var, op: str):
-        """The one binding that uses `var`, if it is a call of `op` (None-safe in a chain)."""
-        if var is None:
-            return None
-        users = self.users.get(var, [])
-        if len(users) == 1 and op_name(self.values[users[0]]) == op:
-            return users[0]
-        return None
-
-    def const_arg(self, var, index: int = 1) -> np.ndarray | None:
-        arg = self.values[var].args[index]
-        return arg.value.numpy() if isinstance(arg, tvm.ir.expr.Constant) else None
-
-
-def _rounding(uses: _Uses, v_prod):
-    """The rounding add after the product, in either form _scale_terms emits: half to even
-    (product + half-1 + ((product >> shift) & 1)) or half up (product + half, where the rewrite
-    proved that no tie can occur). Returns that add, a var whose second argument is the shift,
-    and whether ties are rounded to even; (None, None, True) otherwise."""
-    users = {op_name(uses.values[u]): u for u in uses.users.get(v_prod, [])}
-    if len(uses.users.get(v_prod, [])) == 1 and set(users) == {"relax.add"}:
-        v_sum = users["relax.add"]
-        return v_sum, uses.only_user(v_sum, "relax.right_shift"), False
-    if set(users) != {"relax.right_shift", "relax.add"} or len(uses.users[v_prod]) != 2:
-        return None, None, True
-    v_odd = uses.only_user(users["relax.right_shift"], "relax.bitwise_and")
-    v_sum = uses.only_user(users["relax.add"], "relax.add")
-    if v_odd is None or uses.only_user(v_odd, "relax.add") != v_sum:
-        return None, None, True
-    return v_sum, users["relax.right_shift"], True
-
-
-def requantize_chain(uses: _Uses, acc) -> tuple | None:
-    """The requantization the integer rewrite emits after an int32 accumulator `acc` (see
-    integer_rewrite._scale_terms and _finish), read back: (final var, corr, multiplier,
-    Requantize); None if the ops that follow are anything else or are used elsewhere."""
-    v_corr = uses.only_user(acc, "relax.add")
-    v_wide = uses.only_user(v_corr, "relax.astype")
-    v_prod = uses.only_user(v_wide, "relax.multiply")
-    if v_prod is None or str(uses.values[v_wide].attrs.dtype) != "int64":
-        return None
-    corr, multiplier = uses.const_arg(v_corr), uses.const_arg(v_prod)
-    tail = _rounding_tail(uses, v_prod)
-    if tail is None or corr is None or multiplier is None:
-        return None
-    return tail[0], corr, multiplier, tail[1]
-
-
-def _rounding_tail(uses: _Uses, v_total) -> tuple | None:
-    """What follows an int64 fixed-point total: rounding, shift, zero point, clamps and cast,
-    read back as (final var, Requantize); None for anything else."""
-    v_sum, shift_var, ties = _rounding(uses, v_total)
-    v_shifted = uses.only_user(v_sum, "relax.right_shift")
-    v_zp = uses.only_user(v_shifted, "relax.add")
-    v_lo = uses.only_user(v_zp, "relax.maximum")
-    v_hi = uses.only_user(v_lo, "relax.minimum")
-    v_out = uses.only_user(v_hi, "relax.astype")
-    if v_out is None:
-        return None
-    consts = [uses.const_arg(v) for v in (shift_var, v_shifted, v_zp, v_lo, v_hi)]
-    if any(c is None or c.size != 1 for c in consts):
-        return None
-    shift, shift_again, zp, lo, hi = (int(c.reshape(())) for c in consts)
-    if shift != shift_again:
-        return None
-    return v_out, int8_conv.Requantize(zp, lo, hi, str(uses.values[v_out].attrs.dtype), shift, ties)
-
-
-def _centred_term(uses: _Uses, v_product) -> tuple | None:
-    """(x, zero point, multiplier, axes) of one side of a residual add as the rewrite writes it:
-    astype(astype(x, int32) [- zp], int64) * m, with m a scalar that fits int32, and then
-    possibly transposed by `axes` (ConvertLayout moves a side that stays NCHW, the network's
-    input, to NHWC there: on int64; the kernel's caller transposes x itself instead)."""
+def _term_source(uses: Bindings, v_product) -> tuple | None:
+    """(x, axes) of one side of a residual add: the integer tensor the rewrite centred and
+    scaled (astype(astype(x, int32) [- zp], int64) * m; the numbers are in the add's record),
+    and the permutation ConvertLayout put after it, if any (it moves a side that stays NCHW, the
+    network's input, to NHWC on int64; the kernel's caller transposes x itself instead)."""
     product, axes = uses.values.get(v_product), None
     if op_name(product) == "relax.permute_dims":
         axes, v_product = [int(a) for a in product.attrs.axes], product.args[0]
         product = uses.values.get(v_product)
-    if op_name(product) != "relax.multiply":
+    wide = uses.values.get(product.args[0]) if op_name(product) == "relax.multiply" else None
+    if op_name(wide) != "relax.astype":
         return None
-    m, wide = uses.const_arg(v_product), uses.values.get(product.args[0])
-    if m is None or m.size != 1 or not 0 < int(m.reshape(())) < 2 ** 31 or op_name(wide) != "relax.astype":
-        return None
-    inner, zero_point = uses.values.get(wide.args[0]), 0
+    inner = uses.values.get(wide.args[0])
     if op_name(inner) == "relax.subtract":
-        zp = uses.const_arg(wide.args[0])
-        if zp is None or zp.size != 1:
-            return None
-        inner, zero_point = uses.values.get(inner.args[0]), int(zp.reshape(()))
+        inner = uses.values.get(inner.args[0])
     if op_name(inner) != "relax.astype" or str(inner.attrs.dtype) != "int32":
         return None
-    return inner.args[0], zero_point, int(m.reshape(())), axes
+    return inner.args[0], axes
 
 
 @relax.expr_functor.mutator
 class _DotKernels(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, isa: str | None):
+    def __init__(self, mod: tvm.IRModule, isa: str | None, records: dict):
         super().__init__(mod)
         self.isa = isa
         self.used: Counter = Counter()
-        self.uses = _Uses(mod["main"])
+        self.uses = Bindings(mod["main"])
+        self.records = {record.acc_name: record for record in records.values()}   # by accumulator name
+        self.by_name = {var_name(var): var for var in self.uses.values}
         self.current = None           # the var whose binding is being visited
         self.replaced: dict = {}      # final var of a fused requantization -> the fused kernel's output
+
+    def _requantization(self, acc) -> tuple | None:
+        """(output var, correction, multiplier, Requantize) of the layer whose accumulator is
+        `acc`, from the integer rewrite's record; None when it has none, or when its output no
+        longer has the accumulator's shape (a layout change between them: nothing to fuse)."""
+        record = self.records.get(var_name(acc)) if acc is not None else None
+        final = self.by_name.get(record.out_name) if record is not None else None
+        if final is None or [int(d) for d in final.ty.shape] != [int(d) for d in acc.ty.shape]:
+            return None
+        return final, record.correction, record.multipliers[0], record.requantize
 
     def visit_var_binding_(self, binding) -> None:
         if binding.var in self.replaced:
@@ -234,7 +164,7 @@ class _DotKernels(relax.PyExprMutator):
         dedicated kernel; None when it has no fusable requantization or an odd channel count."""
         attrs = call.attrs
         n, h, w, c = (int(d) for d in call.args[0].ty.shape)
-        chain = requantize_chain(self.uses, self.current)
+        chain = self._requantization(self.current)
         if int(attrs.groups) != c or weight.shape[0] != c or weight.shape[3] != 1 or chain is None \
                 or not depthwise.applies(c):
             return None
@@ -256,21 +186,24 @@ class _DotKernels(relax.PyExprMutator):
 
     def _residual_add(self, call: relax.Call) -> relax.Expr | None:
         """A residual add (two requantized sides, one rounding) on the shared kernel."""
-        terms = [_centred_term(self.uses, arg) for arg in call.args]
-        tail = _rounding_tail(self.uses, self.current)
-        if any(t is None for t in terms) or tail is None or call.ty.shape is None:
+        record = self.records.get(var_name(self.current))
+        final = self.by_name.get(record.out_name) if record is not None else None
+        terms = [_term_source(self.uses, arg) for arg in call.args]
+        if final is None or any(t is None for t in terms) or call.ty.shape is None:
             return None
-        final, rq = tail
+        rq, (za, zb) = record.requantize, record.zero_points
+        ma, mb = (int(np.asarray(m).reshape(())) for m in record.multipliers)
         shape = tuple(int(d) for d in call.ty.shape)
-        for x, _, _, axes in terms:   # no broadcasting: both sides have the output's shape
+        if not (0 < ma < 2 ** 31 and 0 < mb < 2 ** 31) or tuple(int(d) for d in final.ty.shape) != shape:
+            return None   # the kernel multiplies in int32; the output kept the sum's layout
+        for x, axes in terms:   # no broadcasting: both sides have the output's shape
             dims = [int(d) for d in x.ty.shape]
             if tuple(dims if axes is None else [dims[a] for a in axes]) != shape:
                 return None
         sides = []
-        for x, _, _, axes in terms:
+        for x, axes in terms:
             x = self.visit_expr(x)
             sides.append(x if axes is None else self.builder_.emit(relax.op.permute_dims(x, axes)))
-        (_, za, ma, _), (_, zb, mb, _) = terms
         dtypes = [str(side.ty.dtype) for side in sides]
         int32 = all(d in ("uint8", "int8") for d in dtypes) and rq.shift in RESIDUAL_INT32_SHIFTS
         kernel = residual_add.residual_add_kernel(shape, *dtypes, int8_conv.RequantizeCode(rq.dtype, rq.ties, int32))
@@ -329,7 +262,7 @@ class _DotKernels(relax.PyExprMutator):
         n, h, w, ci = (int(d) for d in data.ty.shape)
         co, kh, kw, _ = weight.shape
         ho, wo = int8_conv.output_size(h, w, kh, kw, stride, dilation, padding)
-        chain = requantize_chain(self.uses, acc_var) if acc_var is not None else None
+        chain = self._requantization(acc_var)
         on_4bit_grid = _on_4bit_grid(weight)
         kind = self._kernel(on_4bit_grid, ci, wo, chain)
         if kind is None:
@@ -395,10 +328,11 @@ def _on_4bit_grid(weight: np.ndarray) -> bool:
     return bool(weight.min() >= -8 and weight.max() <= 7)
 
 
-def use_dot_kernels(mod: tvm.IRModule, isa: str | None) -> tuple[tvm.IRModule, Counter]:
+def use_dot_kernels(mod: tvm.IRModule, isa: str | None, records: dict) -> tuple[tvm.IRModule, Counter]:
     """Convolutions and matmuls on the dot-product kernels of `isa` ("vnni", "sdot", "smmla";
-    None: none), depthwise convolutions and residual adds on their own kernels."""
-    mutator = _DotKernels(mod, isa)
+    None: none), depthwise convolutions and residual adds on their own kernels, each with the
+    requantization the integer rewrite recorded for it (`records`: tag -> LayerRequantization)."""
+    mutator = _DotKernels(mod, isa, records)
     main = mutator.visit_expr(mod["main"])
     mod = mutator.builder_.get()
     mod["main"] = main

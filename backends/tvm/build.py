@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import tvm
 from onnx import numpy_helper
 
 from qcompiler.backends.tvm.targets import TargetSpec, get_target, tvm_target
@@ -31,6 +32,7 @@ class Library:
     outputs: list[tuple[list[int], str]]   # shape and dtype of each output, in order
     seconds: dict = field(default_factory=dict)
     kernels: Counter = field(default_factory=Counter)   # hand-written kernels used, by kind
+    stages: dict = field(default_factory=dict)   # seconds of each named backend pass (qcompiler.*)
 
 
 def unconvertible_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -55,19 +57,28 @@ def check_ops(model: onnx.ModelProto, name: str = "model") -> None:
                                     f"{', '.join(sorted(missing))}; replace them or keep this model on onnxruntime")
 
 
-def lower(qdq: onnx.ModelProto, batch: int = 1) -> tuple[object, Counter, Counter]:
-    """The QDQ model imported and rewritten to integer: (Relax module, integer ops by kind, ops
-    left in float by name). The one decision on what runs in integer: `build` compiles its
-    module, `inspect` prints its counts."""
+@dataclass
+class Lowered:
+    """The QDQ model imported and rewritten to integer: the one decision on what runs in
+    integer (`build` compiles `mod`, `inspect` prints the counts)."""
+
+    mod: object                 # the integer Relax module
+    lowered: Counter            # integer ops by kind
+    float_ops: Counter          # ops left in float, by name
+    records: dict               # tag -> requantization.LayerRequantization, for kernel selection
+
+
+def lower(qdq: onnx.ModelProto, batch: int = 1) -> Lowered:
+    """Lookup tables, import, integer rewrite."""
     from qcompiler.backends.tvm.importer import import_qdq
-    from qcompiler.backends.tvm.integer_rewrite import rewrite_to_integer
+    from qcompiler.backends.tvm.integer_rewrite import lower_to_integer
     from qcompiler.backends.tvm.lookup_tables import tabulate
 
     qdq, tables = tabulate(qdq)
-    mod, lowered = rewrite_to_integer(import_qdq(qdq, batch))
+    mod, lowered, records = lower_to_integer(import_qdq(qdq, batch))
     if tables:
         lowered["lookup_table"] += tables
-    return mod, lowered, float_compute_ops(mod)
+    return Lowered(mod, lowered, float_compute_ops(mod), records)
 
 
 def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: str = "model") -> Library:
@@ -79,17 +90,17 @@ def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: 
     _check_compiler(spec)
     seconds = {}
     start = time.perf_counter()
-    mod, lowered, float_ops = lower(qdq, batch)
+    integer = lower(qdq, batch)
     seconds["import and integer rewrite"] = time.perf_counter() - start
-    outputs = output_types(mod)
+    outputs = output_types(integer.mod)
     start = time.perf_counter()
     target_obj = tvm_target(spec)
-    mod, kernels = schedule(mod, spec, target_obj)
+    mod, kernels, stages = schedule(integer, spec, target_obj)
     seconds["schedules"] = time.perf_counter() - start
     start = time.perf_counter()
     executable = _compile(mod, target_obj)
     seconds["codegen"] = time.perf_counter() - start
-    return Library(executable, spec, lowered, float_ops, batch, outputs, seconds, kernels)
+    return Library(executable, spec, integer.lowered, integer.float_ops, batch, outputs, seconds, kernels, stages)
 
 
 def _compile(mod, target):
@@ -97,7 +108,6 @@ def _compile(mod, target):
     (MobileNetV2: 317 -> 94 KiB), one check and error message per dimension of every
     argument. Only the VM calls the kernels, with the tensors it planned itself, and it still
     checks the model's inputs (check_tensor_info)."""
-    import tvm
 
     current = tvm.transform.PassContext.current()
     config = {**dict(current.config), "tirx.disable_assert": True}
@@ -105,15 +115,49 @@ def _compile(mod, target):
         return tvm.compile(mod, target=target)
 
 
-def schedule(mod, spec: TargetSpec, target) -> tuple[object, Counter]:
-    """NHWC layout, the target's kernels (the depthwise and residual add kernels on every
-    target, its preferred dot-product kernel where it has one), then the generic CPU rules for
-    everything else."""
+def schedule(integer: Lowered, spec: TargetSpec, target) -> tuple[object, Counter, dict]:
+    """The backend's named stages after the integer rewrite, as TVM module passes under one
+    PassContext: NHWC layout, the target's kernels (the depthwise and residual add kernels on
+    every target, its preferred dot-product kernel where it has one, each with the rewrite's
+    requantization record), then the generic CPU rules for everything else. Returns the
+    module, the kernels used, and the seconds of each stage."""
+
     from qcompiler.backends.tvm.apply_schedules import to_nhwc, use_dot_kernels
     from qcompiler.backends.tvm.schedules.cpu_generic import apply_cpu_rules
 
-    mod, kernels = use_dot_kernels(to_nhwc(mod), spec.dot_kernel)
-    return apply_cpu_rules(mod, target), kernels
+    kernels: Counter = Counter()
+
+    def dot_kernels(mod, _ctx):
+        mod, used = use_dot_kernels(mod, spec.dot_kernel, integer.records)
+        kernels.update(used)
+        return mod
+
+    stages = tvm.transform.Sequential([
+        tvm.transform.module_pass(lambda mod, _ctx: to_nhwc(mod), opt_level=0, name="qcompiler.nhwc-layout"),
+        tvm.transform.module_pass(dot_kernels, opt_level=0, name="qcompiler.dot-kernels"),
+        tvm.transform.module_pass(lambda mod, _ctx: apply_cpu_rules(mod, target), opt_level=0,
+                                  name="qcompiler.cpu-rules")], name="qcompiler.schedule")
+    timer = _StageTimer()
+    current = tvm.transform.PassContext.current()
+    with tvm.transform.PassContext(opt_level=current.opt_level, config=dict(current.config), instruments=[timer]):
+        mod = stages(integer.mod)
+    return mod, kernels, timer.seconds
+
+
+@tvm.instrument.pass_instrument
+class _StageTimer:
+    """Seconds of each of our named backend passes (qcompiler.*), in run order."""
+
+    def __init__(self):
+        self.seconds, self._start = {}, {}
+
+    def run_before_pass(self, mod, info):
+        if info.name.startswith("qcompiler.") and info.name != "qcompiler.schedule":
+            self._start[info.name] = time.perf_counter()
+
+    def run_after_pass(self, mod, info):
+        if info.name in self._start:
+            self.seconds[info.name] = time.perf_counter() - self._start.pop(info.name)
 
 
 def output_types(mod) -> list[tuple[list[int], str]]:
@@ -213,7 +257,6 @@ def quant_parameters(qdq: onnx.ModelProto) -> list[dict]:
 
 
 def metadata(qdq: onnx.ModelProto, library: Library, version: str) -> dict:
-    import tvm
 
     inputs, outputs = io_signature(qdq, library)
     return {

@@ -28,6 +28,8 @@ from qcompiler import ops
 from qcompiler.backends.tvm.fixed_point import (accumulator_bound, multiplier_and_shift, quantize_bound,
                                                 ties_possible)
 from qcompiler.backends.tvm.qdq_patterns import QUANTIZE, Bindings, QTensor, op_name
+from qcompiler.backends.tvm.requantization import LayerRequantization
+from qcompiler.backends.tvm.schedules.int8_conv import Requantize
 
 #: The Relax ops that move onto the integers unchanged (qcompiler.ops.PASS_THROUGH, the table
 #: annotate-quant reads too).
@@ -51,6 +53,11 @@ class _IntegerRewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.b = bindings
         self.lowered: Counter = Counter()
+        #: tag -> LayerRequantization of each conv, matmul and residual add lowered (for kernel selection)
+        self.records: dict[str, LayerRequantization] = {}
+        self._pending: dict | None = None       # the record the current lowering started
+        self._tags = 0
+        self._fixed_point: tuple = ((), 0, True)   # multipliers, shift, ties of the last _scale_terms
 
     # -- the entry point: every quantize call --------------------------------------------
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -69,11 +76,17 @@ class _IntegerRewriter(relax.PyExprMutator):
         core, lo, hi = self._peel_clamps(call.args[0])
         for lower in (self._linear, self._residual_add, self._pass_through, self._concat,
                       self._global_mean, self._avg_pool, self._requantize_only):
+            self._pending = None
             integer = lower(core, out)
             if integer is not None:
                 self.lowered[lower.__name__.lstrip("_")] += 1
-                return self._finish(integer, out, lo, hi)
+                return self._finish(integer, out, lo, hi, self._pending)
         return None
+
+    def _tag(self) -> str:
+        """A fresh name for the vars of one recorded layer (rq0, rq1, ...)."""
+        self._tags += 1
+        return f"rq{self._tags - 1}"
 
     def _peel_clamps(self, expr):
         """ReLU, Clip (the frontend's maximum/minimum with constant bounds) around the core."""
@@ -125,12 +138,15 @@ class _IntegerRewriter(relax.PyExprMutator):
         correction = np.rint(bias / acc_scale) - x.zero_point * w.values.sum(axis=reduce_axes)
         if np.abs(correction).max() >= 2 ** 31:
             return None
+        tag = self._tag()
         if kind == "conv2d":
-            acc, out_axis = self._int_conv2d(call, x, w), 1
+            acc, out_axis = self._int_conv2d(call, x, w, f"{tag}_acc"), 1
         else:
-            acc, out_axis = self._int_matmul(x, w), len(call.ty.shape) - 1
+            acc, out_axis = self._int_matmul(x, w, f"{tag}_acc"), len(call.ty.shape) - 1
         ndim = len(call.ty.shape)
-        acc = self.builder_.emit(relax.op.add(acc, _const(_channel_shape(correction, ndim, out_axis), "int32")))
+        corr = _channel_shape(correction, ndim, out_axis).astype("int32")
+        self._pending = {"tag": tag, "correction": corr}
+        acc = self.builder_.emit(relax.op.add(acc, _const(corr, "int32")))
         # |acc| <= max|x| * sum|w| + |correction| per channel: far below 2**31, which lets
         # the rounding skip the tie fix-up for more layers (fixed_point.ties_possible).
         bound = accumulator_bound(w.values, weight_axis, correction, max(abs(v) for v in DTYPE_RANGE[x.dtype]))
@@ -164,7 +180,7 @@ class _IntegerRewriter(relax.PyExprMutator):
             return None
         return "matmul", matmul, x, type(w)(w.values, w.scale, 1), 1
 
-    def _int_conv2d(self, conv: relax.Call, x: QTensor, w) -> relax.Expr:
+    def _int_conv2d(self, conv: relax.Call, x: QTensor, w, name: str = "") -> relax.Expr:
         attrs = conv.attrs
         data = self.visit_expr(x.var)
         padding = [int(p) for p in attrs.padding]
@@ -177,11 +193,11 @@ class _IntegerRewriter(relax.PyExprMutator):
             padding = [0, 0, 0, 0]
         return self.builder_.emit(relax.op.nn.conv2d(
             data, _const(w.values, "int8"), strides=attrs.strides, padding=padding, dilation=attrs.dilation,
-            groups=int(attrs.groups), out_dtype="int32"))
+            groups=int(attrs.groups), out_dtype="int32"), name)
 
-    def _int_matmul(self, x: QTensor, w) -> relax.Expr:
+    def _int_matmul(self, x: QTensor, w, name: str = "") -> relax.Expr:
         return self.builder_.emit(relax.op.matmul(self.visit_expr(x.var), _const(w.values, "int8"),
-                                                  out_dtype="int32"))
+                                                  out_dtype="int32"), name)
 
     def _residual_add(self, core, out: QTensor):
         add = self.b.call(core, "relax.add")
@@ -190,8 +206,10 @@ class _IntegerRewriter(relax.PyExprMutator):
         a, b = (self.b.qtensor(arg) for arg in add.args)
         if a is None or b is None:
             return None
+        tag = self._tag()
+        self._pending = {"tag": tag, "zero_points": (a.zero_point, b.zero_point)}
         return self._scale_terms([(self._centred(a), np.array(a.scale / out.scale)),
-                                  (self._centred(b), np.array(b.scale / out.scale))], out)
+                                  (self._centred(b), np.array(b.scale / out.scale))], out, sum_name=f"{tag}_acc")
 
     def _pass_through(self, core, out: QTensor):
         call = self.b.value(core)
@@ -281,7 +299,7 @@ class _IntegerRewriter(relax.PyExprMutator):
             return self.builder_.emit(relax.op.add(shifted, _const(out.zero_point - x.zero_point, "int64")))
         return self._scale_terms([(self._centred(x), np.array(x.scale / out.scale))], out)
 
-    def _scale_terms(self, terms, out: QTensor, bound=2 ** 31) -> relax.Expr:
+    def _scale_terms(self, terms, out: QTensor, bound=2 ** 31, sum_name: str = "") -> relax.Expr:
         """round(sum_i t_i * real_i) + zp_out in int64, t_i int32 and real_i > 0 (broadcastable);
         `bound`: the largest |t| of a single term (per channel, or one number).
 
@@ -296,10 +314,11 @@ class _IntegerRewriter(relax.PyExprMutator):
         for (term, _), m in zip(terms, ms):
             wide = self.builder_.emit(relax.op.astype(term, "int64"))
             product = self.builder_.emit(relax.op.multiply(wide, _const(m, "int64")))
-            total = product if total is None else self.builder_.emit(relax.op.add(total, product))
+            total = product if total is None else self.builder_.emit(relax.op.add(total, product), sum_name)
         # Round half to even at bit `shift` (fixed_point.round_shift), then the zero point. One
         # int32 term whose multipliers admit no exact tie rounds half up: the same result, cheaper.
         shift_c = _const(shift, "int64")
+        self._fixed_point = (tuple(ms), int(shift), not (len(terms) == 1 and not ties_possible(ms[0], shift, bound)))
         if len(terms) == 1 and not ties_possible(ms[0], shift, bound):
             half = np.int64(1) << (np.asarray(shift, np.int64) - 1)
             total = self.builder_.emit(relax.op.add(total, _const(half, "int64")))
@@ -310,21 +329,35 @@ class _IntegerRewriter(relax.PyExprMutator):
         total = self.builder_.emit(relax.op.right_shift(total, shift_c))
         return self.builder_.emit(relax.op.add(total, _const(out.zero_point, "int64")))
 
-    def _finish(self, integer: relax.Expr, out: QTensor, lo: float, hi: float) -> relax.Expr:
-        """Clamp to the dtype range and the ReLU/Clip bounds on the output grid, then cast."""
+    def _finish(self, integer: relax.Expr, out: QTensor, lo: float, hi: float, record: dict | None = None) -> relax.Expr:
+        """Clamp to the dtype range and the ReLU/Clip bounds on the output grid, then cast; with
+        `record` (a conv, matmul or residual add), name the output and keep the layer's record."""
         qmin, qmax = DTYPE_RANGE[out.dtype]
         qmin = max(qmin, quantize_bound(lo, out.scale, out.zero_point))
         qmax = min(qmax, quantize_bound(hi, out.scale, out.zero_point))
         clamped = self.builder_.emit(relax.op.maximum(integer, _const(qmin, "int64")))
         clamped = self.builder_.emit(relax.op.minimum(clamped, _const(qmax, "int64")))
-        return self.builder_.emit(relax.op.astype(clamped, out.dtype))
+        if record is None:
+            return self.builder_.emit(relax.op.astype(clamped, out.dtype))
+        multipliers, shift, ties = self._fixed_point
+        layer = LayerRequantization(record["tag"], Requantize(out.zero_point, int(qmin), int(qmax), out.dtype, shift, ties),
+                                    multipliers, record.get("correction"), record.get("zero_points", ()))
+        self.records[layer.tag] = layer
+        return self.builder_.emit(relax.op.astype(clamped, out.dtype), layer.out_name)
 
 
 def rewrite_to_integer(mod: tvm.IRModule) -> tuple[tvm.IRModule, Counter]:
     """The module with every matched QDQ group in integer arithmetic, and what was lowered."""
+    mod, lowered, _ = lower_to_integer(mod)
+    return mod, lowered
+
+
+def lower_to_integer(mod: tvm.IRModule) -> tuple[tvm.IRModule, Counter, dict[str, LayerRequantization]]:
+    """`rewrite_to_integer`, and the requantization record of each conv, matmul and residual add
+    (by tag), which kernel selection (apply_schedules.use_dot_kernels) lowers."""
     rewriter = _IntegerRewriter(mod, Bindings(mod["main"]))
     main = rewriter.visit_expr(mod["main"])
     mod = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(dict(mod.functions))
     mod["main"] = main
     mod = relax.transform.DeadCodeElimination()(mod)
-    return mod, rewriter.lowered
+    return mod, rewriter.lowered, rewriter.records

@@ -169,6 +169,7 @@ def test_avx512_vnni_target_builds_vnni_kernels_on_any_x86_host(compiled, tmp_pa
     meta = json.loads((tmp_path / "v" / "model.json").read_text())
     assert meta["target"]["dot_kernels"] == ["vnni"] and meta["target"]["tvm"]["mcpu"] == "x86-64-v4"
     assert sum(n for kind, n in meta["kernels"].items() if kind.startswith("vnni")) == 10
+    assert all(kind.endswith("+ requantize") for kind in meta["kernels"] if kind.startswith("vnni")), meta["kernels"]
     disassembly = subprocess.run(["objdump", "-d", str(tmp_path / "v" / "model.so")], capture_output=True,
                                  text=True, check=True).stdout
     assert "vpdpbusd" in disassembly

@@ -106,3 +106,35 @@ def test_the_rewrite_keeps_the_integer_input(zero_point):
     conv = next(c for c in calls if c.op.name == "relax.nn.conv2d")
     assert conv.args[0].ty.dtype == "uint8" and str(conv.attrs.out_dtype) == "int32"
     assert not any(c.op.name == "relax.dequantize" for c in calls[:-1])
+
+
+def test_the_rewrite_records_each_layer_for_kernel_selection():
+    """Kernel selection takes the numbers from the rewrite's record, not from the ops: the record
+    holds what the Expected module was built from, under names that survive the NHWC layout pass."""
+    from qcompiler.backends.tvm.apply_schedules import to_nhwc
+    from qcompiler.backends.tvm.integer_rewrite import lower_to_integer
+    from qcompiler.backends.tvm.requantization import var_name
+
+    mod, _, records = lower_to_integer(import_qdq(qdq_conv_relu(), 1))
+    (record,) = records.values()
+    real = SX * SW.astype(np.float64) / SY
+    shift = int(multiplier_and_shift(np.array(real.max()))[1])
+    assert record.requantize.shift == shift and not record.requantize.ties
+    assert (record.requantize.zero_point, record.requantize.lo, record.requantize.hi) == (0, 0, 255)
+    np.testing.assert_array_equal(record.multipliers[0].reshape(-1), np.rint(real * 2.0 ** shift))
+    np.testing.assert_array_equal(record.correction.reshape(-1), B - ZX * W.sum(axis=(1, 2, 3)))
+    names = {var_name(b.var) for b in to_nhwc(mod)["main"].body.blocks[0].bindings}
+    assert {record.acc_name, record.out_name} <= names
+
+
+def test_resnet_records_every_conv_gemm_and_residual_add():
+    import qcompiler
+    from qcompiler.backends.tvm.build import lower
+    from graphs import ROOT
+
+    data = np.load(ROOT / "models" / "fashion_mnist_subset.npz")["input"][:16]
+    qdq = qcompiler.quantize(str(ROOT / "models" / "fashion_resnet8.onnx"), {"input": data}, progress=False).qdq
+    integer = lower(qdq.to_onnx(), 1)
+    assert integer.lowered["linear"] == 10 and integer.lowered["residual_add"] == 3
+    kinds = sorted("add" if r.correction is None else "layer" for r in integer.records.values())
+    assert kinds == ["add"] * 3 + ["layer"] * 10
