@@ -29,7 +29,7 @@ from tvm import relax
 from qcompiler.backends.tvm.fixed_point import RESIDUAL_INT32_SHIFTS
 from qcompiler.backends.tvm.qdq_patterns import Bindings, op_name
 from qcompiler.backends.tvm.requantization import var_name
-from qcompiler.backends.tvm.schedules import arm_smmla, depthwise, int8_conv, residual_add
+from qcompiler.backends.tvm.schedules import arm_smmla, depthwise, geometry, int8_conv, packing, requantize, residual_add
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class _DotKernels(relax.PyExprMutator):
         hwc = np.ascontiguousarray(weight[..., 0].transpose(1, 2, 0))
         packed = relax.const(depthwise.pack_weight_int4(hwc), "uint8") if int4 else relax.const(hwc, "int8")
         args = [self.visit_expr(call.args[0]), packed,
-                relax.const(int8_conv.requantize_table(corr, multiplier, rq, c, c), "int32")]
+                relax.const(requantize.requantize_table(corr, multiplier, rq, c, c), "int32")]
         self.replaced[final] = self.builder_.emit(relax.op.call_tir(
             gvar, relax.Tuple(args), relax.TensorType([int(call.ty.shape[i]) for i in range(3)] + [c], rq.dtype)))
         self.used["depthwise conv2d" + (" int4" if int4 else "") + " + requantize"] += 1
@@ -206,7 +206,7 @@ class _DotKernels(relax.PyExprMutator):
             sides.append(x if axes is None else self.builder_.emit(relax.op.permute_dims(x, axes)))
         dtypes = [str(side.ty.dtype) for side in sides]
         int32 = all(d in ("uint8", "int8") for d in dtypes) and rq.shift in RESIDUAL_INT32_SHIFTS
-        kernel = residual_add.residual_add_kernel(shape, *dtypes, int8_conv.RequantizeCode(rq.dtype, rq.ties, int32))
+        kernel = residual_add.residual_add_kernel(shape, *dtypes, requantize.RequantizeCode(rq.dtype, rq.ties, int32))
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         table = relax.const(residual_add.residual_table((za, zb), (ma, mb), rq), "int32")
         self.replaced[final] = self.builder_.emit(relax.op.call_tir(
@@ -261,7 +261,7 @@ class _DotKernels(relax.PyExprMutator):
         elimination. (None, None): no kernel applies, TVM's generic code stays."""
         n, h, w, ci = (int(d) for d in data.ty.shape)
         co, kh, kw, _ = weight.shape
-        ho, wo = int8_conv.output_size(h, w, kh, kw, stride, dilation, padding)
+        ho, wo = geometry.output_size(h, w, kh, kw, stride, dilation, padding)
         chain = self._requantization(acc_var)
         on_4bit_grid = _on_4bit_grid(weight)
         kind = self._kernel(on_4bit_grid, ci, wo, chain)
@@ -274,7 +274,7 @@ class _DotKernels(relax.PyExprMutator):
         ci_p, co_p = _round_up(ci, 8 if kind == "smmla" else 4), _round_up(co, int8_conv.channel_block(isa))
         padded = np.zeros((co_p, kh, kw, ci_p), np.int8)
         padded[:co, :, :, :ci] = weight
-        bits = 8 if kind == "smmla" or not on_4bit_grid else 2 if int8_conv.fits_int2(padded) else 4
+        bits = 8 if kind == "smmla" or not on_4bit_grid else 2 if packing.fits_int2(padded) else 4
         args = [self._pad_channels(data, ci_p - ci), *self._packed(padded, isa, bits)]
         rq, dtype, code = None, "int32", None
         if chain is not None:
@@ -284,7 +284,7 @@ class _DotKernels(relax.PyExprMutator):
                     + 128 * weight.astype(np.int64).sum(axis=(1, 2, 3))
                 if np.abs(corr).max() >= 2 ** 31:
                     return None, None
-            args.append(relax.const(int8_conv.requantize_table(corr, multiplier, rq, co, co_p), "int32"))
+            args.append(relax.const(requantize.requantize_table(corr, multiplier, rq, co, co_p), "int32"))
             dtype = rq.dtype
             code = rq.code_for(weight, corr, 255 if kind == "vnni" else 128)
         if kind == "smmla":
@@ -315,16 +315,16 @@ class _DotKernels(relax.PyExprMutator):
             return [relax.const(arm_smmla.pack_weight(weight), "int8")]
         block = int8_conv.channel_block(isa)
         if bits == 2:
-            fields, offsets = int8_conv.pack_weight_int2(weight, block)
+            fields, offsets = packing.pack_weight_int2(weight, block)
             return [relax.const(fields, "uint8"), relax.const(offsets, "int8")]
         if bits == 4:
-            return [relax.const(int8_conv.pack_weight_int4(weight, block), "uint8")]
-        return [relax.const(int8_conv.pack_weight(weight, block), "int8")]
+            return [relax.const(packing.pack_weight_int4(weight, block), "uint8")]
+        return [relax.const(packing.pack_weight(weight, block), "int8")]
 
 
 def _on_4bit_grid(weight: np.ndarray) -> bool:
     """Whether int8 weights all lie in [-8, 7] (the 4- and 2-bit presets): stored packed, two
-    to a byte (four where int8_conv.fits_int2)."""
+    to a byte (four where packing.fits_int2)."""
     return bool(weight.min() >= -8 and weight.max() <= 7)
 
 

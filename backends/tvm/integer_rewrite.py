@@ -29,7 +29,7 @@ from qcompiler.backends.tvm.fixed_point import (accumulator_bound, multiplier_an
                                                 ties_possible)
 from qcompiler.backends.tvm.qdq_patterns import QUANTIZE, Bindings, QTensor, op_name
 from qcompiler.backends.tvm.requantization import LayerRequantization
-from qcompiler.backends.tvm.schedules.int8_conv import Requantize
+from qcompiler.backends.tvm.schedules.requantize import Requantize
 
 #: The Relax ops that move onto the integers unchanged (qcompiler.ops.PASS_THROUGH, the table
 #: annotate-quant reads too).

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qcompiler.backends.tvm.schedules.int8_conv import Requantize
+from qcompiler.backends.tvm.schedules.requantize import Requantize
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qcompiler.backends.tvm.schedules import depthwise, int8_conv
+from qcompiler.backends.tvm.schedules import depthwise, packing, requantize
 
 
 def _nibble(byte: np.ndarray, high: bool) -> np.ndarray:
@@ -23,8 +23,8 @@ def _weights(rng, *shape) -> np.ndarray:
 def test_conv_weights_four_bits_each_half_block_from_one_nibble(block):
     rng = np.random.default_rng(0)
     weight = _weights(rng, 4 * block, 3, 3, 12)
-    packed = int8_conv.pack_weight_int4(weight, block)
-    blocks = int8_conv.pack_weight(weight, block)              # [Co/B, KH, KW, Ci/4, B, 4]
+    packed = packing.pack_weight_int4(weight, block)
+    blocks = packing.pack_weight(weight, block)              # [Co/B, KH, KW, Ci/4, B, 4]
     assert packed.shape == (*blocks.shape[:4], 2 * block) and packed.dtype == np.uint8
     flat = blocks.reshape(*blocks.shape[:4], 4 * block)
     np.testing.assert_array_equal(_nibble(packed, high=False), flat[..., :2 * block])
@@ -33,7 +33,7 @@ def test_conv_weights_four_bits_each_half_block_from_one_nibble(block):
 
 def test_conv_weight_blocks_hold_block_channels_times_four_inputs():
     weight = np.arange(16 * 1 * 1 * 8, dtype=np.int64).reshape(16, 1, 1, 8).astype(np.int8)
-    blocks = int8_conv.pack_weight(weight, 8)
+    blocks = packing.pack_weight(weight, 8)
     assert blocks.shape == (2, 1, 1, 2, 8, 4)
     assert blocks[1, 0, 0, 1, 3, 2] == weight[8 + 3, 0, 0, 4 + 2]
 
@@ -54,8 +54,8 @@ def test_depthwise_weights_pair_sixteen_channel_blocks(channels):
 
 
 def test_requantize_table_layout():
-    rq = int8_conv.Requantize(zero_point=3, lo=0, hi=255, dtype="uint8", shift=38, ties=False)
-    table = int8_conv.requantize_table(np.array([5, -6, 7]), np.array([100, 200, 300]), rq, 3, 8)
+    rq = requantize.Requantize(zero_point=3, lo=0, hi=255, dtype="uint8", shift=38, ties=False)
+    table = requantize.requantize_table(np.array([5, -6, 7]), np.array([100, 200, 300]), rq, 3, 8)
     assert table.dtype == np.int32 and table.shape == (2 * 8 + 4,)
     np.testing.assert_array_equal(table[:8], [5, -6, 7, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(table[8:16], [100, 200, 300, 0, 0, 0, 0, 0])
@@ -67,9 +67,9 @@ def test_conv_weights_two_bits_four_quarter_blocks_per_byte_plus_channel_offsets
     rng = np.random.default_rng(2)
     offsets = rng.integers(-3, 1, 2 * block).astype(np.int8)          # zero point folded in: [-3, 0]
     weight = (offsets[:, None, None, None] + rng.integers(0, 4, (2 * block, 1, 1, 8))).astype(np.int8)
-    assert int8_conv.fits_int2(weight) and not int8_conv.fits_int2(weight * 2)
-    packed, stored_offsets = int8_conv.pack_weight_int2(weight, block)
-    blocks = int8_conv.pack_weight(weight, block)
+    assert packing.fits_int2(weight) and not packing.fits_int2(weight * 2)
+    packed, stored_offsets = packing.pack_weight_int2(weight, block)
+    blocks = packing.pack_weight(weight, block)
     assert packed.shape == (*blocks.shape[:4], block) and packed.dtype == np.uint8
     channel = np.repeat(np.arange(2 * block).reshape(2, 1, 1, 1, block, 1), 4, axis=5).reshape(2, 1, 1, 1, 4 * block)
     fields = np.concatenate([(packed >> (2 * q)) & 3 for q in range(4)], axis=-1).astype(np.int8)

@@ -15,7 +15,8 @@ import functools
 
 import numpy as np
 
-from qcompiler.backends.tvm.schedules.int8_conv import RequantizeCode, output_size, padded_input, requantized
+from qcompiler.backends.tvm.schedules.geometry import output_size, padded_input
+from qcompiler.backends.tvm.schedules.requantize import RequantizeCode, requantized
 
 SMMLA_INTRIN = "qcompiler_smmla_s8s8s32_2x8x2"
 

@@ -16,7 +16,7 @@ import tvm
 from tvm import s_tir
 from tvm.s_tir import dlight as dl
 
-from qcompiler.backends.tvm.schedules.int8_conv import pixel_tile
+from qcompiler.backends.tvm.schedules.geometry import pixel_tile
 
 LANES = 16
 

@@ -15,7 +15,8 @@ import functools
 
 import numpy as np
 
-from qcompiler.backends.tvm.schedules.int8_conv import RequantizeCode, output_size, padded_input, requantized
+from qcompiler.backends.tvm.schedules.geometry import output_size, padded_input
+from qcompiler.backends.tvm.schedules.requantize import RequantizeCode, requantized
 
 
 def applies(channels: int) -> bool:
@@ -49,7 +50,7 @@ def _unpacked_int4(tvm, te, packed, kh: int, kw: int, pairs: int):
 def depthwise_kernel(n: int, h: int, w: int, c: int, kh: int, kw: int, stride: tuple, dilation: tuple,
                      padding: tuple, requantize: RequantizeCode, int4: bool = False):
     """The scheduled PrimFunc: x u8 NHWC, weight s8 [KH, KW, C] (`int4`: pack_weight_int4's
-    uint8), requantize_table s32[2C + 4] (int8_conv.requantize_table) -> requantized NHWC.
+    uint8), requantize_table s32[2C + 4] (requantize.requantize_table) -> requantized NHWC.
     Padding is zero (the graph pads with a non-zero zero point itself). 4-bit weights are
     decoded where they are used (a loop decoding them once per call unrolled into 36 KiB of
     code for MobileNetV2's 10 kernels; decoded in place they cost no more than int8 weights)."""

@@ -1,4 +1,7 @@
 """int8 convolution kernels (NHWC activations, packed weights) on dot-product instructions:
+the intrinsics and the kernel; the weight layout is in packing.py, the requantization epilogue
+in requantize.py, the shared geometry in geometry.py.
+
 u8 x s8 -> s32 on AVX-512 VNNI (`vpdpbusd`), and s8 x s8 -> s32 on AArch64 `sdot`.
 
 The kernel computes acc[n, h, w, co] = sum_{ry, rx, ci} x[n, h*s + ry*d, w*s + rx*d, ci] * w[co, ry, rx, ci]
@@ -22,11 +25,10 @@ accumulator's correction. The same packed 16 x 4 weight block is then four 4 x 4
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
-import numpy as np
-
-from qcompiler.backends.tvm.fixed_point import accumulator_bound
+from qcompiler.backends.tvm.schedules.geometry import output_size, padded_input, pixel_tile
+from qcompiler.backends.tvm.schedules.packing import unpacked_int2, unpacked_int4
+from qcompiler.backends.tvm.schedules.requantize import RequantizeCode, requantized
 
 INTRIN = "qcompiler_vnni_u8s8s32_16x4"
 SDOT_INTRIN = "qcompiler_sdot_s8s8s32_4x4"
@@ -86,198 +88,6 @@ def register_intrinsic(isa: str = "vnni") -> str:
     return name
 
 
-def pack_weight(weight_ohwi: np.ndarray, block: int = 16) -> np.ndarray:
-    """[Co, KH, KW, Ci] int8 -> [Co/B, KH, KW, Ci/4, B, 4] for B = `block` output channels
-    (Co, Ci already multiples of B, 4)."""
-    co, kh, kw, ci = weight_ohwi.shape
-    return np.ascontiguousarray(weight_ohwi.reshape(co // block, block, kh, kw, ci // 4, 4).transpose(0, 2, 3, 4, 1, 5))
-
-
-def pixel_tile(width: int) -> int:
-    """Output pixels per register tile: the largest of 8, 7, 4, 2, 1 dividing the output width."""
-    return next(t for t in (8, 7, 6, 4, 2, 1) if width % t == 0)
-
-
-@dataclass(frozen=True)
-class RequantizeCode:
-    """What shapes a kernel's requantization code: the output dtype and whether exact ties can
-    occur (False: fixed_point.ties_possible ruled them out; round half up, cheaper)."""
-
-    dtype: str
-    ties: bool = True
-    int32: bool = False   # the accumulator stays below 2**20: the product in three int32 parts
-
-    @property
-    def suffix(self) -> str:
-        return f"_rq_{self.dtype}{'_t' * self.ties}{'_i' * self.int32}"
-
-
-@dataclass(frozen=True)
-class Requantize:
-    """The epilogue fused into a kernel: out = clamp(round_half_even(((acc + corr) * m) >> shift)
-    + zero_point, lo, hi) as `dtype`. corr and m per channel, zero point, bounds and shift per
-    layer: all kernel inputs (requantize_table), so that one kernel serves every layer of its
-    shape (constants in the code made 45 MobileNetV2 kernels of 29 shapes)."""
-
-    zero_point: int
-    lo: int
-    hi: int
-    dtype: str
-    shift: int
-    ties: bool = True
-
-    def code_for(self, weight: np.ndarray, corr: np.ndarray, input_max: int) -> RequantizeCode:
-        """The code for a layer with these int8 weights (output channels first), per-channel
-        corrections and inputs up to `input_max` in magnitude: the int32 form where no
-        accumulator reaches 2**20 (255 * sum|w| + |corr| per channel) and no tie can occur."""
-        bound = accumulator_bound(weight, 0, corr, input_max)
-        fits = not self.ties and 23 <= self.shift <= 53 and int(bound.max()) < 2 ** INT32_ACCUMULATOR_BITS
-        return RequantizeCode(self.dtype, self.ties, fits)
-
-    @property
-    def values(self) -> np.ndarray:
-        return np.array([self.zero_point, self.lo, self.hi, self.shift], np.int32)
-
-
-def requantize_table(corr: np.ndarray, multiplier: np.ndarray, requantize: Requantize, channels: int,
-                     padded: int) -> np.ndarray:
-    """A layer's requantization as one int32 kernel input: corr and m per output channel (zero
-    in the padded channels), then Requantize.values. One constant instead of three: each of the
-    VM's constants costs ~58 bytes of library."""
-    table = np.zeros(2 * padded + 4, np.int32)
-    table[:channels] = np.broadcast_to(corr.reshape(-1), (channels,))
-    table[padded:padded + channels] = np.broadcast_to(multiplier.reshape(-1), (channels,))
-    table[2 * padded:] = requantize.values
-    return table
-
-
-def requantized(tvm, te, acc, channels: int, code: RequantizeCode, shape=None, read=None):
-    """The fused requantization over `shape` (default: acc's), reading the accumulator with
-    `read(b, y, x, o)` (default: acc[b, y, x, o]); returns it and its kernel input, the layer's
-    requantize_table s32[2 * channels + 4]: corr, m, then zero point, lo, hi, shift."""
-    read = read or (lambda b, y, x, o: acc[b, y, x, o])
-    table = te.placeholder((2 * channels + 4,), "int32", name="requantize_table")
-
-    def corr(o):
-        return table[o]
-
-    def m(o):
-        return table[channels + o]
-
-    params = [table[2 * channels + i] for i in range(4)]
-    if code.int32:
-        return te.compute(shape or acc.shape, _int32_requantize(tvm, read, corr, m, params, code.dtype),
-                          name="requantize"), [table]
-
-    def compute(b, y, x, o):
-        product = (read(b, y, x, o) + corr(o)).astype("int64") * m(o).astype("int64")
-        return rounded_to_grid(tvm, product, params, code)
-
-    return te.compute(shape or acc.shape, compute, name="requantize"), [table]
-
-
-def rounded_to_grid(tvm, product, params, code: RequantizeCode):
-    """An int64 fixed-point value shifted right by `bits` with rounding (half to even, or half
-    up where code.ties is False), plus the zero point, clamped to [lo, hi], cast to code.dtype;
-    params = (zero point, lo, hi, bits) as int32 expressions."""
-    zero_point, lo, hi, bits = (p.astype("int64") for p in params)
-    one = tvm.tirx.const(1, "int64")
-    if code.ties:
-        odd = (product >> bits) & one
-        rounded = ((product + ((one << (bits - one)) - one) + odd) >> bits) + zero_point
-    else:
-        rounded = ((product + (one << (bits - one))) >> bits) + zero_point
-    return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(code.dtype)
-
-
-INT32_ACCUMULATOR_BITS = 20   # |acc + corr| < 2**20: each 11-bit part of m times it fits int32
-
-
-def _int32_requantize(tvm, read, corr, m, params, dtype: str):
-    """The half-up requantization in int32 only, for accumulators below 2**20 (the layers with
-    few input channels, where the int64 form costs more than the dot products): m in three
-    11-bit parts, a * m = p2 * 2**22 + p1 * 2**11 + p0, each part's product in int32. With a
-    shift s >= 23, floor((a*m + 2**(s-1)) / 2**s) depends on the low parts only through their
-    carries, so for 23 <= s <= 53 it equals floor((p2 + carry + 2**(s-23)) / 2**(s-22)) exactly
-    (fixed_point.requantize_int32_parts is the numpy reference)."""
-    zero_point, lo, hi, bits = params
-    mask = tvm.tirx.const(2047, "int32")
-
-    def compute(b, y, x, o):
-        a, mult = read(b, y, x, o) + corr(o), m(o)
-        low, mid, high = a * (mult & mask), a * ((mult >> 11) & mask), a * (mult >> 22)
-        top = high + ((mid + (low >> 11)) >> 11)
-        rounded = ((top + (tvm.tirx.const(1, "int32") << (bits - 23))) >> (bits - 22)) + zero_point
-        return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(dtype)
-
-    return compute
-
-
-def output_size(h: int, w: int, kh: int, kw: int, stride: tuple, dilation: tuple, padding: tuple) -> tuple[int, int]:
-    """(rows, columns) of a convolution's output; padding is (top, left, bottom, right)."""
-    top, left, bottom, right = padding
-    return ((h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1,
-            (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1)
-
-
-def padded_input(topi, x, padding: tuple, pad_value: int = 0):
-    """The NHWC input padded by (top, left, bottom, right) with `pad_value` (x itself when no padding)."""
-    top, left, bottom, right = padding
-    if not any(padding):
-        return x
-    return topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=pad_value, name="padded")
-
-
-def pack_weight_int4(weight_ohwi: np.ndarray, block: int = 16) -> np.ndarray:
-    """Weights in [-8, 7] two to a byte: [Co/B, KH, KW, Ci/4, 2B] uint8. Byte j of a B x 4
-    block holds element j in its low nibble and element j + 2B in its high nibble, so that each
-    half of the block decodes from one contiguous load with two shifts (_unpacked_int4)."""
-    blocks = pack_weight(weight_ohwi, block).astype(np.int16)
-    flat = blocks.reshape(*blocks.shape[:4], 4 * block) & 0xF
-    return (flat[..., :2 * block] | (flat[..., 2 * block:] << 4)).astype(np.uint8)
-
-
-def _unpacked_int4(tvm, te, packed, co: int, kh: int, kw: int, ci: int, block: int):
-    """The int8 weight blocks decoded from nibbles (pack_weight_int4), sign-extended by shifts
-    in int8: the low nibble by (b << 4) >> 4, the high one by b >> 4."""
-    half, four = 2 * block, tvm.tirx.const(4, "int8")
-
-    def decode(a, p, q, c, i, k):
-        index = i * 4 + k
-        byte = packed[a, p, q, c, index % half].astype("int8")
-        return tvm.tirx.if_then_else(index < half, (byte << four) >> four, byte >> four)
-
-    return te.compute((co // block, kh, kw, ci // 4, block, 4), decode, name="unpack")
-
-
-def pack_weight_int2(weight_ohwi: np.ndarray, block: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Weights spanning at most 4 consecutive values per output channel (the 2-bit presets,
-    zero point folded in) four to a byte: ([Co/B, KH, KW, Ci/4, B] uint8, offsets int8[Co]),
-    each weight its channel's offset + a 2-bit field; byte j of a B x 4 block holds elements
-    j, j + B, j + 2B, j + 3B in bits 0-1, 2-3, 4-5, 6-7 (a quarter block per shift)."""
-    offsets = weight_ohwi.reshape(weight_ohwi.shape[0], -1).min(axis=1).astype(np.int8)
-    fields = pack_weight((weight_ohwi - offsets[:, None, None, None]).astype(np.int8), block).astype(np.uint8)
-    flat = fields.reshape(*fields.shape[:4], 4 * block)
-    quarters = [flat[..., q * block:(q + 1) * block] << (2 * q) for q in range(4)]
-    return (quarters[0] | quarters[1] | quarters[2] | quarters[3]).astype(np.uint8), offsets
-
-
-def fits_int2(weight_ohwi: np.ndarray) -> bool:
-    """Whether every output channel's weights span at most 4 consecutive values."""
-    flat = weight_ohwi.reshape(weight_ohwi.shape[0], -1).astype(np.int16)
-    return bool(np.all(flat.max(axis=1) - flat.min(axis=1) <= 3))
-
-
-def _unpacked_int2(te, packed, offsets, co: int, kh: int, kw: int, ci: int, block: int):
-    """The int8 weight blocks decoded from pack_weight_int2's 2-bit fields plus their channel's offset."""
-    def decode(a, p, q, c, i, k):
-        index = i * 4 + k
-        field = (packed[a, p, q, c, index % block] >> (2 * (index // block)).astype("uint8")) & 3
-        return field.astype("int8") + offsets[a * block + i]
-
-    return te.compute((co // block, kh, kw, ci // 4, block, 4), decode, name="unpack")
-
-
 @functools.cache
 def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, stride: tuple, dilation: tuple,
                   padding: tuple, requantize: RequantizeCode | None = None, weight_bits: int = 8, isa: str = "vnni",
@@ -298,11 +108,11 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     packed = weight_bits < 8
     if weight_bits == 4:
         weights = [te.placeholder((co // cblock, kh, kw, ci // 4, 2 * cblock), "uint8", name="w4")]
-        wp = _unpacked_int4(tvm, te, weights[0], co, kh, kw, ci, cblock)
+        wp = unpacked_int4(tvm, te, weights[0], co, kh, kw, ci, cblock)
     elif weight_bits == 2:
         weights = [te.placeholder((co // cblock, kh, kw, ci // 4, cblock), "uint8", name="w2"),
                    te.placeholder((co,), "int8", name="w2_offsets")]
-        wp = _unpacked_int2(te, *weights, co, kh, kw, ci, cblock)
+        wp = unpacked_int2(te, *weights, co, kh, kw, ci, cblock)
     else:
         weights = [te.placeholder((co // cblock, kh, kw, ci // 4, cblock, 4), "int8", name="w")]
         wp = weights[0]

@@ -14,7 +14,7 @@ import functools
 
 import numpy as np
 
-from qcompiler.backends.tvm.schedules.int8_conv import Requantize, RequantizeCode, rounded_to_grid
+from qcompiler.backends.tvm.schedules.requantize import Requantize, RequantizeCode, rounded_to_grid
 
 
 def residual_table(zero_points: tuple[int, int], multipliers: tuple[int, int], requantize: Requantize) -> np.ndarray:

@@ -1,0 +1,23 @@
+"""Convolution geometry shared by the kernels: output sizes, the padded input, the pixel tile."""
+
+from __future__ import annotations
+
+
+def pixel_tile(width: int) -> int:
+    """Output pixels per register tile: the largest of 8, 7, 4, 2, 1 dividing the output width."""
+    return next(t for t in (8, 7, 6, 4, 2, 1) if width % t == 0)
+
+
+def output_size(h: int, w: int, kh: int, kw: int, stride: tuple, dilation: tuple, padding: tuple) -> tuple[int, int]:
+    """(rows, columns) of a convolution's output; padding is (top, left, bottom, right)."""
+    top, left, bottom, right = padding
+    return ((h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1,
+            (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1)
+
+
+def padded_input(topi, x, padding: tuple, pad_value: int = 0):
+    """The NHWC input padded by (top, left, bottom, right) with `pad_value` (x itself when no padding)."""
+    top, left, bottom, right = padding
+    if not any(padding):
+        return x
+    return topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=pad_value, name="padded")

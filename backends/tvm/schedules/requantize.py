@@ -1,0 +1,127 @@
+"""The requantization epilogue the kernels compute: out = clamp(round(((acc + corr) * m) >> shift)
++ zero point, lo, hi), its per-layer numbers as one kernel input (requantize_table), and the
+TE code that computes it in int64, or in int32 where no accumulator can overflow it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qcompiler.backends.tvm.fixed_point import accumulator_bound
+
+
+@dataclass(frozen=True)
+class RequantizeCode:
+    """What shapes a kernel's requantization code: the output dtype and whether exact ties can
+    occur (False: fixed_point.ties_possible ruled them out; round half up, cheaper)."""
+
+    dtype: str
+    ties: bool = True
+    int32: bool = False   # the accumulator stays below 2**20: the product in three int32 parts
+
+    @property
+    def suffix(self) -> str:
+        return f"_rq_{self.dtype}{'_t' * self.ties}{'_i' * self.int32}"
+
+
+@dataclass(frozen=True)
+class Requantize:
+    """The epilogue fused into a kernel: out = clamp(round_half_even(((acc + corr) * m) >> shift)
+    + zero_point, lo, hi) as `dtype`. corr and m per channel, zero point, bounds and shift per
+    layer: all kernel inputs (requantize_table), so that one kernel serves every layer of its
+    shape (constants in the code made 45 MobileNetV2 kernels of 29 shapes)."""
+
+    zero_point: int
+    lo: int
+    hi: int
+    dtype: str
+    shift: int
+    ties: bool = True
+
+    def code_for(self, weight: np.ndarray, corr: np.ndarray, input_max: int) -> RequantizeCode:
+        """The code for a layer with these int8 weights (output channels first), per-channel
+        corrections and inputs up to `input_max` in magnitude: the int32 form where no
+        accumulator reaches 2**20 (255 * sum|w| + |corr| per channel) and no tie can occur."""
+        bound = accumulator_bound(weight, 0, corr, input_max)
+        fits = not self.ties and 23 <= self.shift <= 53 and int(bound.max()) < 2 ** INT32_ACCUMULATOR_BITS
+        return RequantizeCode(self.dtype, self.ties, fits)
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.array([self.zero_point, self.lo, self.hi, self.shift], np.int32)
+
+
+def requantize_table(corr: np.ndarray, multiplier: np.ndarray, requantize: Requantize, channels: int,
+                     padded: int) -> np.ndarray:
+    """A layer's requantization as one int32 kernel input: corr and m per output channel (zero
+    in the padded channels), then Requantize.values. One constant instead of three: each of the
+    VM's constants costs ~58 bytes of library."""
+    table = np.zeros(2 * padded + 4, np.int32)
+    table[:channels] = np.broadcast_to(corr.reshape(-1), (channels,))
+    table[padded:padded + channels] = np.broadcast_to(multiplier.reshape(-1), (channels,))
+    table[2 * padded:] = requantize.values
+    return table
+
+
+def requantized(tvm, te, acc, channels: int, code: RequantizeCode, shape=None, read=None):
+    """The fused requantization over `shape` (default: acc's), reading the accumulator with
+    `read(b, y, x, o)` (default: acc[b, y, x, o]); returns it and its kernel input, the layer's
+    requantize_table s32[2 * channels + 4]: corr, m, then zero point, lo, hi, shift."""
+    read = read or (lambda b, y, x, o: acc[b, y, x, o])
+    table = te.placeholder((2 * channels + 4,), "int32", name="requantize_table")
+
+    def corr(o):
+        return table[o]
+
+    def m(o):
+        return table[channels + o]
+
+    params = [table[2 * channels + i] for i in range(4)]
+    if code.int32:
+        return te.compute(shape or acc.shape, _int32_requantize(tvm, read, corr, m, params, code.dtype),
+                          name="requantize"), [table]
+
+    def compute(b, y, x, o):
+        product = (read(b, y, x, o) + corr(o)).astype("int64") * m(o).astype("int64")
+        return rounded_to_grid(tvm, product, params, code)
+
+    return te.compute(shape or acc.shape, compute, name="requantize"), [table]
+
+
+def rounded_to_grid(tvm, product, params, code: RequantizeCode):
+    """An int64 fixed-point value shifted right by `bits` with rounding (half to even, or half
+    up where code.ties is False), plus the zero point, clamped to [lo, hi], cast to code.dtype;
+    params = (zero point, lo, hi, bits) as int32 expressions."""
+    zero_point, lo, hi, bits = (p.astype("int64") for p in params)
+    one = tvm.tirx.const(1, "int64")
+    if code.ties:
+        odd = (product >> bits) & one
+        rounded = ((product + ((one << (bits - one)) - one) + odd) >> bits) + zero_point
+    else:
+        rounded = ((product + (one << (bits - one))) >> bits) + zero_point
+    return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(code.dtype)
+
+
+INT32_ACCUMULATOR_BITS = 20   # |acc + corr| < 2**20: each 11-bit part of m times it fits int32
+
+
+def _int32_requantize(tvm, read, corr, m, params, dtype: str):
+    """The half-up requantization in int32 only, for accumulators below 2**20 (the layers with
+    few input channels, where the int64 form costs more than the dot products): m in three
+    11-bit parts, a * m = p2 * 2**22 + p1 * 2**11 + p0, each part's product in int32. With a
+    shift s >= 23, floor((a*m + 2**(s-1)) / 2**s) depends on the low parts only through their
+    carries, so for 23 <= s <= 53 it equals floor((p2 + carry + 2**(s-23)) / 2**(s-22)) exactly
+    (fixed_point.requantize_int32_parts is the numpy reference)."""
+    zero_point, lo, hi, bits = params
+    mask = tvm.tirx.const(2047, "int32")
+
+    def compute(b, y, x, o):
+        a, mult = read(b, y, x, o) + corr(o), m(o)
+        low, mid, high = a * (mult & mask), a * ((mult >> 11) & mask), a * (mult >> 22)
+        top = high + ((mid + (low >> 11)) >> 11)
+        rounded = ((top + (tvm.tirx.const(1, "int32") << (bits - 23))) >> (bits - 22)) + zero_point
+        return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(dtype)
+
+    return compute
