@@ -141,23 +141,19 @@ class _DotKernels(relax.PyExprMutator):
         return super().visit_call_(call)
 
     def _unpadded(self, data: relax.Expr, padding: tuple) -> tuple:
-        """(input, padding, pad value) for a kernel. An input the graph pads with its zero point
-        (an NCHW pad, then the transpose to NHWC: the network's first conv) is passed unpadded
-        and the kernel pads it, so that the transpose writes whole rows (224 pixels, not 226:
-        no masked tail) and no padded copy is made."""
+        """(input, padding, pad value) for a kernel. An input the rewrite padded with its zero
+        point (its record says how; the network's first conv), then transposed to NHWC by the
+        layout pass, is passed unpadded and the kernel pads it, so that the transpose writes
+        whole rows (224 pixels, not 226: no masked tail) and no padded copy is made."""
+        record = self.records.get(var_name(self.current))
         transpose = self.uses.values.get(data)
-        if op_name(transpose) != "relax.permute_dims" or [int(a) for a in transpose.attrs.axes] != [0, 2, 3, 1]:
+        if (record is None or record.input_padding is None or op_name(transpose) != "relax.permute_dims"
+                or [int(a) for a in transpose.attrs.axes] != [0, 2, 3, 1]
+                or var_name(transpose.args[0]) != record.pad_name):
             return self.visit_expr(data), padding, 0
-        pad = self.uses.values.get(transpose.args[0])
-        if op_name(pad) != "relax.nn.pad" or pad.attrs.pad_mode != "constant":
-            return self.visit_expr(data), padding, 0
-        widths = [int(w) for w in pad.attrs.pad_width]
-        if any(widths[:4]) or float(pad.attrs.pad_value) != int(pad.attrs.pad_value):
-            return self.visit_expr(data), padding, 0
-        top, bottom, left, right = widths[4:]
-        unpadded = self.builder_.emit(relax.op.permute_dims(self.visit_expr(pad.args[0]), [0, 2, 3, 1]))
-        return unpadded, (padding[0] + top, padding[1] + left, padding[2] + bottom, padding[3] + right), \
-            int(pad.attrs.pad_value)
+        source = self.uses.values[transpose.args[0]].args[0]   # what the rewrite padded
+        unpadded = self.builder_.emit(relax.op.permute_dims(self.visit_expr(source), [0, 2, 3, 1]))
+        return unpadded, tuple(p + q for p, q in zip(padding, record.input_padding)), record.pad_value
 
     def _depthwise(self, call: relax.Call, weight: np.ndarray) -> relax.Expr | None:
         """A depthwise convolution (one input channel per group) and its requantization on the

@@ -139,13 +139,14 @@ class _IntegerRewriter(relax.PyExprMutator):
         if np.abs(correction).max() >= 2 ** 31:
             return None
         tag = self._tag()
-        if kind == "conv2d":
-            acc, out_axis = self._int_conv2d(call, x, w, f"{tag}_acc"), 1
-        else:
-            acc, out_axis = self._int_matmul(x, w, f"{tag}_acc"), len(call.ty.shape) - 1
         ndim = len(call.ty.shape)
+        out_axis = 1 if kind == "conv2d" else ndim - 1
         corr = _channel_shape(correction, ndim, out_axis).astype("int32")
         self._pending = {"tag": tag, "correction": corr}
+        if kind == "conv2d":
+            acc = self._int_conv2d(call, x, w, tag)
+        else:
+            acc = self._int_matmul(x, w, f"{tag}_acc")
         acc = self.builder_.emit(relax.op.add(acc, _const(corr, "int32")))
         # |acc| <= max|x| * sum|w| + |correction| per channel: far below 2**31, which lets
         # the rounding skip the tie fix-up for more layers (fixed_point.ties_possible).
@@ -180,7 +181,7 @@ class _IntegerRewriter(relax.PyExprMutator):
             return None
         return "matmul", matmul, x, type(w)(w.values, w.scale, 1), 1
 
-    def _int_conv2d(self, conv: relax.Call, x: QTensor, w, name: str = "") -> relax.Expr:
+    def _int_conv2d(self, conv: relax.Call, x: QTensor, w, tag: str) -> relax.Expr:
         attrs = conv.attrs
         data = self.visit_expr(x.var)
         padding = [int(p) for p in attrs.padding]
@@ -189,11 +190,12 @@ class _IntegerRewriter(relax.PyExprMutator):
             # a ReLU, the usual case) the conv pads itself, which keeps layout conversion clean.
             top, left, bottom, right = padding
             data = self.builder_.emit(relax.op.nn.pad(
-                data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(x.zero_point)))
+                data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(x.zero_point)), f"{tag}_pad")
+            self._pending.update(input_padding=tuple(padding), pad_value=x.zero_point)
             padding = [0, 0, 0, 0]
         return self.builder_.emit(relax.op.nn.conv2d(
             data, _const(w.values, "int8"), strides=attrs.strides, padding=padding, dilation=attrs.dilation,
-            groups=int(attrs.groups), out_dtype="int32"), name)
+            groups=int(attrs.groups), out_dtype="int32"), f"{tag}_acc")
 
     def _int_matmul(self, x: QTensor, w, name: str = "") -> relax.Expr:
         return self.builder_.emit(relax.op.matmul(self.visit_expr(x.var), _const(w.values, "int8"),
@@ -341,7 +343,8 @@ class _IntegerRewriter(relax.PyExprMutator):
             return self.builder_.emit(relax.op.astype(clamped, out.dtype))
         multipliers, shift, ties = self._fixed_point
         layer = LayerRequantization(record["tag"], Requantize(out.zero_point, int(qmin), int(qmax), out.dtype, shift, ties),
-                                    multipliers, record.get("correction"), record.get("zero_points", ()))
+                                    multipliers, record.get("correction"), record.get("zero_points", ()),
+                                    record.get("input_padding"), record.get("pad_value", 0))
         self.records[layer.tag] = layer
         return self.builder_.emit(relax.op.astype(clamped, out.dtype), layer.out_name)
 

@@ -23,6 +23,10 @@ class LayerRequantization:
     multipliers: tuple                # per term: int64, per output channel (a layer) or one (an add's side)
     correction: np.ndarray | None = None   # int32 per output channel, added to a conv/matmul accumulator
     zero_points: tuple = ()           # of each term's input (a residual add)
+    #: (top, left, bottom, right) the rewrite padded a conv's input by, with its zero point, in
+    #: a pad named `{tag}_pad` (the kernel pads itself instead); None: the conv pads with 0.
+    input_padding: tuple | None = None
+    pad_value: int = 0
 
     @property
     def acc_name(self) -> str:
@@ -31,6 +35,10 @@ class LayerRequantization:
     @property
     def out_name(self) -> str:
         return f"{self.tag}_out"
+
+    @property
+    def pad_name(self) -> str:
+        return f"{self.tag}_pad"
 
 
 def var_name(var) -> str:
