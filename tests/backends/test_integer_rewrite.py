@@ -138,3 +138,53 @@ def test_resnet_records_every_conv_gemm_and_residual_add():
     assert integer.lowered["linear"] == 10 and integer.lowered["residual_add"] == 3
     kinds = sorted("add" if r.correction is None else "layer" for r in integer.records.values())
     assert kinds == ["add"] * 3 + ["layer"] * 10
+
+
+def expected_sdot_module() -> tvm.IRModule:
+    """Kernel selection's output for the NHWC form of qdq_conv_relu on an sdot target, written
+    out: the conv and its requantization become one call of the sdot kernel, whose weight is
+    packed (4-bit grid: two to a byte) and whose requantization table holds the record's
+    numbers, the correction shifted by 128 * sum(w) for sdot's signed activations."""
+    from qcompiler.backends.tvm.schedules import int8_conv, packing, requantize
+
+    real = SX * SW.astype(np.float64) / SY
+    shift = int(multiplier_and_shift(np.array(real.max()))[1])
+    multiplier = np.rint(real * 2.0 ** shift).astype(np.int64)
+    weight = W.transpose(0, 2, 3, 1)                                   # OHWI
+    correction = B - ZX * W.sum(axis=(1, 2, 3)) + 128 * W.astype(np.int64).sum(axis=(1, 2, 3))
+    rq = requantize.Requantize(0, 0, 255, "uint8", shift, False)
+    padded = np.zeros((16, 1, 1, 4), np.int8)                          # 16 output, 4 input channels
+    padded[:2, :, :, :2] = weight
+    kernel = int8_conv.conv2d_kernel(1, 2, 2, 4, 16, 1, 1, (1, 1), (1, 1), (0, 0, 0, 0),
+                                     rq.code_for(weight, correction, 128), 4, "sdot", 0)
+
+    def const(value, dtype):
+        return relax.const(np.asarray(value).astype(dtype), dtype)
+
+    x = relax.Var("x", relax.TensorType((1, 2, 2, 2), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x], attrs={"num_input": 1}):
+        with bb.dataflow():
+            q = bb.emit(relax.op.quantize(x, const(SX, "float32"), const(ZX, "uint8"), axis=1, out_dtype="uint8"))
+            nhwc = bb.emit(relax.op.permute_dims(q, [0, 2, 3, 1]))
+            wide = bb.emit(relax.op.nn.pad(nhwc, [0, 0, 0, 0, 0, 0, 0, 2], pad_value=0.0))   # 2 -> 4 channels
+            gvar = bb.add_func(kernel, kernel.attrs["global_symbol"])
+            table = requantize.requantize_table(correction, multiplier, rq, 2, 16)
+            out = bb.emit(relax.op.call_tir(gvar, relax.Tuple([wide, const(packing.pack_weight_int4(padded, 16), "uint8"),
+                                                               const(table, "int32")]),
+                                            relax.TensorType([1, 2, 2, 16], "uint8")))
+            out = bb.emit(relax.op.strided_slice(out, axes=[3], begin=[0], end=[2]))
+            nchw = bb.emit(relax.op.permute_dims(out, [0, 3, 1, 2]))
+            y = bb.emit_output(relax.op.dequantize(nchw, const(SY, "float32"), const(0, "uint8"), axis=1))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+def test_kernel_selection_puts_the_recorded_layer_on_the_sdot_kernel():
+    from qcompiler.backends.tvm.apply_schedules import to_nhwc, use_dot_kernels
+    from qcompiler.backends.tvm.integer_rewrite import lower_to_integer
+
+    mod, _, records = lower_to_integer(import_qdq(qdq_conv_relu(), 1))
+    after, used = use_dot_kernels(to_nhwc(mod), "sdot", records)
+    assert used == {"sdot 1x1 conv2d / matmul int4 + requantize": 1}
+    tvm.ir.assert_structural_equal(after, expected_sdot_module(), map_free_vars=True)
