@@ -135,7 +135,7 @@ def schedule(integer: Lowered, spec: TargetSpec, target) -> tuple[object, Counte
     stages = tvm.transform.Sequential([
         tvm.transform.module_pass(lambda mod, _ctx: to_nhwc(mod), opt_level=0, name="qcompiler.nhwc-layout"),
         tvm.transform.module_pass(dot_kernels, opt_level=0, name="qcompiler.dot-kernels"),
-        tvm.transform.module_pass(lambda mod, _ctx: apply_cpu_rules(mod, target), opt_level=0,
+        tvm.transform.module_pass(lambda mod, _ctx: apply_cpu_rules(mod, target, spec.vector_lanes), opt_level=0,
                                   name="qcompiler.cpu-rules")], name="qcompiler.schedule")
     timer = _StageTimer()
     current = tvm.transform.PassContext.current()
@@ -265,7 +265,7 @@ def metadata(qdq: onnx.ModelProto, library: Library, version: str) -> dict:
         "tvm_version": tvm.__version__,
         "target": {"name": library.target.name, "tvm": json.loads(str(tvm_target(library.target))),
                    "dot_kernels": list(library.target.dot_kernels), "runner": library.target.runner,
-                   "cpu_flags": list(library.target.cpu_flags)},
+                   "cpu_flags": list(library.target.cpu_flags), "vector_lanes": library.target.vector_lanes},
         "kernels": dict(library.kernels),
         "batch": library.batch,
         "inputs": inputs,

@@ -34,6 +34,9 @@ class TargetSpec:
     dot_kernels: tuple[str, ...] = ()   # "vnni", "smmla", "sdot": convolution kernels, preferred first
     runner: str | None = None        # how this host runs the library when not in process (qemu-aarch64)
     cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo flags an x86 CPU needs to run the library here
+    #: Elements per vector the generic rules split loops by (schedules/cpu_generic.py): 16 on
+    #: every target, the value the schedules were written and measured with; others untested.
+    vector_lanes: int = 16
 
     @property
     def host(self) -> bool:
@@ -149,7 +152,8 @@ def describe_target(spec: TargetSpec) -> str:
     runs = "in process" if spec.host else spec.runner or "not on this machine (its CPU lacks the features)"
     shown = json.dumps(spec.llvm) if spec.name != "native" else f"{json.dumps(spec.llvm)} = {tvm_target(spec)}"
     return (f"{spec.name:<16} {spec.description}\n{'':<16} tvm target: {shown}\n"
-            f"{'':<16} kernels: {', '.join(spec.dot_kernels) or 'generic'}; linker: {compiler}; runs here: {runs}")
+            f"{'':<16} kernels: {', '.join(spec.dot_kernels) or 'generic'}, {spec.vector_lanes} lanes; linker: {compiler}; "
+            f"runs here: {runs}")
 
 
 def _host_flags() -> set[str]:

@@ -235,3 +235,26 @@ def test_compile_checks_a_model_with_a_fixed_batch_sample_by_sample(tmp_path, ca
                          "-o", tmp_path / "out", "--no-progress")
     assert code == 0, err
     assert "max 0.00 LSB" in out and "(8 samples)" in out
+
+
+def test_vector_lanes_are_read_from_the_target(compiled, tmp_path):
+    """TargetSpec.vector_lanes reaches the generic rules: 8 lanes build another library that
+    computes the same integers."""
+    import dataclasses
+
+    from qcompiler import ir
+    from qcompiler.backends.tvm.targets import get_target
+    from qcompiler.compiler import compile_qdq, write_library
+
+    qdq = ir.load(compiled / "model.qdq.onnx")
+    spec = get_target("x86-64-v3")
+    feeds = {"input": np.load(SUBSET)["input"][:8]}
+    outputs, sizes = [], []
+    for lanes in (16, 8):
+        folder = tmp_path / f"lanes{lanes}"
+        write_library(compile_qdq(qdq, dataclasses.replace(spec, vector_lanes=lanes), 4), qdq, folder)
+        assert json.loads((folder / "model.json").read_text())["target"]["vector_lanes"] == lanes
+        outputs.append(load(folder).run(feeds)["logits"])
+        sizes.append((folder / "model.so").read_bytes())
+    assert sizes[0] != sizes[1]
+    np.testing.assert_array_equal(outputs[0], outputs[1])

@@ -4,7 +4,8 @@ TVM compiles an unscheduled PrimFunc as plain scalar loops. Two rules cover what
 integer network once its convolutions use the VNNI kernel:
 
 - `VectorizeInjective`: elementwise chains (the requantization after a kernel, residual adds,
-  casts, pads, layout copies): inline them into one loop nest and vectorize it, 16 lanes.
+  casts, pads, layout copies): inline them into one loop nest and vectorize it, by the target's
+  `vector_lanes` (16 on every target today).
 - `VectorizeChannels`: NHWC reductions whose innermost output axis is channels (depthwise
   convolutions, pooling): reduction loops moved outside the channel loop, which is vectorized;
   the requantization that follows is computed per row, also vectorized.
@@ -74,6 +75,9 @@ def _slices_channels(sch, block) -> bool:
 
 
 class VectorizeInjective(dl.ScheduleRule):
+    def __init__(self, lanes: int = LANES):
+        self.lanes = lanes
+
     def apply(self, func, target, _):
         sch = s_tir.Schedule(func)
         blocks = dl.normalize_prim_func(sch)
@@ -82,17 +86,17 @@ class VectorizeInjective(dl.ScheduleRule):
         blocks = dl.try_inline(sch, blocks)
         if len(blocks) != 1 or not blocks[0].is_injective():
             return None
-        vectorize_innermost(sch, blocks[0].block_rv)
+        vectorize_innermost(sch, blocks[0].block_rv, self.lanes)
         return sch
 
 
-def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=None) -> None:
+def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=None, lanes: int = LANES) -> None:
     """Schedule an NHWC reduction block (`spatial` loops ending in pixels, channels): 16
     channels per vector, the reduction loops outside a tile of pixels along the row that shares
     each weight vector: tile x 16 accumulators in registers (a local cache), written back once
     per tile; the `epilogue` block (a requantization) computed from the registers on the way
     out (no int32 round trip)."""
-    channel_outer, channel_inner = sch.split(spatial[-1], [None, LANES])
+    channel_outer, channel_inner = sch.split(spatial[-1], [None, lanes])
     width = sch.get(spatial[-2]).extent
     tile = pixel_tile(int(width)) if hasattr(width, "value") or isinstance(width, int) else 1
     pixel_outer, pixel_inner = sch.split(spatial[-2], [None, tile])
@@ -115,6 +119,9 @@ def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=N
 
 
 class VectorizeChannels(dl.ScheduleRule):
+    def __init__(self, lanes: int = LANES):
+        self.lanes = lanes
+
     def apply(self, func, target, _):
         sch = s_tir.Schedule(func)
         blocks = dl.normalize_prim_func(sch)
@@ -134,11 +141,12 @@ class VectorizeChannels(dl.ScheduleRule):
         reduce = [loop for loop, kind in zip(loops, kinds) if kind == "R"]
         if len(spatial) < 2:
             return None
-        tile_pixels_and_channels(sch, main.block_rv, spatial, reduce, epilogue[0].block_rv if epilogue else None)
+        tile_pixels_and_channels(sch, main.block_rv, spatial, reduce, epilogue[0].block_rv if epilogue else None,
+                                 self.lanes)
         return sch
 
 
-def apply_cpu_rules(mod, target):
+def apply_cpu_rules(mod, target, lanes: int = LANES):
     """Fuse the legalized module's ops and schedule every PrimFunc the rules recognise."""
     from tvm import relax
 
@@ -147,5 +155,5 @@ def apply_cpu_rules(mod, target):
     mod = relax.transform.FuseOps()(mod)
     mod = relax.transform.FuseTIR()(mod)
     with target:
-        mod = dl.ApplyDefaultSchedule(VectorizeInjective(), VectorizeChannels())(mod)
+        mod = dl.ApplyDefaultSchedule(VectorizeInjective(lanes), VectorizeChannels(lanes))(mod)
     return mod
