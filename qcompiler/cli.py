@@ -157,8 +157,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if timing is not None:
         print(timing.table())
     if args.time:
-        print("backend pass            seconds")
-        print("\n".join(f"{name:<22} {seconds:>8.3f}" for name, seconds in library.stages.items()))
+        print(f"{'backend pass':<26} seconds")
+        print("\n".join(f"{name:<26} {seconds:>7.3f}" for name, seconds in library.stages.items()))
     print("wrote " + ", ".join(str(p) for p in built.paths))
     return 0
 

@@ -69,13 +69,23 @@ class Lowered:
 
 
 def lower(qdq: onnx.ModelProto, batch: int = 1) -> Lowered:
-    """Lookup tables, import, integer rewrite."""
+    """Lookup tables (on the ONNX model), import, then the integer rewrite as the TVM module
+    pass `qcompiler.integer-rewrite` (under the current PassContext)."""
     from qcompiler.backends.tvm.importer import import_qdq
     from qcompiler.backends.tvm.integer_rewrite import lower_to_integer
     from qcompiler.backends.tvm.lookup_tables import tabulate
 
     qdq, tables = tabulate(qdq)
-    mod, lowered, records = lower_to_integer(import_qdq(qdq, batch))
+    lowered: Counter = Counter()
+    records: dict = {}
+
+    def rewrite(mod, _ctx):
+        mod, counts, found = lower_to_integer(mod)
+        lowered.update(counts)
+        records.update(found)
+        return mod
+
+    mod = tvm.transform.module_pass(rewrite, opt_level=0, name="qcompiler.integer-rewrite")(import_qdq(qdq, batch))
     if tables:
         lowered["lookup_table"] += tables
     return Lowered(mod, lowered, float_compute_ops(mod), records)
@@ -89,14 +99,18 @@ def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: 
     check_ops(qdq, name)
     _check_compiler(spec)
     seconds = {}
-    start = time.perf_counter()
-    integer = lower(qdq, batch)
-    seconds["import and integer rewrite"] = time.perf_counter() - start
+    timer = _StageTimer()
+    current = tvm.transform.PassContext.current()
+    with tvm.transform.PassContext(opt_level=current.opt_level, config=dict(current.config), instruments=[timer]):
+        start = time.perf_counter()
+        integer = lower(qdq, batch)
+        seconds["import and integer rewrite"] = time.perf_counter() - start
+        start = time.perf_counter()
+        target_obj = tvm_target(spec)
+        mod, kernels = schedule(integer, spec, target_obj)
+        seconds["schedules"] = time.perf_counter() - start
     outputs = output_types(integer.mod)
-    start = time.perf_counter()
-    target_obj = tvm_target(spec)
-    mod, kernels, stages = schedule(integer, spec, target_obj)
-    seconds["schedules"] = time.perf_counter() - start
+    stages = timer.seconds
     start = time.perf_counter()
     executable = _compile(mod, target_obj)
     seconds["codegen"] = time.perf_counter() - start
@@ -115,12 +129,12 @@ def _compile(mod, target):
         return tvm.compile(mod, target=target)
 
 
-def schedule(integer: Lowered, spec: TargetSpec, target) -> tuple[object, Counter, dict]:
-    """The backend's named stages after the integer rewrite, as TVM module passes under one
-    PassContext: NHWC layout, the target's kernels (the depthwise and residual add kernels on
-    every target, its preferred dot-product kernel where it has one, each with the rewrite's
-    requantization record), then the generic CPU rules for everything else. Returns the
-    module, the kernels used, and the seconds of each stage."""
+def schedule(integer: Lowered, spec: TargetSpec, target) -> tuple[object, Counter]:
+    """The backend's named stages after the integer rewrite, as TVM module passes (under the
+    current PassContext, which `build` times): NHWC layout, the target's kernels (the
+    depthwise and residual add kernels on every target, its preferred dot-product kernel where
+    it has one, each with the rewrite's requantization record), then the generic CPU rules for
+    everything else. Returns the module and the kernels used."""
 
     from qcompiler.backends.tvm.apply_schedules import to_nhwc, use_dot_kernels
     from qcompiler.backends.tvm.schedules.cpu_generic import apply_cpu_rules
@@ -137,11 +151,7 @@ def schedule(integer: Lowered, spec: TargetSpec, target) -> tuple[object, Counte
         tvm.transform.module_pass(dot_kernels, opt_level=0, name="qcompiler.dot-kernels"),
         tvm.transform.module_pass(lambda mod, _ctx: apply_cpu_rules(mod, target, spec.vector_lanes), opt_level=0,
                                   name="qcompiler.cpu-rules")], name="qcompiler.schedule")
-    timer = _StageTimer()
-    current = tvm.transform.PassContext.current()
-    with tvm.transform.PassContext(opt_level=current.opt_level, config=dict(current.config), instruments=[timer]):
-        mod = stages(integer.mod)
-    return mod, kernels, timer.seconds
+    return stages(integer.mod), kernels
 
 
 @tvm.instrument.pass_instrument
