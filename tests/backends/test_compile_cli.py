@@ -258,3 +258,12 @@ def test_vector_lanes_are_read_from_the_target(compiled, tmp_path):
         sizes.append((folder / "model.so").read_bytes())
     assert sizes[0] != sizes[1]
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_compile_time_lists_every_pass_including_the_backends(compiled, tmp_path, capsys):
+    code, out, err = cli(capsys, "compile", RESNET, "--calib", SUBSET, "--calib-count", "16", "--no-progress",
+                         "--time", "-o", tmp_path / "t")
+    assert code == 0, err
+    for name in ("canonicalize", "annotate-quant", "calibrate-ranges", "untie-concats", "insert-qdq",
+                 "qcompiler.integer-rewrite", "qcompiler.nhwc-layout", "qcompiler.dot-kernels", "qcompiler.cpu-rules"):
+        assert re.search(rf"^{re.escape(name)} +\d+\.\d+", out, re.M), name
