@@ -1,25 +1,22 @@
-"""Layout and schedule templates for the integer module (the default build; no search).
+"""Kernel selection for the integer module in NHWC (layout.py puts it there): the pass
+qcompiler.dot-kernels of the default build (no search).
 
-1. `to_nhwc`: Relax's ConvertLayout puts every convolution (and, through layout inference,
-   the requantization, residual adds and pooling around it) in NHWC, so that input channels
-   are contiguous; constant weights are re-laid out by constant folding.
-2. `use_dot_kernels`: where the CPU has a dot-product instruction, every u8 x s8 -> s32
-   conv2d (groups 1) and matmul with a constant weight becomes a call of the scheduled VNNI,
-   sdot or smmla kernel (schedules/int8_conv.py, arm_smmla.py), with the requantization that
-   follows computed inside it: its numbers come from the integer rewrite's record of the layer
-   (requantization.py), found by the names the rewrite gave its accumulator and output, never
-   read back from the ops in between. Input channels are zero-padded to a multiple of 4 (smmla: 8)
-   and output channels to a multiple of 16 (VNNI: of 8, with 8-lane blocks; zero weights, then
-   a slice), so every such layer qualifies. On every target, depthwise convolutions with 16k
-   channels and a requantization use their own kernel (schedules/depthwise.py), residual adds
-   theirs (schedules/residual_add.py); other grouped convolutions keep TVM's compute with HWIO
-   weights; they and the remaining elementwise ops are scheduled by the generic CPU rules
-   (schedules/cpu_generic.py).
+`use_dot_kernels`: where the CPU has a dot-product instruction, every u8 x s8 -> s32 conv2d
+(groups 1) and matmul with a constant weight becomes a call of the scheduled VNNI, sdot or
+smmla kernel (schedules/int8_conv.py, arm_smmla.py), with the requantization that follows
+computed inside it: its numbers come from the integer rewrite's record of the layer
+(requantization.py), found by the names the rewrite gave its accumulator and output, never
+read back from the ops in between. Input channels are zero-padded to a multiple of 4 (smmla:
+8) and output channels to a multiple of 16 (VNNI: of 8, with 8-lane blocks; zero weights,
+then a slice), so every such layer qualifies. On every target, depthwise convolutions with
+16k channels and a requantization use their own kernel (schedules/depthwise.py), residual
+adds theirs (schedules/residual_add.py); other grouped convolutions keep TVM's compute with
+HWIO weights; they and the remaining elementwise ops are scheduled by the generic CPU rules
+(schedules/cpu_generic.py).
 """
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 
 import numpy as np
@@ -30,23 +27,6 @@ from qcompiler.backends.tvm.fixed_point import RESIDUAL_INT32_SHIFTS
 from qcompiler.backends.tvm.qdq_patterns import Bindings, op_name
 from qcompiler.backends.tvm.requantization import var_name
 from qcompiler.backends.tvm.schedules import arm_smmla, depthwise, geometry, int8_conv, packing, requantize, residual_add
-
-logger = logging.getLogger(__name__)
-
-
-def to_nhwc(mod: tvm.IRModule) -> tvm.IRModule:
-    """The convolutions in NHWC (the kernels' layout). TVM's ConvertLayout cannot carry a
-    layout through some ops (ShuffleNet's channel shuffle: a 5-D reshape and transpose);
-    then the network stays NCHW, correct but without the int8 kernels, and a warning says so."""
-    mod = relax.transform.CanonicalizeBindings()(mod)   # aliases would stop layout propagation
-    try:
-        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
-    except RuntimeError as exc:   # tvm.error.InternalError
-        first_line = str(exc).strip().splitlines()[-1][:160]
-        logger.warning("TVM could not convert this network to NHWC (%s): it is built in NCHW without "
-                       "the int8 kernels, correct but slow", first_line)
-    return relax.transform.FoldConstant()(mod)
-
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple

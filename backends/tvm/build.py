@@ -136,7 +136,8 @@ def schedule(integer: Lowered, spec: TargetSpec, target) -> tuple[object, Counte
     it has one, each with the rewrite's requantization record), then the generic CPU rules for
     everything else. Returns the module and the kernels used."""
 
-    from qcompiler.backends.tvm.apply_schedules import to_nhwc, use_dot_kernels
+    from qcompiler.backends.tvm.apply_schedules import use_dot_kernels
+    from qcompiler.backends.tvm.layout import to_nhwc
     from qcompiler.backends.tvm.schedules.cpu_generic import apply_cpu_rules
 
     kernels: Counter = Counter()

@@ -111,7 +111,7 @@ def test_the_rewrite_keeps_the_integer_input(zero_point):
 def test_the_rewrite_records_each_layer_for_kernel_selection():
     """Kernel selection takes the numbers from the rewrite's record, not from the ops: the record
     holds what the Expected module was built from, under names that survive the NHWC layout pass."""
-    from qcompiler.backends.tvm.apply_schedules import to_nhwc
+    from qcompiler.backends.tvm.layout import to_nhwc
     from qcompiler.backends.tvm.integer_rewrite import lower_to_integer
     from qcompiler.backends.tvm.requantization import var_name
 
@@ -181,7 +181,8 @@ def expected_sdot_module() -> tvm.IRModule:
 
 
 def test_kernel_selection_puts_the_recorded_layer_on_the_sdot_kernel():
-    from qcompiler.backends.tvm.apply_schedules import to_nhwc, use_dot_kernels
+    from qcompiler.backends.tvm.apply_schedules import use_dot_kernels
+    from qcompiler.backends.tvm.layout import to_nhwc
     from qcompiler.backends.tvm.integer_rewrite import lower_to_integer
 
     mod, _, records = lower_to_integer(import_qdq(qdq_conv_relu(), 1))
