@@ -77,7 +77,7 @@ def model_data(name: str) -> tuple[np.ndarray, np.ndarray]:
 def library_bytes(path: Path, calib: np.ndarray, config: QuantConfig, out: Path) -> int:
     """Size of the x86 library of the model quantized with `config`."""
     qdq = driver_quantize(qcompiler.load(path), {"input": calib}, config, progress=False).qdq
-    write_library(compile_qdq(qdq, "x86", batch=1), qdq, out)
+    write_library(compile_qdq(qdq, "native", batch=1), qdq, out)
     return (out / "model.so").stat().st_size
 
 
@@ -86,7 +86,7 @@ def measure(name: str, runs: int, workdir: Path) -> dict:
     calib, x = model_data(name)
     row = {"model": name, "input": "x".join(map(str, x.shape)), "fp32_bytes": path.stat().st_size}
     qdq = qcompiler.quantize(qcompiler.load(path), {"input": calib}, "w8a8", progress=False).qdq
-    library = compile_qdq(qdq, "x86", batch=1)
+    library = compile_qdq(qdq, "native", batch=1)
     out = workdir / name
     write_library(library, qdq, out)
     row["qdq_bytes"] = (out / "model.qdq.onnx").stat().st_size

@@ -85,7 +85,7 @@ def multiply_accumulates(qdq: onnx.ModelProto) -> tuple[int, int]:
 
 
 def measure(name: str, opset: int, folder: Path, calib_count: int = 32, runs: int = 0,
-            target: str = "x86") -> WildResult:
+            target: str = "native") -> WildResult:
     """Quantize (W8A8, defaults), compile, compare; time it when `runs` > 0."""
     proto = corpus.build(name, opset)
     path = folder / f"{name}-opset{opset}.onnx"

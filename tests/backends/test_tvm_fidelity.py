@@ -101,7 +101,7 @@ GRAPHS = ["conv-relu", "conv-stride2-asymmetric-pads", "grouped-conv", "depthwis
 
 
 def _compile_and_compare(qdq, feeds, tmp_path, batch):
-    library = compile_qdq(qdq, "x86", batch)
+    library = compile_qdq(qdq, "native", batch)
     write_library(library, qdq, tmp_path)
     return library, compare(qdq.to_onnx(), load(tmp_path), feeds)
 
