@@ -95,8 +95,12 @@ def get_target(name: str) -> TargetSpec:
 
 def native_target() -> TargetSpec:
     """This host: its CPU by LLVM's name, the VNNI kernels where /proc/cpuinfo shows avx512_vnni."""
-    base = TARGETS["native"]
-    return dataclasses.replace(base, dot_kernels=("vnni",) if host_has_vnni() else ())
+    from tvm.target import codegen
+
+    vnni = host_has_vnni()
+    description = (f"this machine's CPU ({codegen.llvm_get_system_cpu()}, "
+                   + ("AVX-512 VNNI kernels)" if vnni else "no AVX-512 VNNI: generic int8 code)"))
+    return dataclasses.replace(TARGETS["native"], description=description, dot_kernels=("vnni",) if vnni else ())
 
 
 def from_tvm_target(text: str) -> TargetSpec:
