@@ -76,12 +76,12 @@ class AnnotateQuant(Pass):
             return
         model.quant[weight_t.name] = TensorQuant(spec, "weight", layer=layer.name)
         _request(model, layer.inputs[0], self.config.input_bits(layer.name, edge), requests)
-        out_bits = 8 if last and self.config.edge_8bit and self.config.preset.activation_bits else \
-            self.config.preset.activation_bits
+        out_bits = 8 if last and self.config.edge_8bit and self.config.preset.activations.bits else \
+            self.config.preset.activations.bits
         _request(model, _activation_output(model, layer), out_bits, requests)
 
     def _annotate_other(self, model: Model, node: Node, requests: dict[str, int], parent: dict[str, str]) -> None:
-        bits = self.config.preset.activation_bits
+        bits = self.config.preset.activations.bits
         if node.op == "Add" and sum(model.const_value(t) is None for t in node.inputs) == 2:
             for tensor in node.inputs:
                 _request(model, tensor, bits, requests)

@@ -191,7 +191,7 @@ def _write(built: CompileRun, out: Path, evaluation: Evaluation | None, evaluati
     out = files.prepare_output_dir(out)
     if built.quantized is not None:
         built.report = built.quantized.report(evaluation, evaluation_source)
-        built.paths += built.quantized.save(out, built.report)[1:]  # report.html; the QDQ model comes next
+        built.paths.append(built.quantized.write_report(out, built.report))   # the QDQ model: with the library
     built.paths = write_library(built.library, built.qdq, out) + built.paths
     built.output_dir = out
 

@@ -69,7 +69,7 @@ class QuantizeRun:
     def report(self, evaluation: Evaluation | None = None, evaluation_source: str = "") -> ReportData:
         """The report's data: per-tensor errors on the first 64 calibration samples, sizes, settings."""
         preset = self.config.preset
-        observer = (self.config.activation_observer or preset.activation_observer) if preset.activation_bits \
+        observer = (self.config.activation_observer or preset.activations.observer) if preset.activations.bits \
             else "none (weight-only preset: activations stay float)"
         return ReportData(
             model_path=self.source, preset=preset.name, observer=observer, calibration=self.calibration_source,
@@ -95,13 +95,18 @@ class QuantizeRun:
     def save(self, out_dir: str | Path, report: ReportData | None = None) -> list[Path]:
         """model.qdq.onnx and report.html in out_dir, each written atomically."""
         from qcompiler import files, ir
-        from qcompiler.report import write_html
 
         out = files.prepare_output_dir(Path(out_dir))
-        paths = [out / "model.qdq.onnx", out / "report.html"]
-        ir.save(self.qdq, paths[0])
-        files.write_text_atomic(paths[1], write_html(report or self.report()))
-        return paths
+        return [ir.save(self.qdq, out / "model.qdq.onnx"), self.write_report(out, report)]
+
+    def write_report(self, out_dir: Path, report: ReportData | None = None) -> Path:
+        """report.html in out_dir (an existing folder), written atomically."""
+        from qcompiler import files
+        from qcompiler.report import write_html
+
+        path = Path(out_dir) / "report.html"
+        files.write_text_atomic(path, write_html(report or self.report()))
+        return path
 
 
 #: Kept for code written against the first API.

@@ -19,6 +19,7 @@ As a script, for a machine (or qemu) with only numpy and the TVM runtime:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -47,18 +48,23 @@ def read_metadata(folder: str | Path) -> dict:
     return meta
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str] | None:
+    """This CPU's flags as /proc/cpuinfo lists them (None where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return None
+
+
 def check_cpu(meta: dict, folder: Path) -> None:
     """Refuse (exit 3) a library whose x86 target needs CPU features this CPU lacks, before its
     first instruction would kill the process."""
     import platform
 
-    needed = meta["target"].get("cpu_flags") or []
-    if not needed or platform.machine() not in ("x86_64", "AMD64"):
-        return
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            have = set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
-    except OSError:
+    needed, have = meta["target"].get("cpu_flags") or [], cpu_flags()
+    if not needed or platform.machine() not in ("x86_64", "AMD64") or have is None:
         return
     missing = sorted(set(needed) - have)
     if missing:

@@ -19,6 +19,7 @@ import platform
 import shutil
 from dataclasses import dataclass
 
+from qcompiler.backends.tvm.runtime import cpu_flags
 from qcompiler.errors import UsageError
 
 QEMU_AARCH64 = "qemu-aarch64"
@@ -160,18 +161,10 @@ def describe_target(spec: TargetSpec) -> str:
             f"runs here: {runs}")
 
 
-def _host_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
-    except OSError:
-        return set()
-
-
 def _host_has(flags: tuple[str, ...]) -> bool:
-    return platform.machine() in ("x86_64", "AMD64") and set(flags) <= _host_flags()
+    return platform.machine() in ("x86_64", "AMD64") and set(flags) <= (cpu_flags() or frozenset())
 
 
 def host_has_vnni() -> bool:
     """Whether this x86 CPU has AVX-512 VNNI (vpdpbusd), from /proc/cpuinfo."""
-    return "avx512_vnni" in _host_flags()
+    return "avx512_vnni" in (cpu_flags() or frozenset())

@@ -56,26 +56,6 @@ class Preset:
     keep_edge_layers_8bit: bool = False
     description: str = ""
 
-    @property
-    def weight_bits(self) -> int:
-        return self.weights.bits
-
-    @property
-    def activation_bits(self) -> int:
-        return self.activations.bits
-
-    @property
-    def per_channel(self) -> bool:
-        return self.weights.per_channel
-
-    @property
-    def weight_observer(self) -> str:
-        return self.weights.observer
-
-    @property
-    def activation_observer(self) -> str:
-        return self.activations.observer
-
 
 def _low_bit(name: str, weight_bits: int, activation_bits: int, description: str) -> Preset:
     """BRECQ's setting: Lp-searched weight ranges, first and last layers at 8 bits."""
@@ -127,7 +107,7 @@ class QuantConfig:
 
     def weight_spec(self, layer: str, axis: int | None, edge: bool) -> QuantSpec | None:
         """The weight spec of layer `layer` (None: left in float); `axis` its output-channel axis."""
-        bits, observer = self.preset.weight_bits, None
+        bits, observer = self.preset.weights.bits, None
         if edge and self.edge_8bit:
             bits = 8
         for override in self.overrides:
@@ -146,7 +126,7 @@ class QuantConfig:
 
     def input_bits(self, layer: str, edge: bool) -> int:
         """Bits of the activation a layer reads (8 for edge layers in low-bit presets; 0: float)."""
-        bits = 8 if edge and self.edge_8bit and self.preset.activation_bits else self.preset.activation_bits
+        bits = 8 if edge and self.edge_8bit and self.preset.activations.bits else self.preset.activations.bits
         for override in self.overrides:
             if override.matches(layer) and override.activation_bits:
                 bits = override.activation_bits
