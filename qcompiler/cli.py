@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from qcompiler import supervise
 from qcompiler.cli_options import build_parser, input_shapes, reconstruct_config
 from qcompiler.errors import QCompilerError, UsageError
 
 log = logging.getLogger("qcompiler")
 
 def main(argv: list[str] | None = None) -> int:
+    supervise.handle_interrupts()
     parser = build_parser()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])  # known before parsing succeeds
     try:
@@ -30,20 +32,33 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         return COMMANDS[args.command](args)
-    except QCompilerError as exc:
-        if debug:
-            raise
-        print(f"qcompiler: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
-        print("qcompiler: interrupted; no partial output was left", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug of ours: say so, in one line, with how to see more
+        return _interrupted()
+    except QCompilerError as exc:
+        if supervise.interrupted():
+            return _interrupted()
         if debug:
             raise
-        print(f"qcompiler: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback "
+        print(f"qcompiler: error: {escape(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # a bug of ours: say so, in one line, with how to see more
+        if supervise.interrupted():   # TVM's callbacks turn a KeyboardInterrupt into a RuntimeError
+            return _interrupted()
+        if debug:
+            raise
+        print(f"qcompiler: internal error: {type(exc).__name__}: {escape(str(exc))} (rerun with --debug for a traceback "
               "and report it)", file=sys.stderr)
         return 70
+
+
+def _interrupted() -> int:
+    print("qcompiler: interrupted; no partial output was left", file=sys.stderr)
+    return supervise.INTERRUPT_EXIT_CODE
+
+
+def escape(text: str) -> str:
+    """One line: control characters in names (a node called "a\\nb") are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -65,19 +80,40 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_optimize(args: argparse.Namespace) -> int:
     from qcompiler import ir
     from qcompiler.compiler import optimize
+    from qcompiler.files import OutputSet
     from qcompiler.passes import load_pass
 
     names = None if args.passes is None else [n.strip() for n in args.passes.split(",") if n.strip()]
-    context, timing = _context(args, args.output.with_suffix(""), verify=not args.no_verify)
-    done = optimize(args.model, names, context, extra=[load_pass(spec)() for spec in args.user_passes])
-    ir.save(done.model, args.output)
+    output = args.output
+    outputs = OutputSet(output.parent if str(output.parent) else ".",
+                        [output.name, f"{output.name}.data", *_dump_names(args, output.stem)],
+                        force=args.force, inputs=[args.model, *_user_pass_files(args)])
+    outputs.check()
+    with outputs.staging() as stage:
+        context, timing = _context(args, stage / output.stem, verify=not args.no_verify)
+        done = optimize(args.model, names, context, extra=[load_pass(spec)() for spec in args.user_passes])
+        ir.save(done.model, stage / output.name)
     print(f"pipeline   {done.pipeline}")
     print(f"nodes      {sum(done.ops_before.values())} -> {sum(done.ops_after.values())}   ({done.op_changes()})")
-    print(f"wrote      {args.output}")
+    print(f"wrote      {output}")
     print(f"check      {done.check}")
     if timing is not None:
         print(timing.table())
     return 0
+
+
+def _dump_names(args: argparse.Namespace, stem: str) -> list[str]:
+    """The files --dump-after writes (DumpAfterInstrument's names)."""
+    return [f"{stem}.after-{name}.onnx" for name in args.dump_after]
+
+
+def _user_pass_files(args: argparse.Namespace) -> list[str]:
+    return [spec.rpartition(":")[0] for spec in getattr(args, "user_passes", []) if ":" in spec]
+
+
+def _inputs(args: argparse.Namespace) -> list:
+    """The files a quantize/compile command reads (an output must never be one of them)."""
+    return [args.model, args.calib, args.eval, args.config]
 
 
 def _context(args: argparse.Namespace, dump_prefix: Path, verify: bool = False):
@@ -93,11 +129,17 @@ def _context(args: argparse.Namespace, dump_prefix: Path, verify: bool = False):
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from qcompiler.driver import QUANTIZE_OUTPUTS
+    from qcompiler.files import OutputSet
     from qcompiler.report import summary_table
 
-    run, evaluation, timing = _quantize(args, args.output_dir / "model")
-    report = run.report(evaluation, str(args.eval))
-    paths = run.save(args.output_dir, report)
+    outputs = OutputSet(args.output_dir, [*QUANTIZE_OUTPUTS, *_dump_names(args, "model")], force=args.force,
+                        inputs=_inputs(args))
+    outputs.check()
+    with outputs.staging() as stage:
+        run, evaluation, timing = _quantize(args, stage / "model")
+        report = run.report(evaluation, str(args.eval))
+        paths = [outputs.final(p) for p in run.save(stage, report)]
     print(summary_table(report))
     if timing is not None:
         print(timing.table())
@@ -108,13 +150,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def _quantize(args: argparse.Namespace, dump_prefix: Path):
     """Quantize (and evaluate, with --eval) as the options say: the run, its evaluation, the timer."""
     from qcompiler import driver
-    from qcompiler.data import ImagePreprocess
     from qcompiler.quant.presets import load_config
 
     config = load_config(args.config, args.preset, args.observer, args.override,
                          False if args.no_bias_correction else None)
     context, timing = _context(args, dump_prefix)
-    preprocess, progress = ImagePreprocess.parse(args.preprocess), not args.no_progress
+    preprocess, progress = args.preprocess, not args.no_progress
     run = driver.quantize(args.model, args.calib, config, calib_count=args.calib_count, batch_size=args.batch_size,
                           preprocess=preprocess, progress=progress, reconstruct=reconstruct_config(args),
                           input_shapes=input_shapes(args), context=context)
@@ -126,23 +167,44 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """Quantize (unless the model already is QDQ), build the integer library, check it, write all."""
     from qcompiler import ir
     from qcompiler.backends.tvm.targets import get_target
-    from qcompiler.compiler import compile, counts
-    from qcompiler.report import summary_table
+    from qcompiler.compiler import LIBRARY_OUTPUTS
+    from qcompiler.files import OutputSet
 
     target = get_target(args.target)
+    outputs = OutputSet(args.output_dir, [*LIBRARY_OUTPUTS, *_dump_names(args, "model")], force=args.force,
+                        inputs=_inputs(args))
+    outputs.check()
     model = ir.load(args.model)
     already = any(n.op in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.nodes)
-    run = evaluation = timing = None
     if already and args.calib:
         log.warning("%s is already quantized (QDQ): --calib and the quantization options are ignored", args.model)
     elif not already and not args.calib:
         raise UsageError(f"{args.model} is a float model: give --calib DATA to quantize it first "
                          "(or pass an already quantized *.qdq.onnx)")
-    elif not already:
-        run, evaluation, timing = _quantize(args, args.output_dir / "model")
+    with outputs.staging() as stage:
+        built, timing = _compile(args, target, None if already else stage / "model", model, stage)
+    _print_compiled(args, built, timing, [outputs.final(p) for p in built.paths])
+    return 0
+
+
+def _compile(args: argparse.Namespace, target, dump_prefix: Path | None, model, stage: Path):
+    """Quantize when `dump_prefix` is given (a float model), then build and write into `stage`."""
+    from qcompiler.compiler import compile
+
+    run = evaluation = timing = None
+    if dump_prefix is not None:
+        run, evaluation, timing = _quantize(args, dump_prefix)
     print(f"building for {target.name} ({target.description}), batch {args.batch} ...", file=sys.stderr)
-    built = compile(run or model, target=target, batch=args.batch, output_dir=args.output_dir,
-                    input_shapes=None if run else input_shapes(args), evaluation=evaluation, evaluation_source=str(args.eval))
+    built = compile(run or model, target=target, batch=args.batch, output_dir=stage,
+                    input_shapes=None if run else input_shapes(args), evaluation=evaluation,
+                    evaluation_source=str(args.eval))
+    return built, timing
+
+
+def _print_compiled(args: argparse.Namespace, built, timing, paths: list[Path]) -> None:
+    from qcompiler.compiler import counts
+    from qcompiler.report import summary_table
+
     if built.report is not None:
         print(summary_table(built.report))
     library = built.library
@@ -159,15 +221,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.time:
         print(f"{'backend pass':<26} seconds")
         print("\n".join(f"{name:<26} {seconds:>7.3f}" for name, seconds in library.stages.items()))
-    print("wrote " + ", ".join(str(p) for p in built.paths))
-    return 0
+    print("wrote " + ", ".join(str(p) for p in paths))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from qcompiler.backends.tvm.runtime import load_for_host
     from qcompiler.data import InputInfo, read_array_file
 
-    library = load_for_host(args.library)
+    if args.output:
+        _npz_outputs(args).check()
+    with supervise.stage(f"loading the library {args.library}"):
+        library = load_for_host(args.library)
     emulated = not hasattr(library, "time")
     if emulated:
         print(f"{args.library} is built for {library.meta['target']['name']}: running it under qemu-aarch64 "
@@ -177,7 +241,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                              "(under qemu the times say nothing of the device's)")
     infos = [InputInfo(name, np.dtype(spec["dtype"]), tuple(spec["shape"])) for name, spec in library.inputs.items()]
     feeds, labels = read_array_file(Path(args.input), infos)
-    outputs = library.run(feeds)
+    with supervise.stage(f"the library {args.library}"):
+        outputs = library.run(feeds)
     for name, value in outputs.items():
         line = f"{name}: {value.dtype}{list(value.shape)}"
         if value.ndim == 2:
@@ -191,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.profile:
         print(_profile_table(library.profile(feeds)))
     if args.output:
-        _save_npz(args.output, outputs)
+        _save_npz(args, outputs)
         print(f"wrote {args.output}")
     return 0
 
@@ -205,14 +270,21 @@ def _profile_table(rows, top: int = 25) -> str:
     return "\n".join(lines + [f"{'total (kernels)':<48} {'':>5} {total:>8.3f}"])
 
 
-def _save_npz(path: Path, arrays: dict) -> None:
-    import io
+def _npz_outputs(args: argparse.Namespace):
+    from qcompiler.files import OutputSet
 
-    from qcompiler import files
+    path = args.output
+    return OutputSet(path.parent if str(path.parent) else ".", [path.name], force=args.force,
+                     inputs=[args.input, args.library / "model.so", args.library / "model.json"])
+
+
+def _save_npz(args: argparse.Namespace, arrays: dict) -> None:
+    import io
 
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    files.write_bytes_atomic(path, buffer.getvalue())
+    with _npz_outputs(args).staging() as stage:
+        (stage / args.output.name).write_bytes(buffer.getvalue())
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
@@ -235,11 +307,11 @@ def cmd_passes(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from qcompiler.demo import run_demo
 
-    return run_demo(args.output_dir)
+    return run_demo(args.output_dir, args.force)
 
 
 COMMANDS = {"inspect": cmd_inspect, "optimize": cmd_optimize, "quantize": cmd_quantize, "passes": cmd_passes,
             "demo": cmd_demo, "compile": cmd_compile, "run": cmd_run, "targets": cmd_targets}
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(supervise.run_supervised(main))

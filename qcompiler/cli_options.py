@@ -24,7 +24,33 @@ class _Parser(argparse.ArgumentParser):
 
 
 EXIT_CODES = """exit codes: 0 ok, 2 usage, 3 invalid or unsafe model, 4 unsupported model,
-5 calibration data, 6 output, 7 remote device, 70 internal error, 130 interrupted"""
+5 calibration data, 6 output, 7 remote device, 70 internal error, 71 crashed in native code,
+130 interrupted"""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _bounded_int(text, 1)
+
+
+def count_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _bounded_int(text, 0)
+
+
+def _bounded_int(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value}: must be {'positive' if low else '0 or more'}")
+    return value
+
+
+def _force_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace outputs that exist (without it they are refused, "
+                   "exit 6); outputs of an earlier run that this one does not write are removed")
 
 
 def _common_options(parser: argparse.ArgumentParser, default) -> None:
@@ -54,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("optimize", help="run graph passes and write the optimized model")
     p.add_argument("model", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="where to write the model (.onnx)")
+    _force_option(p)
     p.add_argument("--passes", help="comma-separated pass names (default: canonicalize,fold-batchnorm,fold-scale)")
     p.add_argument("--pass", dest="user_passes", action="append", default=[], metavar="FILE.py:CLASS",
                    help="also run a pass of your own, from a .py file or module (repeatable)")
@@ -65,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", required=True, help="calibration data: .npz (arrays named after the inputs, "
                    "samples first), .npy (one-input models) or a folder of images")
     p.add_argument("-o", "--output-dir", type=Path, required=True, help="writes model.qdq.onnx and report.html here")
+    _force_option(p)
     _quantize_options(p)
 
     p = sub.add_parser("compile", help="quantize (unless already QDQ) and build an integer library for a target")
@@ -73,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="native", help="a named target (native: this machine's CPU; x86-64-v3, "
                    "x86-64-v4, x86-avx512-vnni, arm64, arm64-dotprod, arm64-i8mm; `qcompiler targets` lists them) or "
                    "a TVM target string such as 'llvm -mcpu=znver3' (default: native)")
-    p.add_argument("--batch", type=int, default=1, help="the batch size the library is built for (default 1)")
+    p.add_argument("--batch", type=positive_int, default=1, help="the batch size the library is built for (default 1)")
     p.add_argument("-o", "--output-dir", type=Path, required=True,
                    help="writes model.so, model.json, model.qdq.onnx (and report.html when it quantized) here")
+    _force_option(p)
     _quantize_options(p)
 
     p = sub.add_parser("run", help="run a compiled library on the host")
@@ -83,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help=".npz with arrays named after the inputs (samples first), "
                    "or .npy for a one-input model")
     p.add_argument("-o", "--output", type=Path, help="write the outputs to this .npz")
-    p.add_argument("--repeat", type=int, default=0, metavar="N",
+    _force_option(p)
+    p.add_argument("--repeat", type=count_int, default=0, metavar="N",
                    help="also time N runs of one batch: median, p10, p90 (host libraries only)")
     p.add_argument("--profile", action="store_true", help="also time each kernel (10 runs), slowest first")
 
@@ -111,6 +141,27 @@ def input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def probability(text: str) -> float:
+    """argparse type of --qdrop: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value}: a probability in [0, 1)")
+    return value
+
+
+def preprocess(text: str):
+    """argparse type of --preprocess: parsed (and so checked) before anything runs."""
+    from qcompiler.data import ImagePreprocess
+
+    try:
+        return ImagePreprocess.parse(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--preprocess {text!r}: ")) from None
+
+
 def _input_shape_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", action="append", default=[], type=input_shape, metavar="NAME=D,D,...",
                    help="fix an input's shape (repeatable); needed where a model has dynamic dimensions beyond the "
@@ -135,10 +186,10 @@ def _quantize_options(p: argparse.ArgumentParser) -> None:
                    '[{"pattern": ..., "wbits": 8}], "keep_edge_layers_8bit": true, "bias_correction": true}')
     p.add_argument("--eval", help="held-out data like --calib, optionally with a 'labels' array: accuracy, "
                    "agreement, KL and SQNR against the float model")
-    p.add_argument("--calib-count", type=int, help="use at most this many calibration samples")
-    p.add_argument("--preprocess", default="none", help="for image folders: 'imagenet', or "
+    p.add_argument("--calib-count", type=positive_int, help="use at most this many calibration samples")
+    p.add_argument("--preprocess", default="none", type=preprocess, help="for image folders: 'imagenet', or "
                    "'resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW,color=RGB'")
-    p.add_argument("--batch-size", type=int, help="calibration batch size (default: what fits 256 MiB of activations)")
+    p.add_argument("--batch-size", type=positive_int, help="calibration batch size (default: what fits 256 MiB of activations)")
     p.add_argument("--no-bias-correction", action="store_true", help="keep the biases as trained (by default the mean "
                    "output shift that weight rounding causes is folded into them; not used with --reconstruct)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -152,15 +203,15 @@ def _reconstruct_options(p: argparse.ArgumentParser) -> None:
                    "sizes block by block against the float model")
     g.add_argument("--granularity", choices=GRANULARITIES, default=defaults.granularity,
                    help="what is reconstructed together (default: %(default)s)")
-    g.add_argument("--iters", type=int, default=defaults.iters,
+    g.add_argument("--iters", type=count_int, default=defaults.iters,
                    help="weight-rounding iterations per block (default: %(default)s, the authors')")
-    g.add_argument("--act-iters", type=int, help="activation step-size iterations per block "
+    g.add_argument("--act-iters", type=count_int, help="activation step-size iterations per block "
                    f"(default: a quarter of --iters, the authors' ratio {defaults.act_iters}/{defaults.iters})")
     g.add_argument("--fisher", action="store_true", help="weight the block output error by the Fisher diagonal "
                    "(squared gradients of the KL between quantized and float network outputs)")
-    g.add_argument("--qdrop", type=float, default=0.0, metavar="P", help="QDrop: learn rounding and step sizes "
+    g.add_argument("--qdrop", type=probability, default=0.0, metavar="P", help="QDrop: learn rounding and step sizes "
                    "together, keeping each activation in float with probability P (the authors use 0.5)")
-    g.add_argument("--reconstruct-samples", type=int, default=defaults.samples,
+    g.add_argument("--reconstruct-samples", type=positive_int, default=defaults.samples,
                    help="calibration samples reconstruction uses at most (default: %(default)s)")
     g.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
 
@@ -172,10 +223,6 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig | None:
             if value:
                 raise UsageError(f"{flag} needs --reconstruct brecq")
         return None
-    if args.iters < 0 or (args.act_iters or 0) < 0 or args.reconstruct_samples < 1:
-        raise UsageError("--iters and --act-iters must be >= 0 and --reconstruct-samples >= 1")
-    if not 0.0 <= args.qdrop < 1.0:
-        raise UsageError(f"--qdrop {args.qdrop}: a probability in [0, 1)")
     return ReconstructConfig(granularity=args.granularity, iters=args.iters, act_iters=args.act_iters, fisher=args.fisher,
                              qdrop=args.qdrop, samples=args.reconstruct_samples, seed=args.seed)
 
@@ -185,3 +232,4 @@ def _more_commands(sub) -> None:
 
     p = sub.add_parser("demo", help="the main job on the bundled model: inspect, optimize, quantize, compile, run")
     p.add_argument("-o", "--output-dir", type=Path, default=Path("qcompiler-demo"))
+    _force_option(p)

@@ -185,15 +185,21 @@ def compile(model: Model | QuantizeRun | str | Path, calib=None, target: str = "
     return built
 
 
-def _write(built: CompileRun, out: Path, evaluation: Evaluation | None, evaluation_source: str) -> None:
-    from qcompiler import files
+#: The files a library folder holds (model.qdq.onnx.data only for models over 2 GiB; report.html
+#: only when compile quantized): all written, or none.
+LIBRARY_OUTPUTS = ("model.so", "model.json", "model.qdq.onnx", "model.qdq.onnx.data", "report.html")
 
-    out = files.prepare_output_dir(out)
-    if built.quantized is not None:
-        built.report = built.quantized.report(evaluation, evaluation_source)
-        built.paths.append(built.quantized.write_report(out, built.report))   # the QDQ model: with the library
-    built.paths = write_library(built.library, built.qdq, out) + built.paths
-    built.output_dir = out
+
+def _write(built: CompileRun, out: Path, evaluation: Evaluation | None, evaluation_source: str) -> None:
+    from qcompiler.files import OutputSet
+
+    outputs = OutputSet(out, LIBRARY_OUTPUTS, force=True, inputs=[built.qdq.path])
+    with outputs.staging() as stage:
+        if built.quantized is not None:
+            built.report = built.quantized.report(evaluation, evaluation_source)
+            built.paths.append(built.quantized.write_report(stage, built.report))   # the QDQ model: with the library
+        built.paths = [outputs.final(p) for p in write_library(built.library, built.qdq, stage) + built.paths]
+    built.output_dir = Path(out)
 
 
 def _check(built: CompileRun, data) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from qcompiler.errors import CalibrationDataError
+from qcompiler.errors import CalibrationDataError, UsageError
 from qcompiler.ir import Model
 
 #: torchvision's ImageNet normalization (`--preprocess imagenet`).
@@ -121,19 +122,71 @@ def read_array_file(path: Path, inputs: list[InputInfo]) -> tuple[dict[str, np.n
             if len(inputs) != 1:
                 raise CalibrationDataError(f"{path}: a .npy holds one array but the model has inputs "
                                            f"{[i.name for i in inputs]}; use a .npz with one array per input")
+            with open(path, "rb") as f:
+                _check_npy_header(f, path.stat().st_size, str(path))
             arrays = {inputs[0].name: np.load(path, allow_pickle=False)}
         else:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
+            arrays = _read_npz(path)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise CalibrationDataError(f"{path}: holds pickled Python objects, which are never loaded; "
                                        "save plain numeric arrays (np.savez)") from None
         raise CalibrationDataError(f"{path}: not a readable numpy file: {exc}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:
         raise CalibrationDataError(f"{path}: corrupt or not a numpy .npz/.npy file ({type(exc).__name__}: {exc})") from None
     labels = arrays.pop("labels", None)
     return arrays, labels
+
+
+#: numpy dtype kinds a data file may hold: bool, integers, floats (no objects, strings, records).
+DATA_KINDS = "biuf"
+
+
+def _check_npy_header(f, available: int, where: str) -> int:
+    """Validate a .npy header before numpy allocates what it claims: a plain numeric dtype, and
+    a size that the bytes after the header really hold. Returns the array's size in bytes."""
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(f)
+        shape, fortran, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(f)
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise CalibrationDataError(f"{where}: not a valid .npy header ({exc})") from None
+    if dtype.hasobject or dtype.kind not in DATA_KINDS or dtype.fields:
+        raise CalibrationDataError(f"{where}: holds {dtype} values; calibration data must be numbers "
+                                   "(float, integer or bool arrays)")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes > available - f.tell():
+        raise CalibrationDataError(f"{where}: the header claims {list(shape)} {dtype} ({nbytes} bytes) but the file "
+                                   f"holds {max(available - f.tell(), 0)} bytes after it: truncated or forged")
+    return nbytes
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a .npz, each member's header checked against the size the archive records
+    for it and their total against this machine's memory, before anything is decompressed."""
+    with zipfile.ZipFile(path) as archive:
+        total = 0
+        for member in archive.infolist():
+            if not member.filename.endswith(".npy"):
+                raise CalibrationDataError(f"{path}: member {member.filename!r} is not a .npy array")
+            with archive.open(member) as f:
+                total += _check_npy_header(f, member.file_size, f"{path}:{member.filename}")
+        limit = _memory_bytes() // 2
+        if total > limit:
+            raise CalibrationDataError(f"{path}: its arrays take {total / 2**30:.1f} GiB, more than half this machine's "
+                                       f"memory; use fewer samples (or --calib-count)")
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _memory_bytes() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**40
 
 
 def check_arrays(arrays: dict[str, np.ndarray], inputs: list[InputInfo], name: str, what: str) -> dict[str, np.ndarray]:
@@ -147,17 +200,30 @@ def check_arrays(arrays: dict[str, np.ndarray], inputs: list[InputInfo], name: s
     for info in inputs:
         if info.name not in arrays:
             continue
-        array = arrays[info.name]
+        array = _cast(info, arrays[info.name], name)
         problems += _check_one(info, array)
         counts.add(len(array) if array.ndim else 0)
-        if array.dtype.kind == "f" and info.dtype.kind == "f":
-            array = array.astype(info.dtype, copy=False)
         checked[info.name] = array
     if len(counts) > 1:
         problems.append(f"inputs have different sample counts {sorted(counts)}")
     if problems:
         raise CalibrationDataError(f"{name}: {what} data does not fit the model: " + "; ".join(problems))
     return checked
+
+
+def _cast(info: InputInfo, array: np.ndarray, source: str) -> np.ndarray:
+    """Numbers for a float input become the input's dtype (integers with a warning: their values
+    are taken as they are, not scaled); anything else is left for _check_one to refuse."""
+    if info.dtype.kind != "f" or array.dtype.kind not in DATA_KINDS or array.dtype == info.dtype:
+        return array
+    if array.dtype.kind != "f":
+        import logging
+
+        logging.getLogger("qcompiler").warning(
+            "%s: '%s' is %s; cast to %s as it is (values %s..%s, not scaled): scale it first if the model expects "
+            "normalized inputs", source, info.name, array.dtype, info.dtype, array.min(initial=0), array.max(initial=0))
+    with np.errstate(over="ignore"):   # values beyond float32 become Inf, which _check_one reports
+        return array.astype(info.dtype)
 
 
 def _check_one(info: InputInfo, array: np.ndarray) -> list[str]:
@@ -174,13 +240,14 @@ def _check_one(info: InputInfo, array: np.ndarray) -> list[str]:
     if wrong:
         problems.append(f"'{info.name}' has shape {list(array.shape)}, the model expects "
                         f"{['N'] + [d if d is not None else '?' for d in info.shape[1:]]}")
-    if info.dtype.kind != array.dtype.kind and not (info.dtype.kind == "f" and array.dtype.kind in "iu"):
+    if info.dtype.kind != array.dtype.kind:
         problems.append(f"'{info.name}' is {array.dtype}, the model expects {info.dtype}")
     if array.dtype.kind == "f":
         bad = ~np.isfinite(array)
         if bad.any():
             first = int(np.argwhere(bad.reshape(len(array), -1).any(axis=1))[0, 0])
-            problems.append(f"'{info.name}' has {int(bad.sum())} NaN/Inf values (first in sample {first})")
+            problems.append(f"'{info.name}' has {int(bad.sum())} NaN/Inf values, or values beyond {array.dtype}'s range "
+                            f"(first in sample {first})")
     if array.size and not problems and float(array.max()) == float(array.min()):
         problems.append(f"'{info.name}' is constant (every value {float(array.flat[0])}): it says nothing about ranges")
     return problems
@@ -221,10 +288,11 @@ class ImagePreprocess:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     layout: str = "NCHW"
-    color: str = "RGB"
+    color: str | None = None   # RGB or L (greyscale); None: what the model's channel count says
 
     @classmethod
     def parse(cls, text: str) -> ImagePreprocess:
+        """The preprocessing a `--preprocess` text names; a UsageError that names the bad key or value."""
         if text == "imagenet":
             return cls(256, 224, IMAGENET_MEAN, IMAGENET_STD)
         if text in ("", "none"):
@@ -232,22 +300,16 @@ class ImagePreprocess:
         fields = {}
         for item in text.split(","):
             key, _, value = item.partition("=")
-            if key in ("resize", "crop"):
-                fields[key] = int(value)
-            elif key in ("mean", "std"):
-                fields[key] = tuple(float(v) for v in value.split("/"))
-            elif key in ("layout", "color"):
-                fields[key] = value.upper()
-            else:
-                raise CalibrationDataError(f"--preprocess {text!r}: unknown key {key!r} "
-                                           "(resize, crop, mean, std, layout, color)")
+            if key not in ("resize", "crop", "mean", "std", "layout", "color"):
+                raise UsageError(f"--preprocess {text!r}: unknown key {key!r} (resize, crop, mean, std, layout, color)")
+            fields[key] = _preprocess_value(key, value.strip(), text)
         return cls(**fields)
 
     def apply(self, image, size: tuple[int, int]) -> np.ndarray:
         """A PIL image to a float32 array (C x H x W for NCHW), `size` the model's (H, W)."""
         from PIL import Image
 
-        image = image.convert("L" if self.color == "L" else "RGB")
+        image = image.convert(self.color or "RGB")
         if self.resize:
             w, h = image.size
             factor = self.resize / min(w, h)
@@ -264,11 +326,31 @@ class ImagePreprocess:
         return pixels.transpose(2, 0, 1) if self.layout == "NCHW" else pixels
 
 
+def _preprocess_value(key: str, value: str, text: str):
+    def bad(why: str):
+        return UsageError(f"--preprocess {text!r}: {key}={value!r} {why}")
+
+    if key in ("resize", "crop"):
+        if not value.isdigit() or not 0 < int(value) <= 16384:
+            raise bad("must be a pixel count from 1 to 16384")
+        return int(value)
+    if key in ("mean", "std"):
+        try:
+            numbers = tuple(float(v) for v in value.split("/"))
+        except ValueError:
+            raise bad("must be numbers separated by '/'") from None
+        if len(numbers) not in (1, 3) or not all(np.isfinite(numbers)) or (key == "std" and 0.0 in numbers):
+            raise bad("must be 1 or 3 finite numbers" + (", none zero" if key == "std" else ""))
+        return numbers
+    choices = ("NCHW", "NHWC") if key == "layout" else ("RGB", "L")
+    if value.upper() not in choices:
+        raise bad(f"must be one of {', '.join(choices)}")
+    return value.upper()
+
+
 def read_image_folder(folder: Path, inputs: list[InputInfo], preprocess: ImagePreprocess,
                       limit: int | None) -> tuple[dict[str, np.ndarray], None]:
     """Images under `folder` (recursively, sorted) for a one-input image model."""
-    from PIL import Image, UnidentifiedImageError
-
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise CalibrationDataError(f"{folder}: image folders feed models with one 4-D input; "
                                    f"this one has {[(i.name, i.shape) for i in inputs]}")
@@ -278,14 +360,54 @@ def read_image_folder(folder: Path, inputs: list[InputInfo], preprocess: ImagePr
         if not preprocess.crop:
             raise CalibrationDataError(f"{folder}: the model's input size is symbolic; give --preprocess crop=SIZE")
         h = w = preprocess.crop
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-    if not files:
-        raise CalibrationDataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    samples = []
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                samples.append(preprocess.apply(image, (h, w)))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise CalibrationDataError(f"{path}: not a readable image ({exc})") from None
+    channels = info.shape[1] if preprocess.layout == "NCHW" else info.shape[3]
+    if preprocess.color is None:
+        preprocess = dataclasses.replace(preprocess, color="L" if channels == 1 else "RGB")
+    samples = [_read_image(path, preprocess, (h, w)) for path in image_files(folder, limit)]
     return {info.name: np.stack(samples).astype(info.dtype)}, None
+
+
+def image_files(folder: Path, limit: int | None) -> list[Path]:
+    """The image files under `folder`, sorted, walked without following links: a link (to a file
+    or folder) is skipped with a warning, so that no file outside the folder is read."""
+    import logging
+    import os
+
+    found, links = [], []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        for name in dirs + names:
+            path = Path(root) / name
+            if path.is_symlink():
+                links.append(path)
+            elif name in names and path.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(path)
+    if links:
+        logging.getLogger("qcompiler").warning("%s: %d links skipped (e.g. %s); image folders are read without "
+                                               "following links", folder, len(links), links[0])
+    found = sorted(found)[:limit]
+    if not found:
+        raise CalibrationDataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return found
+
+
+#: Larger images are refused before they are decoded (a small file can claim a huge size).
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def _read_image(path: Path, preprocess: ImagePreprocess, size: tuple[int, int]) -> np.ndarray:
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise CalibrationDataError(f"{path}: {image.width}x{image.height} pixels, over the limit of "
+                                               f"{MAX_IMAGE_PIXELS} for one image; resize it first")
+                return preprocess.apply(image, size)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise CalibrationDataError(f"{path}: refused as a decompression bomb ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise CalibrationDataError(f"{path}: not a readable image ({exc})") from None

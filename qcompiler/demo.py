@@ -9,33 +9,58 @@ from pathlib import Path
 import numpy as np
 
 
-def run_demo(out: Path) -> int:
+#: What the demo writes into its folder.
+DEMO_OUTPUTS = ("calibration.npz", "evaluation.npz", "model.opt.onnx", "model.qdq.onnx", "report.html", "library")
+
+
+def run_demo(out: Path, force: bool = False) -> int:
+    """The steps run in a staging folder inside `out`; their files move into `out` when all succeeded."""
+    from qcompiler.files import OutputSet
+
+    outputs = OutputSet(out, DEMO_OUTPUTS, force=force)
+    outputs.check()
+    try:
+        with outputs.staging() as stage:
+            code = _steps(stage, out)
+            if code:
+                raise _StepFailed(code)
+    except _StepFailed as failed:   # it printed its error; the staging folder is gone
+        return failed.code
+    return 0
+
+
+class _StepFailed(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _steps(stage: Path, out: Path) -> int:
+    """Each step as a user types it (shown with the final folder `out`), run into `stage`."""
     from qcompiler import models
     from qcompiler.cli import main
 
     model_path, data_path = models.path(models.DEFAULT_MODEL), models.path(models.FASHION_SUBSET)
-    out.mkdir(parents=True, exist_ok=True)
     # Calibrate on the first 150 bundled test images, evaluate on the other 150: no overlap.
     data = np.load(data_path, allow_pickle=False)
-    calib, held_out = out / "calibration.npz", out / "evaluation.npz"
-    np.savez(calib, input=data["input"][:150])
-    np.savez(held_out, input=data["input"][150:], labels=data["labels"][150:])
-    library = out / "library"
+    np.savez(stage / "calibration.npz", input=data["input"][:150])
+    np.savez(stage / "evaluation.npz", input=data["input"][150:], labels=data["labels"][150:])
     progress = [] if sys.stderr.isatty() else ["--no-progress"]
     name = model_path.name
     steps = [
-        (f"inspect {name}", ["inspect", model_path]),
-        (f"optimize {name} -o {out / 'model.opt.onnx'}", ["optimize", model_path, "-o", out / "model.opt.onnx"]),
-        (f"quantize {name} --calib {calib} --eval {held_out} --preset w8a8 -o {out}",
-         ["quantize", model_path, "--calib", calib, "--eval", held_out, "--preset", "w8a8", "-o", out, *progress]),
-        (f"compile {out / 'model.qdq.onnx'} -o {library}", ["compile", out / "model.qdq.onnx", "-o", library]),
-        (f"run {library} --input {held_out}", ["run", library, "--input", held_out])]
+        ("inspect {model}", ["inspect", model_path]),
+        ("optimize {model} -o {out}/model.opt.onnx", ["optimize", model_path, "-o", stage / "model.opt.onnx"]),
+        ("quantize {model} --calib {out}/calibration.npz --eval {out}/evaluation.npz --preset w8a8 -o {out}",
+         ["quantize", model_path, "--calib", stage / "calibration.npz", "--eval", stage / "evaluation.npz",
+          "--preset", "w8a8", "-o", stage, *progress]),
+        ("compile {out}/model.qdq.onnx -o {out}/library", ["compile", stage / "model.qdq.onnx", "-o", stage / "library"]),
+        ("run {out}/library --input {out}/evaluation.npz", ["run", stage / "library", "--input", stage / "evaluation.npz"])]
     for index, (shown, argv) in enumerate(steps):
-        print(f"{chr(10) if index else ''}== qcompiler {shown}")
+        print(f"{chr(10) if index else ''}== qcompiler {shown.format(model=name, out=out)}")
         code = main([str(a) for a in argv])  # the parser's defaults, as a user gets them
         if code:
             return code
-    return _agreement(library, out / "model.qdq.onnx", data["input"][150:])
+    return _agreement(stage / "library", stage / "model.qdq.onnx", data["input"][150:])
 
 
 def _agreement(library_dir: Path, qdq_path: Path, images: np.ndarray) -> int:

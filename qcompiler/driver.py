@@ -92,12 +92,15 @@ class QuantizeRun:
         return (f"{len(self.bias_shifts)} layers (mean shift of weight rounding folded into the biases; "
                 f"largest change {max(self.bias_shifts.values()):.3g})")
 
-    def save(self, out_dir: str | Path, report: ReportData | None = None) -> list[Path]:
-        """model.qdq.onnx and report.html in out_dir, each written atomically."""
+    def save(self, out_dir: str | Path, report: ReportData | None = None, *, force: bool = True) -> list[Path]:
+        """model.qdq.onnx and report.html in out_dir, both or neither (files.OutputSet); with
+        force=False existing ones are refused (OutputError)."""
         from qcompiler import files, ir
 
-        out = files.prepare_output_dir(Path(out_dir))
-        return [ir.save(self.qdq, out / "model.qdq.onnx"), self.write_report(out, report)]
+        outputs = files.OutputSet(out_dir, QUANTIZE_OUTPUTS, force=force, inputs=[self.float_model.path])
+        with outputs.staging() as stage:
+            written = [ir.save(self.qdq, stage / "model.qdq.onnx"), self.write_report(stage, report)]
+        return [outputs.final(p) for p in written]
 
     def write_report(self, out_dir: Path, report: ReportData | None = None) -> Path:
         """report.html in out_dir (an existing folder), written atomically."""
@@ -108,6 +111,9 @@ class QuantizeRun:
         files.write_text_atomic(path, write_html(report or self.report()))
         return path
 
+
+#: The files `QuantizeRun.save` writes (model.qdq.onnx.data only for models over 2 GiB).
+QUANTIZE_OUTPUTS = ("model.qdq.onnx", "model.qdq.onnx.data", "report.html")
 
 #: Kept for code written against the first API.
 Quantized = QuantizeRun
