@@ -152,7 +152,10 @@ def _check_npy_header(f, available: int, where: str) -> int:
         shape, fortran, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(f)
     except (ValueError, SyntaxError, TypeError) as exc:
         raise CalibrationDataError(f"{where}: not a valid .npy header ({exc})") from None
-    if dtype.hasobject or dtype.kind not in DATA_KINDS or dtype.fields:
+    if dtype.hasobject:
+        raise CalibrationDataError(f"{where}: holds pickled Python objects, which are never loaded; "
+                                   "save plain numeric arrays (np.savez)")
+    if dtype.kind not in DATA_KINDS or dtype.fields:
         raise CalibrationDataError(f"{where}: holds {dtype} values; calibration data must be numbers "
                                    "(float, integer or bool arrays)")
     nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
@@ -222,8 +225,12 @@ def _cast(info: InputInfo, array: np.ndarray, source: str) -> np.ndarray:
         logging.getLogger("qcompiler").warning(
             "%s: '%s' is %s; cast to %s as it is (values %s..%s, not scaled): scale it first if the model expects "
             "normalized inputs", source, info.name, array.dtype, info.dtype, array.min(initial=0), array.max(initial=0))
-    with np.errstate(over="ignore"):   # values beyond float32 become Inf, which _check_one reports
-        return array.astype(info.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = array.astype(info.dtype)
+    if array.dtype.kind == "f" and np.isfinite(array).all() and not np.isfinite(cast).all():
+        raise CalibrationDataError(f"{source}: '{info.name}' has values beyond {info.dtype}'s range (largest "
+                                   f"magnitude {float(np.abs(array).max()):.3g}); the model computes in {info.dtype}")
+    return cast
 
 
 def _check_one(info: InputInfo, array: np.ndarray) -> list[str]:
@@ -246,8 +253,7 @@ def _check_one(info: InputInfo, array: np.ndarray) -> list[str]:
         bad = ~np.isfinite(array)
         if bad.any():
             first = int(np.argwhere(bad.reshape(len(array), -1).any(axis=1))[0, 0])
-            problems.append(f"'{info.name}' has {int(bad.sum())} NaN/Inf values, or values beyond {array.dtype}'s range "
-                            f"(first in sample {first})")
+            problems.append(f"'{info.name}' has {int(bad.sum())} NaN/Inf values (first in sample {first})")
     if array.size and not problems and float(array.max()) == float(array.min()):
         problems.append(f"'{info.name}' is constant (every value {float(array.flat[0])}): it says nothing about ranges")
     return problems

@@ -164,13 +164,3 @@ def _outcome(status: int, report: dict) -> int:
     print(f"qcompiler: crashed in {report['stage']} (signal {signum}, {name}){hint}; no output written",
           file=sys.stderr)
     return CRASH_EXIT_CODE
-
-
-def entry() -> None:
-    """The `qcompiler` console script."""
-    def command() -> int:
-        from qcompiler.cli import main
-
-        return main()
-
-    sys.exit(run_supervised(command))

@@ -84,11 +84,12 @@ def test_passes_lists_registered(capsys):
     (["optimize", "MODEL", "-o", "OUT", "--pass", "missing.py:X"], 2, "does not exist"),
     (["optimize", "MODEL"], 2, "the following arguments are required: -o/--output"),
     (["frobnicate"], 2, "invalid choice"),
-    (["optimize", "MODEL", "-o", "MISSING_DIR/out.onnx"], 6, "does not exist; create it first"),
+    (["optimize", "MODEL", "-o", "A_FILE/out.onnx"], 6, "exists and is not a folder"),
 ])
 def test_usage_errors(tmp_path, capsys, args, code, fragment):
     args = [str(RESNET) if a == "MODEL" else a for a in args]
-    args = [str(tmp_path / a) if a in ("OUT", "MISSING_DIR/out.onnx") else a for a in args]
+    (tmp_path / "A_FILE").write_text("not a folder")
+    args = [str(tmp_path / a) if a in ("OUT", "A_FILE/out.onnx") else a for a in args]
     got, out, err = cli(capsys, *args)
     assert got == code, err
     assert fragment in err

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"qcompiler": ROOT / "qcompiler", "qcompiler.passes": ROOT / "passes", "qcompiler.backends": ROOT / "backends"}
 
 #: The package's face: the Python API, the CLI, the report, the demo and the runtime re-export.
-DRIVER = {"qcompiler", "qcompiler.driver", "qcompiler.compiler", "qcompiler.cli", "qcompiler.cli_options", "qcompiler.demo",
+DRIVER = {"qcompiler", "qcompiler.__main__", "qcompiler.driver", "qcompiler.compiler", "qcompiler.cli", "qcompiler.cli_options", "qcompiler.demo",
           "qcompiler.report", "qcompiler.runtime"}
 #: Passes that compute gradients (through the simulator) and may import jax themselves.
 GRADIENT_PASSES = {"qcompiler.passes.reconstruct_blocks"}

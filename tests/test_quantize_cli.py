@@ -162,7 +162,7 @@ def bad_data(tmp_path):
     ("corrupt", "corrupt or not a numpy"),
     ("not_numpy", "not a numpy .npz/.npy file (it starts with b'hello')"),
     ("missing", "no such file"),
-    ("string_dtype", "the model expects float32"),
+    ("string_dtype", "calibration data must be numbers"),
 ])
 def test_bad_calibration_data(kind, fragment, bad_data, tmp_path, capsys):
     path = bad_data(kind)

@@ -1,0 +1,502 @@
+"""Random small float ONNX graphs for property-based fuzzing of quantize + compile + run, and the
+oracle that judges a compiled library against its QDQ model layer by layer.
+
+    case = fuzz_cases().example()          # a FuzzCase: proto, preset, calibration data
+    outcome = check(case, Path(tmp))       # compile it, run it, compare: an Outcome
+
+The graphs are chains of layers on one activation (a layer may branch and join again: residual
+adds, concats), from an input [1, C, H, W] with C and H, W in 1..16; after a Flatten, the 2-D
+layers (Gemm, MatMul, ...). Weights and calibration data come from a numpy generator seeded by
+a drawn integer, so a case is its drawn choices and shrinks as hypothesis shrinks those.
+
+The contract the oracle checks (qcompiler/fidelity.py) is per layer: each quantized tensor the
+library computes is within 1 LSB of the QDQ model's, when both are fed the same inputs. End to
+end, a 1-LSB rounding near-tie inside the graph may grow through later layers, so `check` also
+cuts the QDQ model at every activation QuantizeLinear (`cut_at_quantizers`), feeds each piece
+the reference's own dequantized input, compiles that once, and compares every piece's output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import onnx
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+import qcompiler
+from graphs import make_proto
+from qcompiler.errors import QCompilerError, UnsupportedModelError
+from qcompiler.quant.presets import PRESETS
+
+MAX_CHANNELS = 16
+MAX_SPATIAL = 16
+OPSET = 17
+#: A float output (no DequantizeLinear makes it: the weight-only presets, a float op last) is
+#: compared in units of its largest magnitude (qcompiler.fidelity.compare). Fed the same inputs,
+#: the library and onnxruntime differ there only by float32 rounding and summation order
+#: (~1e-6); 1e-4 leaves room for that and still sees a wrong op or a dropped bias.
+FLOAT_TOLERANCE = 1e-4
+LSB_TOLERANCE = 1.0 + 1e-4
+
+
+# ---- building graphs ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+
+
+class Builder:
+    """Nodes and initializers of the graph being drawn, with fresh names."""
+
+    def __init__(self, rng: np.random.Generator, input_shape: tuple[int, ...]):
+        self.rng, self.input_shape = rng, input_shape
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: dict[str, np.ndarray] = {}
+        self.layers: list[str] = []   # one readable line per layer, for reports
+        self._count = 0
+
+    def fresh(self, prefix: str) -> str:
+        self._count += 1
+        return f"{prefix}{self._count}"
+
+    def const(self, prefix: str, array) -> str:
+        name = self.fresh(prefix)
+        self.inits[name] = np.asarray(array, np.float32)
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        name = self.fresh(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [name + "_out"], name=name, **attrs))
+        return name + "_out"
+
+    def weights(self, shape, fan_in: int) -> np.ndarray:
+        """He-like scale with a random gain, so activations neither vanish nor explode."""
+        gain = self.rng.uniform(0.5, 2.0)
+        return self.rng.normal(0.0, gain / np.sqrt(max(fan_in, 1)), shape).astype(np.float32)
+
+
+def _window(draw, size: int, max_kernel: int, dilate: bool, max_stride: int = 2):
+    """(kernel, dilation, stride, pad_begin, pad_end) along one spatial axis of `size`, with the
+    (dilated) kernel fitting into the padded input; pads below the kernel, as exporters write."""
+    kernel = draw(st.integers(1, max_kernel))
+    dilation = draw(st.integers(1, 2)) if dilate else 1
+    stride = draw(st.integers(1, max_stride))
+    begin = draw(st.integers(0, kernel - 1))
+    end = draw(st.integers(0, kernel - 1))
+    while dilation * (kernel - 1) + 1 > size + begin + end:   # too big for this input: smaller
+        kernel -= 1                                            # (a 1-wide kernel always fits)
+        begin, end = min(begin, kernel - 1), min(end, kernel - 1)
+    return kernel, dilation, stride, begin, end
+
+
+def _windows(draw, t: Tensor, max_kernel: int, dilate: bool):
+    """Kernel, dilations, strides, pads for both spatial axes (often square, as most nets)."""
+    rows = _window(draw, t.shape[2], max_kernel, dilate)
+    cols = rows if t.shape[2] == t.shape[3] and draw(st.booleans()) else _window(draw, t.shape[3], max_kernel, dilate)
+    kernel, dilations, strides = [rows[0], cols[0]], [rows[1], cols[1]], [rows[2], cols[2]]
+    return kernel, dilations, strides, [rows[3], cols[3], rows[4], cols[4]]
+
+
+def _groups(draw, channels: int) -> int:
+    """1, depthwise (all channels), or another divisor of the channel count."""
+    divisors = [g for g in range(1, channels + 1) if channels % g == 0]
+    return draw(st.sampled_from(sorted(divisors, key=lambda g: (g != 1, g != channels, g))))
+
+
+def conv(draw, b: Builder, t: Tensor, same: bool = False, out_channels: int | None = None) -> str:
+    """A Conv of random groups (depthwise included), kernel 1-5, strides and dilations 1-2, pads
+    (asymmetric too); `same`: stride 1 and odd kernels padded to keep the spatial shape."""
+    cin = t.shape[1]
+    groups = _groups(draw, cin)
+    if out_channels is None:
+        out_channels = groups * draw(st.integers(1, max(1, MAX_CHANNELS // groups)))
+    elif out_channels % groups:   # a given width (a branch) needs a group count that divides it
+        groups = 1
+    if same:
+        k = draw(st.sampled_from([1, 3, 5]))
+        d = draw(st.integers(1, 2))
+        kernel, dilations, strides, pads = [k, k], [d, d], [1, 1], [d * (k - 1) // 2] * 4
+    else:
+        kernel, dilations, strides, pads = _windows(draw, t, 5, dilate=True)
+    weight = b.const("w", b.weights((out_channels, cin // groups, *kernel), cin // groups * kernel[0] * kernel[1]))
+    inputs = [t.name, weight]
+    if draw(st.booleans()):
+        inputs.append(b.const("b", b.rng.normal(0, 0.2, out_channels)))
+    b.layers.append(f"Conv {cin}->{out_channels} g{groups} k{kernel} s{strides} d{dilations} p{pads}")
+    return b.node("Conv", inputs, group=groups, kernel_shape=kernel, strides=strides, dilations=dilations, pads=pads)
+
+
+def residual(draw, b: Builder, t: Tensor) -> str:
+    """x + conv(x) (Relu between, sometimes): an Add of two activations, as in ResNets."""
+    branch = conv(draw, b, t, same=True, out_channels=t.shape[1])
+    described = b.layers.pop()
+    if draw(st.booleans()):
+        branch = b.node("Relu", [branch])
+        described += " -> Relu"
+    operands = [t.name, branch] if draw(st.booleans()) else [branch, t.name]
+    b.layers.append(f"Add(x, {described})" if operands[0] == t.name else f"Add({described}, x)")
+    return b.node("Add", operands)
+
+
+def concat(draw, b: Builder, t: Tensor) -> str:
+    """Concat on the channel axis of x and conv(x), or of two convs of x (Inception-like)."""
+    room = MAX_CHANNELS - t.shape[1]
+    if room >= 1 and draw(st.booleans()):
+        branches = [t.name, conv(draw, b, t, same=True, out_channels=draw(st.integers(1, room)))]
+        described = ["x", b.layers.pop()]
+    else:
+        branches = [conv(draw, b, t, same=True, out_channels=draw(st.integers(1, MAX_CHANNELS // 2)))
+                    for _ in range(2)]
+        described = [b.layers.pop(-2), b.layers.pop()]
+    b.layers.append(f"Concat({', '.join(described)}; axis 1)")
+    return b.node("Concat", branches, axis=1)
+
+
+def pool(draw, b: Builder, t: Tensor) -> str:
+    op = draw(st.sampled_from(["MaxPool", "AveragePool", "GlobalAveragePool"]))
+    if op == "GlobalAveragePool":
+        b.layers.append(op)
+        return b.node(op, [t.name])
+    kernel, _, strides, pads = _windows(draw, t, 3, dilate=False)
+    attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "ceil_mode": draw(st.integers(0, 1))}
+    if op == "AveragePool":
+        attrs["count_include_pad"] = draw(st.integers(0, 1))
+    b.layers.append(f"{op} k{kernel} s{strides} p{pads}" + (" ceil" if attrs["ceil_mode"] else "")
+                    + (f" count_include_pad={attrs['count_include_pad']}" if op == "AveragePool" else ""))
+    return b.node(op, [t.name], **attrs)
+
+
+def resize(draw, b: Builder, t: Tensor) -> str:
+    """Nearest-neighbour upsampling by an integer factor (2-4, to at most twice MAX_SPATIAL),
+    the two ways exporters write it."""
+    factor = draw(st.integers(2, max(2, min(4, 2 * MAX_SPATIAL // max(t.shape[2], t.shape[3])))))
+    mode, nearest = draw(st.sampled_from([("asymmetric", "floor"), ("half_pixel", "round_prefer_floor")]))
+    scales = b.const("scales", [1.0, 1.0, factor, factor])
+    b.layers.append(f"Resize nearest x{factor} ({mode}, {nearest})")
+    return b.node("Resize", [t.name, "", scales], mode="nearest", coordinate_transformation_mode=mode,
+                  nearest_mode=nearest)
+
+
+def activation(draw, b: Builder, t: Tensor) -> str:
+    op = draw(st.sampled_from(["Relu", "Clip", "HardSwish"]))
+    b.layers.append("Clip(0, 6)" if op == "Clip" else op)
+    inputs = [t.name, b.const("lo", 0.0), b.const("hi", 6.0)] if op == "Clip" else [t.name]
+    return b.node(op, inputs)
+
+
+def _channel_constant(draw, b: Builder, t: Tensor, prefix: str, values) -> str:
+    """A scalar or one value per channel ([1, C, 1, 1]; [C] on a 2-D tensor's features)."""
+    if draw(st.booleans()):
+        return b.const(prefix, values(()))
+    shape = (1, t.shape[1], 1, 1) if len(t.shape) == 4 else (t.shape[1],)
+    return b.const(prefix, values(shape))
+
+
+def add_constant(draw, b: Builder, t: Tensor) -> str:
+    c = _channel_constant(draw, b, t, "k", lambda shape: b.rng.normal(0, 0.5, shape))
+    b.layers.append(f"Add constant {list(b.inits[c].shape)}")
+    return b.node("Add", [t.name, c])
+
+
+def mul_constant(draw, b: Builder, t: Tensor) -> str:
+    c = _channel_constant(draw, b, t, "m", lambda shape: b.rng.uniform(-2.0, 2.0, shape))
+    b.layers.append(f"Mul constant {list(b.inits[c].shape)}")
+    return b.node("Mul", [t.name, c])
+
+
+def head(draw, b: Builder, t: Tensor) -> str:
+    """A classifier head: Flatten (straight, or after a global average pool), then Gemm or MatMul."""
+    name = t.name
+    if t.shape[2] * t.shape[3] > 1 and draw(st.booleans()):
+        name = b.node("GlobalAveragePool", [name])
+        b.layers.append("GlobalAveragePool")
+    b.layers.append("Flatten")
+    flat = Tensor(b.node("Flatten", [name]), (1, int(np.prod(_shape(b, name)[1:]))))
+    return draw(st.sampled_from([gemm, matmul]))(draw, b, flat)
+
+
+def gemm(draw, b: Builder, t: Tensor) -> str:
+    features, out = t.shape[1], draw(st.integers(1, MAX_CHANNELS))
+    trans_b = draw(st.integers(0, 1))
+    weight = b.weights((out, features) if trans_b else (features, out), features)
+    inputs = [t.name, b.const("fc", weight)]
+    if draw(st.booleans()):
+        inputs.append(b.const("fcb", b.rng.normal(0, 0.2, out)))
+    b.layers.append(f"Gemm {features}->{out} transB={trans_b}")
+    return b.node("Gemm", inputs, transB=trans_b)
+
+
+def matmul(draw, b: Builder, t: Tensor) -> str:
+    """By a constant [K, N] on the last axis (of a 2-D tensor, or of NCHW's W)."""
+    features, out = t.shape[-1], draw(st.integers(1, MAX_CHANNELS))
+    b.layers.append(f"MatMul {list(t.shape)} x [{features}, {out}]")
+    return b.node("MatMul", [t.name, b.const("mm", b.weights((features, out), features))])
+
+
+#: Layers by the rank of the tensor they read, simplest first (hypothesis shrinks towards the front).
+LAYERS_4D = {"activation": activation, "conv": conv, "pool": pool, "add_constant": add_constant,
+             "mul_constant": mul_constant, "residual": residual, "concat": concat, "resize": resize,
+             "matmul": matmul, "head": head}
+LAYERS_2D = {"activation": activation, "gemm": gemm, "matmul": matmul, "add_constant": add_constant,
+             "mul_constant": mul_constant}
+#: The first layer has weights, as in the nets qcompiler is for: a graph of only elementwise ops
+#: and pools has nothing to quantize but its input and would spend a compile on little.
+FIRST = ["conv", "residual", "concat", "matmul"]
+
+
+def _applicable(t: Tensor, first: bool) -> list[str]:
+    if first:
+        return FIRST
+    if len(t.shape) == 2:
+        return list(LAYERS_2D)
+    kinds = list(LAYERS_4D)
+    if max(t.shape[2], t.shape[3]) > MAX_SPATIAL:   # upsampled once already
+        kinds.remove("resize")
+    return kinds
+
+
+def _shape(b: Builder, name: str) -> tuple[int, ...]:
+    """The tensor's shape by onnx shape inference (strict: an invalid layer fails here, drawn)."""
+    proto = make_proto(b.nodes, [("x", list(b.input_shape))], [(name, None)], b.inits, opset=OPSET)
+    dims = tuple(d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim)
+    assert dims and all(d >= 1 for d in dims), (b.layers, dims)
+    return dims
+
+
+# ---- cases -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class FuzzCase:
+    proto: onnx.ModelProto
+    preset: str
+    calib: dict[str, np.ndarray]
+    layers: list[str]            # what each layer is, in words
+    seed: int                    # of the weights and the calibration data
+
+    @property
+    def ops(self) -> list[str]:
+        return [n.op_type for n in self.proto.graph.node]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(d.dim_value for d in self.proto.graph.input[0].type.tensor_type.shape.dim)
+
+    def describe(self) -> str:
+        return f"{self.preset}, input {list(self.input_shape)}, seed {self.seed}: " + " -> ".join(self.layers)
+
+
+def _calibration(rng: np.random.Generator, kind: str, shape: tuple[int, ...], count: int) -> np.ndarray:
+    """Inputs like a normalized image (normal), a raw one (uniform, non-negative) or a shifted,
+    wide activation."""
+    size = (count, *shape[1:])
+    if kind == "uniform":
+        return rng.uniform(0.0, 1.0, size).astype(np.float32)
+    if kind == "shifted":
+        return rng.normal(rng.uniform(-2, 2), rng.uniform(0.5, 4), size).astype(np.float32)
+    return rng.normal(0.0, 1.0, size).astype(np.float32)
+
+
+@st.composite
+def fuzz_cases(draw, max_layers: int = 3, presets=tuple(PRESETS), samples: int = 8) -> FuzzCase:
+    """A valid float ONNX graph of 1..max_layers layers, a preset, and seeded calibration data."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    shape = (1, draw(st.integers(1, MAX_CHANNELS)), draw(st.integers(1, MAX_SPATIAL)), draw(st.integers(1, MAX_SPATIAL)))
+    b = Builder(rng, shape)
+    t = Tensor("x", shape)
+    for index in range(draw(st.integers(1, max_layers))):
+        kind = draw(st.sampled_from(_applicable(t, first=index == 0)))
+        name = (LAYERS_2D if len(t.shape) == 2 else LAYERS_4D)[kind](draw, b, t)
+        t = Tensor(name, _shape(b, name))
+    proto = make_proto(b.nodes, [("x", list(shape))], [(t.name, list(t.shape))], b.inits, opset=OPSET, name="fuzz")
+    onnx.checker.check_model(proto, full_check=True)
+    preset = draw(st.sampled_from(presets))
+    kind = draw(st.sampled_from(["normal", "uniform", "shifted"]))
+    return FuzzCase(proto, preset, {"x": _calibration(rng, kind, shape, samples)}, b.layers, seed)
+
+
+# ---- the oracle: per-layer comparison ------------------------------------------------------------
+
+def _value_infos(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    return {v.name: v for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
+
+
+def _twin(node: onnx.NodeProto, inputs: list[str], output: str) -> onnx.NodeProto:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return helper.make_node(node.op_type, inputs, [output], name=f"{node.name}__cut", **attrs)
+
+
+def cut_at_quantizers(qdq: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The QDQ model cut into its layers: every activation QuantizeLinear whose dequantized value
+    another node reads gets a twin reading a new graph input '<tensor>__fed' (with a twin of its
+    DequantizeLinear), the readers move to the twin, and the original dequantized tensor becomes
+    a graph output. Each piece then computes one layer from inputs the caller chooses: fed the
+    reference's dequantized values, every piece's output is that layer alone against the
+    reference. Returns the cut model and {fed input: the reference tensor to feed it}."""
+    cut = onnx.ModelProto()
+    cut.CopyFrom(qdq)
+    graph, infos = cut.graph, _value_infos(qdq)
+    constants = {i.name for i in graph.initializer}
+    graph_inputs = {i.name for i in graph.input}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    twins, outputs, fed = [], [], {}
+    for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+        if q.input[0] in constants | graph_inputs:   # the model's input is fed already
+            continue
+        dequantizers = [n for n in readers.get(q.output[0], []) if n.op_type == "DequantizeLinear"]
+        read = [d for d in dequantizers if readers.get(d.output[0])]
+        if not read:   # the graph's last quantizer: its output is compared as it is
+            continue
+        reference = read[0].output[0]
+        source = f"{reference}__fed"
+        fed[source] = reference
+        twins.append(_twin(q, [source, *q.input[1:]], f"{q.output[0]}__cut"))
+        for d in read:
+            twins.append(_twin(d, [f"{q.output[0]}__cut", *d.input[1:]], f"{d.output[0]}__cut"))
+            for reader in readers[d.output[0]]:
+                reader.input[:] = [f"{x}__cut" if x == d.output[0] else x for x in reader.input]
+        outputs.append(reference)
+    # twins read only graph inputs and constants: first, the order stays topological (copies:
+    # clearing a repeated field may detach the messages it held)
+    nodes = twins + [_copy(n) for n in graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    for source, reference in fed.items():
+        info = onnx.ValueInfoProto()
+        info.CopyFrom(infos[reference])
+        info.name = source
+        graph.input.append(info)
+    present = {o.name for o in graph.output}
+    graph.output.extend(infos[name] for name in outputs if name not in present)
+    onnx.checker.check_model(cut, full_check=True)
+    return cut, fed
+
+
+def layer_feeds(qdq: onnx.ModelProto, fed: dict[str, str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`feeds` plus each cut input's value in the reference (onnxruntime, the QDQ model as written)."""
+    from qcompiler.executor import session
+    from qcompiler.fidelity import run_reference
+
+    if not fed:
+        return dict(feeds)
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(qdq)
+    infos = _value_infos(qdq)
+    wanted = sorted(set(fed.values()))
+    exposed.graph.output.extend(infos[name] for name in wanted if name not in {o.name for o in qdq.graph.output})
+    values, feeds = run_reference(session(exposed, optimize=False), feeds)
+    by_name = dict(zip([o.name for o in exposed.graph.output], values))
+    return {**feeds, **{source: by_name[reference] for source, reference in fed.items()}}
+
+
+def build_library(qdq: onnx.ModelProto, folder: Path):
+    """Compile a QDQ model for this host as it is (no quantization) and load the library."""
+    from qcompiler.compiler import compile_qdq, write_library
+    from qcompiler.runtime import load
+
+    model = qcompiler.ir.Model.from_onnx(qdq)
+    write_library(compile_qdq(model, "native", 1), model, folder)
+    return load(folder)
+
+
+@dataclasses.dataclass
+class Worst:
+    """The largest difference over some outputs, and where."""
+
+    value: float = 0.0
+    where: str = ""
+
+    def take(self, value: float, where: str) -> None:
+        if value > self.value or not self.where:
+            self.value, self.where = value, where
+
+
+def worst_by_kind(fidelity, scales: dict) -> tuple[Worst, Worst]:
+    """(largest LSB difference over the quantized outputs, largest relative one over the float)."""
+    lsb, rel = Worst(), Worst()
+    for f in fidelity:
+        (lsb if scales.get(f.output) else rel).take(f.max_lsb, f.output)
+    return lsb, rel
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one case did. status: ok, disagree (a layer over 1 LSB, or a float output over
+    FLOAT_TOLERANCE), refused (UnsupportedModelError, on purpose), error (another QCompilerError),
+    crash (any other exception)."""
+
+    status: str
+    compile_s: float = 0.0
+    end_to_end: Worst | None = None    # LSB over the quantized outputs, the library as compiled
+    end_to_end_float: Worst | None = None   # relative, its float outputs
+    layers: Worst | None = None        # LSB, each layer fed the reference's inputs (the cut model)
+    floats: Worst | None = None        # relative, the float outputs of the cut model
+    error: str = ""
+    qdq: onnx.ModelProto | None = None
+
+    def line(self) -> str:
+        if self.status in ("refused", "error", "crash"):
+            return f"{self.status}: {self.error.splitlines()[0] if self.error else ''}"
+        parts = [self.status, f"end to end {self.end_to_end.value:.2f} LSB",
+                 f"worst layer {self.layers.value:.2f} LSB ({self.layers.where or '-'})"]
+        if self.floats.where:
+            parts.append(f"float outputs {self.floats.value:.2g} of their range ({self.floats.where})")
+        return ", ".join(parts)
+
+
+def _failure(status: str, exc: BaseException, compile_s: float = 0.0, qdq=None) -> Outcome:
+    text = f"{type(exc).__name__}: {exc}"
+    if status == "crash":
+        text += "\n" + "".join(traceback.format_exception(exc)[-6:])
+    return Outcome(status, compile_s, error=text, qdq=qdq)
+
+
+def check(case: FuzzCase, folder: Path) -> Outcome:
+    """Quantize and compile the case with the public API (which checks the library against the
+    QDQ model end to end, `built.fidelity`), then compile the cut model (`cut_at_quantizers`)
+    and compare each layer fed the reference's inputs."""
+    from qcompiler.fidelity import compare, output_scales
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    onnx.save_model(case.proto, str(path))
+    start = time.perf_counter()
+    try:
+        built = qcompiler.compile(path, case.calib, "native", output_dir=folder / "lib", preset=case.preset,
+                                  check_samples=len(case.calib["x"]), progress=False)
+    except UnsupportedModelError as exc:
+        return _failure("refused", exc, time.perf_counter() - start)
+    except QCompilerError as exc:
+        return _failure("error", exc, time.perf_counter() - start)
+    except Exception as exc:  # noqa: BLE001  (a crash is a finding: record it, do not stop the run)
+        return _failure("crash", exc, time.perf_counter() - start)
+    compile_s = time.perf_counter() - start
+    qdq = built.qdq.to_onnx()
+    end_to_end, end_to_end_float = worst_by_kind(built.fidelity, output_scales(qdq))
+    try:
+        cut, fed = cut_at_quantizers(qdq)
+        feeds = layer_feeds(qdq, fed, case.calib)
+        layers, floats = worst_by_kind(compare(cut, build_library(cut, folder / "layers"), feeds), output_scales(cut))
+    except QCompilerError as exc:
+        return _failure("error", exc, compile_s, qdq)
+    except Exception as exc:  # noqa: BLE001
+        return _failure("crash", exc, compile_s, qdq)
+    agrees = layers.value <= LSB_TOLERANCE and floats.value <= FLOAT_TOLERANCE
+    return Outcome("ok" if agrees else "disagree", compile_s, end_to_end, end_to_end_float, layers, floats, qdq=qdq)
