@@ -229,12 +229,14 @@ def write_library(library, qdq: Model, out_dir) -> list:
 
     from qcompiler import __version__, files
     from qcompiler.backends.tvm.build import export, metadata
+    from qcompiler.backends.tvm.runtime import library_digest
     from qcompiler.ir import save
 
     out = files.prepare_output_dir(Path(out_dir))
     onnx_model = qdq.to_onnx()
     meta = metadata(onnx_model, library, __version__)
     paths = [export(library, out / "model.so"), out / "model.json", out / "model.qdq.onnx"]
+    meta["library_sha256"] = library_digest(paths[0])   # checked at load: a folder's files belong together
     files.write_text_atomic(paths[1], json.dumps(meta, indent=1))
     save(qdq, paths[2])
     return paths

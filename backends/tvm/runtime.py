@@ -43,9 +43,59 @@ def read_metadata(folder: str | Path) -> dict:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InvalidModelError(f"{meta_path}: not readable as JSON ({exc})") from None
-    if meta.get("format") != LIBRARY_FORMAT:
-        raise InvalidModelError(f"{meta_path}: format {meta.get('format')!r}, expected {LIBRARY_FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != LIBRARY_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise InvalidModelError(f"{meta_path}: format {found!r}, expected {LIBRARY_FORMAT!r}")
+    problem = schema_problem(meta)
+    if problem:
+        raise InvalidModelError(f"{meta_path}: {problem}; the file was edited or damaged: compile the model again")
+    if library_digest(folder / "model.so") != meta["library_sha256"]:
+        raise InvalidModelError(f"{folder / 'model.so'}: does not match {meta_path} (its sha256 differs from the one "
+                                "recorded): the folder was changed or mixed with another; compile the model again")
     return meta
+
+
+def library_digest(path: Path) -> str:
+    """The sha256 of a library file, as model.json records it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def schema_problem(meta: dict) -> str | None:
+    """What is wrong with model.json's fields that loading and running read (None: nothing)."""
+    target, batch, digest = meta.get("target"), meta.get("batch"), meta.get("library_sha256")
+    if not isinstance(target, dict) or not isinstance(target.get("name"), str):
+        return "'target' must be an object with a 'name'"
+    if not isinstance(target.get("cpu_flags", []), list) or not isinstance(target.get("runner"), (str, type(None))):
+        return "'target' has a malformed 'cpu_flags' or 'runner'"
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        return f"'batch' must be a positive integer, not {batch!r}"
+    if not isinstance(digest, str) or len(digest) != 64:
+        return "'library_sha256' is missing or malformed (libraries from before it was recorded must be rebuilt)"
+    for key in ("inputs", "outputs"):
+        problem = _signature_problem(meta.get(key), key)
+        if problem:
+            return problem
+    return None
+
+
+def _signature_problem(signature, key: str) -> str | None:
+    if not isinstance(signature, dict) or not signature:
+        return f"'{key}' must be a non-empty object of name -> {{dtype, shape}}"
+    for name, spec in signature.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list) or \
+                not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in spec["shape"]):
+            return f"'{key}' entry {name!r} needs a 'shape' of positive integers"
+        try:
+            np.dtype(spec["dtype"] if isinstance(spec.get("dtype"), str) else object())
+        except TypeError:
+            return f"'{key}' entry {name!r} has an unknown dtype {spec.get('dtype')!r}"
+    return None
 
 
 @functools.cache
@@ -227,10 +277,11 @@ def _virtual_machine(lib_path: Path):
 
     try:
         lib = tvm.runtime.load_module(str(lib_path))
+        return VirtualMachine(lib, tvm.runtime.cpu())
     except Exception as exc:  # noqa: BLE001 - tvm raises its own error types for unloadable files
-        raise InvalidModelError(f"{lib_path}: cannot be loaded here ({str(exc).splitlines()[0]}); was it built "
-                                "for another target?") from None
-    return VirtualMachine(lib, tvm.runtime.cpu())
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InvalidModelError(f"{lib_path}: cannot be loaded here as a qcompiler library ({first}); was it "
+                                "built for another target, or is it not a library `qcompiler compile` wrote?") from None
 
 
 def load(folder: str | Path) -> CompiledModel:

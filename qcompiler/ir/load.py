@@ -14,8 +14,10 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
+from qcompiler import supervise
 from qcompiler.errors import InvalidModelError, UnsupportedModelError
 from qcompiler.ir.model import Model
+from qcompiler.ir.validate import check_quant_params, check_runs, serialized_size
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ def load(path: str | os.PathLike, *, check: bool = True) -> Model:
     if check:
         run_checker(proto, path)
     proto = infer_shapes(proto, path)
+    if check:
+        check_quant_params(proto, path)
+        check_runs(proto, path)
     return Model.from_onnx(proto, path=str(path))
 
 
@@ -58,6 +63,8 @@ def read_proto(path: Path) -> onnx.ModelProto:
         raise InvalidModelError(f"{path}: the file is empty (0 bytes); re-export the model")
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
+    except OSError as exc:
+        raise InvalidModelError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InvalidModelError(
             f"{path}: not a readable ONNX protobuf ({size} bytes; truncated or corrupt?): {exc}"
@@ -208,8 +215,12 @@ def _check_plain_file(data_path: Path, where: str) -> None:
 
 def _check_range(tensor: onnx.TensorProto, info, data_path: Path, where: str) -> None:
     size = data_path.stat().st_size
-    offset = int(info.offset or 0)
-    length = int(info.length) if info.length else size - offset
+    try:
+        offset = int(info.offset or 0)
+        length = int(info.length) if info.length else size - offset
+    except (TypeError, ValueError):
+        raise InvalidModelError(f"{where}: offset {info.offset!r} and length {info.length!r} must be whole "
+                                "numbers of bytes") from None
     if offset < 0 or length < 0 or offset + length > size:
         raise InvalidModelError(
             f"{where}: offset {offset} + length {length} exceeds the file's {size} bytes; the data file is truncated"
@@ -235,15 +246,17 @@ def _tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
 
 
 def run_checker(proto: onnx.ModelProto, path: Path) -> None:
-    """onnx.checker with full_check (types and shapes), messages cut to their first line."""
+    """onnx.checker with full_check (types and shapes); its whole message, on one line."""
     try:
-        if proto.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF:
-            onnx.checker.check_model(proto, full_check=True)
-        else:
-            onnx.checker.check_model(str(path), full_check=True)
+        with supervise.stage(f"the ONNX checker ({path})"):
+            if serialized_size(proto) < onnx.checker.MAXIMUM_PROTOBUF:
+                onnx.checker.check_model(proto, full_check=True)
+            else:
+                onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidModelError(f"{path}: the ONNX checker rejects the model: {first}") from None
+        whole = " ".join(str(exc).split()) or type(exc).__name__
+        raise InvalidModelError(f"{path}: the ONNX checker rejects the model: {whole}") from None
+
 
 
 def infer_shapes(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:

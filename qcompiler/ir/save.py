@@ -10,6 +10,7 @@ import onnx
 
 from qcompiler.errors import OutputError
 from qcompiler.ir.model import Model
+from qcompiler.ir.validate import serialized_size
 
 # Protobuf cannot serialize a message over 2 GiB; above this the weights go to a data file.
 EXTERNAL_DATA_THRESHOLD = onnx.checker.MAXIMUM_PROTOBUF
@@ -36,7 +37,7 @@ def save(model: Model | onnx.ModelProto, path: str | os.PathLike, *,
         raise OutputError(f"{path}: cannot write to {folder}: {exc.strerror}") from None
     try:
         tmp_model = tmp_dir / path.name
-        if proto.ByteSize() > external_data_threshold:
+        if serialized_size(proto) > external_data_threshold:
             data_name = f"{path.name}.data"
             onnx.save_model(proto, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
