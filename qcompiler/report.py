@@ -131,17 +131,29 @@ def _pyplot():
     return plt
 
 
+#: Above this many tensors the plots show values along the network (index on the axis) instead
+#: of one labelled bar each: a label per tensor made a 1500-layer report take minutes to draw.
+LABELLED_BARS = 60
+
+
 def _sqnr_plot(tensors: list[TensorError]) -> str:
     if not tensors:
         return ""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(11, 0.22 * len(tensors) + 1))
     values = [min(t.sqnr_db, 99.0) for t in tensors]
     colors = ["tab:blue" if t.role == "weight" else "tab:orange" for t in tensors]
+    xlabel = "SQNR (dB); blue: weights, orange: activations"
+    if len(tensors) > LABELLED_BARS:
+        fig, ax = plt.subplots(figsize=(11, 4))
+        ax.scatter(range(len(tensors)), values, c=colors, s=6)
+        ax.set_xlabel("tensor, in the table's order")
+        ax.set_ylabel(xlabel)
+        return _figure_png(fig)
+    fig, ax = plt.subplots(figsize=(11, 0.22 * len(tensors) + 1))
     ax.barh(range(len(tensors)), values, color=colors)
     ax.set_yticks(range(len(tensors)), [t.name[-40:] for t in tensors], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("SQNR (dB); blue: weights, orange: activations")
+    ax.set_xlabel(xlabel)
     return _figure_png(fig)
 
 
@@ -149,8 +161,15 @@ def _range_plot(tensors: list[TensorError]) -> str:
     if not tensors:
         return ""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(11, 0.22 * len(tensors) + 1))
     lows, highs = np.array([t.lo for t in tensors]), np.array([t.hi for t in tensors])
+    if len(tensors) > LABELLED_BARS:
+        fig, ax = plt.subplots(figsize=(11, 4))
+        ax.vlines(range(len(tensors)), lows, highs, color="tab:green", lw=1)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xlabel("tensor, in the table's order")
+        ax.set_ylabel("value range")
+        return _figure_png(fig)
+    fig, ax = plt.subplots(figsize=(11, 0.22 * len(tensors) + 1))
     ax.barh(range(len(tensors)), highs - lows, left=lows, color="tab:green")
     ax.axvline(0, color="k", lw=0.5)
     ax.set_yticks(range(len(tensors)), [t.name[-40:] for t in tensors], fontsize=7)

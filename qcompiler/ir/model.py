@@ -39,6 +39,8 @@ class Model:
         #: Pass name -> what an analysis pass found (e.g. insert-qdq's dequantized names): results
         #: travel with the model through a pipeline, not on pass objects; never saved to ONNX.
         self.analysis: dict[str, object] = {}
+        self._names: set[str] | None = None   # unique_name's record of names in use (see there)
+        self._names_at = -1                   # len(graph.nodes) when that record was made
 
     # ---- conversion -------------------------------------------------------------------------
     @classmethod
@@ -138,10 +140,19 @@ class Model:
 
     def unique_name(self, base: str) -> str:
         """`base` if no node or tensor uses it yet, else `base_1`, `base_2`, ..."""
-        taken = set(self.graph.tensors()) | {n.name for n in self.graph.nodes}
-        if base not in taken:
-            return base
-        return next(f"{base}_{i}" for i in itertools.count(1) if f"{base}_{i}" not in taken)
+        taken = self._taken_names()
+        name = base if base not in taken else next(f"{base}_{i}" for i in itertools.count(1) if f"{base}_{i}" not in taken)
+        taken.add(name)
+        return name
+
+    def _taken_names(self) -> set[str]:
+        """Every node and tensor name, plus every name handed out since. Walking the graph on each
+        call made inserting N nodes O(N^2) (a 5000-node chain spent minutes here), so the set is
+        kept, and made again whenever nodes were added or removed other than through add_node."""
+        if self._names is None or self._names_at != len(self.graph.nodes):
+            self._names = set(self.graph.tensors()) | {n.name for n in self.graph.nodes}
+            self._names_at = len(self.graph.nodes)
+        return self._names
 
     # ---- edits --------------------------------------------------------------------------------
     def constant(self, name: str, values: np.ndarray) -> Constant:
@@ -158,6 +169,9 @@ class Model:
         node = Node(op=op, name=self.unique_name(name or op), attrs=dict(attrs or {}),
                     inputs=list(inputs), outputs=list(outputs))
         self.graph.nodes.append(node)
+        if self._names is not None and self._names_at == len(self.graph.nodes) - 1:
+            self._names_at += 1   # the record stays whole: add this node's tensors (named anywhere) to it
+            self._names.update(t.name for t in (*node.inputs, *node.outputs))
         return node
 
     def set_const_input(self, node: Node, index: int, values: np.ndarray, name: str | None = None) -> None:

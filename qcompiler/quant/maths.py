@@ -26,11 +26,12 @@ MIN_SCALE = float(np.finfo(np.float32).tiny) * 2**23
 INT32_LIMIT = 2**31 - 1
 
 
-def params_from_range(lo, hi, spec: QuantSpec) -> QuantParams:
+def params_from_range(lo, hi, spec: QuantSpec, *, warn: bool = True) -> QuantParams:
     """Scale and zero point that map [lo, hi] (extended to contain 0) onto the spec's grid.
 
     A zero-width range (an all-zero tensor or channel) has no natural scale; it gets scale 1.0,
-    which represents its only value, 0, exactly (a warning says so).
+    which represents its only value, 0, exactly (a warning says so, unless `warn` is False:
+    callers that see many such tensors say it once).
     """
     lo = np.minimum(np.asarray(lo, np.float64), 0.0)
     hi = np.maximum(np.asarray(hi, np.float64), 0.0)
@@ -47,7 +48,7 @@ def params_from_range(lo, hi, spec: QuantSpec) -> QuantParams:
         zero_point = np.clip(np.rint(spec.qmin - lo / safe), spec.qmin, spec.qmax)
     degenerate = scale <= 0
     if np.any(degenerate):
-        log.warning("zero-width range (%d of %d channels): scale 1.0 represents their value 0 exactly",
+        (log.warning if warn else log.debug)("zero-width range (%d of %d channels): scale 1.0 represents their value 0 exactly",
                     int(np.sum(degenerate)), degenerate.size)
         scale = np.where(degenerate, 1.0, scale)
     scale = np.maximum(scale, MIN_SCALE).astype(np.float32)
