@@ -14,11 +14,15 @@ swallowed still stops the command before its outputs are committed (`raise_if_in
 later ones are ignored while it cleans up. A child that finished (its exit code sent) and
 then dies while the interpreter shuts down returns that code.
 
+The child ends with os._exit after running the exit handlers, so that nothing after the
+command (a caller's frames, the interpreter's teardown of native libraries) runs in it.
+
 `QCOMPILER_NO_SUPERVISE=1` runs the command in the one process (for debuggers).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -124,7 +128,14 @@ def _child(command: Callable[[], int], read_end: int, write_end: int) -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         _send(f"done {code}")
-    raise SystemExit(code)
+        # The child never returns into its caller's code (under pytest that would run the rest
+        # of the session twice): it runs the exit handlers (temporary folders) and leaves.
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code if isinstance(code, int) and 0 <= code < 256 else 70)
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -180,7 +180,11 @@ def check_external_data(proto: onnx.ModelProto, path: Path) -> None:
     """External data must be a plain file inside the model's folder, and offsets in range."""
     base = path.parent.resolve()
     for tensor in external_tensors(proto):
-        info = external_data_helper.ExternalDataInfo(tensor)
+        try:
+            info = external_data_helper.ExternalDataInfo(tensor)
+        except (TypeError, ValueError):   # it parses offset and length with int()
+            raise InvalidModelError(f"{path}: tensor {tensor.name!r}: its external data's offset and length must be "
+                                    "whole numbers of bytes") from None
         where = f"{path}: tensor {tensor.name!r} has external data at {info.location!r}"
         location = Path(info.location)
         if not info.location or location.is_absolute() or info.location.startswith(("/", "\\")):
