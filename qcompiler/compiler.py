@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qcompiler import supervise
 from qcompiler.driver import QuantizeRun, _as_model, build_pipeline, dynamic_inputs, fix_shapes, quantize
 from qcompiler.errors import UsageError
 from qcompiler.evaluation import Evaluation
@@ -207,7 +208,8 @@ def _check(built: CompileRun, data) -> None:
     from qcompiler.fidelity import compare, reference_spread
 
     feeds, proto = dict(data.arrays), built.qdq.to_onnx()
-    built.fidelity = compare(proto, built.load(), feeds)
+    with supervise.stage("the check of the library against its QDQ model"):
+        built.fidelity = compare(proto, built.load(), feeds)
     if any(f.max_lsb > 1.0 + 1e-4 for f in built.fidelity):
         built.reference_spread = reference_spread(proto, feeds)
 
@@ -220,7 +222,8 @@ def compile_qdq(qdq: Model, target="native", batch: int = 1, input_shapes: dict 
     from qcompiler.backends.tvm.build import build
 
     qdq = fix_shapes(qdq, input_shapes)
-    return build(qdq.to_onnx(), target, batch, name=str(qdq.path or "model"))
+    with supervise.stage("the TVM build"):
+        return build(qdq.to_onnx(), target, batch, name=str(qdq.path or "model"))
 
 
 def write_library(library, qdq: Model, out_dir) -> list:

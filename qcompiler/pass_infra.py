@@ -19,6 +19,7 @@ from pathlib import Path
 
 import onnx
 
+from qcompiler import supervise
 from qcompiler.errors import PassError
 from qcompiler.ir import Model, save
 
@@ -51,7 +52,8 @@ class Pass(abc.ABC):
 
     def __call__(self, model: Model) -> PassResult:
         self.requires(model)
-        result = self.call(model)
+        with supervise.stage(f"the pass {self.display_name}"):   # named if native code crashes in it
+            result = self.call(model)
         if not isinstance(result, PassResult):
             raise PassError(f"Pass developer: {self.display_name}.call returned {type(result).__name__}, "
                             "not PassResult(model, modified)")

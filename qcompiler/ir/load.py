@@ -264,9 +264,24 @@ def run_checker(proto: onnx.ModelProto, path: Path) -> None:
 
 
 def infer_shapes(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
-    """Shape inference with data propagation (so Reshape targets resolve where they can)."""
+    """Shape inference with data propagation (so Reshape targets resolve where they can). A
+    model over protobuf's 2 GiB cannot be passed whole: its graph is inferred without the
+    weights (shapes come from the initializers' dims) and the inferred shapes copied back."""
+    large = serialized_size(proto) >= onnx.checker.MAXIMUM_PROTOBUF
     try:
-        return onnx.shape_inference.infer_shapes(proto, check_type=True, data_prop=True)
+        if not large:
+            return onnx.shape_inference.infer_shapes(proto, check_type=True, data_prop=True)
+        weights = [tensor.raw_data for tensor in proto.graph.initializer]   # set aside, not copied
+        for tensor in proto.graph.initializer:
+            tensor.ClearField("raw_data")
+        try:
+            inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, data_prop=False)
+        finally:
+            for tensor, data in zip(proto.graph.initializer, weights):
+                tensor.raw_data = data
+        del proto.graph.value_info[:]
+        proto.graph.value_info.extend(inferred.graph.value_info)
+        return proto
     except (onnx.shape_inference.InferenceError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InvalidModelError(f"{path}: shape inference failed: {first}") from None
+        whole = " ".join(str(exc).split())
+        raise InvalidModelError(f"{path}: shape inference failed: {whole}") from None
