@@ -58,8 +58,9 @@ class CalibrateRanges(Pass):
                 tq = model.quant[name]
                 if tq.group not in group_params:
                     lo, hi = group_ranges[tq.group]
-                    group_params[tq.group] = params_from_range(np.float32(lo), np.float32(hi), tq.spec)
+                    group_params[tq.group] = params_from_range(np.float32(lo), np.float32(hi), tq.spec, warn=False)
                 model.quant[name] = tq.with_params(group_params[tq.group], observed=ranges[name])
+            _warn_zero(group_ranges, activations)
         return PassResult(model, model.fingerprint() != before)
 
     def _observe(self, model: Model, names: list[str]) -> dict[str, tuple[float, float]]:
@@ -89,6 +90,15 @@ class CalibrateRanges(Pass):
 def observation_batch_size(model: Model, names: list[str]) -> int:
     """As many samples as fit BATCH_MEMORY of observed tensors."""
     return int(np.clip(BATCH_MEMORY // max(sample_bytes(model, names), 1), 1, 256))
+
+
+def _warn_zero(group_ranges: dict[str, tuple[float, float]], activations: list[str]) -> None:
+    """One warning for all activations that are 0 on every calibration sample (one per tensor
+    buried a 1500-layer model's summary under 750 lines)."""
+    zero = [g for g, (lo, hi) in group_ranges.items() if lo >= 0.0 and hi <= 0.0]
+    if zero:
+        log.warning("%d of %d activation tensors are 0 on all the calibration data (e.g. %r): scale 1.0 represents "
+                    "that exactly; if they should not be, check the data", len(zero), len(activations), zero[0])
 
 
 def _checked_range(name: str, observer: Observer, spec) -> tuple[float, float]:
