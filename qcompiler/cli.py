@@ -21,7 +21,12 @@ from qcompiler.errors import QCompilerError, UsageError
 log = logging.getLogger("qcompiler")
 
 def main(argv: list[str] | None = None) -> int:
-    supervise.handle_interrupts()
+    """Run one command; its exit code (qcompiler.__main__ runs this in a supervised child)."""
+    with supervise.interrupts_noted():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])  # known before parsing succeeds
     try:

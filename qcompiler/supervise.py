@@ -89,6 +89,27 @@ def handle_interrupts() -> None:
             signal.signal(s, _on_interrupt)
 
 
+@contextlib.contextmanager
+def interrupts_noted() -> Iterator[None]:
+    """handle_interrupts within the block, the caller's handlers restored after it (the CLI's
+    main is also called in-process, from tests and from the demo, nested)."""
+    import threading
+
+    global _interrupted
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    if previous[signal.SIGINT] is not _on_interrupt:
+        _interrupted = False   # a fresh command (not one nested in another)
+    handle_interrupts()
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def _on_interrupt(signum, frame) -> None:
     global _interrupted
     if not _interrupted:
