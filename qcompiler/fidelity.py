@@ -28,10 +28,11 @@ class Fidelity:
     max_lsb: float           # largest |library - reference| / scale over all elements
     equal_share: float       # share of elements that are exactly equal (to within 1e-3 LSB)
     samples: int
+    quantized: bool = True   # False: a float output, compared in units of its largest magnitude
 
     def line(self) -> str:
-        return (f"{self.output}: max {self.max_lsb:.2f} LSB, {100 * self.equal_share:.1f}% of elements exact "
-                f"({self.samples} samples)")
+        difference = f"{self.max_lsb:.2f} LSB" if self.quantized else f"{self.max_lsb:.2g} of its largest magnitude"
+        return f"{self.output}: max {difference}, {100 * self.equal_share:.1f}% of elements exact ({self.samples} samples)"
 
 
 def output_scales(qdq: onnx.ModelProto) -> dict[str, float | None]:
@@ -73,7 +74,8 @@ def compare(qdq: onnx.ModelProto, library, feeds: dict[str, np.ndarray]) -> list
     for (name, scale), expected in zip(output_scales(qdq).items(), reference):
         unit = scale or max(float(np.abs(expected).max(initial=0.0)), 1e-30)
         diff = np.abs(actual[name].astype(np.float64) - expected) / unit
-        results.append(Fidelity(name, float(diff.max(initial=0.0)), float(np.mean(diff < 1e-3)), samples))
+        results.append(Fidelity(name, float(diff.max(initial=0.0)), float(np.mean(diff < 1e-3)), samples,
+                                quantized=scale is not None))
     return results
 
 
