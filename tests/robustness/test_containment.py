@@ -11,7 +11,7 @@ import numpy as np
 
 from qcompiler import supervise
 from qcompiler.files import OutputSet
-from tests.robustness.conftest import listing, one_error, qcompiler
+from cli_helpers import listing, one_error, qcompiler
 
 
 def test_a_library_that_crashes_when_loaded(tmp_path, library):

@@ -9,7 +9,7 @@ from PIL import Image
 
 from qcompiler import ir
 from qcompiler.data import load_data
-from tests.robustness.conftest import RESNET
+from cli_helpers import RESNET
 
 
 def test_links_in_an_image_folder_are_not_followed(tmp_path, caplog):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.robustness.conftest import RESNET, qcompiler
+from cli_helpers import RESNET, qcompiler
 
 
 def test_quantize_and_compile_twice_give_the_same_bytes(tmp_path, calib):

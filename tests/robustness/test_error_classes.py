@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from tests.robustness.conftest import RESNET, listing, one_error, qcompiler
+from cli_helpers import RESNET, listing, one_error, qcompiler
 
 
 def _conv_model(path, weight_channels: int = 3, node_name: str = "conv"):

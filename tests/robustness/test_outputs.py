@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.robustness.conftest import RESNET, ROOT, listing, one_error, qcompiler
+from cli_helpers import RESNET, ROOT, listing, one_error, qcompiler
 
 
 def test_existing_outputs_are_refused_without_force(tmp_path, qdq_model):
