@@ -40,8 +40,8 @@ def test_compile_with_brecq_builds_and_checks_the_library(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--fisher"], "--fisher needs --reconstruct brecq"),
-    (["--reconstruct", "brecq", "--qdrop", "1.5"], "--qdrop 1.5: a probability in [0, 1)"),
-    (["--reconstruct", "brecq", "--iters", "-1"], "--iters and --act-iters must be >= 0"),
+    (["--reconstruct", "brecq", "--qdrop", "1.5"], "argument --qdrop: 1.5: a probability in [0, 1)"),
+    (["--reconstruct", "brecq", "--iters", "-1"], "argument --iters: -1: must be 0 or more"),
     (["--reconstruct", "brecq", "--granularity", "blocks"], "invalid choice: 'blocks'"),
 ])
 def test_bad_options_are_usage_errors(args, message, tmp_path, capsys):
