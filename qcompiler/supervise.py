@@ -5,8 +5,8 @@ onnx's checker, onnxruntime, TVM's build and a compiled library are native code;
 runs in a forked child, and the parent, which has imported nothing heavy, waits for it. The
 child tells the parent over a pipe which stage it is in and which staging folder it is
 writing; if it dies of a signal the parent removes that folder and says, in one line, where it
-crashed (exit code 71). Forking costs about a millisecond (one process, before numpy or onnx
-are imported).
+crashed (exit code 71). It costs about 30 ms a command (measured on `--version`: 0.217 s
+against 0.189 s), the fork happening before numpy or onnx are imported.
 
 Ctrl-C: the parent forwards SIGINT and SIGTERM to the child. The child raises
 KeyboardInterrupt at the first one and notes it, so that an interrupt that native code
