@@ -90,11 +90,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     names = None if args.passes is None else [n.strip() for n in args.passes.split(",") if n.strip()]
     output = args.output
-    outputs = OutputSet(output.parent if str(output.parent) else ".",
-                        [output.name, f"{output.name}.data", *_dump_names(args, output.stem)],
+    outputs = OutputSet(output.parent, [output.name, f"{output.name}.data", *_dump_names(args, output.stem)],
                         force=args.force, inputs=[args.model, *_user_pass_files(args)])
-    outputs.check()
-    with outputs.staging() as stage:
+    with outputs.staging() as stage:   # refuses existing outputs first (OutputSet.check)
         context, timing = _context(args, stage / output.stem, verify=not args.no_verify)
         done = optimize(args.model, names, context, extra=[load_pass(spec)() for spec in args.user_passes])
         ir.save(done.model, stage / output.name)
@@ -279,7 +277,7 @@ def _npz_outputs(args: argparse.Namespace):
     from qcompiler.files import OutputSet
 
     path = args.output
-    return OutputSet(path.parent if str(path.parent) else ".", [path.name], force=args.force,
+    return OutputSet(path.parent, [path.name], force=args.force,
                      inputs=[args.input, args.library / "model.so", args.library / "model.json"])
 
 

@@ -10,6 +10,7 @@ problem reported in one message (CalibrationDataError, exit code 5).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -19,6 +20,8 @@ import numpy as np
 
 from qcompiler.errors import CalibrationDataError, UsageError
 from qcompiler.ir import Model
+
+log = logging.getLogger("qcompiler")
 
 #: torchvision's ImageNet normalization (`--preprocess imagenet`).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -219,12 +222,9 @@ def _cast(info: InputInfo, array: np.ndarray, source: str) -> np.ndarray:
     are taken as they are, not scaled); anything else is left for _check_one to refuse."""
     if info.dtype.kind != "f" or array.dtype.kind not in DATA_KINDS or array.dtype == info.dtype:
         return array
-    if array.dtype.kind != "f":
-        import logging
-
-        logging.getLogger("qcompiler").warning(
-            "%s: '%s' is %s; cast to %s as it is (values %s..%s, not scaled): scale it first if the model expects "
-            "normalized inputs", source, info.name, array.dtype, info.dtype, array.min(initial=0), array.max(initial=0))
+    if array.dtype.kind != "f" and array.size:
+        log.warning("%s: '%s' is %s; cast to %s as it is (values %s..%s, not scaled): scale it first if the model "
+                    "expects normalized inputs", source, info.name, array.dtype, info.dtype, array.min(), array.max())
     with np.errstate(over="ignore", invalid="ignore"):
         cast = array.astype(info.dtype)
     if array.dtype.kind == "f" and np.isfinite(array).all() and not np.isfinite(cast).all():
@@ -376,7 +376,6 @@ def read_image_folder(folder: Path, inputs: list[InputInfo], preprocess: ImagePr
 def image_files(folder: Path, limit: int | None) -> list[Path]:
     """The image files under `folder`, sorted, walked without following links: a link (to a file
     or folder) is skipped with a warning, so that no file outside the folder is read."""
-    import logging
     import os
 
     found, links = [], []
@@ -388,8 +387,8 @@ def image_files(folder: Path, limit: int | None) -> list[Path]:
             elif name in names and path.suffix.lower() in IMAGE_SUFFIXES:
                 found.append(path)
     if links:
-        logging.getLogger("qcompiler").warning("%s: %d links skipped (e.g. %s); image folders are read without "
-                                               "following links", folder, len(links), links[0])
+        log.warning("%s: %d links skipped (e.g. %s); image folders are read without following links",
+                    folder, len(links), links[0])
     found = sorted(found)[:limit]
     if not found:
         raise CalibrationDataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")

@@ -38,10 +38,6 @@ _stage = "qcompiler"
 _interrupted = False
 
 
-def stage_name() -> str:
-    return _stage
-
-
 @contextlib.contextmanager
 def stage(name: str) -> Iterator[None]:
     """Mark a stage of native work, for the crash message ("crashed in NAME")."""

@@ -4,7 +4,6 @@ checker and shape inference; onnxruntime refuses it, naming the node)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,6 @@ from onnx import numpy_helper
 from qcompiler import supervise
 from qcompiler.errors import InvalidModelError, UnsupportedModelError
 from qcompiler.ir.model import MAX_WRITTEN_IR_VERSION
-
-log = logging.getLogger(__name__)
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
