@@ -36,6 +36,7 @@ from qcompiler.passes.correct_bias import CorrectBias  # noqa: E402
 from qcompiler.passes.insert_qdq import InsertQDQ  # noqa: E402
 from qcompiler.passes.partition_blocks import PartitionBlocks  # noqa: E402
 from qcompiler.passes.reconstruct_blocks import ReconstructBlocks  # noqa: E402
+from qcompiler.passes.train_quant import TrainQuant  # noqa: E402
 
 #: What `qcompiler optimize` runs when no --passes are given.
 DEFAULT_PIPELINE = ("canonicalize", "fold-batchnorm", "fold-scale")
@@ -43,6 +44,6 @@ DEFAULT_PIPELINE = ("canonicalize", "fold-batchnorm", "fold-scale")
 __all__ = [
     "AnnotateQuant", "CalibrateRanges", "CorrectBias", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants", "FoldPad", "FoldScale", "FoldShapes",
     "Instrument", "MatMulAddToGemm", "NormalizeClip", "Pass", "PassContext", "PassManager",
-    "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "SumToAdd", "TimingInstrument", "UntieConcats",
+    "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "SumToAdd", "TimingInstrument", "TrainQuant", "UntieConcats",
     "VerifyInstrument", "get_pass", "load_pass", "register", "registered_passes",
 ]

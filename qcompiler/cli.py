@@ -16,6 +16,7 @@ import numpy as np
 
 from qcompiler import supervise
 from qcompiler.cli_options import build_parser, input_shapes, reconstruct_config
+from qcompiler.cli_train import train_config
 from qcompiler.errors import QCompilerError, UsageError
 
 log = logging.getLogger("qcompiler")
@@ -159,9 +160,12 @@ def _quantize(args: argparse.Namespace, dump_prefix: Path):
                          False if args.no_bias_correction else None)
     context, timing = _context(args, dump_prefix)
     preprocess, progress = args.preprocess, not args.no_progress
-    run = driver.quantize(args.model, args.calib, config, calib_count=args.calib_count, batch_size=args.batch_size,
-                          preprocess=preprocess, progress=progress, reconstruct=reconstruct_config(args),
-                          input_shapes=input_shapes(args), context=context)
+    train = train_config(args)
+    run = driver.quantize(args.model, args.calib, config, calib_count=args.calib_count,
+                          batch_size=None if train else args.batch_size, preprocess=preprocess, progress=progress,
+                          reconstruct=reconstruct_config(args), input_shapes=input_shapes(args), context=context,
+                          train=train, train_data=args.train_data, train_count=args.train_count,
+                          held_out=args.eval if train else None)
     evaluation = driver.evaluate(run, args.eval, preprocess=preprocess, progress=progress) if args.eval else None
     return run, evaluation, timing
 

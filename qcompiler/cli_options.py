@@ -189,11 +189,15 @@ def _quantize_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-count", type=positive_int, help="use at most this many calibration samples")
     p.add_argument("--preprocess", default="none", type=preprocess, help="for image folders: 'imagenet', or "
                    "'resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW,color=RGB'")
-    p.add_argument("--batch-size", type=positive_int, help="calibration batch size (default: what fits 256 MiB of activations)")
+    p.add_argument("--batch-size", type=positive_int, help="calibration batch size (default: what fits 256 MiB of "
+                   "activations); with --train, the training batch (default 64)")
     p.add_argument("--no-bias-correction", action="store_true", help="keep the biases as trained (by default the mean "
                    "output shift that weight rounding causes is folded into them; not used with --reconstruct)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _reconstruct_options(p)
+    from qcompiler.cli_train import train_options  # after this module's names exist (it imports positive_int)
+
+    train_options(p)
 
 
 def _reconstruct_options(p: argparse.ArgumentParser) -> None:

@@ -28,6 +28,7 @@ from qcompiler.pass_infra import Instrument, Pass, PassContext, PassManager
 from qcompiler.quant.annotation import weight_values
 from qcompiler.quant.presets import QuantConfig
 from qcompiler.report import ReportData
+from qcompiler.training import TrainConfig, TrainReport
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class QuantizeRun:
     seconds: float = 0.0
     source: str = ""  # the model's path
     calibration_source: str = ""
+    training: TrainReport | None = None  # when trained (QIL/QAT)
 
     def report(self, evaluation: Evaluation | None = None, evaluation_source: str = "") -> ReportData:
         """The report's data: per-tensor errors on the first 64 calibration samples, sizes, settings."""
@@ -79,11 +81,11 @@ class QuantizeRun:
             float_bytes=constant_bytes(self.float_model), quant_bytes=constant_bytes(self.qdq), seconds=self.seconds,
             weight_values=weight_values(self.annotated), reconstruction=self.reconstruction,
             reconstruction_setting=self.reconstruct.describe() if self.reconstruct else "",
-            bias_correction=self.bias_correction(), untied=self.untied)
+            bias_correction=self.bias_correction(), untied=self.untied, training=self.training)
 
     def bias_correction(self) -> str:
         """What correct-bias did, in words ("" when reconstruction ran instead: its row says so)."""
-        if self.reconstruct is not None:
+        if self.reconstruct is not None or self.training is not None:
             return ""
         if not self.config.bias_correction:
             return "off"
@@ -133,16 +135,20 @@ class _KeepInputs(Instrument):
 
 def quantization_pipeline(config: QuantConfig, data: Dataset, *, shapes: dict | None = None,
                           reconstruct: ReconstructConfig | None = None, batch_size: int | None = None,
-                          progress: bool = True) -> list[Pass]:
-    """The passes of post-training quantization, in order: [fold-shapes], the default pipeline,
-    annotate, calibrate, untie concats, then reconstruct (BRECQ) or correct biases, insert QDQ."""
+                          progress: bool = True, train: TrainConfig | None = None, train_data: Dataset | None = None,
+                          held_out: Dataset | None = None) -> list[Pass]:
+    """The passes of quantization, in order: [fold-shapes], the default pipeline, annotate,
+    calibrate, untie concats, then train (QIL/QAT, on `train_data`), reconstruct (BRECQ) or
+    correct biases, insert QDQ."""
     from qcompiler import passes as p
 
     steps: list[Pass] = [p.FoldShapes(shapes)] if shapes else []
     steps += [p.get_pass(name)() for name in p.DEFAULT_PIPELINE]
     steps += [p.AnnotateQuant(config), p.CalibrateRanges(data, batch_size, progress),
               p.UntieConcats(config, data, batch_size, progress)]
-    if reconstruct is not None:
+    if train is not None:
+        steps.append(p.TrainQuant(train_data or data, train, held_out, progress))
+    elif reconstruct is not None:
         steps.append(p.ReconstructBlocks(data, reconstruct, progress))
     elif config.bias_correction:
         steps.append(p.CorrectBias(data, batch_size, progress))
@@ -152,13 +158,16 @@ def quantization_pipeline(config: QuantConfig, data: Dataset, *, shapes: dict | 
 def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None, *, calib_count: int | None = None,
              preprocess: ImagePreprocess | None = None, batch_size: int | None = None, progress: bool = True,
              context: PassContext | None = None, reconstruct: ReconstructConfig | None = None,
-             input_shapes: dict[str, tuple[int, ...]] | None = None) -> QuantizeRun:
+             input_shapes: dict[str, tuple[int, ...]] | None = None, train: TrainConfig | None = None,
+             train_data=None, train_count: int | None = None, held_out=None) -> QuantizeRun:
     """Post-training quantization, one PassManager over `quantization_pipeline` under `context`
     (its instruments see every pass).
 
     `calib`: a .npz/.npy path or image folder, a dict of arrays, or an iterable of feed dicts.
     `input_shapes`: input name -> shape to fix (first dimension -1: keep a dynamic batch); inputs
     with dynamic dimensions beyond the batch otherwise take the calibration data's shape.
+    `train`: QILConfig or QATConfig, trained on `train_data` (like `calib`; default: the
+    calibration data) and evaluated each epoch on `held_out` (like `calib`, with 'labels' for top-1).
     """
     start = time.perf_counter()
     model, config = _as_model(model), config or QuantConfig()
@@ -169,10 +178,18 @@ def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None
             f"e.g. {qdq_nodes[0]}); quantize the float model instead")
     data = load_data(calib, model, preprocess=preprocess, limit=calib_count)
     shapes = resolve_input_shapes(model, input_shapes, data.arrays) if input_shapes or dynamic_inputs(model) else None
+    if train is not None and reconstruct is not None:
+        raise UsageError("choose training (QIL/QAT) or reconstruction (BRECQ), not both")
+    training = held = None
+    if train is not None:
+        training = data if train_data is None else load_data(train_data, model, what="training",
+                                                             preprocess=preprocess, limit=train_count)
+        held = None if held_out is None else load_data(held_out, model, what="evaluation", preprocess=preprocess)
     keep = _KeepInputs(["annotate-quant", "insert-qdq"])
     context = context or PassContext()
     manager = PassManager(quantization_pipeline(config, data, shapes=shapes, reconstruct=reconstruct,
-                                                batch_size=batch_size, progress=progress),
+                                                batch_size=batch_size, progress=progress, train=train,
+                                                train_data=training, held_out=held),
                           PassContext([*context.instruments, keep], context.options))
     qdq = manager(model).model
     untied = qdq.analysis.get("untie-concats", {})
@@ -182,7 +199,8 @@ def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None
                        if "insert-qdq" in qdq.analysis else {}, config, data,
                        qdq.analysis.get("reconstruct-blocks", []), qdq.analysis.get("correct-bias", {}), untied,
                        reconstruct, time.perf_counter() - start, str(model.path or ""),
-                       calib if isinstance(calib, (str, Path)) else type(calib).__name__)
+                       calib if isinstance(calib, (str, Path)) else type(calib).__name__,
+                       qdq.analysis.get("train-quant"))
 
 
 def evaluate(run: QuantizeRun, data, *, preprocess: ImagePreprocess | None = None,

@@ -18,13 +18,18 @@ class Progress:
             return
         fraction = self.done / self.total
         elapsed = time.perf_counter() - self.start
-        line = f"{self.label} {'#' * int(20 * fraction):<20} {self.done}/{self.total} {elapsed:5.1f}s {note}"
+        left = f" ~{elapsed / self.done * (self.total - self.done):.0f}s left" if 0 < self.done < self.total else ""
+        line = f"{self.label} {'#' * int(20 * fraction):<20} {self.done}/{self.total} {elapsed:5.1f}s{left} {note}"
         if self.tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)
         elif int(fraction * 10) != self._last_decile:
             self._last_decile = int(fraction * 10)
             print(line, file=sys.stderr, flush=True)
 
-    def close(self) -> None:
+    def close(self, note: str = "") -> None:
+        """End the bar; a `note` (e.g. a held-out result) is printed on its last line."""
+        if note and self.enabled:
+            self._last_decile = -1  # print the final line again, with the note
+            self.advance(0, note)
         if self.enabled and self.tty:
             print(file=sys.stderr)

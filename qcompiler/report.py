@@ -36,6 +36,7 @@ class ReportData:
     reconstruction_setting: str = ""
     bias_correction: str = ""  # what correct-bias did, for the summary; "" when it did not run
     untied: dict = dataclasses.field(default_factory=dict)  # Concat -> why its inputs keep their own scales
+    training: object = None  # a qcompiler.training.TrainReport, when trained (QIL/QAT)
 
 
 def summary_table(r: ReportData) -> str:
@@ -62,6 +63,10 @@ def summary_table(r: ReportData) -> str:
         rows.append(("reconstruction", f"{r.reconstruction_setting}: {len(r.reconstruction)} blocks, block output "
                      f"error {before:.4g} -> {after:.4g} (sum, nearest rounding -> learned), "
                      f"{sum(b.seconds for b in r.reconstruction):.1f} s"))
+    if r.training is not None:
+        from qcompiler.report_training import training_row
+
+        rows.append(training_row(r.training))
     worst = sorted((t for t in r.tensors if math.isfinite(t.sqnr_db)), key=lambda t: t.sqnr_db)[:3]
     if worst:
         rows.append(("lowest SQNR tensors", "; ".join(f"{t.name} {t.sqnr_db:.1f} dB" for t in worst)))
@@ -91,6 +96,9 @@ def write_html(r: ReportData) -> str:
                   "samples, with nearest rounding and calibrated ranges, then with the learned rounding and "
                   "step sizes.</p><table><tr><th>block</th><th>layers</th><th>nearest</th><th>learned</th>"
                   f"<th>seconds</th></tr>{blocks}</table>")
+    from qcompiler.report_training import training_html
+
+    blocks += training_html(r.training)
     figures = "".join(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{png}'>" for title, png in plots if png)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>qcompiler report: {html.escape(r.model_path)}</title>

@@ -70,7 +70,9 @@ PRESETS = {p.name: p for p in (
            description="int8 per-tensor weights (the whitepaper's baseline)"),
     _low_bit("w4a8", 4, 8, "int4 weights, uint8 activations"),
     _low_bit("w4a4", 4, 4, "int4 weights, uint4 activations"),
+    _low_bit("w3a3", 3, 3, "int3 weights, uint3 activations (for training: QIL, QAT)"),
     _low_bit("w2a4", 2, 4, "2-bit weights, uint4 activations"),
+    _low_bit("w2a2", 2, 2, "2-bit weights, uint2 activations (for training: QIL, QAT)"),
     _low_bit("w4", 4, 0, "int4 weights only, float activations"),
     _low_bit("w2", 2, 0, "2-bit weights only, float activations"),
 )}

@@ -1,0 +1,125 @@
+"""train-quant: quantization-aware training of an annotated, calibrated model, by QIL's learned
+intervals (Jung et al. 2019) or the whitepaper's fake-quant fine-tuning (QAT); see
+qcompiler.sim.training for the loop and qcompiler.sim.quantizers for the quantizers.
+
+What was trained is written back as ordinary annotations, so that insert-qdq exports exactly
+the trained network:
+- QIL weights: their integer codes (`rounded`) with symmetric per-channel scales (c + d) / levels;
+  the trained float weights replace the initializers (the report draws them);
+- QIL activations: scale 2d / levels, zero point 0, and the pruning shift c - d subtracted from the
+  bias of the layer that produces them;
+- QAT: the fine-tuned float weights (insert-qdq rounds them at their calibrated scales) and the
+  learned or EMA-tracked activation scales and zero points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from qcompiler.data import Dataset
+from qcompiler.errors import PassError
+from qcompiler.ir import Model
+from qcompiler.pass_infra import Pass, PassResult
+from qcompiler.quant.spec import QuantParams
+from qcompiler.registry import register
+from qcompiler.training import ActivationInterval, LayerInterval, QILConfig, TrainConfig, TrainReport
+
+
+@register("train-quant")
+class TrainQuant(Pass):
+    """Train the quantized network with the task loss (see the module docstring)."""
+
+    def __init__(self, data: Dataset | None = None, config: TrainConfig | None = None,
+                 held_out: Dataset | None = None, progress: bool = True) -> None:
+        self.data, self.config, self.held_out, self.progress = data, config or QILConfig(), held_out, progress
+        self.report: TrainReport | None = None
+
+    def requires(self, model: Model) -> None:
+        if model.quant and self.data is None:
+            raise PassError("train-quant needs training data: TrainQuant(data=...)")
+        if any(tq.params is None for tq in model.quant.values()):
+            raise PassError("train-quant: run calibrate-ranges first (some tensors have no params)")
+
+    def call(self, model: Model) -> PassResult:
+        if not model.quant:
+            return PassResult(model, False)
+        from qcompiler.sim.training import Training  # jax loads only when a model is trained
+
+        start = time.perf_counter()
+        run = Training(model, self.config, self.data, self.held_out, self.progress)
+        params = run.run()
+        quantizers = run.quantizers
+        write_back(model, quantizers, params)
+        self.report = TrainReport(self.config.describe(), list(self.config.progressive), run.losses, run.evaluations,
+                                  run.metric, intervals(model, quantizers, params), activation_intervals(
+                                      model, quantizers, params), time.perf_counter() - start, len(run.chosen))
+        model.analysis[self.name] = self.report
+        return PassResult(model, True)
+
+
+def write_back(model: Model, quantizers, params: dict) -> None:
+    """The trained values onto the model's initializers and annotations (see the module docstring)."""
+    tensors = model.tensors()
+    for name, tq in list(model.quant.items()):
+        if tq.role == "weight":
+            tensors[name].values = np.asarray(params["weights"][name], np.float32).reshape(tensors[name].shape)
+            if quantizers.method == "qil":
+                model.quant[name] = _qil_weight(name, tq, params)
+    for bias, group in quantizers.shifts.items():
+        shift = max(float(params["qil_t"][group]), 0.0)
+        tensors[bias].values = (model.const_value(tensors[bias]) - np.float32(shift)).astype(np.float32)
+    for name, tq in list(model.quant.items()):
+        if tq.role != "activation":
+            continue
+        group = tq.group or name
+        if group in quantizers.qil_groups:
+            scale = np.asarray(quantizers.act_scale(params, group, None), np.float32)
+            zero = np.zeros_like(tq.params.zero_point)
+        else:
+            scale, zero = (np.asarray(v) for v in params["act"][group])
+            zero = np.rint(zero).astype(tq.params.zero_point.dtype)
+        model.quant[name] = tq.with_params(QuantParams(scale=scale.reshape(tq.params.scale.shape),
+                                                       zero_point=zero.reshape(tq.params.zero_point.shape)))
+
+
+def _qil_weight(name: str, tq, params: dict):
+    """A QIL weight's annotation: symmetric codes (ternary at 2 bits) at scale (c + d) / levels."""
+    from qcompiler.sim import qil
+
+    c, d = params["qil_w"][name]
+    spec = dataclasses.replace(tq.spec, symmetric=True, narrow=True)
+    codes = qil.weight_codes(params["weights"][name], c, d, params["qil_gamma"][name], spec.bits, spec.axis)
+    scale = np.asarray(qil.weight_scale(c, d, spec.bits), np.float32).reshape(tq.params.scale.shape)
+    return dataclasses.replace(tq, spec=spec, params=QuantParams(scale=scale, zero_point=np.zeros(
+        scale.shape, np.int32)), rounded=np.asarray(codes).astype(np.int32))
+
+
+def intervals(model: Model, quantizers, params: dict) -> list[LayerInterval]:
+    """Each weight's mean interval, gamma and pruned/clipped fractions (QIL), for the report."""
+    from qcompiler.sim import qil
+
+    out = []
+    if quantizers.method != "qil":
+        return out
+    for name, tq in model.quant.items():
+        if tq.role == "weight":
+            c, d = (np.asarray(v) for v in params["qil_w"][name])
+            w = np.asarray(params["weights"][name])
+            pruned, clipped = qil.pruned_fraction(w, c, d, tq.spec.axis)
+            out.append(LayerInterval(name, tq.layer, tq.spec.bits, float(np.mean(c)), float(np.mean(d)),
+                                     float(params["qil_gamma"][name]), pruned, clipped))
+    return out
+
+
+def activation_intervals(model: Model, quantizers, params: dict) -> list[ActivationInterval]:
+    """Each QIL activation's interval [c - d, c + d] in the units of the tensor before the shift."""
+    shifts = {group: max(float(params["qil_t"][group]), 0.0) for group in quantizers.shifts.values()}
+    out = []
+    for group in sorted(quantizers.qil_groups):
+        d = float(np.maximum(params["qil_a"][group], 0))
+        low = shifts.get(group, 0.0)
+        out.append(ActivationInterval(group, model.quant[group].spec.bits, low, low + 2 * d))
+    return out
