@@ -36,6 +36,7 @@ class TrainQuant(Pass):
                  held_out: Dataset | None = None, progress: bool = True) -> None:
         self.data, self.config, self.held_out, self.progress = data, config or QILConfig(), held_out, progress
         self.report: TrainReport | None = None
+        self.trained: tuple | None = None  # (quantizers, params) of the last run, for inspection
 
     def requires(self, model: Model) -> None:
         if model.quant and self.data is None:
@@ -52,10 +53,12 @@ class TrainQuant(Pass):
         run = Training(model, self.config, self.data, self.held_out, self.progress)
         params = run.run()
         quantizers = run.quantizers
+        self.trained = (quantizers, params)
         write_back(model, quantizers, params)
         self.report = TrainReport(self.config.describe(), list(self.config.progressive), run.losses, run.evaluations,
                                   run.metric, intervals(model, quantizers, params), activation_intervals(
-                                      model, quantizers, params), time.perf_counter() - start, len(run.chosen))
+                                      model, quantizers, params), time.perf_counter() - start, len(run.chosen),
+                                  run.loss_before, run.loss_after)
         model.analysis[self.name] = self.report
         return PassResult(model, True)
 
@@ -67,9 +70,9 @@ def write_back(model: Model, quantizers, params: dict) -> None:
         if tq.role == "weight":
             tensors[name].values = np.asarray(params["weights"][name], np.float32).reshape(tensors[name].shape)
             if quantizers.method == "qil":
-                model.quant[name] = _qil_weight(name, tq, params)
+                model.quant[name] = _qil_weight(name, tq, params, quantizers)
     for bias, group in quantizers.shifts.items():
-        shift = max(float(params["qil_t"][group]), 0.0)
+        shift = float(quantizers.activation_shift(params, group))
         tensors[bias].values = (model.const_value(tensors[bias]) - np.float32(shift)).astype(np.float32)
     for name, tq in list(model.quant.items()):
         if tq.role != "activation":
@@ -85,11 +88,11 @@ def write_back(model: Model, quantizers, params: dict) -> None:
                                                        zero_point=zero.reshape(tq.params.zero_point.shape)))
 
 
-def _qil_weight(name: str, tq, params: dict):
+def _qil_weight(name: str, tq, params: dict, quantizers):
     """A QIL weight's annotation: symmetric codes (ternary at 2 bits) at scale (c + d) / levels."""
     from qcompiler.sim import qil
 
-    c, d = params["qil_w"][name]
+    c, d = quantizers.weight_interval(params, name)
     spec = dataclasses.replace(tq.spec, symmetric=True, narrow=True)
     codes = qil.weight_codes(params["weights"][name], c, d, params["qil_gamma"][name], spec.bits, spec.axis)
     scale = np.asarray(qil.weight_scale(c, d, spec.bits), np.float32).reshape(tq.params.scale.shape)
@@ -106,7 +109,7 @@ def intervals(model: Model, quantizers, params: dict) -> list[LayerInterval]:
         return out
     for name, tq in model.quant.items():
         if tq.role == "weight":
-            c, d = (np.asarray(v) for v in params["qil_w"][name])
+            c, d = (np.asarray(v) for v in quantizers.weight_interval(params, name))
             w = np.asarray(params["weights"][name])
             pruned, clipped = qil.pruned_fraction(w, c, d, tq.spec.axis)
             out.append(LayerInterval(name, tq.layer, tq.spec.bits, float(np.mean(c)), float(np.mean(d)),
@@ -116,10 +119,10 @@ def intervals(model: Model, quantizers, params: dict) -> list[LayerInterval]:
 
 def activation_intervals(model: Model, quantizers, params: dict) -> list[ActivationInterval]:
     """Each QIL activation's interval [c - d, c + d] in the units of the tensor before the shift."""
-    shifts = {group: max(float(params["qil_t"][group]), 0.0) for group in quantizers.shifts.values()}
+    shifts = {group: float(quantizers.activation_shift(params, group)) for group in quantizers.shifts.values()}
     out = []
     for group in sorted(quantizers.qil_groups):
-        d = float(np.maximum(params["qil_a"][group], 0))
+        d = float(quantizers.activation_distance(params, group))
         low = shifts.get(group, 0.0)
         out.append(ActivationInterval(group, model.quant[group].spec.bits, low, low + 2 * d))
     return out

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import html
 
-import numpy as np
-
 from qcompiler.training import TrainReport
 
 
 def training_row(t: TrainReport) -> tuple[str, str]:
     """The summary table's row: setting, samples, loss first -> last, the last held-out result, time."""
-    head, tail = (float(np.mean(t.losses[:20])), float(np.mean(t.losses[-20:]))) if t.losses else (0.0, 0.0)
     held = f", held-out {t.metric} {100 * t.held_out[-1][1]:.2f}%" if t.held_out else ""
-    return ("training", f"{t.setting}: {t.samples} samples, {len(t.losses)} steps, loss {head:.4g} -> {tail:.4g}"
+    return ("training", f"{t.setting}: {t.samples} samples, {len(t.losses)} steps, task loss {t.loss_before:.4g} -> "
+                        f"{t.loss_after:.4g} (before -> after, on {min(t.samples, 1024)} training samples)"
                         f"{held}, {t.seconds:.1f} s")
 
 

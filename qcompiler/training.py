@@ -20,7 +20,7 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 64
     lr: float = 1e-4  # Adam on the float weights (cosine decay after a 5% warm-up)
-    interval_lr: float = 1e-3  # Adam on intervals, gamma and step sizes
+    interval_lr: float = 5e-3  # Adam on intervals (relative to their start), gamma and step sizes
     labels: bool = False
     progressive: tuple[int, ...] = ()
     seed: int = 0
@@ -110,3 +110,5 @@ class TrainReport:
     activations: list[ActivationInterval]
     seconds: float
     samples: int
+    loss_before: float = 0.0  # the task loss on (at most 1024 of) the training samples, before training
+    loss_after: float = 0.0

@@ -247,3 +247,22 @@ def test_fewer_samples_than_a_fixed_batch(tmp_path):
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [4, 3])], [("y", None)])
     with pytest.raises(CalibrationDataError, match="fixed at 4, but there are only 2 samples"):
         load_data({"x": np.ones((2, 3), np.float32) * np.arange(3)}, model)
+
+
+def test_training_options_are_checked_before_any_training(tmp_path):
+    """--labels without --train is a usage error (2); --labels on data without labels, exit 5,
+    before any training; nothing is written."""
+    import subprocess
+    import sys
+
+    model, calib = ROOT / "models" / "fashion_resnet8.onnx", tmp_path / "calib.npz"
+    np.savez(calib, input=np.load(ROOT / "models" / "fashion_mnist_subset.npz")["input"][:32])
+    base = [sys.executable, "-m", "qcompiler", "quantize", str(model), "--calib", str(calib), "-o", str(tmp_path / "o")]
+    usage = subprocess.run(base + ["--labels"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "--labels needs --train" in usage.stderr
+    bad = subprocess.run(base + ["--preset", "w4a4", "--train", "qil", "--labels", "--progressive", "4,8"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "decreasing" in bad.stderr
+    missing = subprocess.run(base + ["--preset", "w4a4", "--train", "qil", "--labels"], capture_output=True, text=True)
+    assert missing.returncode == 5 and "needs a 'labels' array" in missing.stderr, missing.stderr
+    assert "epoch" not in missing.stderr and not (tmp_path / "o").exists()

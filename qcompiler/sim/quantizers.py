@@ -3,7 +3,11 @@ fake quantization (QAT), over one annotated, calibrated model.
 
     params = {"weights", "weight_q", "act"  (as qcompiler.sim.quantized),
               "qil_w": {weight: (c, d) per channel}, "qil_gamma": {weight: gamma},
-              "qil_a": {group: d}, "qil_t": {group: pruning shift, folded into a bias}}
+              "qil_a": {group: d}, "qil_t": {group: pruning shift, folded into a bias},
+              "qil_units": {weight or group: the starting d}}
+
+Intervals are learned relative to where they start (c = units * qil_w[..][0], and so on), so
+that one learning rate moves a 0.01-wide weight interval and a 5-wide activation interval alike.
 
 `TrainedQuantizers` knows which tensor gets which quantizer; `hooks(bits)` builds them for one
 stage of a progressive schedule (bits: the width of the QIL tensors in that stage).
@@ -80,19 +84,36 @@ class TrainedQuantizers:
         params = quant_params(self.model)
         if self.method != "qil":
             return params
-        qil_w, qil_gamma = {}, {}
+        qil_w, qil_gamma, units = {}, {}, {}
         for name, tq in self.model.quant.items():
             if tq.role == "weight":
                 w = np.asarray(params["weights"][name])
-                c, d = qil.initial_weight_interval(w, tq.spec.bits, tq.spec.axis)
-                qil_w[name] = (jnp.asarray(c), jnp.asarray(d))
+                units[name] = jnp.asarray(qil.initial_weight_interval(w, tq.spec.bits, tq.spec.axis)[1])
+                qil_w[name] = (jnp.ones_like(units[name]), jnp.ones_like(units[name]))  # c = d: nothing pruned
                 qil_gamma[name] = jnp.float32(self.gamma)
-        qil_a = {}
         for group in self.qil_groups:
             tq = self.model.quant[self.groups[group][0]]
-            qil_a[group] = jnp.float32(float(np.max(tq.params.scale)) * qil.activation_levels(tq.spec.bits) / 2)
+            units[group] = jnp.float32(float(np.max(tq.params.scale)) * qil.activation_levels(tq.spec.bits) / 2)
+        qil_a = {group: jnp.float32(1.0) for group in self.qil_groups}
         qil_t = {group: jnp.float32(0.0) for group in self.shifts.values()}
-        return {**params, "qil_w": qil_w, "qil_gamma": qil_gamma, "qil_a": qil_a, "qil_t": qil_t}
+        return {**params, "qil_w": qil_w, "qil_gamma": qil_gamma, "qil_a": qil_a, "qil_t": qil_t, "qil_units": units}
+
+    # ---- intervals in the tensors' units ----
+
+    @staticmethod
+    def weight_interval(params, name: str):
+        """(c, d) of a weight, per channel: c kept >= 0, d above a thousandth of its start."""
+        unit, (c, d) = params["qil_units"][name], params["qil_w"][name]
+        return unit * jnp.maximum(c, 0.0), unit * jnp.maximum(d, 1e-3)
+
+    @staticmethod
+    def activation_distance(params, group: str):
+        return params["qil_units"][group] * jnp.maximum(params["qil_a"][group], 1e-3)
+
+    @staticmethod
+    def activation_shift(params, group: str):
+        """The pruning threshold c - d (>= 0: the ReLU before it makes a negative one meaningless)."""
+        return params["qil_units"][group] * jnp.maximum(params["qil_t"][group], 0.0)
 
     def final_bits(self) -> int | None:
         """The width of the QIL tensors the preset sets below 8 bits (what progressive stages vary)."""
@@ -109,13 +130,12 @@ class TrainedQuantizers:
 
     def act_scale(self, params, group: str, stage: int | None):
         if group in self.qil_groups:
-            return qil.activation_step(params["qil_a"][group], self.bits_at(group, stage))
+            return qil.activation_step(self.activation_distance(params, group), self.bits_at(group, stage))
         return params["act"][group][0]
 
     def weight_scale(self, params, name: str, stage: int | None):
         if self.method == "qil":
-            c, d = params["qil_w"][name]
-            return qil.weight_scale(c, d, self.bits_at(name, stage))
+            return qil.weight_scale(*self.weight_interval(params, name), self.bits_at(name, stage))
         return params["weight_q"][name][0]
 
     # ---- hooks ----
@@ -139,7 +159,7 @@ class TrainedQuantizers:
         def hook(b, params):
             scale = self.act_scale(params, group, stage) * self.weight_scale(params, weight, stage)
             if shift_group is not None:
-                b = b - jnp.maximum(params["qil_t"][shift_group], 0.0)
+                b = b - self.activation_shift(params, shift_group)
             return fake_quant(b, jnp.broadcast_to(scale, b.shape), 0.0, -INT32_LIMIT, INT32_LIMIT, 0)
 
         return hook
@@ -149,7 +169,7 @@ class TrainedQuantizers:
 
         def hook(w, params):
             if self.method == "qil":
-                c, d = params["qil_w"][name]
+                c, d = self.weight_interval(params, name)
                 return qil.qil_weight(w, c, d, params["qil_gamma"][name], bits, spec.axis)
             scale, zero = params["weight_q"][name]
             return fake_quant(w, scale, zero, spec.qmin, spec.qmax, spec.axis)
@@ -164,7 +184,7 @@ class TrainedQuantizers:
                 stats[group] = (jnp.minimum(stats[group][0], jnp.min(x)), jnp.maximum(stats[group][1], jnp.max(x))) \
                     if group in stats else (jnp.min(x), jnp.max(x))
             if group in self.qil_groups:
-                return qil.qil_activation(x, params["qil_a"][group], bits)
+                return qil.qil_activation(x, self.activation_distance(params, group), bits)
             scale, zero = params["act"][group]
             return fake_quant(x, scale, zero, spec.qmin, spec.qmax, None)
 

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from qcompiler.data import Dataset
-from qcompiler.errors import CalibrationDataError, UnsupportedModelError
+from qcompiler.errors import CalibrationDataError, UnsupportedModelError, UsageError
 from qcompiler.progress import Progress
 from qcompiler.quant.maths import MIN_SCALE
 from qcompiler.sim.interpreter import Interpreter
@@ -43,23 +43,23 @@ def trainable_kinds(config: TrainConfig) -> tuple[str, ...]:
 
 
 def merge(frozen: dict, trainable: dict) -> dict:
-    """params with the trainable parts in place; learned step sizes ("act": group -> scale) keep
-    their zero points and stay above the smallest scale."""
+    """params with the trainable parts in place. Step sizes ("act") are learned as multipliers of
+    the starting scale (kept above a thousandth of it), so one learning rate suits any scale."""
     params = dict(frozen)
     for kind, values in trainable.items():
         if kind == "act":
-            params["act"] = {**frozen["act"], **{g: (jnp.maximum(s, MIN_SCALE), frozen["act"][g][1])
-                                                 for g, s in values.items()}}
+            params["act"] = {**frozen["act"], **{g: (frozen["act"][g][0] * jnp.maximum(m, 1e-3), frozen["act"][g][1])
+                                                 for g, m in values.items()}}
         else:
             params[kind] = {**frozen.get(kind, {}), **values}
     return params
 
 
 def split(params: dict, kinds, interval_groups: set[str]) -> dict:
-    """The trainable parts of params: params[kind] for each kind; for "act", the scales of the
-    groups without a QIL interval."""
+    """The trainable parts of params: params[kind] for each kind; for "act", a multiplier (1 at
+    the start) of the scale of each group without a QIL interval."""
     trainable = {k: params[k] for k in kinds if k != "act" and params.get(k)}
-    steps = {g: s for g, (s, _) in params.get("act", {}).items() if g not in interval_groups}
+    steps = {g: jnp.float32(1.0) for g in params.get("act", {}) if g not in interval_groups}
     if "act" in kinds and steps:
         trainable["act"] = steps
     return trainable
@@ -147,9 +147,24 @@ class Training:
         """Train every stage; returns the learned params."""
         targets = self._targets()
         stages = list(self.config.progressive) or [None]
+        final = self.quantizers.final_bits()
+        if stages[0] is not None and stages[-1] != final:
+            raise UsageError(f"--progressive {','.join(map(str, stages))} must end at the preset's width "
+                             f"({final} bits)" if final else "--progressive needs a preset below 8 bits")
+        self.loss_before = self.mean_loss(targets, None)
         for number, bits in enumerate(stages):
             self._stage(bits, targets, f"stage {number + 1}/{len(stages)} ({bits} bits) " if bits else "")
+        self.loss_after = self.mean_loss(targets, None)
         return self.params
+
+    def mean_loss(self, targets: np.ndarray, bits: int | None, count: int = 1024) -> float:
+        """The task loss of the quantized network (the final widths) on the first `count` training samples."""
+        forward, index, total = self._quantized_fn(bits), self.chosen[:count], 0.0
+        for start in range(0, len(index), 256):
+            part = index[start:start + 256]
+            out = forward(self.params, {k: self.data.arrays[k][part] for k in self.inputs})[0]
+            total += float(self._task_loss(out, jnp.asarray(targets[part]))) * len(part)
+        return total / len(index)
 
     def _stage(self, bits: int | None, targets: np.ndarray, label: str) -> None:
         c = self.config
@@ -226,9 +241,7 @@ class Training:
         data = self.held_out
         if data is None or self.classes is None:
             return ""
-        if bits not in self._eval_fns:  # one trace per stage, not per epoch
-            self._eval_fns[bits] = jax.jit(self.sim.function(self.inputs, [self.output], self.quantizers.hooks(bits)))
-        forward, hits = self._eval_fns[bits], 0
+        forward, hits = self._quantized_fn(bits), 0
         for start in range(0, data.count, 256):
             x = {k: data.arrays[k][start:start + 256] for k in self.inputs}
             top = np.asarray(forward(self.params, x)[0]).argmax(axis=1)
@@ -238,6 +251,12 @@ class Training:
         value = hits / data.count
         self.evaluations.append((label, value))
         return f"held-out {self.metric} {100 * value:.2f}%"
+
+    def _quantized_fn(self, bits: int | None):
+        """The jitted quantized network at a stage's widths (traced once per stage, not per epoch)."""
+        if bits not in self._eval_fns:
+            self._eval_fns[bits] = jax.jit(self.sim.function(self.inputs, [self.output], self.quantizers.hooks(bits)))
+        return self._eval_fns[bits]
 
     @property
     def metric(self) -> str:

@@ -1,0 +1,128 @@
+"""train-quant (QIL, QAT): a short training lowers the task loss, with labels and by
+distillation; the exported QDQ model computes what the simulation trained (each layer within 1
+LSB when fed the same inputs); a seed repeats the integers; bad labels are refused before training."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from onnx import numpy_helper
+
+import qcompiler
+from qcompiler.errors import CalibrationDataError
+from qcompiler.executor import session
+from qcompiler.sim import Interpreter
+import qcompiler.quant.annotation
+from qcompiler.training import QATConfig, QILConfig
+from graphs import ROOT
+
+DATA = np.load(ROOT / "models" / "fashion_mnist_subset.npz")
+CALIB = {"input": DATA["input"][:64]}
+LABELLED = {"input": DATA["input"][:192], "labels": DATA["labels"][:192]}
+
+
+def _trained(config, preset="w4a4", train=LABELLED, name="fashion_resnet8"):
+    return qcompiler.quantize(ROOT / "models" / f"{name}.onnx", CALIB, preset, progress=False, train=config,
+                              train_data=train)
+
+
+@pytest.fixture(scope="module")
+def qil_run():
+    return _trained(QILConfig(epochs=2, batch_size=32, labels=True, interval_lr=3e-3))
+
+
+def test_qil_lowers_the_task_loss_and_reports_its_intervals(qil_run):
+    report = qil_run.training
+    assert report.loss_after < report.loss_before, (report.loss_before, report.loss_after)
+    assert len(report.weights) == 10 and {w.bits for w in report.weights} == {4, 8}
+    assert all(w.distance > 0 and 0 <= w.pruned < 1 for w in report.weights)
+    html = qcompiler.report.write_html(qil_run.report())
+    assert "Learned weight intervals" in html and "pruned" in html
+
+
+def test_distillation_lowers_the_kl_to_the_float_model():
+    run = _trained(QATConfig(epochs=2, batch_size=32), train={"input": DATA["input"][:192]})
+    assert run.training.loss_after < run.training.loss_before
+    assert "distillation" in run.training.setting
+
+
+def _lsb_per_layer(annotated, hooks, params, qdq, dequantized, x):
+    """Each quantized activation as `hooks` simulate it, fed the QDQ model's own values of the
+    tensors before it, against the QDQ model: the largest difference in LSBs of its scale."""
+    acts = [n for n, tq in annotated.quant.items() if tq.role == "activation"]
+    names = [dequantized[a] for a in acts]
+    reference = dict(zip(acts, session(qdq, optimize=False, extra_outputs=names).run(names, {"input": x})))
+    sim, worst = Interpreter(annotated), {}
+    for name in acts:
+        if name in sim.graph_inputs:
+            continue
+        inputs = [n for n in reference if n != name and n not in sim.graph_inputs] + sim.graph_inputs
+        fed = [n for n in inputs if any(n in s.inputs for s in sim.steps_between(inputs, [name]))]
+        ours = sim.function(fed, [name], hooks)(params, {n: reference[n] if n != "input" else x for n in fed})[0]
+        scale = float(np.max(qdq.quant_scale(name))) if hasattr(qdq, "quant_scale") else None
+        worst[name] = np.abs(np.asarray(ours) - reference[name])
+    return worst
+
+
+@pytest.mark.parametrize("config,preset", [(QILConfig(epochs=1, batch_size=32, labels=True, interval_lr=3e-2), "w4a4"),
+                                           (QILConfig(epochs=1, batch_size=32, labels=True), "w2a2"),
+                                           (QATConfig(epochs=1, batch_size=32, labels=True, ranges="ema"), "w4a4")],
+                         ids=["qil-w4a4", "qil-w2a2", "qat-ema-w4a4"])
+def test_the_exported_model_is_what_was_trained(config, preset):
+    """The trained hooks (QIL: codes at (c + d) / levels, steps 2d / levels, pruning shifts) on the
+    model as training saw it, against the exported QDQ model: every layer within 1 LSB when fed
+    the QDQ model's inputs to it."""
+    from qcompiler import passes
+    from qcompiler.data import load_data
+    from qcompiler.driver import quantization_pipeline
+    from qcompiler.quant.presets import load_config
+
+    model = qcompiler.load(ROOT / "models" / "fashion_resnet8.onnx")
+    calib, train = load_data(CALIB, model), load_data(LABELLED, model)
+    before = None
+    for step in quantization_pipeline(load_config(None, preset, None, []), calib, train=config, train_data=train,
+                                      progress=False):
+        if isinstance(step, passes.TrainQuant):
+            before = model.copy()
+        dequantized = step.dequantized if isinstance(step, passes.InsertQDQ) else None
+        model = step(model).model
+        trainer = step if isinstance(step, passes.TrainQuant) else locals().get("trainer")
+    quantizers, params = trainer.trained
+    quantizers.model = before
+    x = DATA["input"][256:300]
+    errors = _lsb_per_layer(before, quantizers.hooks(), params, model, step.dequantized, x)
+    for name, error in errors.items():
+        group = before.quant[name].group or name
+        lsb = error / float(np.max(np.asarray(quantizers.act_scale(params, group, None))))
+        assert lsb.max() <= 1.0 + 1e-3, f"{name}: {lsb.max():.2f} LSB"
+    if isinstance(config, QILConfig):
+        assert quantizers.shifts  # the Conv -> Relu activations carry their pruning shift in the bias
+
+
+def test_the_same_seed_gives_the_same_integers(qil_run):
+    again = _trained(QILConfig(epochs=2, batch_size=32, labels=True, interval_lr=3e-3))
+    ints = lambda run: {i.name: numpy_helper.to_array(i) for i in run.qdq.to_onnx().graph.initializer
+                        if i.name.endswith("_quantized")}
+    first, second = ints(qil_run), ints(again)
+    assert first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_progressive_and_intervals_only_run_at_two_bits():
+    run = _trained(QILConfig(epochs=1, batch_size=64, labels=True, intervals_only=True, progressive=(4, 2)), "w2a2")
+    weights = {w.name: w for w in run.training.weights}
+    assert {w.bits for w in weights.values()} == {2, 8}
+    assert [label for label, _ in run.training.held_out] == []  # no held-out data given
+    codes = [tq.rounded for tq in run.annotated.quant.values() if tq.role == "weight" and tq.spec.bits == 2]
+    assert codes and all(set(np.unique(c)) <= {-1, 0, 1} for c in codes)  # ternary
+    trained = qcompiler.quant.annotation.weight_values(run.annotated)
+    original = {k: run.float_model.const_value(run.float_model.tensor(k)) for k in trained}
+    assert all(np.array_equal(original[k], trained[k]) for k in trained)  # intervals only: weights kept
+
+
+@pytest.mark.parametrize("labels,message", [(None, "needs a 'labels' array"), (np.full(256, 10), "0..9"),
+                                            (np.full(256, 0.5), "one class index per sample")])
+def test_bad_labels_are_refused_before_training(labels, message):
+    data = {"input": DATA["input"][:192]} | ({} if labels is None else {"labels": labels[:192]})
+    with pytest.raises(CalibrationDataError, match=message):
+        _trained(QILConfig(labels=True), train=data)
