@@ -127,7 +127,8 @@ def read_array_file(path: Path, inputs: list[InputInfo]) -> tuple[dict[str, np.n
                                            f"{[i.name for i in inputs]}; use a .npz with one array per input")
             with open(path, "rb") as f:
                 _check_npy_header(f, path.stat().st_size, str(path))
-            arrays = {inputs[0].name: np.load(path, allow_pickle=False)}
+            # memory-mapped: training and calibration read the samples of each batch, not the whole file
+            arrays = {inputs[0].name: np.load(path, mmap_mode="r", allow_pickle=False)}
         else:
             arrays = _read_npz(path)
     except ValueError as exc:

@@ -181,7 +181,7 @@ def test_bad_eval_data_is_exit_5_and_nothing_written(bad_data, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--preset", "w3a3"], "unknown preset 'w3a3'"),
+    (["--preset", "w5a5"], "unknown preset 'w5a5'"),
     (["--observer", "magic"], "unknown observer 'magic'"),
     (["--override", "no-colon"], "expected PATTERN:key=value"),
     (["--override", "x:wbits=9"], "wbits must be one of 2..8 or 16"),

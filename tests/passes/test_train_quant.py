@@ -144,3 +144,15 @@ def test_bad_labels_are_refused_before_training(labels, message):
     data = {"input": DATA["input"][:192]} | ({} if labels is None else {"labels": labels[:192]})
     with pytest.raises(CalibrationDataError, match=message):
         _trained(QILConfig(labels=True), train=data)
+
+
+def test_npy_training_data_streams_from_disk(tmp_path):
+    """A .npy is memory-mapped, so training reads each batch's samples rather than the whole file."""
+    from qcompiler.data import load_data
+
+    path = tmp_path / "train.npy"
+    np.save(path, DATA["input"][:64])
+    data = load_data(path, small_classifier(), what="training")
+    assert isinstance(data.arrays["input"], np.memmap)
+    run = _trained(QILConfig(epochs=1, batch_size=32), train=str(path))
+    assert run.training.samples == 64 and "distillation" in run.training.setting
