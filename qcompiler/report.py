@@ -64,9 +64,9 @@ def summary_table(r: ReportData) -> str:
                      f"error {before:.4g} -> {after:.4g} (sum, nearest rounding -> learned), "
                      f"{sum(b.seconds for b in r.reconstruction):.1f} s"))
     if r.training is not None:
-        from qcompiler.report_training import training_row
+        from qcompiler.report_training import interval_row, training_row
 
-        rows.append(training_row(r.training))
+        rows += [row for row in (training_row(r.training), interval_row(r.training)) if row]
     worst = sorted((t for t in r.tensors if math.isfinite(t.sqnr_db)), key=lambda t: t.sqnr_db)[:3]
     if worst:
         rows.append(("lowest SQNR tensors", "; ".join(f"{t.name} {t.sqnr_db:.1f} dB" for t in worst)))

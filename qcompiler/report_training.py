@@ -16,6 +16,18 @@ def training_row(t: TrainReport) -> tuple[str, str]:
                         f"{held}, {t.seconds:.1f} s")
 
 
+def interval_row(t: TrainReport) -> tuple[str, str] | None:
+    """The summary's row on QIL's intervals: how much each layer prunes and clips (None for QAT)."""
+    if not t.weights:
+        return None
+    pruned = sorted(t.weights, key=lambda w: w.pruned)
+    shifted = sum(a.low > 0 for a in t.activations)
+    return ("QIL intervals", f"{len(t.weights)} weights prune {100 * pruned[0].pruned:.1f}..{100 * pruned[-1].pruned:.1f}% "
+                             f"(most: {pruned[-1].name}), clip up to {100 * max(w.clipped for w in t.weights):.1f}%; "
+                             f"{shifted} of {len(t.activations)} activations prune below a learned threshold; "
+                             "per layer in report.html")
+
+
 def training_html(t: TrainReport | None) -> str:
     """The report's training section (empty without training)."""
     if t is None:

@@ -155,6 +155,10 @@ class Training:
         for number, bits in enumerate(stages):
             self._stage(bits, targets, f"stage {number + 1}/{len(stages)} ({bits} bits) " if bits else "")
         self.loss_after = self.mean_loss(targets, None)
+        if self.loss_after > self.loss_before:
+            log.warning("training raised the task loss on the training samples from %.4g to %.4g; try lower "
+                        "learning rates (--lr, --interval-lr) or more samples and epochs", self.loss_before,
+                        self.loss_after)
         return self.params
 
     def mean_loss(self, targets: np.ndarray, bits: int | None, count: int = 1024) -> float:
