@@ -50,6 +50,15 @@ def top1(model, images: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(predictions == labels))
 
 
+def _planned(method: str, args) -> dict:
+    """The training samples and epochs a method runs with (0, 0 for the untrained ones)."""
+    if method in ("float", "nearest", "brecq"):
+        return {"train_count": 0, "epochs": 0}
+    labelled = method.endswith("labels")
+    return {"train_count": args.train_count if labelled else args.distill_count,
+            "epochs": args.epochs if labelled else args.distill_epochs}
+
+
 def run_one(name: str, preset: str, method: str, args, data) -> dict:
     train_x, train_y, test_x, test_y, calib = data
     path = Path(models.__file__).parent / f"{name}.onnx"
@@ -76,20 +85,21 @@ def render(runs: list[dict], args) -> str:
              "(difference from float in brackets). Calibration: 1024 training images (seed 0). First and last layer "
              "8-bit, as in the other low-bit presets. *labels*: cross-entropy on the first N training images; "
              "*distill*: KL from the float model on the first N training images, without their labels. "
-             f"BRECQ: block granularity, {args.brecq_iters} iterations per block. N and epochs per run are in the "
-             "time table.", "",
+             "Columns name the training images (k = 1024) and epochs. "
+             f"BRECQ: block granularity, {args.brecq_iters} iterations per block. Defaults: batch 64, Adam, "
+             "lr 1e-4 (weights) and 5e-3 (intervals, step sizes; relative), 5% warm-up then cosine decay.", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores; command: `python benchmarks/train_accuracy.py "
              f"{' '.join(args.argv)}`; raw numbers in train.<model>.json next to this file.", ""]
     for name in sorted({r["model"] for r in runs}):
         mine = [r for r in runs if r["model"] == name]
         float_top1 = next((r["top1"] for r in mine if r["method"] == "float"), None)
-        methods = [m for m in METHODS if m != "float" and any(r["method"] == m for r in mine)]
+        columns = sorted({_column(r) for r in mine if r["method"] != "float"}, key=_order)
         lines += [f"## {name}" + (f" (float top-1 {100 * float_top1:.2f}%)" if float_top1 else ""), "",
-                  "| preset | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+                  "| preset | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
         for preset in PRESETS:
             cells = []
-            for method in methods:
-                r = next((r for r in mine if r["preset"] == preset and r["method"] == method), None)
+            for column in columns:
+                r = next((r for r in mine if r["preset"] == preset and _column(r) == column), None)
                 cells.append("" if r is None else f"{100 * r['top1']:.2f}" + (
                     f" ({100 * (r['top1'] - float_top1):+.2f})" if float_top1 else ""))
             if any(cells):
@@ -100,6 +110,23 @@ def render(runs: list[dict], args) -> str:
     lines += [f"| {r['model']} | {r['preset']} | {r['method']} | {r['train_count'] or ''} | {r['epochs'] or ''} | "
               f"{r['seconds']:.0f} |" for r in runs if r["method"] != "float"]
     return "\n".join(lines) + "\n"
+
+
+def _column(run: dict) -> str:
+    """A table column: the method, with the training samples and epochs for the trained ones."""
+    if not run["train_count"]:
+        return run["method"]
+    return f"{run['method']} {run['train_count'] // 1024 if run['train_count'] % 1024 == 0 else run['train_count']}" \
+           f"{'k' if run['train_count'] % 1024 == 0 else ''} x{run['epochs']}"
+
+
+def _order(column: str) -> tuple:
+    method = next(m for m in sorted(METHODS, key=len, reverse=True) if column.startswith(m))
+    return METHODS.index(method), column
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in ("preset", "method", "train_count", "epochs"))
 
 
 def main() -> None:
@@ -129,9 +156,10 @@ def main() -> None:
             for method in args.methods:
                 if method == "float" and preset != args.presets[0]:
                     continue
-                if any(r["preset"] == preset and r["method"] == method for r in runs) and not args.fresh:
+                planned = {"preset": preset, "method": method, **_planned(method, args)}
+                if any(_same(r, planned) for r in runs) and not args.fresh:
                     continue
-                runs = [r for r in runs if not (r["preset"] == preset and r["method"] == method)]
+                runs = [r for r in runs if not _same(r, planned)]
                 runs.append(run_one(name, preset, method, args, data))
                 print(f"{name} {preset} {method}: {100 * runs[-1]['top1']:.2f}% in {runs[-1]['seconds']:.0f} s",
                       flush=True)

@@ -217,7 +217,8 @@ def _reconstruct_options(p: argparse.ArgumentParser) -> None:
                    "together, keeping each activation in float with probability P (the authors use 0.5)")
     g.add_argument("--reconstruct-samples", type=positive_int, default=defaults.samples,
                    help="calibration samples reconstruction uses at most (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=defaults.seed, help="random seed of reconstruction and of training "
+                   "(default: %(default)s)")
 
 
 def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig | None:
