@@ -105,11 +105,30 @@ def render(runs: list[dict], args) -> str:
             if any(cells):
                 lines.append(f"| {preset} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _comparison(runs)
     lines += ["Time (whole quantize, seconds, this machine):", "", "| model | preset | method | N | epochs | seconds |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['preset']} | {r['method']} | {r['train_count'] or ''} | {r['epochs'] or ''} | "
               f"{r['seconds']:.0f} |" for r in runs if r["method"] != "float"]
     return "\n".join(lines) + "\n"
+
+
+def _comparison(runs: list[dict]) -> list[str]:
+    """Per model and preset, the best of each family: BRECQ against the best trained run."""
+    lines = ["Where each wins (best run of each kind, from the table):", ""]
+    for name in sorted({r["model"] for r in runs}):
+        for preset in PRESETS:
+            mine = [r for r in runs if r["model"] == name and r["preset"] == preset]
+            brecq = next((r for r in mine if r["method"] == "brecq"), None)
+            trained = sorted((r for r in mine if r["train_count"]), key=lambda r: r["top1"])
+            if brecq is None or not trained:
+                continue
+            best = trained[-1]
+            winner = "BRECQ" if brecq["top1"] >= best["top1"] else _column(best)
+            lines.append(f"- {name} {preset}: BRECQ {100 * brecq['top1']:.2f}, best trained {_column(best)} "
+                         f"{100 * best['top1']:.2f}: {winner} wins by "
+                         f"{100 * abs(brecq['top1'] - best['top1']):.2f} points.")
+    return lines + [""]
 
 
 def _column(run: dict) -> str:
