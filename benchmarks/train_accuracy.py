@@ -88,8 +88,10 @@ def render(runs: list[dict], args) -> str:
              "Columns name the training images (k = 1024) and epochs. "
              f"BRECQ: block granularity, {args.brecq_iters} iterations per block. Defaults: batch 64, Adam, "
              "lr 1e-4 (weights) and 5e-3 (intervals, step sizes; relative), 5% warm-up then cosine decay.", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores; command: `python benchmarks/train_accuracy.py "
-             f"{' '.join(args.argv)}`; raw numbers in train.<model>.json next to this file.", ""]
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores. The runs come from several invocations that "
+             "differ in --presets, --methods, --train-count and --epochs (each run's samples and epochs are in its "
+             "column); the latest: `python benchmarks/train_accuracy.py "
+             f"{' '.join(args.argv)}`. Raw numbers in train.<model>.json next to this file.", ""]
     for name in sorted({r["model"] for r in runs}):
         mine = [r for r in runs if r["model"] == name]
         float_top1 = next((r["top1"] for r in mine if r["method"] == "float"), None)
