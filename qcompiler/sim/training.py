@@ -20,7 +20,7 @@ import optax
 from qcompiler.data import Dataset
 from qcompiler.errors import CalibrationDataError, UnsupportedModelError, UsageError
 from qcompiler.progress import Progress
-from qcompiler.quant.maths import MIN_SCALE
+from qcompiler.quant.maths import MIN_SCALE, params_from_range
 from qcompiler.sim.interpreter import Interpreter
 from qcompiler.sim.quantizers import TrainedQuantizers
 from qcompiler.supervise import raise_if_interrupted
@@ -231,10 +231,8 @@ class Training:
             lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
             lo, hi = (lo, hi) if old is None else (m * old[0] + (1 - m) * lo, m * old[1] + (1 - m) * hi)
             self._ranges[group] = (lo, hi)
-            spec = self.model.quant[group].spec
-            scale = max((hi - lo) / (spec.qmax - spec.qmin), MIN_SCALE)
-            zero = np.clip(np.rint(spec.qmin - lo / scale), spec.qmin, spec.qmax)
-            out[group] = (jnp.float32(scale), jnp.float32(zero))
+            params = params_from_range(lo, hi, self.model.quant[group].spec, warn=False)
+            out[group] = (jnp.float32(params.scale), jnp.float32(params.zero_point))
         return out
 
     # ---- held-out evaluation ----
