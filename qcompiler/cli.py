@@ -202,7 +202,7 @@ def _compile(args: argparse.Namespace, target, dump_prefix: Path | None, model, 
     if dump_prefix is not None:
         run, evaluation, timing = _quantize(args, dump_prefix)
     print(f"building for {target.name} ({target.description}), batch {args.batch} ...", file=sys.stderr)
-    built = compile(run or model, target=target, batch=args.batch, output_dir=stage,
+    built = compile(run or model, target=target, batch=args.batch, output_dir=stage, allow_float=args.allow_float,
                     input_shapes=None if run else input_shapes(args), evaluation=evaluation,
                     evaluation_source=str(args.eval))
     return built, timing
@@ -241,8 +241,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         library = load_for_host(args.library)
     emulated = not hasattr(library, "time")
     if emulated:
-        print(f"{args.library} is built for {library.meta['target']['name']}: running it under qemu-aarch64 "
-              "(correctness, not speed)", file=sys.stderr)
+        print(f"{args.library} is built for {library.meta['target']['name']}: running it under "
+              f"{library.meta['target'].get('runner') or 'qemu-aarch64'} (correctness, not speed)", file=sys.stderr)
         if args.repeat or args.profile:
             raise UsageError("--repeat and --profile time the library: run it on the device it is built for "
                              "(under qemu the times say nothing of the device's)")
@@ -255,6 +255,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if value.ndim == 2:
             line += f", argmax of the first samples: {value.argmax(1)[:10].tolist()}"
         print(line)
+    if emulated:
+        _print_fidelity(Path(args.library), outputs, feeds)
     first = next(iter(outputs.values()))
     if labels is not None and first.ndim == 2:
         print(f"top-1 accuracy: {np.mean(first.argmax(1) == labels):.4f} on {len(labels)} labelled samples")
@@ -266,6 +268,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         _save_npz(args, outputs)
         print(f"wrote {args.output}")
     return 0
+
+
+def _print_fidelity(folder: Path, outputs: dict, feeds: dict) -> None:
+    """An emulated library's outputs against the folder's QDQ model in onnxruntime, in output LSBs."""
+    import onnx
+
+    from qcompiler.fidelity import compare_outputs
+
+    qdq = folder / "model.qdq.onnx"
+    if not qdq.is_file():
+        return
+    for f in compare_outputs(onnx.load(str(qdq)), outputs, feeds):
+        unit = "LSB" if f.quantized else "of the largest magnitude"
+        print(f"{f.output}: against model.qdq.onnx (onnxruntime) at most {f.max_lsb:.2f} {unit} apart, "
+              f"{100 * f.equal_share:.1f}% equal, {f.samples} samples")
 
 
 def _profile_table(rows, top: int = 25) -> str:

@@ -99,9 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="a float .onnx model, or an already quantized *.qdq.onnx")
     p.add_argument("--calib", help="calibration data as for `quantize` (not needed for a QDQ model)")
     p.add_argument("--target", default="native", help="a named target (native: this machine's CPU; x86-64-v3, "
-                   "x86-64-v4, x86-avx512-vnni, arm64, arm64-dotprod, arm64-i8mm; `qcompiler targets` lists them) or "
+                   "x86-64-v4, x86-avx512-vnni, arm64, arm64-dotprod, arm64-i8mm, hexagon-v68, hexagon-v73; "
+                   "`qcompiler targets` lists them) or "
                    "a TVM target string such as 'llvm -mcpu=znver3' (default: native)")
     p.add_argument("--batch", type=positive_int, default=1, help="the batch size the library is built for (default 1)")
+    p.add_argument("--allow-float", action="store_true", help="Hexagon: accept ops that would run in scalar float "
+                   "on the DSP (refused by default, exit 4)")
     p.add_argument("-o", "--output-dir", type=Path, required=True,
                    help="writes model.so, model.json, model.qdq.onnx (and report.html when it quantized) here")
     _force_option(p)

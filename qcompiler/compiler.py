@@ -158,13 +158,19 @@ class CompileRun:
         return load_for_host(self.output_dir)
 
 
+#: A Hexagon library's own files (backends/tvm/hexagon.py), in place of model.so.
+HEXAGON_OUTPUTS = ("model_hvx.o", "model_hvx.so", "qc_model.h", "qc_model.c", "model_weights.S", "model_weights.bin",
+                   "qc_runtime.h", "qc_runtime.c", "Makefile")
+
+
 def compile(model: Model | QuantizeRun | str | Path, calib=None, target: str = "native", *, batch: int = 1,
             output_dir: str | Path | None = None, config: QuantConfig | None = None,
             input_shapes: dict | None = None, evaluation: Evaluation | None = None, evaluation_source: str = "",
-            check_samples: int = 64, **quantize_options) -> CompileRun:
+            check_samples: int = 64, allow_float: bool = False, **quantize_options) -> CompileRun:
     """Quantize (a float model, with `calib`), build the integer library for `target`, write it to
     `output_dir` (model.so, model.json, model.qdq.onnx, and report.html when it quantized) and,
     for a host target, compare it with the QDQ model on up to `check_samples` calibration samples.
+    `allow_float`: a Hexagon build accepts ops left in float (scalar on the DSP; refused, exit 4).
     `quantize_options` go to qcompiler.driver.quantize (calib_count, preprocess, reconstruct, ...)."""
     from qcompiler.backends.tvm.targets import get_target
 
@@ -178,7 +184,7 @@ def compile(model: Model | QuantizeRun | str | Path, calib=None, target: str = "
                                  "it first (or an already quantized *.qdq.onnx)")
             run = quantize(model, calib, config, input_shapes=input_shapes, **quantize_options)
     qdq = run.qdq if run is not None else fix_shapes(model, input_shapes)
-    built = CompileRun(qdq, compile_qdq(qdq, spec, batch), run)
+    built = CompileRun(qdq, compile_qdq(qdq, spec, batch, allow_float=allow_float), run)
     if output_dir is not None:
         _write(built, Path(output_dir), evaluation, evaluation_source)
         if spec.host and run is not None and check_samples:
@@ -188,7 +194,8 @@ def compile(model: Model | QuantizeRun | str | Path, calib=None, target: str = "
 
 #: The files a library folder holds (model.qdq.onnx.data only for models over 2 GiB; report.html
 #: only when compile quantized): all written, or none.
-LIBRARY_OUTPUTS = ("model.so", "model.json", "model.qdq.onnx", "model.qdq.onnx.data", "report.html")
+LIBRARY_OUTPUTS = ("model.so", "model.json", "model.qdq.onnx", "model.qdq.onnx.data", "report.html",
+                   *HEXAGON_OUTPUTS)
 
 
 def _write(built: CompileRun, out: Path, evaluation: Evaluation | None, evaluation_source: str) -> None:
@@ -214,7 +221,8 @@ def _check(built: CompileRun, data) -> None:
         built.reference_spread = reference_spread(proto, feeds)
 
 
-def compile_qdq(qdq: Model, target="native", batch: int = 1, input_shapes: dict | None = None):
+def compile_qdq(qdq: Model, target="native", batch: int = 1, input_shapes: dict | None = None,
+                allow_float: bool = False):
     """Build the QDQ model into an integer library for a target (in memory; `write_library` saves it).
 
     Shape arithmetic left in the model is folded first, at `input_shapes` where given (write
@@ -223,7 +231,7 @@ def compile_qdq(qdq: Model, target="native", batch: int = 1, input_shapes: dict 
 
     qdq = fix_shapes(qdq, input_shapes)
     with supervise.stage("the TVM build"):
-        return build(qdq.to_onnx(), target, batch, name=str(qdq.path or "model"))
+        return build(qdq.to_onnx(), target, batch, name=str(qdq.path or "model"), allow_float=allow_float)
 
 
 def write_library(library, qdq: Model, out_dir) -> list:
@@ -238,7 +246,14 @@ def write_library(library, qdq: Model, out_dir) -> list:
     out = files.prepare_output_dir(Path(out_dir))
     onnx_model = qdq.to_onnx()
     meta = metadata(onnx_model, library, __version__)
-    paths = [export(library, out / "model.so"), out / "model.json", out / "model.qdq.onnx"]
+    if library.target.driver == "c":
+        from qcompiler.backends.tvm.hexagon import write_files
+
+        written = write_files(library.executable, meta, f"{qdq.path or 'the model'} for {library.target.name}", out)
+        meta["library"], meta["target"]["arch"] = "model_hvx.o", library.executable.arch
+        paths = [written[0], out / "model.json", out / "model.qdq.onnx", *written[1:]]
+    else:
+        paths = [export(library, out / "model.so"), out / "model.json", out / "model.qdq.onnx"]
     meta["library_sha256"] = library_digest(paths[0])   # checked at load: a folder's files belong together
     files.write_text_atomic(paths[1], json.dumps(meta, indent=1))
     save(qdq, paths[2])

@@ -92,8 +92,10 @@ def lower(qdq: onnx.ModelProto, batch: int = 1) -> Lowered:
     return Lowered(mod, lowered, float_compute_ops(mod), records)
 
 
-def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: str = "model") -> Library:
-    """Import, rewrite to integer and compile for the target (not yet written to disk)."""
+def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: str = "model",
+          allow_float: bool = False) -> Library:
+    """Import, rewrite to integer and compile for the target (not yet written to disk). A
+    target with a C driver (Hexagon) refuses float code unless `allow_float`."""
     spec = target if isinstance(target, TargetSpec) else get_target(target)
     if batch < 1:
         raise UsageError(f"batch must be at least 1, got {batch}")
@@ -113,7 +115,8 @@ def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: 
     outputs = output_types(integer.mod)
     stages = timer.seconds
     start = time.perf_counter()
-    executable = _compile(mod, target_obj)
+    executable = _compile_for_driver(mod, target_obj, spec, integer, allow_float) if spec.driver == "c" \
+        else _compile(mod, target_obj)
     seconds["codegen"] = time.perf_counter() - start
     return Library(executable, spec, integer.lowered, integer.float_ops, batch, outputs, seconds, kernels, stages)
 
@@ -128,6 +131,15 @@ def _compile(mod, target):
     config = {**dict(current.config), "tirx.disable_assert": True}
     with tvm.transform.PassContext(opt_level=current.opt_level, config=config):
         return tvm.compile(mod, target=target)
+
+
+def _compile_for_driver(mod, target, spec: TargetSpec, integer: Lowered, allow_float: bool):
+    """The kernels and the C driver's plan (Hexagon): hexagon.HexagonBuild."""
+    from qcompiler.backends.tvm.hexagon import build_hexagon, refuse_float
+
+    refuse_float(integer.float_ops, spec, allow_float)
+    with tempfile.TemporaryDirectory(prefix="qc-hexagon-") as work:
+        return build_hexagon(mod, target, spec, Path(work))
 
 
 def schedule(integer: Lowered, spec: TargetSpec, target) -> tuple[object, Counter]:

@@ -36,9 +36,8 @@ def read_metadata(folder: str | Path) -> dict:
     """model.json of a compiled library folder, checked (InvalidModelError, exit 3)."""
     folder = Path(folder)
     meta_path = folder / "model.json"
-    for path in (meta_path, folder / "model.so"):
-        if not path.is_file():
-            raise InvalidModelError(f"{path}: missing; give the folder `qcompiler compile -o` wrote")
+    if not meta_path.is_file():
+        raise InvalidModelError(f"{meta_path}: missing; give the folder `qcompiler compile -o` wrote")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -49,8 +48,11 @@ def read_metadata(folder: str | Path) -> dict:
     problem = schema_problem(meta)
     if problem:
         raise InvalidModelError(f"{meta_path}: {problem}; the file was edited or damaged: compile the model again")
-    if library_digest(folder / "model.so") != meta["library_sha256"]:
-        raise InvalidModelError(f"{folder / 'model.so'}: does not match {meta_path} (its sha256 differs from the one "
+    library = folder / meta.get("library", "model.so")   # model_hvx.o for a C-driver (Hexagon) library
+    if not library.is_file():
+        raise InvalidModelError(f"{library}: missing; give the folder `qcompiler compile -o` wrote")
+    if library_digest(library) != meta["library_sha256"]:
+        raise InvalidModelError(f"{library}: does not match {meta_path} (its sha256 differs from the one "
                                 "recorded): the folder was changed or mixed with another; compile the model again")
     return meta
 
@@ -73,6 +75,8 @@ def schema_problem(meta: dict) -> str | None:
         return "'target' must be an object with a 'name'"
     if not isinstance(target.get("cpu_flags", []), list) or not isinstance(target.get("runner"), (str, type(None))):
         return "'target' has a malformed 'cpu_flags' or 'runner'"
+    if meta.get("library", "model.so") not in ("model.so", "model_hvx.o"):
+        return f"'library' must be model.so or model_hvx.o, not {meta.get('library')!r}"
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         return f"'batch' must be a positive integer, not {batch!r}"
     if not isinstance(digest, str) or len(digest) != 64:
@@ -298,6 +302,10 @@ def load_for_host(folder: str | Path):
         from qcompiler.backends.tvm.qemu import QemuLibrary
 
         return QemuLibrary(folder)
+    if runner == "qemu-hexagon":
+        from qcompiler.backends.tvm.qemu_hexagon import QemuHexagonLibrary
+
+        return QemuHexagonLibrary(folder)
     return CompiledModel(folder)
 
 

@@ -38,6 +38,9 @@ class TargetSpec:
     #: Elements per vector the generic rules split loops by (schedules/cpu_generic.py): 16 on
     #: every target, the value the schedules were written and measured with; others untested.
     vector_lanes: int = 16
+    #: "c": no TVM runtime on the device; the build writes the kernels and a C driver over a
+    #: static memory plan (backends/tvm/hexagon.py). None: a TVM library (model.so).
+    driver: str | None = None
 
     @property
     def host(self) -> bool:
@@ -54,6 +57,9 @@ class TargetSpec:
 
 
 _ARM = dict(cross_compiler="aarch64-linux-gnu-gcc", apt_package="gcc-aarch64-linux-gnu", runner=QEMU_AARCH64)
+#: Hexagon: HVX with 128-byte vectors, no HVX floating point (qemu 7.2 has none, and the
+#: quantized kernels need none): float code at the model's edges stays scalar IEEE.
+_HEXAGON = dict(cross_compiler="ld.lld-14", apt_package="lld-14", runner="qemu-hexagon", driver="c")
 _V3 = ("avx2", "fma", "bmi2", "movbe")
 _V4 = (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
 
@@ -75,6 +81,14 @@ TARGETS: dict[str, TargetSpec] = {t.name: t for t in (
     TargetSpec("arm64-i8mm", "AArch64 v8.6 with smmla (Neoverse-V1 / Cortex-A710 class)",
                {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-v1",
                 "mattr": ["+neon", "+v8.6a", "+dotprod", "+i8mm"]}, dot_kernels=("smmla", "sdot"), **_ARM),
+    TargetSpec("hexagon-v68", "Qualcomm Hexagon v68 DSP with HVX 128-byte vectors (Snapdragon 888 class): C driver",
+               {"kind": "hexagon", "mtriple": "hexagon", "mcpu": "hexagonv68", "mattr": ["+hvxv68", "+hvx-length128b"],
+                "num-cores": 4, "vtcm-capacity": 4 << 20},
+               **_HEXAGON),
+    TargetSpec("hexagon-v73", "Qualcomm Hexagon v73 DSP with HVX 128-byte vectors (Snapdragon 8 Gen 2 class): C driver",
+               {"kind": "hexagon", "mtriple": "hexagon", "mcpu": "hexagonv73", "mattr": ["+hvxv73", "+hvx-length128b"],
+                "num-cores": 4, "vtcm-capacity": 8 << 20},
+               **_HEXAGON),
 )}
 
 #: Old names still accepted.

@@ -1,0 +1,110 @@
+"""The integer kernels of a scheduled module as one Hexagon object file (HVX code), without
+`tvm.compile`, which fails for Hexagon in TVM 0.27.
+
+What runs instead: the memory plan of Relax (`planned_main`, read by c_driver.py), then TVM's
+default TIR pipeline and host finalization by hand over the module's PrimFuncs, then TVM's
+Hexagon code generator. That generator ends by linking a shared object with the Hexagon SDK's
+`hexagon-link` (through the global function `tvm.contrib.hexagon.link_shared`); we take the
+object file it hands to that linker instead, so no SDK is needed: the object is linked with the
+generated C driver by Debian's `ld.lld` (qemu_hexagon.py) or by the SDK's toolchain (the
+Makefile the driver comes with).
+
+Each kernel keeps TVM's packed calling convention (`__tvm_ffi_<name>(self, args, n, result)`,
+arguments as DLTensor pointers), with every argument check removed (`tirx.disable_assert`): the
+driver calls the kernels with the tensors it planned itself.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import tvm
+from tvm import relax, tirx
+
+from qcompiler.errors import UnsupportedModelError
+
+#: Relax's lowering up to the static memory plan: each call_tir becomes a call on planned
+#: output tensors (alloc_storage + alloc_tensor at offsets), which the C driver writes out.
+#: RewriteDataflowReshape is left out on purpose: a reshape stays a copy kernel, so that the
+#: driver has only kernel calls to make.
+PLAN_PASSES = ("ToNonDataflow", "RemovePurityChecking", "CallTIRRewrite", "StaticPlanBlockMemory")
+
+
+def planned_main(mod: tvm.IRModule) -> tvm.IRModule:
+    """The scheduled module after Relax's memory planning (see PLAN_PASSES)."""
+    return tvm.transform.Sequential([getattr(relax.transform, name)() for name in PLAN_PASSES])(mod)
+
+
+def kernel_functions(mod: tvm.IRModule) -> tvm.IRModule:
+    """The module's PrimFuncs, each exported under its own name."""
+    funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+    return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
+
+
+def scalar_kernels(kernels: tvm.IRModule, names) -> tvm.IRModule:
+    """The kernels `names` with their vector loops made serial. c_driver.Plan.float_kernels
+    gives the model's edges (quantize a float input, dequantize an output): vectorized, the
+    NHWC -> NCHW dequantize of a 4-d output crashed under qemu (SIGSEGV, in the HVX code LLVM
+    makes for float vectors, which HVX v68 has no IEEE instructions for); scalar, it is exact.
+    Integer kernels keep their HVX code."""
+    serial = tirx.transform.VectorizeLoop(False)
+    return tvm.IRModule({gv.name_hint: serial(tvm.IRModule({gv.name_hint: f}))[gv.name_hint]
+                         if gv.name_hint in names else f for gv, f in kernels.functions.items()})
+
+
+def build_object(mod: tvm.IRModule, target, out: Path, scalar=()) -> Path:
+    """Compile the PrimFuncs of a (planned) module for a Hexagon target into the object file
+    `out`; those named in `scalar` without vector code."""
+    kernels = scalar_kernels(kernel_functions(mod), set(scalar))
+    current = tvm.transform.PassContext.current()
+    config = {**dict(current.config), "tirx.disable_assert": True}
+    with tvm.transform.PassContext(opt_level=current.opt_level, config=config):
+        bound = tirx.transform.BindTarget(target.with_host(target))(kernels)
+        pipeline, host_passes, _ = tvm.tirx.get_tir_pipeline("default")
+        lowered = host_passes()(pipeline(bound))
+        with _captured_object(out):
+            from tvm.tirx.build import codegen_build
+
+            try:
+                codegen_build(lowered, target)
+            except tvm.error.InternalError as exc:
+                intrinsic = re.search(r"intrinsic declaration.*?: (\S+)", str(exc))
+                if intrinsic is None:
+                    raise
+                raise UnsupportedModelError(f"TVM's Hexagon code generator cannot compile {intrinsic.group(1)} "
+                                            "(float code left in the model); quantize the op that needs it, or "
+                                            "keep this model on a CPU target") from None
+    return out
+
+
+class _captured_object:
+    """Replaces `tvm.contrib.hexagon.link_shared` for the duration: copy the object the code
+    generator wrote to `out` rather than linking it with the SDK."""
+
+    NAME = "tvm.contrib.hexagon.link_shared"
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def __enter__(self):
+        self.previous = tvm.get_global_func(self.NAME, allow_missing=True)
+        tvm.register_global_func(self.NAME, self._keep, override=True)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            tvm.register_global_func(self.NAME, self.previous, override=True)
+        return False
+
+    def _keep(self, so_name, objects, extra_args=None):
+        paths = [str(o).strip('"') for o in objects]
+        if len(paths) != 1:
+            raise RuntimeError(f"the Hexagon code generator wrote {len(paths)} objects, expected one")
+        with tempfile.NamedTemporaryFile(dir=self.out.parent, prefix=f".{self.out.name}.", delete=False) as tmp:
+            pass
+        shutil.copyfile(paths[0], tmp.name)
+        Path(tmp.name).replace(self.out)
+        Path(str(so_name).strip('"')).touch()   # the generator reads the "library" back
+        return 0

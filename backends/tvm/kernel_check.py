@@ -1,0 +1,51 @@
+"""Each kernel of a C-driver library against the same kernel compiled for this host, fed the same
+inputs: the per-layer check of a Hexagon library under qemu (which traces every kernel's output,
+qemu_hexagon.QemuHexagonLibrary.trace).
+
+A kernel's inputs are the traced outputs of the kernels before it (or the model's inputs, or
+constants), so a difference points at the one kernel that computes differently on the DSP, not at
+an accumulation of earlier ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+
+
+@dataclass
+class KernelDifference:
+    step: int
+    kernel: str
+    max_abs: float        # in units of the output's integer type (LSBs), or absolute for float outputs
+    mismatched: int       # elements that differ
+    elements: int
+
+
+def compare_kernels(planned, plan, feeds: dict[str, np.ndarray], traced: list[bytes]) -> list[KernelDifference]:
+    """One KernelDifference per kernel call (traced: each call's output bytes, in order)."""
+    from qcompiler.backends.tvm.hexagon_codegen import kernel_functions
+
+    kernels = kernel_functions(planned)
+    host = tvm.target.Target("llvm")
+    values: dict[str, np.ndarray] = {t.name: np.asarray(feeds[name]) for t, name in zip(plan.inputs, feeds)}
+    values.update({name: array for name, array in plan.constants})
+    shapes = {t.name: t for t in plan.tensors.values()}
+    built: dict = {}
+    results = []
+    for step, ((kernel, args), raw) in enumerate(zip(plan.calls, traced)):
+        out = shapes[args[-1]]
+        expected = np.frombuffer(raw, dtype=out.dtype).reshape(out.shape)
+        if kernel not in built:
+            built[kernel] = tvm.tirx.build(kernels[kernel], target=host)
+        inputs = [tvm.runtime.tensor(np.ascontiguousarray(values[a], dtype=shapes[a].dtype).reshape(shapes[a].shape))
+                  for a in args[:-1]]
+        output = tvm.runtime.tensor(np.zeros(out.shape, dtype=out.dtype))
+        built[kernel][kernel](*inputs, output)
+        reference = output.numpy()
+        diff = np.abs(reference.astype(np.float64) - expected.astype(np.float64))
+        results.append(KernelDifference(step, kernel, float(diff.max(initial=0)), int((diff > 0).sum()), diff.size))
+        values[args[-1]] = expected   # the next kernels read what the DSP computed
+    return results

@@ -1,0 +1,116 @@
+"""Hexagon targets: the kernels TVM generates for HVX, linked with the generated C driver by
+Debian's clang and ld.lld, run under qemu-hexagon (scripts/setup_hexagon.sh, which .ci/run
+calls) and agree with the QDQ model in onnxruntime; each kernel, fed the inputs the DSP saw,
+computes exactly what the same kernel compiled for this host computes. Without the set-up these
+tests fail and say how to make it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+import qcompiler
+from graphs import ROOT, make_model
+from qcompiler.backends.tvm import c_driver, hexagon_codegen, kernel_check
+from qcompiler.backends.tvm.build import lower, schedule
+from qcompiler.backends.tvm.hexagon import tools_missing
+from qcompiler.backends.tvm.qemu_hexagon import QemuHexagonLibrary
+from qcompiler.backends.tvm.targets import get_target, tvm_target
+from qcompiler.compiler import compile_qdq, write_library
+from qcompiler.errors import UnsupportedModelError
+from qcompiler.fidelity import compare
+from test_tvm_fidelity import C, _graph, _qdq_around
+
+EM_HEXAGON = 164
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hexagon_tools():
+    assert not tools_missing(), f"{tools_missing()} missing: run scripts/setup_hexagon.sh"
+
+
+def _fashion_qdq(name: str, preset: str):
+    data = np.load(ROOT / "models" / "fashion_mnist_subset.npz")
+    model = qcompiler.load(ROOT / "models" / f"{name}.onnx")
+    return qcompiler.quantize(model, {"input": data["input"][:64]}, preset, progress=False).qdq, data["input"]
+
+
+@pytest.mark.parametrize("name,preset,target", [("fashion_resnet8", "w8a8", "hexagon-v68"),
+                                                ("fashion_mobilenetv2", "w4a4", "hexagon-v73")])
+def test_fashion_models_run_bit_exact_under_qemu(name, preset, target, tmp_path):
+    """The whole model against onnxruntime, and every kernel against its host twin."""
+    qdq, images = _fashion_qdq(name, preset)
+    library = compile_qdq(qdq, target, batch=1)
+    write_library(library, qdq, tmp_path)
+    hexagon = QemuHexagonLibrary(tmp_path)
+    (fidelity,) = compare(qdq.to_onnx(), hexagon, {"input": images[64:72]})
+    print(f"{name} {preset} {target} (qemu-hexagon): {fidelity.line()}")
+    assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
+
+    spec = get_target(target)
+    planned = hexagon_codegen.planned_main(schedule(lower(qdq.to_onnx(), 1), spec, tvm_target(spec))[0])
+    plan = c_driver.plan(planned)
+    feeds = {"input": images[72:73]}
+    differences = kernel_check.compare_kernels(planned, plan, feeds, hexagon.trace(feeds))
+    assert len(differences) == len(plan.calls) > 10
+    assert all(d.mismatched == 0 for d in differences), [d for d in differences if d.mismatched]
+
+
+def test_library_files_are_hexagon_code_with_hvx_and_a_complete_driver(tmp_path):
+    qdq, _ = _fashion_qdq("fashion_resnet8", "w8a8")
+    library = compile_qdq(qdq, "hexagon-v68", batch=2)
+    paths = write_library(library, qdq, tmp_path)
+    names = {p.name for p in paths}
+    assert {"model_hvx.o", "model_hvx.so", "qc_model.c", "qc_model.h", "model_weights.bin", "Makefile"} <= names
+    for binary in ("model_hvx.o", "model_hvx.so"):
+        header = (tmp_path / binary).read_bytes()[:20]
+        assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_HEXAGON
+    disassembly = subprocess.run(["llvm-objdump-14", "-d", "--mattr=+hvxv68,+hvx-length128b",
+                                  str(tmp_path / "model_hvx.o")], capture_output=True, text=True, check=True).stdout
+    hvx = len(re.findall(r"\bv\d+(:\d+)?(\.\w+)? = ", disassembly))
+    assert hvx > 1000, hvx   # vector code, not scalar loops
+    plan = library.executable.plan
+    source = (tmp_path / "qc_model.c").read_text()
+    assert all(f"QC_CALL({kernel}," in source for kernel, _ in plan.calls)
+    assert (tmp_path / "model_weights.bin").stat().st_size == plan.weight_bytes()
+    header = (tmp_path / "qc_model.h").read_text()
+    assert "int qc_model_run(const float* in0, float* out0);" in header and "'input', float32 [2, 1, 28, 28]" in header
+
+
+@pytest.mark.parametrize("kind,preset", [("depthwise-relu6", "w4a4"), ("concat", "w8a8"),
+                                         ("conv-stride2-asymmetric-pads", "w8a8"), ("global-pool-flatten-gemm", "w4a4")])
+def test_generated_graphs_under_qemu_hexagon(kind, preset, tmp_path):
+    nodes, inits = _graph(kind)
+    model = make_model(nodes, [("x", ["N", C, 12, 12])], [("y", None)], inits, opset=13)
+    rng = np.random.default_rng(0)
+    qdq = qcompiler.quantize(model, {"x": rng.normal(0, 1, (32, C, 12, 12)).astype(np.float32)}, preset,
+                             progress=False, overrides=["*:wbits=4"] if preset == "w4a4" else ()).qdq
+    library = compile_qdq(qdq, "hexagon-v68", batch=3)
+    write_library(library, qdq, tmp_path)
+    feeds = {"x": rng.normal(0, 1, (7, C, 12, 12)).astype(np.float32)}   # 7 = two batches of 3 and a padded one
+    (fidelity,) = compare(qdq.to_onnx(), QemuHexagonLibrary(tmp_path), feeds)
+    print(f"{kind} {preset} hexagon-v68 (qemu-hexagon): {fidelity.line()}")
+    assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
+
+
+def test_float_fallback_is_refused_unless_allowed():
+    """Softmax stays float: refused by default; allowed, TVM's Hexagon code generator has no exp
+    for it, which is a clear exit 4 too (not an internal error)."""
+    qdq = _qdq_around("Softmax", axis=-1)
+    with pytest.raises(UnsupportedModelError, match=r"hexagon-v68: 1 op\(s\) would run in scalar float.*softmax"):
+        compile_qdq(qdq, "hexagon-v68", batch=2)
+    with pytest.raises(UnsupportedModelError, match=r"Hexagon code generator cannot compile llvm.exp"):
+        compile_qdq(qdq, "hexagon-v68", batch=2, allow_float=True)
+
+
+def test_driver_plan_reuses_storage_and_names_every_output():
+    qdq, _ = _fashion_qdq("fashion_resnet8", "w8a8")
+    spec = get_target("hexagon-v68")
+    plan = c_driver.plan(hexagon_codegen.planned_main(schedule(lower(qdq.to_onnx(), 1), spec, tvm_target(spec))[0]))
+    activations = sum(int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in plan.tensors.values()
+                      if t.base in plan.storages)
+    assert sum(plan.storages.values()) < activations / 2   # Relax's plan shares storages between layers
+    assert [t.shape for t in plan.outputs] == [[1, 10]] and plan.outputs[0].base == "(void*)out0"
