@@ -221,8 +221,8 @@ class _DotKernels(relax.PyExprMutator):
     def _kernel(self, on_4bit_grid: bool, ci: int, wo: int, chain) -> str | None:
         """Which kernel a layer gets: the target's; smmla falls back to sdot where it cannot
         apply (4-bit weights, odd output widths); sdot and smmla need the fused correction."""
-        if self.isa == "vnni":
-            return "vnni"
+        if self.isa in int8_conv.UNSIGNED_ACTIVATIONS:
+            return self.isa
         if chain is None:
             return None
         if self.isa == "smmla" and not on_4bit_grid and arm_smmla.applies(_round_up(ci, 8), 16, wo):
@@ -255,14 +255,14 @@ class _DotKernels(relax.PyExprMutator):
         rq, dtype, code = None, "int32", None
         if chain is not None:
             final, corr, multiplier, rq = chain
-            if kind != "vnni":   # sdot/smmla compute with x - 128: add 128 * sum(w) back
+            if kind not in int8_conv.UNSIGNED_ACTIVATIONS:   # sdot/smmla compute with x - 128: add 128 * sum(w) back
                 corr = np.broadcast_to(corr.reshape(-1), (co,)).astype(np.int64) \
                     + 128 * weight.astype(np.int64).sum(axis=(1, 2, 3))
                 if np.abs(corr).max() >= 2 ** 31:
                     return None, None
             args.append(relax.const(requantize.requantize_table(corr, multiplier, rq, co, co_p), "int32"))
             dtype = rq.dtype
-            code = rq.code_for(weight, corr, 255 if kind == "vnni" else 128)
+            code = rq.code_for(weight, corr, 255 if kind in int8_conv.UNSIGNED_ACTIVATIONS else 128)
         if kind == "smmla":
             kernel = arm_smmla.conv2d_kernel(n, h, w, ci_p, co_p, kh, kw, stride, dilation, padding, code,
                                              pad_value)

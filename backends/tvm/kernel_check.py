@@ -24,11 +24,19 @@ class KernelDifference:
     elements: int
 
 
-def compare_kernels(planned, plan, feeds: dict[str, np.ndarray], traced: list[bytes]) -> list[KernelDifference]:
-    """One KernelDifference per kernel call (traced: each call's output bytes, in order)."""
-    from qcompiler.backends.tvm.hexagon_codegen import kernel_functions
+def host_twins(scheduled_for_target):
+    """`scheduled_for_target()` (a function that schedules the module) run with the
+    dot-product instructions emulated by loops: the same kernels, by name, runnable here."""
+    from qcompiler.backends.tvm.hexagon_codegen import kernel_functions, planned_main
+    from qcompiler.backends.tvm.schedules.int8_conv import emulated_dot_products
 
-    kernels = kernel_functions(planned)
+    with emulated_dot_products():
+        return kernel_functions(planned_main(scheduled_for_target()))
+
+
+def compare_kernels(kernels, plan, feeds: dict[str, np.ndarray], traced: list[bytes]) -> list[KernelDifference]:
+    """One KernelDifference per kernel call (`kernels`: host_twins of the plan's kernels;
+    `traced`: each call's output bytes on the DSP, in order)."""
     host = tvm.target.Target("llvm")
     values: dict[str, np.ndarray] = {t.name: np.asarray(feeds[name]) for t, name in zip(plan.inputs, feeds)}
     values.update({name: array for name, array in plan.constants})

@@ -32,7 +32,7 @@ class TargetSpec:
     llvm: dict                       # the TVM target as a JSON dict (kind llvm)
     cross_compiler: str | None = None   # executable that links the library; None: the host compiler
     apt_package: str | None = None      # the Debian package that provides it
-    dot_kernels: tuple[str, ...] = ()   # "vnni", "smmla", "sdot": convolution kernels, preferred first
+    dot_kernels: tuple[str, ...] = ()   # "vnni", "smmla", "sdot", "vrmpy": convolution kernels, preferred first
     runner: str | None = None        # how this host runs the library when not in process (qemu-aarch64)
     cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo flags an x86 CPU needs to run the library here
     #: Elements per vector the generic rules split loops by (schedules/cpu_generic.py): 16 on
@@ -59,7 +59,8 @@ class TargetSpec:
 _ARM = dict(cross_compiler="aarch64-linux-gnu-gcc", apt_package="gcc-aarch64-linux-gnu", runner=QEMU_AARCH64)
 #: Hexagon: HVX with 128-byte vectors, no HVX floating point (qemu 7.2 has none, and the
 #: quantized kernels need none): float code at the model's edges stays scalar IEEE.
-_HEXAGON = dict(cross_compiler="ld.lld-14", apt_package="lld-14", runner="qemu-hexagon", driver="c")
+_HEXAGON = dict(cross_compiler="ld.lld-14", apt_package="lld-14", runner="qemu-hexagon", driver="c",
+                dot_kernels=("vrmpy",))
 _V3 = ("avx2", "fma", "bmi2", "movbe")
 _V4 = (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
 

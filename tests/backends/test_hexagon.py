@@ -51,10 +51,11 @@ def test_fashion_models_run_bit_exact_under_qemu(name, preset, target, tmp_path)
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
 
     spec = get_target(target)
-    planned = hexagon_codegen.planned_main(schedule(lower(qdq.to_onnx(), 1), spec, tvm_target(spec))[0])
-    plan = c_driver.plan(planned)
+    assert library.kernels[f"vrmpy 1x1 conv2d / matmul{' int4' if preset == 'w4a4' else ''} + requantize"] > 0
+    plan = library.executable.plan
+    twins = kernel_check.host_twins(lambda: schedule(lower(qdq.to_onnx(), 1), spec, tvm_target(spec))[0])
     feeds = {"input": images[72:73]}
-    differences = kernel_check.compare_kernels(planned, plan, feeds, hexagon.trace(feeds))
+    differences = kernel_check.compare_kernels(twins, plan, feeds, hexagon.trace(feeds))
     assert len(differences) == len(plan.calls) > 10
     assert all(d.mismatched == 0 for d in differences), [d for d in differences if d.mismatched]
 
@@ -72,6 +73,7 @@ def test_library_files_are_hexagon_code_with_hvx_and_a_complete_driver(tmp_path)
                                   str(tmp_path / "model_hvx.o")], capture_output=True, text=True, check=True).stdout
     hvx = len(re.findall(r"\bv\d+(:\d+)?(\.\w+)? = ", disassembly))
     assert hvx > 1000, hvx   # vector code, not scalar loops
+    assert len(re.findall(r"\bvrmpy\(", disassembly)) >= library.kernels.total() - library.kernels["residual add"]
     plan = library.executable.plan
     source = (tmp_path / "qc_model.c").read_text()
     assert all(f"QC_CALL({kernel}," in source for kernel, _ in plan.calls)

@@ -2,7 +2,8 @@
 the intrinsics and the kernel; the weight layout is in packing.py, the requantization epilogue
 in requantize.py, the shared geometry in geometry.py.
 
-u8 x s8 -> s32 on AVX-512 VNNI (`vpdpbusd`), and s8 x s8 -> s32 on AArch64 `sdot`.
+u8 x s8 -> s32 on AVX-512 VNNI (`vpdpbusd`) and Hexagon HVX (`vrmpy`, 32 lanes: blocks of 32
+output channels), and s8 x s8 -> s32 on AArch64 `sdot`.
 
 The kernel computes acc[n, h, w, co] = sum_{ry, rx, ci} x[n, h*s + ry*d, w*s + rx*d, ci] * w[co, ry, rx, ci]
 with the weights packed [Co/16, KH, KW, Ci/4, 16, 4]: the innermost 16 x 4 block is one
@@ -24,6 +25,7 @@ accumulator's correction. The same packed 16 x 4 weight block is then four 4 x 4
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from qcompiler.backends.tvm.schedules.geometry import output_size, padded_input, pixel_tile
@@ -37,29 +39,58 @@ SDOT_INTRIN = "qcompiler_sdot_s8s8s32_4x4"
 # (name, activation dtype, output lanes, LLVM intrinsic) of each dot-product instruction used.
 # vnni8 is vpdpbusd on 256-bit registers, for layers with 8 (mod 16) outputs and few pixels:
 # their weights then need no padding to 16 (MobileNetV2's classifier: 1000 outputs, 10 KiB).
+# vrmpy is Hexagon HVX's vrmpy(Vu.ub, Vv.b) accumulating (128-byte vectors: 32 int32 lanes).
 DOT_INSTRUCTIONS = {
     "vnni": (INTRIN, "uint8", 16, "llvm.x86.avx512.vpdpbusd.512"),
     "vnni8": ("qcompiler_vnni_u8s8s32_8x4", "uint8", 8, "llvm.x86.avx512.vpdpbusd.256"),
     "sdot": (SDOT_INTRIN, "int8", 4, "llvm.aarch64.neon.sdot.v4i32.v16i8"),
+    "vrmpy": ("qcompiler_vrmpy_u8s8s32_32x4", "uint8", 32, "llvm.hexagon.V6.vrmpybusv.acc.128B"),
 }
+
+#: Instructions whose LLVM intrinsic takes every vector as int32 words (HVX: <32 x i32>).
+WORD_OPERANDS = {"vrmpy"}
+
+#: u8 x s8 instructions: no x - 128 shift and no correction by 128 * sum(w) (sdot is s8 x s8).
+UNSIGNED_ACTIVATIONS = {"vnni", "vnni8", "vrmpy"}
 
 
 def channel_block(isa: str) -> int:
     """Output channels per packed weight block (the kernel's channel multiple)."""
-    return 8 if isa == "vnni8" else 16
+    return {"vnni8": 8, "vrmpy": 32}.get(isa, 16)
+
+
+#: Set inside `emulated_dot_products()`.
+_EMULATED = False
+
+
+@contextlib.contextmanager
+def emulated_dot_products():
+    """Kernels made inside use plain loops where the dot-product instruction would be: the
+    host twin of a kernel for another CPU (the same schedule, packing and requantization),
+    which kernel_check.py runs here to check each Hexagon kernel fed the DSP's inputs."""
+    global _EMULATED
+    conv2d_kernel.cache_clear()
+    _EMULATED = True
+    try:
+        yield
+    finally:
+        _EMULATED = False
+        conv2d_kernel.cache_clear()
 
 
 @functools.cache
-def register_intrinsic(isa: str = "vnni") -> str:
+def register_intrinsic(isa: str = "vnni", emulated: bool = False) -> str:
     """The tensor intrinsic of one dot-product instruction: `lanes` int32 accumulators (in
     registers: local scope, as the kernel's tiles are), each += the dot product of the same 4
     activation bytes with its own 4 weight bytes. The implementation broadcasts the 4 bytes,
-    read as one int32, to every lane and calls the LLVM intrinsic on whole vectors."""
+    read as one int32, to every lane and calls the LLVM intrinsic on whole vectors
+    (`emulated`: the same sums as loops, runnable on any CPU)."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
     name, a_dtype, lanes, llvm_name = DOT_INSTRUCTIONS[isa]
     a_x4, a_all, b_all, c_all = f"{a_dtype}x4", f"{a_dtype}x{4 * lanes}", f"int8x{4 * lanes}", f"int32x{lanes}"
+    a_as, b_as = (c_all, c_all) if isa in WORD_OPERANDS else (a_all, b_all)   # the intrinsic's operand types
 
     @T.prim_func(s_tir=True)
     def desc(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
@@ -82,9 +113,22 @@ def register_intrinsic(isa: str = "vnni") -> str:
             four = T.reinterpret(A.vload([0], a_x4), dtype="int32")
             C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(llvm_name), C.vload([0], c_all),
-                T.reinterpret(T.broadcast(four, lanes), dtype=a_all), B.vload([0, 0], dtype=b_all), dtype=c_all)
+                T.reinterpret(T.broadcast(four, lanes), dtype=a_as), T.reinterpret(B.vload([0, 0], dtype=b_all), dtype=b_as),
+                dtype=c_all)
 
-    TensorIntrin.register(name, desc, impl, override=True)
+    @T.prim_func(s_tir=True)
+    def loops(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+              C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    C[i] = C[i] + T.cast(A[k], "int32") * T.cast(B[i, k], "int32")
+
+    if emulated:
+        name += "_emulated"
+    TensorIntrin.register(name, desc, loops if emulated else impl, override=True)
     return name
 
 
@@ -158,7 +202,7 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, tile)
     init = sch.decompose_reduction(block, r_y)
-    sch.tensorize(o_inner, register_intrinsic(isa))
+    sch.tensorize(o_inner, register_intrinsic(isa, _EMULATED))
     if o_block is not None:
         sch.unroll(o_block)
     sch.vectorize(sch.get_loops(init)[-1])
