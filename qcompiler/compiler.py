@@ -160,7 +160,7 @@ class CompileRun:
 
 #: A Hexagon library's own files (backends/tvm/hexagon.py), in place of model.so.
 HEXAGON_OUTPUTS = ("model_hvx.o", "model_hvx.so", "qc_model.h", "qc_model.c", "model_weights.S", "model_weights.bin",
-                   "qc_runtime.h", "qc_runtime.c", "Makefile")
+                   "qc_runtime.h", "qc_runtime.c", "Makefile", "hvx_cost.md")
 
 
 def compile(model: Model | QuantizeRun | str | Path, calib=None, target: str = "native", *, batch: int = 1,

@@ -11,7 +11,8 @@ kernels go through TVM's Hexagon code generator (hexagon_codegen.py) and the pla
     qc_model.h/.c      the driver: qc_model_run(in0, ..., out0, ...) over static storages
     model_weights.bin  the constants, and model_weights.S that includes them as read-only data
     qc_runtime.h/.c    the hooks TVM's kernels call (workspace, a no-op device call)
-    Makefile           builds a test program with the Hexagon SDK's toolchain (hexagon-clang)
+    Makefile           builds libqc_model.a with the Hexagon SDK's toolchain (hexagon-clang)
+    hvx_cost.md        packets, HVX and vrmpy instructions per kernel, from the disassembly
     model.json, model.qdq.onnx  as for every target
 
 Float code is refused (exit 4) unless asked for: a DSP library that falls back to scalar float
@@ -32,7 +33,8 @@ from qcompiler.errors import OutputError, UnsupportedModelError
 CLANG, LINKER, QEMU = "clang-14", "ld.lld-14", "qemu-hexagon"
 APT_PACKAGES = "clang-14 lld-14 qemu-user"
 RUNTIME_FILES = ("qc_runtime.h", "qc_runtime.c")
-DRIVER_FILES = ("qc_model.h", "qc_model.c", "model_weights.S", "model_weights.bin", *RUNTIME_FILES, "Makefile")
+DRIVER_FILES = ("qc_model.h", "qc_model.c", "model_weights.S", "model_weights.bin", *RUNTIME_FILES, "Makefile",
+                "hvx_cost.md")
 KERNEL_FILES = ("model_hvx.o", "model_hvx.so")
 
 
@@ -71,6 +73,7 @@ def build_hexagon(mod, target, spec, work: Path) -> HexagonBuild:
 def write_files(build: HexagonBuild, io: dict, description: str, stage: Path) -> list[Path]:
     """The kernels and the driver into `stage` (a staging folder: files.OutputSet renames them)."""
     from qcompiler.backends.tvm import c_driver
+    from qcompiler.backends.tvm.hexagon_cost import cost_report
 
     stage = Path(stage)
     (stage / "model_hvx.o").write_bytes(build.object_bytes)
@@ -82,6 +85,7 @@ def write_files(build: HexagonBuild, io: dict, description: str, stage: Path) ->
     for name in RUNTIME_FILES:
         (stage / name).write_text(runtime_source(name), encoding="utf-8")
     (stage / "Makefile").write_text(MAKEFILE.format(arch=build.arch), encoding="utf-8")
+    (stage / "hvx_cost.md").write_text(cost_report(stage / "model_hvx.o", build.arch), encoding="utf-8")
     return [stage / name for name in (*KERNEL_FILES, *DRIVER_FILES)]
 
 

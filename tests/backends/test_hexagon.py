@@ -17,6 +17,7 @@ from graphs import ROOT, make_model
 from qcompiler.backends.tvm import c_driver, hexagon_codegen, kernel_check
 from qcompiler.backends.tvm.build import lower, schedule
 from qcompiler.backends.tvm.hexagon import tools_missing
+from qcompiler.backends.tvm.hexagon_cost import kernel_costs
 from qcompiler.backends.tvm.qemu_hexagon import QemuHexagonLibrary
 from qcompiler.backends.tvm.targets import get_target, tvm_target
 from qcompiler.compiler import compile_qdq, write_library
@@ -74,6 +75,12 @@ def test_library_files_are_hexagon_code_with_hvx_and_a_complete_driver(tmp_path)
     hvx = len(re.findall(r"\bv\d+(:\d+)?(\.\w+)? = ", disassembly))
     assert hvx > 1000, hvx   # vector code, not scalar loops
     assert len(re.findall(r"\bvrmpy\(", disassembly)) >= library.kernels.total() - library.kernels["residual add"]
+    costs = kernel_costs(disassembly)
+    assert sum(c.vrmpy for c in costs) == len(re.findall(r"\bvrmpy\(", disassembly))
+    on_vrmpy = [c for c in costs if c.kernel.startswith("qconv2d_vrmpy")]
+    vrmpy_kernels = {k for k, _ in library.executable.plan.calls if k.startswith("qconv2d_vrmpy")}
+    assert len(on_vrmpy) == len(vrmpy_kernels) >= 8 and all(1 <= c.packets_per_vrmpy < 20 for c in on_vrmpy), on_vrmpy
+    assert "| qconv2d_vrmpy_" in (tmp_path / "hvx_cost.md").read_text()
     plan = library.executable.plan
     source = (tmp_path / "qc_model.c").read_text()
     assert all(f"QC_CALL({kernel}," in source for kernel, _ in plan.calls)
