@@ -45,6 +45,7 @@ class Plan:
     storages: dict[str, int] = field(default_factory=dict)      # C name -> bytes
     tensors: dict[str, Tensor] = field(default_factory=dict)    # C name -> tensor
     calls: list[tuple[str, list[str]]] = field(default_factory=list)   # kernel, argument tensor names
+    outputs_of: list[int] = field(default_factory=list)   # per call: how many trailing arguments it writes
     constants: list[tuple[str, np.ndarray]] = field(default_factory=list)
     inputs: list[Tensor] = field(default_factory=list)
     outputs: list[Tensor] = field(default_factory=list)
@@ -74,6 +75,7 @@ def plan(mod) -> Plan:
         tensor = _tensor_of(param, f"t_in{k}", f"(void*)in{k}")
         planned.tensors[param] = result.tensors[tensor.name] = tensor
         result.inputs.append(tensor)
+        planned.written.add(tensor.name)
     for block in main.body.blocks:
         for binding in block.bindings:
             _bind(result, planned, binding, relax)
@@ -94,6 +96,7 @@ class _Planned:
 
     tensors: dict = field(default_factory=dict)
     storages: dict = field(default_factory=dict)
+    written: set = field(default_factory=set)   # C names of tensors with a value: inputs, constants, outputs of calls
 
 
 def _bind(result: Plan, planned: _Planned, binding, relax) -> None:
@@ -113,7 +116,18 @@ def _bind(result: Plan, planned: _Planned, binding, relax) -> None:
         tensor = _tensor_of(var, f"t{len(result.tensors)}", base, offset)
         planned.tensors[var] = result.tensors[tensor.name] = tensor
     elif isinstance(value, relax.Call) and isinstance(value.op, relax.GlobalVar):
-        result.calls.append((value.op.name_hint, [_argument(result, planned, arg, relax) for arg in value.args]))
+        args = [_argument(result, planned, arg, relax) for arg in value.args]
+        written = [a for a in args if a not in planned.written]   # CallTIRRewrite puts the outputs last
+        if args[len(args) - len(written):] != written:
+            raise UnsupportedModelError(f"the C driver cannot call {value.op.name_hint}: it writes an argument "
+                                        "that is not last (an in-place kernel)")
+        planned.written.update(args)
+        result.calls.append((value.op.name_hint, args))
+        result.outputs_of.append(len(written))
+    elif isinstance(value, relax.Tuple):   # a multi-output kernel's outputs, taken apart below
+        planned.tensors[var] = [planned.tensors[field] for field in value.fields]
+    elif isinstance(value, relax.TupleGetItem):
+        planned.tensors[var] = planned.tensors[value.tuple_value][value.index]
     else:
         raise UnsupportedModelError(f"the C driver cannot run {op or type(value).__name__} (binding {var.name}): "
                                     "it runs kernel calls on planned tensors only")
@@ -126,6 +140,7 @@ def _argument(result: Plan, planned: _Planned, arg, relax) -> str:
         array = np.array(arg.value.numpy(), order="C")   # (ascontiguousarray makes a 0-d array 1-d)
         name, offset = f"t_const{len(result.constants)}", result.weight_bytes()
         result.constants.append((name, array))
+        planned.written.add(name)
         result.tensors[name] = Tensor(name, list(array.shape), str(array.dtype), "qc_weights", offset)
         return name
     raise UnsupportedModelError(f"the C driver cannot pass a {type(arg).__name__} to a kernel")
@@ -208,11 +223,11 @@ def model_source(plan: Plan, description: str, prefix: str = "qc_model") -> str:
               for kind, tensors in (("in", plan.inputs), ("out", plan.outputs)) for k, t in enumerate(tensors)]
     out += ["", f"int {prefix}_run({', '.join(params)}) {{"]
     out += [f"  {t.name}.data = {t.base};" for t in (*plan.inputs, *plan.outputs)]
-    for step, (kernel, args) in enumerate(plan.calls):
+    for step, ((kernel, args), written) in enumerate(zip(plan.calls, plan.outputs_of)):
         shown = ", ".join(args)
         out.append(f"  {{ qc_any args[] = {{{', '.join(f'QC_ARG({a})' for a in args)}}};   /* {shown} */")
         out.append(f"    if (QC_CALL({kernel}, args)) return {step + 1};")
-        out.append(f"    QC_TRACE({step}, {args[-1]}); }}")
+        out.append("    " + " ".join(f"QC_TRACE({step}, {a});" for a in args[len(args) - written:]) + " }")
     out += ["  return 0;", "}", ""]
     return "\n".join(out)
 

@@ -42,18 +42,21 @@ def compare_kernels(kernels, plan, feeds: dict[str, np.ndarray], traced: list[by
     values.update({name: array for name, array in plan.constants})
     shapes = {t.name: t for t in plan.tensors.values()}
     built: dict = {}
-    results = []
-    for step, ((kernel, args), raw) in enumerate(zip(plan.calls, traced)):
-        out = shapes[args[-1]]
-        expected = np.frombuffer(raw, dtype=out.dtype).reshape(out.shape)
+    results, traced = [], iter(traced)
+    for step, ((kernel, args), written) in enumerate(zip(plan.calls, plan.outputs_of)):
+        inputs, outputs = args[:len(args) - written], args[len(args) - written:]
         if kernel not in built:
             built[kernel] = tvm.tirx.build(kernels[kernel], target=host)
-        inputs = [tvm.runtime.tensor(np.ascontiguousarray(values[a], dtype=shapes[a].dtype).reshape(shapes[a].shape))
-                  for a in args[:-1]]
-        output = tvm.runtime.tensor(np.zeros(out.shape, dtype=out.dtype))
-        built[kernel][kernel](*inputs, output)
-        reference = output.numpy()
-        diff = np.abs(reference.astype(np.float64) - expected.astype(np.float64))
-        results.append(KernelDifference(step, kernel, float(diff.max(initial=0)), int((diff > 0).sum()), diff.size))
-        values[args[-1]] = expected   # the next kernels read what the DSP computed
+        fed = [tvm.runtime.tensor(np.ascontiguousarray(values[a], dtype=shapes[a].dtype).reshape(shapes[a].shape))
+               for a in inputs]
+        computed = [tvm.runtime.tensor(np.zeros(shapes[a].shape, dtype=shapes[a].dtype)) for a in outputs]
+        built[kernel][kernel](*fed, *computed)
+        worst, mismatched, elements = 0.0, 0, 0
+        for name, reference in zip(outputs, computed):
+            expected = np.frombuffer(next(traced), dtype=shapes[name].dtype).reshape(shapes[name].shape)
+            diff = np.abs(reference.numpy().astype(np.float64) - expected.astype(np.float64))
+            worst, mismatched, elements = max(worst, float(diff.max(initial=0))), mismatched + int((diff > 0).sum()), \
+                elements + diff.size
+            values[name] = expected   # the next kernels read what the DSP computed
+        results.append(KernelDifference(step, kernel, worst, mismatched, elements))
     return results

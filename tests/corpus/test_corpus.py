@@ -142,3 +142,34 @@ def test_brecq_runs_on_exported_models(name, opset, corpus_dir, capsys):
                          "--iters", "2", "--act-iters", "1", "--no-progress", "-o", corpus_dir / f"{name}-brecq")
     assert code == 0, err
     assert "BRECQ block, 2+1 iterations per block" in out, out
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite", "inception", "squeezenet", "resnet"])
+def test_corpus_models_under_qemu_hexagon(name, tmp_path):
+    """Exporter-style models (computed SAME pads and ReduceMean pooling, scale layers, fire
+    modules, residual adds) compiled for hexagon-v68 and run under qemu-hexagon
+    (scripts/setup_hexagon.sh): as close to their QDQ models as the host library is."""
+    import qcompiler
+    from qcompiler.backends.tvm.qemu_hexagon import QemuHexagonLibrary
+    from qcompiler.compiler import compile_qdq, write_library
+    from qcompiler.fidelity import compare
+
+    proto = corpus.build(name, COMPILED[name])
+    onnx.save_model(proto, str(tmp_path / "model.onnx"))
+    qdq = qcompiler.quantize(qcompiler.load(tmp_path / "model.onnx"), corpus.sample_inputs(proto, 16),
+                             progress=False).qdq
+    library = compile_qdq(qdq, "hexagon-v68", 1)
+    write_library(library, qdq, tmp_path / "lib")
+    (fidelity,) = compare(qdq.to_onnx(), QemuHexagonLibrary(tmp_path / "lib"), corpus.sample_inputs(proto, 3, seed=1))
+    print(f"{name} on hexagon-v68: {fidelity.line()}; kernels {dict(library.kernels)}")
+    assert any(kind.startswith("vrmpy") for kind in library.kernels), dict(library.kernels)
+    assert fidelity.max_lsb <= LSB_BOUND.get(name, 1.0) + 1e-4, fidelity.line()
+
+
+def test_float_islands_are_refused_for_hexagon(corpus_dir, tmp_path, capsys):
+    """A model that keeps ops in float (the tflite face detector's untied concat) is refused for
+    the DSP with the ops named, exit 4, and no output folder."""
+    code, _, err = cli(capsys, "compile", corpus_dir / "tflite_net-opset13.onnx", "--calib",
+                       corpus_dir / "tflite_net-opset13.npz", "--target", "hexagon-v68", "-o", tmp_path / "lib")
+    assert code == 4 and "would run in scalar float on the DSP" in err and "--allow-float" in err, err
+    assert not (tmp_path / "lib").exists()
