@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from qcompiler import supervise
+from qcompiler.backends.tvm.hexagon import DRIVER_FILES as HEXAGON_DRIVER_FILES
+from qcompiler.backends.tvm.hexagon import KERNEL_FILES as HEXAGON_KERNEL_FILES
 from qcompiler.driver import QuantizeRun, _as_model, build_pipeline, dynamic_inputs, fix_shapes, quantize
 from qcompiler.errors import UsageError
 from qcompiler.evaluation import Evaluation
@@ -158,9 +160,8 @@ class CompileRun:
         return load_for_host(self.output_dir)
 
 
-#: A Hexagon library's own files (backends/tvm/hexagon.py), in place of model.so.
-HEXAGON_OUTPUTS = ("model_hvx.o", "model_hvx.so", "qc_model.h", "qc_model.c", "model_weights.S", "model_weights.bin",
-                   "qc_runtime.h", "qc_runtime.c", "Makefile", "hvx_cost.md")
+#: A Hexagon library's own files, in place of model.so.
+HEXAGON_OUTPUTS = (*HEXAGON_KERNEL_FILES, *HEXAGON_DRIVER_FILES)
 
 
 def compile(model: Model | QuantizeRun | str | Path, calib=None, target: str = "native", *, batch: int = 1,
@@ -250,7 +251,7 @@ def write_library(library, qdq: Model, out_dir) -> list:
         from qcompiler.backends.tvm.hexagon import write_files
 
         written = write_files(library.executable, meta, f"{qdq.path or 'the model'} for {library.target.name}", out)
-        meta["library"], meta["target"]["arch"] = "model_hvx.o", library.executable.arch
+        meta["library"], meta["target"]["arch"] = written[0].name, library.executable.arch
         paths = [written[0], out / "model.json", out / "model.qdq.onnx", *written[1:]]
     else:
         paths = [export(library, out / "model.so"), out / "model.json", out / "model.qdq.onnx"]

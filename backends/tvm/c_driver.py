@@ -27,8 +27,7 @@ import tvm
 from qcompiler.errors import UnsupportedModelError
 
 ALIGN = 128   # HVX vector size: storages and constants start on a vector
-DL_CODES = {"int": 0, "uint": 1, "float": 2, "bool": 6}
-DL_HEXAGON = 16   # DLPack's kDLHexagon
+DL_CODES = {"int": 0, "uint": 1, "float": 2, "bool": 6}   # DLPack's type codes
 
 
 @dataclass
@@ -157,10 +156,8 @@ C_TYPES = {"float32": "float", "int8": "int8_t", "uint8": "uint8_t", "int16": "i
 
 def _dl_dtype(dtype: str) -> str:
     """DLPack's type code and bits, as QC_TENSOR's two arguments."""
-    if dtype == "bool":
-        return "6, 8"
     kind = re.match(r"[a-z]+", dtype).group()
-    return f"{DL_CODES[kind]}, {int(dtype[len(kind):])}"
+    return f"{DL_CODES[kind]}, {int(dtype[len(kind):] or 8)}"   # bool: stored in 8 bits
 
 
 def _c_type(dtype: str) -> str:
@@ -169,20 +166,24 @@ def _c_type(dtype: str) -> str:
     return C_TYPES[dtype]
 
 
+def _run_signature(plan: Plan, prefix: str) -> str:
+    """`int <prefix>_run(const T* in0, ..., T* out0, ...)`, as the header declares and model.c defines it."""
+    params = [f"{'const ' if kind == 'in' else ''}{_c_type(t.dtype)}* {kind}{k}"
+              for kind, tensors in (("in", plan.inputs), ("out", plan.outputs)) for k, t in enumerate(tensors)]
+    return f"int {prefix}_run({', '.join(params)})"
+
+
 def header(plan: Plan, io: dict, prefix: str = "qc_model") -> str:
     """model.h: the run function and, per input and output, its name, shape and C type."""
     lines = [HEADER_TOP.format(prefix=prefix.upper())]
-    params = []
     for kind, tensors, names in (("in", plan.inputs, list(io["inputs"])), ("out", plan.outputs, list(io["outputs"]))):
         for k, (tensor, name) in enumerate(zip(tensors, names)):
             size = int(np.prod(tensor.shape, dtype=np.int64))
             lines.append(f"/* {kind}{k}: {name!r}, {tensor.dtype} [{', '.join(map(str, tensor.shape))}] */")
             lines.append(f"#define {prefix.upper()}_{kind.upper()}{k}_ELEMENTS {size}")
-            const = "const " if kind == "in" else ""
-            params.append(f"{const}{_c_type(tensor.dtype)}* {kind}{k}")
     lines.append("")
     lines.append("/* Runs the model once: 0 on success, else 1 + the index of the kernel that failed. */")
-    lines.append(f"int {prefix}_run({', '.join(params)});")
+    lines.append(_run_signature(plan, prefix) + ";")
     lines.append(f"\n#endif  /* {prefix.upper()}_H */")
     return "\n".join(lines) + "\n"
 
@@ -206,11 +207,7 @@ def model_source(plan: Plan, description: str, prefix: str = "qc_model") -> str:
            "extern const uint8_t qc_weights[];   /* model_weights.S */", ""]
     out += [f"static uint8_t {name}[{size}] __attribute__((aligned({ALIGN})));" for name, size in plan.storages.items()]
     out.append("")
-    seen = {}
     for tensor in plan.tensors.values():
-        if tensor.name in seen:
-            continue
-        seen[tensor.name] = tensor
         dims = ", ".join(map(str, tensor.shape)) or "1"
         data = "0" if tensor.base.startswith("(void*)") else f"(void*)({tensor.base} + {tensor.offset})"
         out.append(f"static int64_t {tensor.name}_shape[] = {{{dims}}};")
@@ -219,9 +216,7 @@ def model_source(plan: Plan, description: str, prefix: str = "qc_model") -> str:
     out.append("")
     for kernel in dict.fromkeys(k for k, _ in plan.calls):
         out.append(f"QC_KERNEL({kernel});")
-    params = [f"{'const ' if kind == 'in' else ''}{_c_type(t.dtype)}* {kind}{k}"
-              for kind, tensors in (("in", plan.inputs), ("out", plan.outputs)) for k, t in enumerate(tensors)]
-    out += ["", f"int {prefix}_run({', '.join(params)}) {{"]
+    out += ["", _run_signature(plan, prefix) + " {"]
     out += [f"  {t.name}.data = {t.base};" for t in (*plan.inputs, *plan.outputs)]
     for step, ((kernel, args), written) in enumerate(zip(plan.calls, plan.outputs_of)):
         shown = ", ".join(args)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import tvm
@@ -102,9 +101,6 @@ class _captured_object:
         paths = [str(o).strip('"') for o in objects]
         if len(paths) != 1:
             raise RuntimeError(f"the Hexagon code generator wrote {len(paths)} objects, expected one")
-        with tempfile.NamedTemporaryFile(dir=self.out.parent, prefix=f".{self.out.name}.", delete=False) as tmp:
-            pass
-        shutil.copyfile(paths[0], tmp.name)
-        Path(tmp.name).replace(self.out)
+        shutil.copyfile(paths[0], self.out)
         Path(str(so_name).strip('"')).touch()   # the generator reads the "library" back
         return 0

@@ -62,7 +62,7 @@ def kernel_costs(disassembly: str) -> list[KernelCost]:
 
 
 def _cost(name: str, lines: list[str]) -> KernelCost:
-    packets = [i for i, line in enumerate(lines) if line.rstrip().endswith("}") or "} " in line.split("\t")[-1]]
+    packets = [i for i, line in enumerate(lines) if "}" in line.split("\t")[-1]]   # a packet's last instruction
     cost = KernelCost(name, len(packets), len(lines), sum(bool(_HVX.search(l)) for l in lines),
                       sum("vrmpy(" in l for l in lines))
     loops = _loop_ranges(lines)

@@ -117,24 +117,21 @@ class QemuHexagonLibrary:
         return describe(self)[:-1] + ", under qemu-hexagon>"
 
     def run(self, feeds, timeout: float = 600) -> dict[str, np.ndarray]:
-        from qcompiler.backends.tvm.runtime import as_feeds
+        from qcompiler.backends.tvm.runtime import checked_inputs, run_in_batches
 
-        feeds = as_feeds(self.inputs, feeds)
-        batch = self.meta["batch"]
-        count = next(iter(feeds.values())).shape[0]
-        chunks = [self._run_batch({n: _padded(a[i:i + batch], batch) for n, a in feeds.items()}, timeout)
-                  for i in range(0, count, batch)]
-        return {name: np.concatenate([c[name] for c in chunks])[:count] for name in self.outputs}
+        arrays, samples = checked_inputs(self.inputs, feeds)
+        outputs = run_in_batches(arrays, samples, self.meta["batch"], lambda chunk: self._run_batch(chunk, timeout))
+        return dict(zip(self.outputs, outputs))
 
     def trace(self, feeds, timeout: float = 600) -> list[bytes]:
-        """Each kernel's output (raw bytes, in call order) for the first batch of `feeds`."""
-        from qcompiler.backends.tvm.runtime import as_feeds
+        """Each kernel's outputs (raw bytes, in call order) for the first batch of `feeds`."""
+        from qcompiler.backends.tvm.runtime import checked_inputs, padded_batch
 
         if not hasattr(self, "_tracer"):
             self._tracer = build_test_program(self.folder, Path(self._work.name), self.meta, trace=True)
-        feeds = as_feeds(self.inputs, feeds)
-        batch = {n: _padded(a[:self.meta["batch"]], self.meta["batch"]) for n, a in feeds.items()}
-        stderr = self._execute(self._tracer, batch, timeout).stderr
+        arrays, _ = checked_inputs(self.inputs, feeds)
+        batch = self.meta["batch"]
+        stderr = self._execute(self._tracer, padded_batch([a[:batch] for a in arrays], batch), timeout).stderr
         outputs, offset = [], 0
         while offset < len(stderr):
             _, size = np.frombuffer(stderr[offset:offset + 8], dtype=np.int32)
@@ -142,11 +139,11 @@ class QemuHexagonLibrary:
             offset += 8 + int(size)
         return outputs
 
-    def _execute(self, program: Path, feeds: dict[str, np.ndarray], timeout: float):
+    def _execute(self, program: Path, arrays: list[np.ndarray], timeout: float):
+        """Run the program on one batch of inputs (in model.json order, checked)."""
         from qcompiler.backends.tvm.hexagon import QEMU
 
-        data = b"".join(np.ascontiguousarray(feeds[name], dtype=spec["dtype"]).tobytes()
-                        for name, spec in self.inputs.items())
+        data = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
         done = subprocess.run([QEMU, "-cpu", "v67", str(program)], input=data, capture_output=True,
                               timeout=timeout, check=False)
         if done.returncode != 0:
@@ -157,20 +154,14 @@ class QemuHexagonLibrary:
             raise QCompilerError(f"the library {self.folder} failed under qemu-hexagon ({why})")
         return done
 
-    def _run_batch(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
-        done = self._execute(self._program, feeds, timeout)
-        outputs, offset = {}, 0
-        for name, spec in self.outputs.items():
+    def _run_batch(self, arrays: list[np.ndarray], timeout: float) -> list[np.ndarray]:
+        done = self._execute(self._program, arrays, timeout)
+        outputs, offset = [], 0
+        for spec in self.outputs.values():
             size = int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
-            outputs[name] = np.frombuffer(done.stdout[offset:offset + size], dtype=spec["dtype"]).reshape(spec["shape"])
+            outputs.append(np.frombuffer(done.stdout[offset:offset + size], dtype=spec["dtype"]).reshape(spec["shape"]))
             offset += size
         if offset != len(done.stdout):
             raise QCompilerError(f"the library under qemu-hexagon wrote {len(done.stdout)} bytes, expected {offset}")
         return outputs
 
-
-def _padded(array: np.ndarray, batch: int) -> np.ndarray:
-    if array.shape[0] == batch:
-        return array
-    pad = np.zeros((batch - array.shape[0], *array.shape[1:]), dtype=array.dtype)
-    return np.concatenate([array, pad])

@@ -163,19 +163,12 @@ class CompiledModel:
 
     def run(self, feeds: dict[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         """Outputs for inputs with any number of samples along axis 0 (an array: the only input)."""
-        arrays, samples = self._check(as_feeds(self.inputs, feeds))
-        chunks = []
-        for start in range(0, samples, self.batch):
-            chunk = [a[start:start + self.batch] for a in arrays]
-            real = chunk[0].shape[0]
-            if real < self.batch:   # pad the last chunk to the compiled batch
-                chunk = [np.concatenate([c, np.repeat(c[-1:], self.batch - real, axis=0)]) for c in chunk]
-            chunks.append([o[:real] for o in self._run_batch(chunk)])
-        return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(self.outputs)}
+        arrays, samples = checked_inputs(self.inputs, feeds)
+        return dict(zip(self.outputs, run_in_batches(arrays, samples, self.batch, self._run_batch)))
 
     def time(self, feeds: dict[str, np.ndarray] | np.ndarray, repeat: int = 50, warmup: int = 5) -> Timing:
         """Time one compiled batch (the first `batch` samples of `feeds`), outputs copied out included."""
-        arrays, _ = self._check(as_feeds(self.inputs, feeds))
+        arrays, _ = checked_inputs(self.inputs, feeds)
         chunk = [np.resize(a, (self.batch, *a.shape[1:])) for a in arrays]
         for _ in range(warmup):
             self._run_batch(chunk)
@@ -191,7 +184,7 @@ class CompiledModel:
     def profile(self, feeds: dict[str, np.ndarray] | np.ndarray, repeat: int = 10) -> list[tuple[str, int, float]]:
         """Per kernel: (name, calls per run, milliseconds per run), slowest first, from the VM's
         call instrument (a Python callback around each call, about 1-2 us of it counted in)."""
-        arrays, _ = self._check(as_feeds(self.inputs, feeds))
+        arrays, _ = checked_inputs(self.inputs, feeds)
         chunk = [np.resize(a, (self.batch, *a.shape[1:])) for a in arrays]
         self._run_batch(chunk)
         totals: dict[str, list] = {}
@@ -230,31 +223,53 @@ class CompiledModel:
         results = list(result) if not hasattr(result, "numpy") else [result]
         return [r.numpy() for r in results]
 
-    def _check(self, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
-        problems, arrays, counts = [], [], set()
-        for name in feeds:
-            if name not in self.inputs:
-                problems.append(f"unknown input {name!r}")
-        for name, spec in self.inputs.items():
-            if name not in feeds:
-                problems.append(f"missing input {name!r} {spec['dtype']}{spec['shape']}")
-                continue
-            array = np.asarray(feeds[name])
-            if array.dtype != np.dtype(spec["dtype"]):
-                problems.append(f"input {name!r} is {array.dtype}, the library takes {spec['dtype']}")
-            elif list(array.shape[1:]) != list(spec["shape"][1:]):
-                problems.append(f"input {name!r} has shape {list(array.shape)}, the library takes "
-                                f"[N, {', '.join(map(str, spec['shape'][1:]))}]")
-            else:
-                counts.add(array.shape[0])
-            arrays.append(array)
-        if len(counts) > 1:
-            problems.append(f"inputs differ in their sample counts: {sorted(counts)}")
-        if counts == {0}:
-            problems.append("inputs have no samples")
-        if problems:
-            raise CalibrationDataError("; ".join(problems))
-        return arrays, counts.pop()
+def checked_inputs(inputs: dict, feeds) -> tuple[list[np.ndarray], int]:
+    """The arrays of `feeds` (a dict, or an array for a one-input model) in `inputs` order, and
+    their sample count; every name, dtype and shape checked against model.json's `inputs`."""
+    feeds = as_feeds(inputs, feeds)
+    problems, arrays, counts = [], [], set()
+    for name in feeds:
+        if name not in inputs:
+            problems.append(f"unknown input {name!r}")
+    for name, spec in inputs.items():
+        if name not in feeds:
+            problems.append(f"missing input {name!r} {spec['dtype']}{spec['shape']}")
+            continue
+        array = np.asarray(feeds[name])
+        if array.dtype != np.dtype(spec["dtype"]):
+            problems.append(f"input {name!r} is {array.dtype}, the library takes {spec['dtype']}")
+        elif list(array.shape[1:]) != list(spec["shape"][1:]):
+            problems.append(f"input {name!r} has shape {list(array.shape)}, the library takes "
+                            f"[N, {', '.join(map(str, spec['shape'][1:]))}]")
+        else:
+            counts.add(array.shape[0])
+        arrays.append(array)
+    if len(counts) > 1:
+        problems.append(f"inputs differ in their sample counts: {sorted(counts)}")
+    if counts == {0}:
+        problems.append("inputs have no samples")
+    if problems:
+        raise CalibrationDataError("; ".join(problems))
+    return arrays, counts.pop()
+
+
+def run_in_batches(arrays: list[np.ndarray], samples: int, batch: int, run_batch) -> list[np.ndarray]:
+    """The outputs of `run_batch` (one compiled batch of inputs -> its outputs) for any number of
+    samples: chunks of `batch`, the last one padded by repeating its last sample."""
+    chunks = []
+    for start in range(0, samples, batch):
+        chunk = [a[start:start + batch] for a in arrays]
+        real = chunk[0].shape[0]
+        chunks.append([o[:real] for o in run_batch(padded_batch(chunk, batch))])
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def padded_batch(chunk: list[np.ndarray], batch: int) -> list[np.ndarray]:
+    """A chunk of at most `batch` samples padded to the compiled batch by repeating its last sample."""
+    real = chunk[0].shape[0]
+    if real == batch:
+        return chunk
+    return [np.concatenate([c, np.repeat(c[-1:], batch - real, axis=0)]) for c in chunk]
 
 
 def as_feeds(inputs: dict, feeds) -> dict:

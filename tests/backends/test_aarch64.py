@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import qcompiler
-from graphs import ROOT, make_model
+from graphs import ROOT
 from qcompiler.backends.tvm.qemu import QemuLibrary, environment
 from qcompiler.compiler import compile_qdq, write_library
 from qcompiler.fidelity import compare
-from test_tvm_fidelity import C, _graph
+from test_tvm_fidelity import C, quantized_graph
 
 ARM_TARGETS = ["arm64", "arm64-dotprod", "arm64-i8mm"]
 EM_AARCH64 = 183
@@ -70,11 +70,8 @@ def test_fashion_models_under_qemu(name, target, tmp_path):
 @pytest.mark.parametrize("kind", ["depthwise-relu6", "residual-add", "concat", "conv-stride2-asymmetric-pads",
                                   "dilated-conv", "global-pool-flatten-gemm"])
 def test_generated_graphs_under_qemu(kind, preset, tmp_path):
-    nodes, inits = _graph(kind)
-    model = make_model(nodes, [("x", ["N", C, 12, 12])], [("y", None)], inits, opset=13)
     rng = np.random.default_rng(0)
-    qdq = qcompiler.quantize(model, {"x": rng.normal(0, 1, (32, C, 12, 12)).astype(np.float32)}, preset,
-                             progress=False, overrides=["*:wbits=4"] if preset == "w4a4" else ()).qdq
+    qdq = quantized_graph(kind, preset, rng)
     feeds = {"x": rng.normal(0, 1, (8, C, 12, 12)).astype(np.float32)}
     target = "arm64-i8mm" if preset == "w8a8" else "arm64-dotprod"   # smmla takes 8-bit weights
     (fidelity,) = _build_and_run(qdq, feeds, tmp_path, target, batch=4)

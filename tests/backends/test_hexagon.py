@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import qcompiler
-from graphs import ROOT, make_model
+from graphs import ROOT
 from qcompiler.backends.tvm import c_driver, hexagon_codegen, kernel_check
 from qcompiler.backends.tvm.build import lower, schedule
 from qcompiler.backends.tvm.hexagon import tools_missing
@@ -23,7 +23,7 @@ from qcompiler.backends.tvm.targets import get_target, tvm_target
 from qcompiler.compiler import compile_qdq, write_library
 from qcompiler.errors import UnsupportedModelError
 from qcompiler.fidelity import compare
-from test_tvm_fidelity import C, _graph, _qdq_around
+from test_tvm_fidelity import C, _qdq_around, quantized_graph
 
 EM_HEXAGON = 164
 
@@ -92,11 +92,8 @@ def test_library_files_are_hexagon_code_with_hvx_and_a_complete_driver(tmp_path)
 @pytest.mark.parametrize("kind,preset", [("depthwise-relu6", "w4a4"), ("concat", "w8a8"),
                                          ("conv-stride2-asymmetric-pads", "w8a8"), ("global-pool-flatten-gemm", "w4a4")])
 def test_generated_graphs_under_qemu_hexagon(kind, preset, tmp_path):
-    nodes, inits = _graph(kind)
-    model = make_model(nodes, [("x", ["N", C, 12, 12])], [("y", None)], inits, opset=13)
     rng = np.random.default_rng(0)
-    qdq = qcompiler.quantize(model, {"x": rng.normal(0, 1, (32, C, 12, 12)).astype(np.float32)}, preset,
-                             progress=False, overrides=["*:wbits=4"] if preset == "w4a4" else ()).qdq
+    qdq = quantized_graph(kind, preset, rng)
     library = compile_qdq(qdq, "hexagon-v68", batch=3)
     write_library(library, qdq, tmp_path)
     feeds = {"x": rng.normal(0, 1, (7, C, 12, 12)).astype(np.float32)}   # 7 = two batches of 3 and a padded one

@@ -106,14 +106,21 @@ def _compile_and_compare(qdq, feeds, tmp_path, batch):
     return library, compare(qdq.to_onnx(), load(tmp_path), feeds)
 
 
+def quantized_graph(kind: str, preset: str, rng):
+    """The generated graph `kind` quantized with `preset` on 32 samples drawn from `rng`
+    (4-bit weights for w4a4)."""
+    nodes, inits = _graph(kind)
+    model = make_model(nodes, [("x", ["N", C, 12, 12])], [("y", None)], inits, opset=13)
+    calib = {"x": rng.normal(0, 1, (32, C, 12, 12)).astype(np.float32)}
+    return qcompiler.quantize(model, calib, preset, progress=False,
+                              overrides=["*:wbits=4"] if preset == "w4a4" else ()).qdq
+
+
 @pytest.mark.parametrize("kind", GRAPHS)
 @pytest.mark.parametrize("preset", ["w8a8", "w4a4"])
 def test_generated_graph_within_one_lsb(kind, preset, tmp_path):
-    nodes, inits = _graph(kind)
-    model = make_model(nodes, [("x", ["N", C, 12, 12])], [("y", None)], inits, opset=13)
     rng = np.random.default_rng(0)
-    calib = {"x": rng.normal(0, 1, (32, C, 12, 12)).astype(np.float32)}
-    qdq = qcompiler.quantize(model, calib, preset, progress=False, overrides=["*:wbits=4"] if preset == "w4a4" else ()).qdq
+    qdq = quantized_graph(kind, preset, rng)
     feeds = {"x": rng.normal(0, 1, (8, C, 12, 12)).astype(np.float32)}
     library, (fidelity,) = _compile_and_compare(qdq, feeds, tmp_path, batch=4)
     print(f"{kind} {preset}: {fidelity.line()}; integer ops {dict(library.lowered)}")
