@@ -58,6 +58,7 @@ class _IntegerRewriter(relax.PyExprMutator):
         self._pending: dict | None = None       # the record the current lowering started
         self._tags = 0
         self._fixed_point: tuple = ((), 0, True)   # multipliers, shift, ties of the last _scale_terms
+        self._splits: dict = {}   # split call -> its integer split, emitted once
 
     # -- the entry point: every quantize call --------------------------------------------
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -74,7 +75,7 @@ class _IntegerRewriter(relax.PyExprMutator):
             return None
         out = QTensor(call, float(scale.reshape(())), int(zero_point.reshape(())), out_dtype)
         core, lo, hi = self._peel_clamps(call.args[0])
-        for lower in (self._linear, self._residual_add, self._pass_through, self._concat,
+        for lower in (self._linear, self._residual_add, self._pass_through, self._split_item, self._concat,
                       self._global_mean, self._avg_pool, self._requantize_only):
             self._pending = None
             integer = lower(core, out)
@@ -223,6 +224,21 @@ class _IntegerRewriter(relax.PyExprMutator):
         # max and the data-movement ops commute with the monotone per-tensor requantization.
         moved = self.builder_.emit(relax.Call(call.op, [self.visit_expr(x.var)] + list(call.args[1:]), call.attrs))
         return self._onto_grid(QTensor(moved, x.scale, x.zero_point, x.dtype), out)
+
+    def _split_item(self, core, out: QTensor):
+        """One output of a Split of DQ(x) (ShuffleNet's channel split): the integer tensor is
+        split once, and each piece put on its own output's grid."""
+        item = self.b.value(core)
+        if not isinstance(item, relax.TupleGetItem):
+            return None
+        call = self.b.call(item.tuple_value, "relax.split")
+        x = self.b.qtensor(call.args[0]) if call is not None else None
+        if x is None:
+            return None
+        if call not in self._splits:
+            self._splits[call] = self.builder_.emit(relax.Call(call.op, [self.visit_expr(x.var)], call.attrs))
+        piece = self.builder_.emit(relax.TupleGetItem(self._splits[call], item.index))
+        return self._onto_grid(QTensor(piece, x.scale, x.zero_point, x.dtype), out)
 
     def _concat(self, core, out: QTensor):
         call = self.b.call(core, "relax.concat")

@@ -63,8 +63,9 @@ def test_run_reports_accuracy_timing_and_kernels(compiled, tmp_path, capsys):
     accuracy = float(np.mean(logits.argmax(1) == data["labels"][:40]))
     assert f"top-1 accuracy: {accuracy:.4f} on 40 labelled samples" in out
     assert re.search(r"time per batch of 4: median \d+\.\d+ ms, p10 .* \(5 runs of one batch\)", out)
-    kernels = [line for line in out.splitlines() if line.startswith("fused_conv2d")]
-    assert len(kernels) >= 5, out    # the convolutions, each timed
+    # the convolutions, each timed: the VNNI kernel where the host has it, TVM's generic one if not
+    kernels = [line for line in out.splitlines() if line.startswith(("fused_conv2d", "qconv2d_"))]
+    assert len(kernels) >= 5, out
 
 
 def test_library_says_what_it_is(compiled):

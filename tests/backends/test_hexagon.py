@@ -40,7 +40,8 @@ def _fashion_qdq(name: str, preset: str):
 
 
 @pytest.mark.parametrize("name,preset,target", [("fashion_resnet8", "w8a8", "hexagon-v68"),
-                                                ("fashion_mobilenetv2", "w4a4", "hexagon-v73")])
+                                                ("fashion_mobilenetv2", "w4a4", "hexagon-v73"),
+                                                ("fashion_resnet8", "w2a4", "hexagon-v73")])
 def test_fashion_models_run_bit_exact_under_qemu(name, preset, target, tmp_path):
     """The whole model against onnxruntime, and every kernel against its host twin."""
     qdq, images = _fashion_qdq(name, preset)
@@ -52,7 +53,8 @@ def test_fashion_models_run_bit_exact_under_qemu(name, preset, target, tmp_path)
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
 
     spec = get_target(target)
-    assert library.kernels[f"vrmpy 1x1 conv2d / matmul{' int4' if preset == 'w4a4' else ''} + requantize"] > 0
+    packed = {"w4a4": " int4", "w2a4": " int2"}.get(preset, "")
+    assert library.kernels[f"vrmpy 1x1 conv2d / matmul{packed} + requantize"] > 0, dict(library.kernels)
     plan = library.executable.plan
     twins = kernel_check.host_twins(lambda: schedule(lower(qdq.to_onnx(), 1), spec, tvm_target(spec))[0])
     feeds = {"input": images[72:73]}
@@ -89,8 +91,11 @@ def test_library_files_are_hexagon_code_with_hvx_and_a_complete_driver(tmp_path)
     assert "int qc_model_run(const float* in0, float* out0);" in header and "'input', float32 [2, 1, 28, 28]" in header
 
 
-@pytest.mark.parametrize("kind,preset", [("depthwise-relu6", "w4a4"), ("concat", "w8a8"),
-                                         ("conv-stride2-asymmetric-pads", "w8a8"), ("global-pool-flatten-gemm", "w4a4")])
+@pytest.mark.parametrize("kind,preset", [
+    ("depthwise-relu6", "w4a4"), ("concat", "w8a8"), ("conv-stride2-asymmetric-pads", "w8a8"),
+    ("global-pool-flatten-gemm", "w4a4"), ("depthwise48-stride2", "w2a4"), ("residual-add", "w2a4"),
+    ("grouped-conv", "w8a8"), ("channel-shuffle", "w8a8"), ("maxpool-conv", "w4a4"), ("conv-avgpool", "w8a8"),
+    ("dilated-conv", "w2a4"), ("matmul-add", "w8a8")])
 def test_generated_graphs_under_qemu_hexagon(kind, preset, tmp_path):
     rng = np.random.default_rng(0)
     qdq = quantized_graph(kind, preset, rng)

@@ -106,14 +106,17 @@ def _compile_and_compare(qdq, feeds, tmp_path, batch):
     return library, compare(qdq.to_onnx(), load(tmp_path), feeds)
 
 
+LOW_BIT_EVERYWHERE = {"w4a4": ["*:wbits=4"], "w2a4": ["*:wbits=2"]}
+
+
 def quantized_graph(kind: str, preset: str, rng):
     """The generated graph `kind` quantized with `preset` on 32 samples drawn from `rng`
-    (4-bit weights for w4a4)."""
+    (every layer's weights 4-bit for w4a4 and 2-bit for w2a4, the edge layers too)."""
     nodes, inits = _graph(kind)
     model = make_model(nodes, [("x", ["N", C, 12, 12])], [("y", None)], inits, opset=13)
     calib = {"x": rng.normal(0, 1, (32, C, 12, 12)).astype(np.float32)}
     return qcompiler.quantize(model, calib, preset, progress=False,
-                              overrides=["*:wbits=4"] if preset == "w4a4" else ()).qdq
+                              overrides=LOW_BIT_EVERYWHERE.get(preset, ())).qdq
 
 
 @pytest.mark.parametrize("kind", GRAPHS)

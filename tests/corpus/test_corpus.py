@@ -144,7 +144,7 @@ def test_brecq_runs_on_exported_models(name, opset, corpus_dir, capsys):
     assert "BRECQ block, 2+1 iterations per block" in out, out
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite", "inception", "squeezenet", "resnet"])
+@pytest.mark.parametrize("name", ["efficientnet_lite", "inception", "squeezenet", "resnet", "shufflenet"])
 def test_corpus_models_under_qemu_hexagon(name, tmp_path):
     """Exporter-style models (computed SAME pads and ReduceMean pooling, scale layers, fire
     modules, residual adds) compiled for hexagon-v68 and run under qemu-hexagon

@@ -13,6 +13,8 @@ integer network once its convolutions use the VNNI kernel:
 
 from __future__ import annotations
 
+import math
+
 import tvm
 from tvm import s_tir
 from tvm.s_tir import dlight as dl
@@ -56,6 +58,9 @@ def vectorize_innermost(sch, block, lanes: int = LANES) -> None:
         lanes //= 2
     if len(loops) == 1 or extent is None or extent % lanes:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        total = _static(sch.get(fused).extent)
+        if total is not None:   # no masked tail (see tile_pixels_and_channels)
+            lanes = math.gcd(total, lanes)
         _, inner = sch.split(fused, [None, lanes])
     else:
         _, inner = sch.split(loops[-1], [None, lanes])
@@ -88,9 +93,14 @@ class VectorizeInjective(dl.ScheduleRule):
             # benchmarks/fuzz.py: 2-139 LSB). Reductions are left to VectorizeChannels.
             return None
         blocks = dl.try_inline(sch, blocks)
-        if len(blocks) != 1 or not blocks[0].is_injective():
+        if not blocks or not all(b.is_injective() for b in blocks):
             return None
-        vectorize_innermost(sch, blocks[0].block_rv, self.lanes)
+        # Several blocks are left where the chain ends in more than one output (a Split):
+        # each is a loop nest of its own. Unscheduled, such a kernel kept every stage as a
+        # buffer of int64 (ShuffleNet's channel shuffle), which LLVM's Hexagon backend took
+        # minutes to compile.
+        for block in blocks:
+            vectorize_innermost(sch, block.block_rv, self.lanes)
         return sch
 
 
@@ -99,7 +109,12 @@ def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=N
     channels per vector, the reduction loops outside a tile of pixels along the row that shares
     each weight vector: tile x 16 accumulators in registers (a local cache), written back once
     per tile; the `epilogue` block (a requantization) computed from the registers on the way
-    out (no int32 round trip)."""
+    out (no int32 round trip). Channels that are not a multiple of `lanes` are vectorized by
+    their largest common divisor with it (ShuffleNet's 12: 3 x 4): a vector loop with a
+    masked tail computed wrong values in the Hexagon code LLVM made for it."""
+    channels = _static(sch.get(spatial[-1]).extent)
+    if channels is not None:
+        lanes = math.gcd(channels, lanes)
     channel_outer, channel_inner = sch.split(spatial[-1], [None, lanes])
     width = sch.get(spatial[-2]).extent
     tile = pixel_tile(int(width)) if hasattr(width, "value") or isinstance(width, int) else 1

@@ -186,7 +186,8 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         parts = 8 // weight_bits   # fields per byte
         part, inner = sch.split(sch.fuse(*sch.get_loops(unpack)[-2:]), [parts, 4 * cblock // parts])
         sch.unroll(part)   # each part one vector: its shift is a constant, no per-lane select
-        sch.vectorize(inner)
+        if not (isa == "vrmpy" and weight_bits == 2):
+            sch.vectorize(inner)
     else:
         sch.reorder(b, y, x_outer, o_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
         tile = o_outer
