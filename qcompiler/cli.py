@@ -17,6 +17,7 @@ import numpy as np
 from qcompiler import supervise
 from qcompiler.cli_options import build_parser, input_shapes, reconstruct_config
 from qcompiler.cli_train import train_config
+from qcompiler.cli_tune import cmd_rpc, cmd_tune
 from qcompiler.errors import QCompilerError, UsageError
 
 log = logging.getLogger("qcompiler")
@@ -203,6 +204,7 @@ def _compile(args: argparse.Namespace, target, dump_prefix: Path | None, model, 
         run, evaluation, timing = _quantize(args, dump_prefix)
     print(f"building for {target.name} ({target.description}), batch {args.batch} ...", file=sys.stderr)
     built = compile(run or model, target=target, batch=args.batch, output_dir=stage, allow_float=args.allow_float,
+                    tuning_db=getattr(args, "tuning_db", None),
                     input_shapes=None if run else input_shapes(args), evaluation=evaluation,
                     evaluation_source=str(args.eval))
     return built, timing
@@ -217,6 +219,8 @@ def _print_compiled(args: argparse.Namespace, built, timing, paths: list[Path]) 
     library = built.library
     print(built.split())
     print(f"kernels: {counts(library.kernels) or 'generic only'}")
+    if getattr(args, "tuning_db", None) is not None:
+        _print_tuning(args.tuning_db, library.tuned_kernels)
     print("build: " + ", ".join(f"{k} {v:.1f} s" for k, v in library.seconds.items()))
     for fidelity in built.fidelity:
         print(f"library vs QDQ model (onnxruntime): {fidelity.line()}")
@@ -229,6 +233,14 @@ def _print_compiled(args: argparse.Namespace, built, timing, paths: list[Path]) 
         print(f"{'backend pass':<26} seconds")
         print("\n".join(f"{name:<26} {seconds:>7.3f}" for name, seconds in library.stages.items()))
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _print_tuning(db: Path, tuned: list) -> None:
+    if tuned:
+        print(f"tuning: {len(tuned)} kernel(s) took their tiling from {db}")
+    else:
+        log.warning("%s has no record for any kernel of this build: it was tuned for another model, batch or "
+                    "quantization (tune this one: qcompiler tune OUT_DIR)", db)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -335,7 +347,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"inspect": cmd_inspect, "optimize": cmd_optimize, "quantize": cmd_quantize, "passes": cmd_passes,
-            "demo": cmd_demo, "compile": cmd_compile, "run": cmd_run, "targets": cmd_targets}
+            "demo": cmd_demo, "compile": cmd_compile, "run": cmd_run, "targets": cmd_targets, "tune": cmd_tune,
+            "rpc": cmd_rpc}
 
 if __name__ == "__main__":
     sys.exit(supervise.run_supervised(main))

@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive_int, default=1, help="the batch size the library is built for (default 1)")
     p.add_argument("--allow-float", action="store_true", help="Hexagon: accept ops that would run in scalar float "
                    "on the DSP (refused by default, exit 4)")
+    p.add_argument("--tuning-db", type=Path, metavar="PATH", help="the convolution tilings `qcompiler tune` measured "
+                   "for this model and target")
     p.add_argument("-o", "--output-dir", type=Path, required=True,
                    help="writes model.so, model.json, model.qdq.onnx (and report.html when it quantized) here")
     _force_option(p)
@@ -236,6 +238,9 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig | None:
 
 
 def _more_commands(sub) -> None:
+    from qcompiler.cli_tune import add_commands
+
+    add_commands(sub, positive_int)
     sub.add_parser("passes", help="list the registered passes")
 
     p = sub.add_parser("demo", help="the main job on the bundled model: inspect, optimize, quantize, compile, run")

@@ -167,11 +167,12 @@ HEXAGON_OUTPUTS = (*HEXAGON_KERNEL_FILES, *HEXAGON_DRIVER_FILES)
 def compile(model: Model | QuantizeRun | str | Path, calib=None, target: str = "native", *, batch: int = 1,
             output_dir: str | Path | None = None, config: QuantConfig | None = None,
             input_shapes: dict | None = None, evaluation: Evaluation | None = None, evaluation_source: str = "",
-            check_samples: int = 64, allow_float: bool = False, **quantize_options) -> CompileRun:
+            check_samples: int = 64, allow_float: bool = False, tuning_db=None, **quantize_options) -> CompileRun:
     """Quantize (a float model, with `calib`), build the integer library for `target`, write it to
     `output_dir` (model.so, model.json, model.qdq.onnx, and report.html when it quantized) and,
     for a host target, compare it with the QDQ model on up to `check_samples` calibration samples.
     `allow_float`: a Hexagon build accepts ops left in float (scalar on the DSP; refused, exit 4).
+    `tuning_db`: a database from `qcompiler tune` for this model and target (compile_qdq).
     `quantize_options` go to qcompiler.driver.quantize (calib_count, preprocess, reconstruct, ...)."""
     from qcompiler.backends.tvm.targets import get_target
 
@@ -185,7 +186,7 @@ def compile(model: Model | QuantizeRun | str | Path, calib=None, target: str = "
                                  "it first (or an already quantized *.qdq.onnx)")
             run = quantize(model, calib, config, input_shapes=input_shapes, **quantize_options)
     qdq = run.qdq if run is not None else fix_shapes(model, input_shapes)
-    built = CompileRun(qdq, compile_qdq(qdq, spec, batch, allow_float=allow_float), run)
+    built = CompileRun(qdq, compile_qdq(qdq, spec, batch, allow_float=allow_float, tuning_db=tuning_db), run)
     if output_dir is not None:
         _write(built, Path(output_dir), evaluation, evaluation_source)
         if spec.host and run is not None and check_samples:
@@ -223,16 +224,26 @@ def _check(built: CompileRun, data) -> None:
 
 
 def compile_qdq(qdq: Model, target="native", batch: int = 1, input_shapes: dict | None = None,
-                allow_float: bool = False):
+                allow_float: bool = False, tuning_db=None):
     """Build the QDQ model into an integer library for a target (in memory; `write_library` saves it).
 
     Shape arithmetic left in the model is folded first, at `input_shapes` where given (write
-    the library with the model `fix_shapes` returns)."""
+    the library with the model `fix_shapes` returns). `tuning_db` (a path or a
+    tuning.TuningDatabase from `qcompiler tune`) gives the convolution kernels their tuned
+    tiles; the library lists those that took one (`tuned_kernels`)."""
+    from qcompiler.backends.tvm import tuning
     from qcompiler.backends.tvm.build import build
+    from qcompiler.backends.tvm.targets import get_target
 
+    spec = get_target(target) if isinstance(target, str) else target
+    if tuning_db is not None and not isinstance(tuning_db, tuning.TuningDatabase):
+        tuning_db = tuning.TuningDatabase.load(tuning_db, spec.name)
     qdq = fix_shapes(qdq, input_shapes)
-    with supervise.stage("the TVM build"):
-        return build(qdq.to_onnx(), target, batch, name=str(qdq.path or "model"), allow_float=allow_float)
+    with supervise.stage("the TVM build"), tuning.applied(tuning_db):
+        library = build(qdq.to_onnx(), spec, batch, name=str(qdq.path or "model"), allow_float=allow_float)
+    if tuning_db is not None:
+        library.tuned_kernels = sorted(tuning_db.used)
+    return library
 
 
 def write_library(library, qdq: Model, out_dir) -> list:

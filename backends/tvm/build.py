@@ -33,6 +33,7 @@ class Library:
     seconds: dict = field(default_factory=dict)
     kernels: Counter = field(default_factory=Counter)   # hand-written kernels used, by kind
     stages: dict = field(default_factory=dict)   # seconds of each named backend pass (qcompiler.*)
+    tuned_kernels: list = field(default_factory=list)   # kernels that took their tile from a tuning database
 
 
 def unconvertible_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -291,6 +292,7 @@ def metadata(qdq: onnx.ModelProto, library: Library, version: str) -> dict:
                    "dot_kernels": list(library.target.dot_kernels), "runner": library.target.runner,
                    "cpu_flags": list(library.target.cpu_flags), "vector_lanes": library.target.vector_lanes},
         "kernels": dict(library.kernels),
+        "tuned_kernels": sorted(library.tuned_kernels),
         "batch": library.batch,
         "inputs": inputs,
         "outputs": outputs,

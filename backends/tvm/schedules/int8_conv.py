@@ -26,6 +26,7 @@ accumulator's correction. The same packed 16 x 4 weight block is then four 4 x 4
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 
 from qcompiler.backends.tvm.schedules.geometry import output_size, padded_input, pixel_tile
@@ -134,40 +135,98 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
     With `weight_bits` 4 the weight comes packed two to a byte (pack_weight_int4), with 2 four
     to a byte followed by int8 offsets per channel (pack_weight_int2); each block of output
     channels is then decoded into a small buffer once per call and reused for every pixel: the
-    loops over channel blocks move outside the pixel loops for that."""
-    import tvm
-    from tvm import te, topi
+    loops over channel blocks move outside the pixel loops for that.
 
-    cblock = channel_block(isa)
-    x = te.placeholder((n, h, w, ci), "uint8", name="x")
+    The pixel tile (output pixels per register tile) is the template's, unless a tuning
+    database (backends/tvm/tuning.py) has a faster one for this kernel."""
+    import tvm
+
+    from qcompiler.backends.tvm import tuning
+
+    task = ConvTask(n, h, w, ci, co, kh, kw, stride, dilation, padding, requantize, weight_bits, isa, pad_value)
+    sch = tvm.s_tir.Schedule(task.compute())
+    schedule_conv(sch, task, tuning.tuned_pixel_tile(task))
+    # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
+    return sch.mod["main"].with_attrs({"global_symbol": task.name(), "tirx.is_scheduled": True, "op_pattern": 8})
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvTask:
+    """One convolution kernel's shape and options: its compute (unscheduled) and its name."""
+
+    n: int
+    h: int
+    w: int
+    ci: int
+    co: int
+    kh: int
+    kw: int
+    stride: tuple
+    dilation: tuple
+    padding: tuple
+    requantize: RequantizeCode | None = None
+    weight_bits: int = 8
+    isa: str = "vnni"
+    pad_value: int = 0
+
+    def output_width(self) -> int:
+        return output_size(self.h, self.w, self.kh, self.kw, self.stride, self.dilation, self.padding)[1]
+
+    def name(self) -> str:
+        name = (f"qconv2d_{self.isa}_{self.n}x{self.h}x{self.w}x{self.ci}_{self.co}x{self.kh}x{self.kw}"
+                f"_s{self.stride[0]}d{self.dilation[0]}p{'_'.join(map(str, self.padding))}")
+        if self.weight_bits < 8:
+            name += f"_w{self.weight_bits}"
+        if self.pad_value:
+            name += f"_z{self.pad_value}"
+        if self.requantize is not None:
+            name += self.requantize.suffix
+        return name
+
+    def compute(self):
+        """The unscheduled PrimFunc."""
+        import tvm
+        from tvm import te, topi
+
+        n, h, w, ci, co, kh, kw = self.n, self.h, self.w, self.ci, self.co, self.kh, self.kw
+        stride, dilation, padding, weight_bits = self.stride, self.dilation, self.padding, self.weight_bits
+        cblock = channel_block(self.isa)
+        x = te.placeholder((n, h, w, ci), "uint8", name="x")
+        if weight_bits == 4:
+            weights = [te.placeholder((co // cblock, kh, kw, ci // 4, 2 * cblock), "uint8", name="w4")]
+            wp = unpacked_int4(tvm, te, weights[0], co, kh, kw, ci, cblock)
+        elif weight_bits == 2:
+            weights = [te.placeholder((co // cblock, kh, kw, ci // 4, cblock), "uint8", name="w2"),
+                       te.placeholder((co,), "int8", name="w2_offsets")]
+            wp = unpacked_int2(te, *weights, co, kh, kw, ci, cblock)
+        else:
+            weights = [te.placeholder((co // cblock, kh, kw, ci // 4, cblock, 4), "int8", name="w")]
+            wp = weights[0]
+        padded = padded_input(topi, x, padding, self.pad_value)
+        if self.isa == "sdot":   # u8 -> s8 (x - 128): sdot is signed only; the caller corrects by 128 * sum(w)
+            padded = te.compute(padded.shape, lambda *i: (padded(*i).astype("int32") - 128).astype("int8"),
+                                name="signed")
+        ho, wo = output_size(h, w, kh, kw, stride, dilation, padding)
+        ry, rx, rc = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, ci), "rc")
+        out = te.compute(
+            (n, ho, wo, co),
+            lambda b, y, xx, o: te.sum(
+                padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], rc].astype("int32")
+                * wp[o // cblock, ry, rx, rc // 4, o % cblock, rc % 4].astype("int32"), axis=[ry, rx, rc]),
+            name="conv")
+        params = [x, *weights, out]
+        if self.requantize is not None:
+            requant, rq_inputs = requantized(tvm, te, out, co, self.requantize)
+            params = [x, *weights, *rq_inputs, requant]
+        return te.create_prim_func(params)
+
+
+def schedule_conv(sch, task: ConvTask, tile) -> None:
+    """The template schedule of a ConvTask's compute, `tile` output pixels per register tile
+    (an int dividing the output width, or a sampled value while tuning)."""
+    isa, weight_bits = task.isa, task.weight_bits
     packed = weight_bits < 8
-    if weight_bits == 4:
-        weights = [te.placeholder((co // cblock, kh, kw, ci // 4, 2 * cblock), "uint8", name="w4")]
-        wp = unpacked_int4(tvm, te, weights[0], co, kh, kw, ci, cblock)
-    elif weight_bits == 2:
-        weights = [te.placeholder((co // cblock, kh, kw, ci // 4, cblock), "uint8", name="w2"),
-                   te.placeholder((co,), "int8", name="w2_offsets")]
-        wp = unpacked_int2(te, *weights, co, kh, kw, ci, cblock)
-    else:
-        weights = [te.placeholder((co // cblock, kh, kw, ci // 4, cblock, 4), "int8", name="w")]
-        wp = weights[0]
-    padded = padded_input(topi, x, padding, pad_value)
-    if isa == "sdot":   # u8 -> s8 (x - 128): sdot is signed only; the caller corrects by 128 * sum(w)
-        padded = te.compute(padded.shape, lambda *i: (padded(*i).astype("int32") - 128).astype("int8"),
-                            name="signed")
-    ho, wo = output_size(h, w, kh, kw, stride, dilation, padding)
-    ry, rx, rc = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, ci), "rc")
-    out = te.compute(
-        (n, ho, wo, co),
-        lambda b, y, xx, o: te.sum(
-            padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], rc].astype("int32")
-            * wp[o // cblock, ry, rx, rc // 4, o % cblock, rc % 4].astype("int32"), axis=[ry, rx, rc]),
-        name="conv")
-    params = [x, *weights, out]
-    if requantize is not None:
-        requant, rq_inputs = requantized(tvm, te, out, co, requantize)
-        params = [x, *weights, *rq_inputs, requant]
-    sch = tvm.s_tir.Schedule(te.create_prim_func(params))
+    cblock = channel_block(isa)
     block = sch.get_sblock("conv")
     b, y, xx, o, r_y, r_x, r_c = sch.get_loops(block)
     if isa == "sdot":
@@ -177,10 +236,10 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
         o_block = None
     c_outer, c_inner = sch.split(r_c, [None, 4])
     inner_loops = [o_inner, c_inner] if o_block is None else [o_block, o_inner, c_inner]
-    x_outer, x_inner = sch.split(xx, [None, pixel_tile(wo)])
+    x_outer, x_inner = sch.split(xx, [None, tile])
     if packed:
         sch.reorder(b, o_outer, y, x_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
-        tile = x_outer
+        tile_loop = x_outer
         unpack = sch.get_sblock("unpack")
         sch.compute_at(unpack, o_outer)
         parts = 8 // weight_bits   # fields per byte
@@ -190,24 +249,15 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
             sch.vectorize(inner)
     else:
         sch.reorder(b, y, x_outer, o_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
-        tile = o_outer
+        tile_loop = o_outer
     write_back = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(write_back, tile)
+    sch.reverse_compute_at(write_back, tile_loop)
     init = sch.decompose_reduction(block, r_y)
     sch.tensorize(o_inner, register_intrinsic(isa, _EMULATED))
     if o_block is not None:
         sch.unroll(o_block)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(x_inner)
-    if requantize is not None:   # computed from the registers on the way out: no int32 round trip
+    if task.requantize is not None:   # computed from the registers on the way out: no int32 round trip
         sch.reverse_compute_inline(sch.get_sblock("requantize"))
     sch.vectorize(sch.get_loops(write_back)[-1])
-    name = f"qconv2d_{isa}_{n}x{h}x{w}x{ci}_{co}x{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
-    if packed:
-        name += f"_w{weight_bits}"
-    if pad_value:
-        name += f"_z{pad_value}"
-    if requantize is not None:
-        name += requantize.suffix
-    # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
-    return sch.mod["main"].with_attrs({"global_symbol": name, "tirx.is_scheduled": True, "op_pattern": 8})

@@ -1,0 +1,307 @@
+"""Autotuning the convolution kernels on the device that will run them (`qcompiler tune`).
+
+Each convolution of a model is one task (int8_conv.ConvTask: shape, weight bits, requantization,
+dot-product instruction). Its search space is the template schedule with its knob free: the
+output pixels per register tile, any divisor of the output width up to MAX_TILE. The space is
+small, so every point is measured (no sampling, no cost model): built by MetaSchedule's local
+builder and timed by its local runner on this machine, or by its RPC runner on a device that a
+TVM tracker lends (`python -m tvm.exec.rpc_tracker`, `rpc_server`). The template's own tile is
+always among the points, so a tuned kernel is never slower than the template as measured.
+
+The result is a JSON database per model and target. `compile --tuning-db` applies it: inside
+`applied(db)`, int8_conv.conv2d_kernel takes each kernel's tile from it (`tuned_pixel_tile`),
+and the build reports how many records it used, so that a database that matches nothing is
+seen, not silently ignored. Only loop tiling changes, so a tuned library computes exactly what
+the untuned one does (tested bit for bit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+from qcompiler.errors import RemoteDeviceError, UsageError
+
+FORMAT = "qcompiler-tuning/1"
+#: Largest pixel tile tried: tile x (channel block) int32 accumulators live in registers (32
+#: zmm on AVX-512, 32 q on NEON, 32 HVX vectors), and a few registers hold the operands.
+MAX_TILE = 28
+#: Failed measurements (a device gone mid-run) are re-submitted this many times; through a
+#: tracker they go to another device of the key.
+RETRIES = 2
+
+
+@dataclasses.dataclass
+class TaskResult:
+    """One kernel's measurements: the template's tile and time, the best, and every point."""
+
+    kernel: str
+    template_tile: int
+    tile: int
+    template_ms: float
+    tuned_ms: float
+    macs: int
+    points: dict        # tile -> ms
+
+    def gops(self) -> float:
+        return 2 * self.macs / (self.tuned_ms * 1e6)
+
+
+@dataclasses.dataclass
+class TuningDatabase:
+    """Kernel name -> TaskResult, for one target."""
+
+    target: str
+    records: dict = dataclasses.field(default_factory=dict)
+    used: set = dataclasses.field(default_factory=set)    # kernels a build took a tile from
+
+    @classmethod
+    def load(cls, path, target: str | None = None) -> TuningDatabase:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: not a tuning database ({exc}); `qcompiler tune` writes one") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("records"), dict):
+            raise UsageError(f"{path}: not a tuning database of this version (format {FORMAT!r} expected)")
+        if target is not None and data.get("target") != target:
+            raise UsageError(f"{path} was tuned for {data.get('target')!r}, not {target!r}: tune for this target, "
+                             "or compile for that one")
+        try:
+            records = {name: TaskResult(**{**r, "points": {int(k): v for k, v in r["points"].items()}})
+                       for name, r in data["records"].items()}
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise UsageError(f"{path}: a malformed record ({exc})") from None
+        return cls(data["target"], records)
+
+    def save(self, path) -> None:
+        from qcompiler.files import write_text_atomic
+
+        records = {name: dataclasses.asdict(r) for name, r in sorted(self.records.items())}
+        write_text_atomic(Path(path), json.dumps({"format": FORMAT, "target": self.target, "records": records},
+                                                 indent=1) + "\n")
+
+
+_ACTIVE: TuningDatabase | None = None
+_SEEN: dict | None = None   # kernel name -> ConvTask, while conv_tasks collects them
+
+
+@contextlib.contextmanager
+def applied(db: TuningDatabase | None):
+    """Kernels built inside take their pixel tile from `db` (records used: db.used). The
+    kernel cache is emptied on the way in and out: kernels built with one database's tiles are
+    not reused by a build without it."""
+    global _ACTIVE
+    if db is None:
+        yield None
+        return
+    _clear_kernel_cache()
+    _ACTIVE = db
+    try:
+        yield db
+    finally:
+        _ACTIVE = None
+        _clear_kernel_cache()
+
+
+def _clear_kernel_cache() -> None:
+    from qcompiler.backends.tvm.schedules import int8_conv
+
+    int8_conv.conv2d_kernel.cache_clear()
+
+
+def tuned_pixel_tile(task) -> int:
+    """The pixel tile of a kernel being built: the applied database's, else the template's."""
+    from qcompiler.backends.tvm.schedules.geometry import pixel_tile
+
+    if _SEEN is not None:
+        _SEEN[task.name()] = task
+    width = task.output_width()
+    record = _ACTIVE.records.get(task.name()) if _ACTIVE is not None else None
+    if record is not None and width % record.tile == 0:
+        _ACTIVE.used.add(task.name())
+        return record.tile
+    return pixel_tile(width)
+
+
+def conv_tasks(qdq_onnx, spec, batch: int) -> list:
+    """The ConvTasks a build of the model for `spec` makes, in graph order."""
+    global _SEEN
+    from qcompiler.backends.tvm.build import lower, schedule
+    from qcompiler.backends.tvm.targets import tvm_target
+
+    _clear_kernel_cache()   # every kernel built anew, so that each one is seen
+    _SEEN = {}
+    try:
+        schedule(lower(qdq_onnx, batch), spec, tvm_target(spec))
+        return list(_SEEN.values())
+    finally:
+        _SEEN = None
+
+
+def candidate_tiles(width: int) -> list[int]:
+    return [t for t in range(1, min(width, MAX_TILE) + 1) if width % t == 0]
+
+
+class Measurer:
+    """MetaSchedule's local builder, and its local runner or RPC runner (through a tracker)."""
+
+    def __init__(self, target, rpc: str | None = None, repeat: int = 3, timeout: float = 30.0):
+        from tvm.s_tir import meta_schedule as ms
+
+        self.ms, self.target = ms, target
+        self.builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=timeout)
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=repeat, min_repeat_ms=50, enable_cpu_cache_flush=False)
+        if rpc is None:
+            self.runner = ms.runner.LocalRunner(timeout_sec=timeout, evaluator_config=evaluator)
+        else:
+            host, port, key = parse_rpc(rpc)
+            check_tracker(host, port, key)
+            config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                         session_timeout_sec=int(timeout))
+            self.runner = ms.runner.RPCRunner(config, evaluator_config=evaluator, max_workers=1)
+
+    def times_ms(self, funcs: list) -> list[float | None]:
+        """Median milliseconds of each PrimFunc (None where it failed after RETRIES re-runs)."""
+        ms = self.ms
+        builds = self.builder.build([ms.builder.BuilderInput(_module(f), self.target) for f in funcs])
+        times: list = [None] * len(funcs)
+        pending = [i for i, b in enumerate(builds) if b.error_msg is None]
+        for _ in range(RETRIES + 1):
+            if not pending:
+                break
+            inputs = [ms.runner.RunnerInput(builds[i].artifact_path, "cpu",
+                                            ms.arg_info.ArgInfo.from_prim_func(funcs[i])) for i in pending]
+            results = [future.result() for future in self.runner.run(inputs)]
+            for i, result in zip(pending, results):
+                if result.error_msg is None:
+                    times[i] = 1e3 * sorted(float(s) for s in result.run_secs)[len(result.run_secs) // 2]
+            pending = [i for i, r in zip(pending, results) if r.error_msg is not None]
+        return times
+
+
+def _module(func):
+    import tvm
+
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def tune_task(task, measurer: Measurer, trials: int | None = None) -> TaskResult | None:
+    """Every pixel tile of one kernel (at most `trials`, those nearest the template's first),
+    measured; None if the template itself could not run."""
+    import tvm
+
+    from qcompiler.backends.tvm.schedules.geometry import pixel_tile
+    from qcompiler.backends.tvm.schedules.int8_conv import schedule_conv
+
+    template = pixel_tile(task.output_width())
+    tiles = sorted(candidate_tiles(task.output_width()), key=lambda t: (abs(math.log(t / template)), t))[:trials]
+    funcs = []
+    for tile in tiles:
+        sch = tvm.s_tir.Schedule(task.compute())
+        schedule_conv(sch, task, tile)
+        funcs.append(sch.mod["main"])
+    points = {t: ms for t, ms in zip(tiles, measurer.times_ms(funcs)) if ms is not None}
+    if template not in points:
+        return None
+    best = min(points, key=points.get)
+    macs = task.n * task.co * task.ci * task.kh * task.kw * math.prod(_output_hw(task))
+    return TaskResult(task.name(), template, best, points[template], points[best], macs, points)
+
+
+def _output_hw(task) -> tuple[int, int]:
+    from qcompiler.backends.tvm.schedules.geometry import output_size
+
+    return output_size(task.h, task.w, task.kh, task.kw, task.stride, task.dilation, task.padding)
+
+
+def parse_rpc(text: str) -> tuple[str, int, str]:
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2]:
+        raise UsageError(f"--rpc {text!r}: expected HOST:PORT:KEY (the tracker and the device key)")
+    return parts[0], int(parts[1]), parts[2]
+
+
+def tracker_devices(host: str, port: int, timeout: float = 10.0) -> dict[str, int]:
+    """Key -> free devices of the tracker at host:port; a one-line RemoteDeviceError (exit 7)
+    when none answers within `timeout` seconds."""
+    import socket
+
+    from tvm import rpc
+
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()   # TVM's own connect retries for minutes
+        summary = rpc.connect_tracker(host, port).summary()
+    except Exception as exc:   # noqa: BLE001 - TVM raises its own errors and socket errors alike
+        raise RemoteDeviceError(f"no RPC tracker at {host}:{port} ({type(exc).__name__}: {exc}); start one with "
+                                "`python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port 9190`") from None
+    return _free_devices(summary)
+
+
+def check_tracker(host: str, port: int, key: str) -> None:
+    """A one-line RemoteDeviceError (exit 7) unless the tracker answers and lends a `key` device."""
+    keys = tracker_devices(host, port)
+    if keys.get(key, 0) == 0:
+        raise RemoteDeviceError(f"the tracker at {host}:{port} has no free device with key {key!r} "
+                                f"(it has: {', '.join(f'{k} x{n}' for k, n in keys.items()) or 'none'}); start one "
+                                f"with `python -m tvm.exec.rpc_server --tracker {host}:{port} --key {key}`")
+
+
+def _free_devices(summary: dict) -> dict[str, int]:
+    """Key -> free devices, from the tracker's summary."""
+    counts: dict[str, int] = {}
+    for key, queue in (summary.get("queue_info") or {}).items():   # {"dev": {"free": 2, "pending": 0}}
+        counts[key] = counts.get(key, 0) + int(queue.get("free", 0))
+    for server in summary.get("server_info", []):
+        key = str(server.get("key", "")).split(":")[-1]
+        if key and key not in counts:
+            counts[key] = 0
+    return counts
+
+
+def tune(qdq_onnx, spec, batch: int, db: TuningDatabase, rpc: str | None = None, time_budget: float | None = None,
+         resume: bool = False, trials: int | None = None, report=print) -> list[TaskResult]:
+    """Tune every convolution of the model (skipping those in `db` with `resume`), adding the
+    results to `db`; `report` gets one line per task with the time left."""
+    from qcompiler.backends.tvm.targets import tvm_target
+
+    tasks = conv_tasks(qdq_onnx, spec, batch)
+    if not tasks:
+        raise UsageError(f"nothing to tune: the model has no convolution or matmul kernel on {spec.name}")
+    todo = [t for t in tasks if not (resume and t.name() in db.records)]
+    measurer = Measurer(tvm_target(spec), rpc)
+    start, done = time.perf_counter(), []
+    for index, task in enumerate(todo, 1):
+        if time_budget is not None and time.perf_counter() - start > time_budget:
+            report(f"time budget spent: {len(todo) - index + 1} task(s) left untuned (run again with --resume)")
+            break
+        result = tune_task(task, measurer, trials)
+        elapsed = time.perf_counter() - start
+        left = elapsed / index * (len(todo) - index)
+        if result is None:
+            report(f"[{index}/{len(todo)}] {task.name()}: the template did not run; left untuned")
+            continue
+        db.records[result.kernel] = result
+        done.append(result)
+        report(f"[{index}/{len(todo)}] {result.kernel}: template {result.template_ms:.4f} ms (tile "
+               f"{result.template_tile}), best {result.tuned_ms:.4f} ms (tile {result.tile}), "
+               f"{len(result.points)} points; about {left:.0f} s left")
+    return done
+
+
+def table(results: list[TaskResult], peak_gops: float | None = None) -> str:
+    """The per-task table: template ms, tuned ms, speed-up, GOPS, % of the peak."""
+    lines = [f"{'kernel':<58} {'tile':>9} {'template ms':>11} {'tuned ms':>9} {'speed-up':>8} {'GOPS':>7}"
+             + (f" {'% peak':>6}" if peak_gops else "")]
+    for r in results:
+        line = (f"{r.kernel[:58]:<58} {r.template_tile:>4} -> {r.tile:<2} {r.template_ms:>11.4f} {r.tuned_ms:>9.4f} "
+                f"{r.template_ms / r.tuned_ms:>7.2f}x {r.gops():>7.1f}")
+        lines.append(line + (f" {100 * r.gops() / peak_gops:>5.0f}%" if peak_gops else ""))
+    template, tuned = sum(r.template_ms for r in results), sum(r.tuned_ms for r in results)
+    if results:
+        lines.append(f"{'all tuned kernels':<58} {'':>9} {template:>11.4f} {tuned:>9.4f} {template / tuned:>7.2f}x")
+    return "\n".join(lines)
