@@ -145,11 +145,15 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         rows = [measure(name, args.runs, Path(workdir)) for name in args.models.split(",")]
-    text = table(rows, args.runs)
+    publish(table(rows, args.runs), RESULTS)
+
+
+def publish(text: str, path: Path) -> None:
+    """Print a results table and write it to its file under benchmarks/results."""
     print(text)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    print(f"wrote {RESULTS}")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

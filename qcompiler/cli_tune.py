@@ -62,10 +62,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     where = f"the device {args.rpc}" if args.rpc else "this machine"
     print(f"tuning {qdq_path} for {target.name}, batch {batch}, on {where} ...", file=sys.stderr)
     results = tuning.tune(model.to_onnx(), target, batch, db, rpc=args.rpc, time_budget=args.time_budget,
-                          resume=args.resume, trials=args.trials,
+                          resume=args.resume, trials=args.trials, checkpoint=lambda: db.save(args.db),
                           report=lambda line: print(line, file=sys.stderr, flush=True))
     db.save(args.db)
-    print(tuning.table(results) if results else "no kernel tuned (all in the database already: drop --resume)")
+    if db.peak_gops:
+        print(f"peak of the dot-product kernel here: {db.peak_gops:.0f} GOPS (measured: tuning.peak_gops)")
+    print(tuning.table(results, db.peak_gops) if results
+          else "no kernel tuned (all in the database already: drop --resume)")
     print(f"wrote {args.db} ({len(db.records)} kernel(s)); apply it with `qcompiler compile {qdq_path} "
           f"--target {target.name} --batch {batch} --tuning-db {args.db} -o OUT`")
     return 0

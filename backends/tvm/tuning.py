@@ -57,6 +57,7 @@ class TuningDatabase:
 
     target: str
     records: dict = dataclasses.field(default_factory=dict)
+    peak_gops: float | None = None   # the dot-product kernel's measured peak on the device (peak_gops)
     used: set = dataclasses.field(default_factory=set)    # kernels a build took a tile from
 
     @classmethod
@@ -76,14 +77,14 @@ class TuningDatabase:
                        for name, r in data["records"].items()}
         except (TypeError, KeyError, AttributeError) as exc:
             raise UsageError(f"{path}: a malformed record ({exc})") from None
-        return cls(data["target"], records)
+        return cls(data["target"], records, data.get("peak_gops"))
 
     def save(self, path) -> None:
         from qcompiler.files import write_text_atomic
 
         records = {name: dataclasses.asdict(r) for name, r in sorted(self.records.items())}
-        write_text_atomic(Path(path), json.dumps({"format": FORMAT, "target": self.target, "records": records},
-                                                 indent=1) + "\n")
+        write_text_atomic(Path(path), json.dumps({"format": FORMAT, "target": self.target, "peak_gops": self.peak_gops,
+                                                  "records": records}, indent=1) + "\n")
 
 
 _ACTIVE: TuningDatabase | None = None
@@ -213,6 +214,18 @@ def tune_task(task, measurer: Measurer, trials: int | None = None) -> TaskResult
     return TaskResult(task.name(), template, best, points[template], points[best], macs, points)
 
 
+def peak_gops(measurer: Measurer, isa: str) -> float | None:
+    """The fastest the dot-product kernel runs on the device: a 1x1 convolution whose operands
+    stay in L1 (a row of 28 pixels, 512 input channels, one block of output channels, no
+    requantization) at its best tiling. A measured peak of the kernel's inner loop, not the
+    instruction's datasheet peak; the per-kernel table gives each kernel's share of it."""
+    from qcompiler.backends.tvm.schedules.int8_conv import ConvTask, channel_block
+
+    task = ConvTask(1, 1, 28, 512, channel_block(isa), 1, 1, (1, 1), (1, 1), (0, 0, 0, 0), None, 8, isa)
+    result = tune_task(task, measurer)
+    return None if result is None else result.gops()
+
+
 def _output_hw(task) -> tuple[int, int]:
     from qcompiler.backends.tvm.schedules.geometry import output_size
 
@@ -264,9 +277,10 @@ def _free_devices(summary: dict) -> dict[str, int]:
 
 
 def tune(qdq_onnx, spec, batch: int, db: TuningDatabase, rpc: str | None = None, time_budget: float | None = None,
-         resume: bool = False, trials: int | None = None, report=print) -> list[TaskResult]:
+         resume: bool = False, trials: int | None = None, report=print, checkpoint=None) -> list[TaskResult]:
     """Tune every convolution of the model (skipping those in `db` with `resume`), adding the
-    results to `db`; `report` gets one line per task with the time left."""
+    results to `db`; `report` gets one line per task with the time left, `checkpoint` is
+    called after each (to save the database: an interrupted run resumes from there)."""
     from qcompiler.backends.tvm.targets import tvm_target
 
     tasks = conv_tasks(qdq_onnx, spec, batch)
@@ -287,9 +301,13 @@ def tune(qdq_onnx, spec, batch: int, db: TuningDatabase, rpc: str | None = None,
             continue
         db.records[result.kernel] = result
         done.append(result)
+        if checkpoint is not None:
+            checkpoint()
         report(f"[{index}/{len(todo)}] {result.kernel}: template {result.template_ms:.4f} ms (tile "
                f"{result.template_tile}), best {result.tuned_ms:.4f} ms (tile {result.tile}), "
                f"{len(result.points)} points; about {left:.0f} s left")
+    if db.peak_gops is None and spec.dot_kernel in ("vnni", "sdot"):
+        db.peak_gops = peak_gops(measurer, spec.dot_kernel)
     return done
 
 
