@@ -1,7 +1,8 @@
 """Autotuning the convolution kernels on the device that will run them (`qcompiler tune`).
 
-Each convolution of a model is one task (int8_conv.ConvTask: shape, weight bits, requantization,
-dot-product instruction). Its search space is the template schedule with its knob free: the
+Each convolution of a model on a dot-product instruction is one task (int8_conv.ConvTask: shape,
+weight bits, requantization, instruction), and so is each depthwise convolution
+(depthwise.DepthwiseTask). Its search space is the template schedule with its knob free: the
 output pixels per register tile, any divisor of the output width up to MAX_TILE. The space is
 small, so every point is measured (no sampling, no cost model): built by MetaSchedule's local
 builder and timed by its local runner on this machine, or by its RPC runner on a device that a
@@ -9,7 +10,8 @@ TVM tracker lends (`python -m tvm.exec.rpc_tracker`, `rpc_server`). The template
 always among the points, so a tuned kernel is never slower than the template as measured.
 
 The result is a JSON database per model and target. `compile --tuning-db` applies it: inside
-`applied(db)`, int8_conv.conv2d_kernel takes each kernel's tile from it (`tuned_pixel_tile`),
+`applied(db)`, int8_conv.conv2d_kernel and depthwise.depthwise_kernel take each kernel's tile
+from it (`tuned_pixel_tile`),
 and the build reports how many records it used, so that a database that matches nothing is
 seen, not silently ignored. Only loop tiling changes, so a tuned library computes exactly what
 the untuned one does (tested bit for bit).
@@ -110,9 +112,10 @@ def applied(db: TuningDatabase | None):
 
 
 def _clear_kernel_cache() -> None:
-    from qcompiler.backends.tvm.schedules import int8_conv
+    from qcompiler.backends.tvm.schedules import depthwise, int8_conv
 
     int8_conv.conv2d_kernel.cache_clear()
+    depthwise.depthwise_kernel.cache_clear()
 
 
 def tuned_pixel_tile(task) -> int:
@@ -130,7 +133,7 @@ def tuned_pixel_tile(task) -> int:
 
 
 def conv_tasks(qdq_onnx, spec, batch: int) -> list:
-    """The ConvTasks a build of the model for `spec` makes, in graph order."""
+    """The ConvTasks and DepthwiseTasks a build of the model for `spec` makes, in graph order."""
     global _SEEN
     from qcompiler.backends.tvm.build import lower, schedule
     from qcompiler.backends.tvm.targets import tvm_target
@@ -151,10 +154,11 @@ def candidate_tiles(width: int) -> list[int]:
 class Measurer:
     """MetaSchedule's local builder, and its local runner or RPC runner (through a tracker)."""
 
-    def __init__(self, target, rpc: str | None = None, repeat: int = 3, timeout: float = 30.0):
+    def __init__(self, target, rpc: str | None = None, repeat: int = 3, timeout: float = 120.0):
         from tvm.s_tir import meta_schedule as ms
 
         self.ms, self.target = ms, target
+        self.last_error = ""   # the first line of the last failed build or run
         self.builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=timeout)
         evaluator = ms.runner.EvaluatorConfig(number=3, repeat=repeat, min_repeat_ms=50, enable_cpu_cache_flush=False)
         if rpc is None:
@@ -172,6 +176,7 @@ class Measurer:
         builds = self.builder.build([ms.builder.BuilderInput(_module(f), self.target) for f in funcs])
         times: list = [None] * len(funcs)
         pending = [i for i, b in enumerate(builds) if b.error_msg is None]
+        self._note_errors(b.error_msg for b in builds)
         for _ in range(RETRIES + 1):
             if not pending:
                 break
@@ -182,7 +187,14 @@ class Measurer:
                 if result.error_msg is None:
                     times[i] = 1e3 * sorted(float(s) for s in result.run_secs)[len(result.run_secs) // 2]
             pending = [i for i, r in zip(pending, results) if r.error_msg is not None]
+            self._note_errors(r.error_msg for r in results)
         return times
+
+    def _note_errors(self, messages) -> None:
+        for message in messages:
+            if message:
+                lines = [line for line in str(message).splitlines() if line.strip()]
+                self.last_error = lines[-1][:200] if lines else "unknown error"
 
 
 def _module(func):
@@ -197,21 +209,19 @@ def tune_task(task, measurer: Measurer, trials: int | None = None) -> TaskResult
     import tvm
 
     from qcompiler.backends.tvm.schedules.geometry import pixel_tile
-    from qcompiler.backends.tvm.schedules.int8_conv import schedule_conv
 
     template = pixel_tile(task.output_width())
     tiles = sorted(candidate_tiles(task.output_width()), key=lambda t: (abs(math.log(t / template)), t))[:trials]
     funcs = []
     for tile in tiles:
         sch = tvm.s_tir.Schedule(task.compute())
-        schedule_conv(sch, task, tile)
+        task.schedule(sch, tile)
         funcs.append(sch.mod["main"])
     points = {t: ms for t, ms in zip(tiles, measurer.times_ms(funcs)) if ms is not None}
     if template not in points:
         return None
     best = min(points, key=points.get)
-    macs = task.n * task.co * task.ci * task.kh * task.kw * math.prod(_output_hw(task))
-    return TaskResult(task.name(), template, best, points[template], points[best], macs, points)
+    return TaskResult(task.name(), template, best, points[template], points[best], task.macs(), points)
 
 
 def peak_gops(measurer: Measurer, isa: str) -> float | None:
@@ -224,12 +234,6 @@ def peak_gops(measurer: Measurer, isa: str) -> float | None:
     task = ConvTask(1, 1, 28, 512, channel_block(isa), 1, 1, (1, 1), (1, 1), (0, 0, 0, 0), None, 8, isa)
     result = tune_task(task, measurer)
     return None if result is None else result.gops()
-
-
-def _output_hw(task) -> tuple[int, int]:
-    from qcompiler.backends.tvm.schedules.geometry import output_size
-
-    return output_size(task.h, task.w, task.kh, task.kw, task.stride, task.dilation, task.padding)
 
 
 def parse_rpc(text: str) -> tuple[str, int, str]:
@@ -285,7 +289,7 @@ def tune(qdq_onnx, spec, batch: int, db: TuningDatabase, rpc: str | None = None,
 
     tasks = conv_tasks(qdq_onnx, spec, batch)
     if not tasks:
-        raise UsageError(f"nothing to tune: the model has no convolution or matmul kernel on {spec.name}")
+        raise UsageError(f"nothing to tune: the model has no convolution, matmul or depthwise kernel on {spec.name}")
     todo = [t for t in tasks if not (resume and t.name() in db.records)]
     measurer = Measurer(tvm_target(spec), rpc)
     start, done = time.perf_counter(), []
@@ -297,7 +301,8 @@ def tune(qdq_onnx, spec, batch: int, db: TuningDatabase, rpc: str | None = None,
         elapsed = time.perf_counter() - start
         left = elapsed / index * (len(todo) - index)
         if result is None:
-            report(f"[{index}/{len(todo)}] {task.name()}: the template did not run; left untuned")
+            report(f"[{index}/{len(todo)}] {task.name()}: the template did not run ({measurer.last_error}); "
+                   "left untuned")
             continue
         db.records[result.kernel] = result
         done.append(result)

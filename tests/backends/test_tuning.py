@@ -41,7 +41,9 @@ def test_tune_then_compile_applies_the_tiling_and_computes_the_same_bits(conv_mo
     db = tmp_path / "tuning.json"
     code, out, err = cli(capsys, "tune", conv_model, "--db", db, "--trials", "3")
     assert code == 0, err
-    (name, record), = json.loads(db.read_text())["records"].items()
+    records = json.loads(db.read_text())["records"]
+    assert len(records) == 1, err
+    (name, record), = records.items()
     assert len(record["points"]) == 3 and str(record["template_tile"]) in record["points"]
     assert record["tuned_ms"] <= record["template_ms"] and name in out and "speed-up" in out
 

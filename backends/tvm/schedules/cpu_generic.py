@@ -58,13 +58,26 @@ def vectorize_innermost(sch, block, lanes: int = LANES) -> None:
         lanes //= 2
     if len(loops) == 1 or extent is None or extent % lanes:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        total = _static(sch.get(fused).extent)
-        if total is not None:   # no masked tail (see tile_pixels_and_channels)
-            lanes = math.gcd(total, lanes)
+        lanes = whole_vectors(_static(sch.get(fused).extent), lanes)
         _, inner = sch.split(fused, [None, lanes])
     else:
         _, inner = sch.split(loops[-1], [None, lanes])
     sch.vectorize(inner)
+
+
+def whole_vectors(extent: int | None, lanes: int) -> int:
+    """Lanes per vector for a loop of `extent`: `lanes` when they divide it, else their largest
+    common divisor (12 channels: 3 vectors of 4), so that no vector has a masked tail: the
+    masked tail of a 12-channel depthwise convolution computed wrong values in the Hexagon
+    code LLVM made for it. An extent with no common divisor is one short vector when it is
+    shorter than `lanes` (7 channels: 7 lanes), else keeps the masked tail (the CPU targets
+    compute it right; no test has such a layer on Hexagon)."""
+    if extent is None or extent % lanes == 0:
+        return lanes
+    common = math.gcd(extent, lanes)
+    if common > 1:
+        return common
+    return extent if extent < lanes else lanes
 
 
 def _static(extent) -> int | None:
@@ -104,20 +117,19 @@ class VectorizeInjective(dl.ScheduleRule):
         return sch
 
 
-def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=None, lanes: int = LANES) -> None:
+def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=None, lanes: int = LANES,
+                             tile=None) -> None:
     """Schedule an NHWC reduction block (`spatial` loops ending in pixels, channels): 16
     channels per vector, the reduction loops outside a tile of pixels along the row that shares
     each weight vector: tile x 16 accumulators in registers (a local cache), written back once
     per tile; the `epilogue` block (a requantization) computed from the registers on the way
-    out (no int32 round trip). Channels that are not a multiple of `lanes` are vectorized by
-    their largest common divisor with it (ShuffleNet's 12: 3 x 4): a vector loop with a
-    masked tail computed wrong values in the Hexagon code LLVM made for it."""
-    channels = _static(sch.get(spatial[-1]).extent)
-    if channels is not None:
-        lanes = math.gcd(channels, lanes)
+    out (no int32 round trip). Channels that are not a multiple of `lanes` are vectorized as
+    `whole_vectors` says."""
+    lanes = whole_vectors(_static(sch.get(spatial[-1]).extent), lanes)
     channel_outer, channel_inner = sch.split(spatial[-1], [None, lanes])
     width = sch.get(spatial[-2]).extent
-    tile = pixel_tile(int(width)) if hasattr(width, "value") or isinstance(width, int) else 1
+    if tile is None:   # the template's (a tuned kernel passes its own: backends/tvm/tuning.py)
+        tile = pixel_tile(int(width)) if hasattr(width, "value") or isinstance(width, int) else 1
     pixel_outer, pixel_inner = sch.split(spatial[-2], [None, tile])
     sch.reorder(*spatial[:-2], pixel_outer, channel_outer, *reduce, pixel_inner, channel_inner)
     write_back = sch.cache_write(block, 0, "local")

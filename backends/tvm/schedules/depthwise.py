@@ -11,6 +11,7 @@ requantization on the way out. Weights on a 4-bit grid come two to a byte.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -53,37 +54,79 @@ def depthwise_kernel(n: int, h: int, w: int, c: int, kh: int, kw: int, stride: t
     uint8), requantize_table s32[2C + 4] (requantize.requantize_table) -> requantized NHWC.
     Padding is zero (the graph pads with a non-zero zero point itself). 4-bit weights are
     decoded where they are used (a loop decoding them once per call unrolled into 36 KiB of
-    code for MobileNetV2's 10 kernels; decoded in place they cost no more than int8 weights)."""
+    code for MobileNetV2's 10 kernels; decoded in place they cost no more than int8 weights).
+    The pixel tile is the template's unless a tuning database has a faster one."""
     import tvm
-    from tvm import te, topi
 
-    from qcompiler.backends.tvm.schedules.cpu_generic import tile_pixels_and_channels
+    from qcompiler.backends.tvm import tuning
 
-    x = te.placeholder((n, h, w, c), "uint8", name="x")
-    if int4:
-        weight = te.placeholder((kh, kw, -(-c // 32) * 16), "uint8", name="w4")
-        unpacked = _unpacked_int4(tvm, te, weight, kh, kw, -(-c // 32))
-    else:
-        weight = unpacked = te.placeholder((kh, kw, c), "int8", name="w")
-    padded = padded_input(topi, x, padding)
-    ho, wo = output_size(h, w, kh, kw, stride, dilation, padding)
-    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-    acc = te.compute(
-        (n, ho, wo, c),
-        lambda b, y, xx, o: te.sum(
-            padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], o].astype("int32")
-            * unpacked[ry, rx, o].astype("int32"), axis=[ry, rx]),
-        name="depthwise")
-    out, rq_inputs = requantized(tvm, te, acc, c, requantize)
-    sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, *rq_inputs, out]))
-    if any(padding):
-        sch.compute_inline(sch.get_sblock("padded"))
-    if int4:   # decoded where used: 16 channels are one load and two shifts (the first variable)
-        sch.compute_inline(sch.get_sblock("unpack"))
-    block = sch.get_sblock("depthwise")
-    loops = sch.get_loops(block)
-    tile_pixels_and_channels(sch, block, loops[:4], loops[4:], sch.get_sblock("requantize"))
-    name = (f"qdepthwise_{n}x{h}x{w}x{c}_{kh}x{kw}_s{stride[0]}d{dilation[0]}p{'_'.join(map(str, padding))}"
-            + ("_w4" if int4 else "") + requantize.suffix)
+    task = DepthwiseTask(n, h, w, c, kh, kw, stride, dilation, padding, requantize, int4)
+    sch = tvm.s_tir.Schedule(task.compute())
+    task.schedule(sch, tuning.tuned_pixel_tile(task))
     # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
-    return sch.mod["main"].with_attrs({"global_symbol": name, "tirx.is_scheduled": True, "op_pattern": 8})
+    return sch.mod["main"].with_attrs({"global_symbol": task.name(), "tirx.is_scheduled": True, "op_pattern": 8})
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthwiseTask:
+    """One depthwise kernel's shape and options: its compute, its schedule and its name."""
+
+    n: int
+    h: int
+    w: int
+    c: int
+    kh: int
+    kw: int
+    stride: tuple
+    dilation: tuple
+    padding: tuple
+    requantize: RequantizeCode
+    int4: bool = False
+
+    def output_width(self) -> int:
+        return output_size(self.h, self.w, self.kh, self.kw, self.stride, self.dilation, self.padding)[1]
+
+    def macs(self) -> int:
+        ho, wo = output_size(self.h, self.w, self.kh, self.kw, self.stride, self.dilation, self.padding)
+        return self.n * ho * wo * self.c * self.kh * self.kw
+
+    def name(self) -> str:
+        return (f"qdepthwise_{self.n}x{self.h}x{self.w}x{self.c}_{self.kh}x{self.kw}_s{self.stride[0]}"
+                f"d{self.dilation[0]}p{'_'.join(map(str, self.padding))}" + ("_w4" if self.int4 else "")
+                + self.requantize.suffix)
+
+    def compute(self):
+        import tvm
+        from tvm import te, topi
+
+        n, h, w, c, kh, kw = self.n, self.h, self.w, self.c, self.kh, self.kw
+        stride, dilation = self.stride, self.dilation
+        x = te.placeholder((n, h, w, c), "uint8", name="x")
+        if self.int4:
+            weight = te.placeholder((kh, kw, -(-c // 32) * 16), "uint8", name="w4")
+            unpacked = _unpacked_int4(tvm, te, weight, kh, kw, -(-c // 32))
+        else:
+            weight = unpacked = te.placeholder((kh, kw, c), "int8", name="w")
+        padded = padded_input(topi, x, self.padding)
+        ho, wo = output_size(h, w, kh, kw, stride, dilation, self.padding)
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        acc = te.compute(
+            (n, ho, wo, c),
+            lambda b, y, xx, o: te.sum(
+                padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], o].astype("int32")
+                * unpacked[ry, rx, o].astype("int32"), axis=[ry, rx]),
+            name="depthwise")
+        out, rq_inputs = requantized(tvm, te, acc, c, self.requantize)
+        return te.create_prim_func([x, weight, *rq_inputs, out])
+
+    def schedule(self, sch, tile) -> None:
+        """cpu_generic.tile_pixels_and_channels with `tile` output pixels per register tile."""
+        from qcompiler.backends.tvm.schedules.cpu_generic import tile_pixels_and_channels
+
+        if any(self.padding):
+            sch.compute_inline(sch.get_sblock("padded"))
+        if self.int4:   # decoded where used: 16 channels are one load and two shifts (the first variable)
+            sch.compute_inline(sch.get_sblock("unpack"))
+        block = sch.get_sblock("depthwise")
+        loops = sch.get_loops(block)
+        tile_pixels_and_channels(sch, block, loops[:4], loops[4:], sch.get_sblock("requantize"), tile=tile)

@@ -145,7 +145,7 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
 
     task = ConvTask(n, h, w, ci, co, kh, kw, stride, dilation, padding, requantize, weight_bits, isa, pad_value)
     sch = tvm.s_tir.Schedule(task.compute())
-    schedule_conv(sch, task, tuning.tuned_pixel_tile(task))
+    task.schedule(sch, tuning.tuned_pixel_tile(task))
     # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
     return sch.mod["main"].with_attrs({"global_symbol": task.name(), "tirx.is_scheduled": True, "op_pattern": 8})
 
@@ -171,6 +171,13 @@ class ConvTask:
 
     def output_width(self) -> int:
         return output_size(self.h, self.w, self.kh, self.kw, self.stride, self.dilation, self.padding)[1]
+
+    def macs(self) -> int:
+        ho, wo = output_size(self.h, self.w, self.kh, self.kw, self.stride, self.dilation, self.padding)
+        return self.n * ho * wo * self.co * self.ci * self.kh * self.kw
+
+    def schedule(self, sch, tile) -> None:
+        schedule_conv(sch, self, tile)
 
     def name(self) -> str:
         name = (f"qconv2d_{self.isa}_{self.n}x{self.h}x{self.w}x{self.ci}_{self.co}x{self.kh}x{self.kw}"
