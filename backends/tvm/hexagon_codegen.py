@@ -96,8 +96,8 @@ def aligned_workspaces(mod: tvm.IRModule) -> tvm.IRModule:
         return isinstance(stmt, tirx.DeclBuffer) and isinstance(stmt.data, tvm.ir.Call) and stmt.data.op.same_as(alloc)
 
     def mark(stmt):
-        if not isinstance(stmt, tirx.SeqStmt) or not any(workspace(s) for s in stmt.seq):
-            return None
+        if not any(workspace(s) for s in stmt.seq):
+            return stmt
         seq = list(stmt.seq)
         for i in range(len(seq) - 1, -1, -1):   # each buffer's mark scopes what follows its declaration
             if workspace(seq[i]) and i + 1 < len(seq):
@@ -106,10 +106,7 @@ def aligned_workspaces(mod: tvm.IRModule) -> tvm.IRModule:
                                                     tvm.tirx.IntImm("int32", WORKSPACE_ALIGNMENT), rest)]
         return tirx.SeqStmt(seq)
 
-    def mark_or_keep(stmt):
-        return mark(stmt) or stmt
-
-    funcs = {gv: f.with_body(structural_map(f.body, [(tirx.SeqStmt, mark_or_keep)]))
+    funcs = {gv: f.with_body(structural_map(f.body, [(tirx.SeqStmt, mark)]))
              if isinstance(f, tirx.PrimFunc) else f for gv, f in mod.functions.items()}
     return tvm.IRModule(funcs, attrs=mod.attrs)
 

@@ -104,6 +104,7 @@ def applied(db: TuningDatabase | None):
         return
     _clear_kernel_cache()
     _ACTIVE = db
+    db.used = set()   # the kernels of this build only
     try:
         yield db
     finally:
@@ -116,6 +117,23 @@ def _clear_kernel_cache() -> None:
 
     int8_conv.conv2d_kernel.cache_clear()
     depthwise.depthwise_kernel.cache_clear()
+
+
+def scheduled(task, tile):
+    """The task's compute scheduled by its template with `tile` output pixels per register tile."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(task.compute())
+    task.schedule(sch, tile)
+    return sch.mod["main"]
+
+
+def built_kernel(task):
+    """The kernel a build uses: the tile from the applied database (or the template's), named
+    after the task, opaque to fusion (op_pattern 8: TVM must not fuse a scheduled kernel with
+    its neighbours)."""
+    return scheduled(task, tuned_pixel_tile(task)).with_attrs(
+        {"global_symbol": task.name(), "tirx.is_scheduled": True, "op_pattern": 8})
 
 
 def tuned_pixel_tile(task) -> int:
@@ -206,17 +224,11 @@ def _module(func):
 def tune_task(task, measurer: Measurer, trials: int | None = None) -> TaskResult | None:
     """Every pixel tile of one kernel (at most `trials`, those nearest the template's first),
     measured; None if the template itself could not run."""
-    import tvm
-
     from qcompiler.backends.tvm.schedules.geometry import pixel_tile
 
     template = pixel_tile(task.output_width())
     tiles = sorted(candidate_tiles(task.output_width()), key=lambda t: (abs(math.log(t / template)), t))[:trials]
-    funcs = []
-    for tile in tiles:
-        sch = tvm.s_tir.Schedule(task.compute())
-        task.schedule(sch, tile)
-        funcs.append(sch.mod["main"])
+    funcs = [scheduled(task, tile) for tile in tiles]
     points = {t: ms for t, ms in zip(tiles, measurer.times_ms(funcs)) if ms is not None}
     if template not in points:
         return None

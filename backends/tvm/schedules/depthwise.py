@@ -16,7 +16,7 @@ import functools
 
 import numpy as np
 
-from qcompiler.backends.tvm.schedules.geometry import output_size, padded_input
+from qcompiler.backends.tvm.schedules.geometry import KernelGeometry, output_size, padded_input
 from qcompiler.backends.tvm.schedules.requantize import RequantizeCode, requantized
 
 
@@ -56,19 +56,13 @@ def depthwise_kernel(n: int, h: int, w: int, c: int, kh: int, kw: int, stride: t
     decoded where they are used (a loop decoding them once per call unrolled into 36 KiB of
     code for MobileNetV2's 10 kernels; decoded in place they cost no more than int8 weights).
     The pixel tile is the template's unless a tuning database has a faster one."""
-    import tvm
-
     from qcompiler.backends.tvm import tuning
 
-    task = DepthwiseTask(n, h, w, c, kh, kw, stride, dilation, padding, requantize, int4)
-    sch = tvm.s_tir.Schedule(task.compute())
-    task.schedule(sch, tuning.tuned_pixel_tile(task))
-    # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
-    return sch.mod["main"].with_attrs({"global_symbol": task.name(), "tirx.is_scheduled": True, "op_pattern": 8})
+    return tuning.built_kernel(DepthwiseTask(n, h, w, c, kh, kw, stride, dilation, padding, requantize, int4))
 
 
 @dataclasses.dataclass(frozen=True)
-class DepthwiseTask:
+class DepthwiseTask(KernelGeometry):
     """One depthwise kernel's shape and options: its compute, its schedule and its name."""
 
     n: int
@@ -83,11 +77,8 @@ class DepthwiseTask:
     requantize: RequantizeCode
     int4: bool = False
 
-    def output_width(self) -> int:
-        return output_size(self.h, self.w, self.kh, self.kw, self.stride, self.dilation, self.padding)[1]
-
     def macs(self) -> int:
-        ho, wo = output_size(self.h, self.w, self.kh, self.kw, self.stride, self.dilation, self.padding)
+        ho, wo = self.output_hw()
         return self.n * ho * wo * self.c * self.kh * self.kw
 
     def name(self) -> str:

@@ -21,3 +21,13 @@ def padded_input(topi, x, padding: tuple, pad_value: int = 0):
     if not any(padding):
         return x
     return topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], pad_value=pad_value, name="padded")
+
+
+class KernelGeometry:
+    """Output size of a kernel task dataclass (fields h, w, kh, kw, stride, dilation, padding)."""
+
+    def output_hw(self) -> tuple[int, int]:
+        return output_size(self.h, self.w, self.kh, self.kw, self.stride, self.dilation, self.padding)
+
+    def output_width(self) -> int:
+        return self.output_hw()[1]

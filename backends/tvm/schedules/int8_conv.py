@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import functools
 
-from qcompiler.backends.tvm.schedules.geometry import output_size, padded_input, pixel_tile
+from qcompiler.backends.tvm.schedules.geometry import KernelGeometry, output_size, padded_input
 from qcompiler.backends.tvm.schedules.packing import unpacked_int2, unpacked_int4
 from qcompiler.backends.tvm.schedules.requantize import RequantizeCode, requantized
 
@@ -139,19 +139,14 @@ def conv2d_kernel(n: int, h: int, w: int, ci: int, co: int, kh: int, kw: int, st
 
     The pixel tile (output pixels per register tile) is the template's, unless a tuning
     database (backends/tvm/tuning.py) has a faster one for this kernel."""
-    import tvm
-
     from qcompiler.backends.tvm import tuning
 
-    task = ConvTask(n, h, w, ci, co, kh, kw, stride, dilation, padding, requantize, weight_bits, isa, pad_value)
-    sch = tvm.s_tir.Schedule(task.compute())
-    task.schedule(sch, tuning.tuned_pixel_tile(task))
-    # Opaque (op_pattern 8): TVM must not fuse a scheduled kernel with its neighbours.
-    return sch.mod["main"].with_attrs({"global_symbol": task.name(), "tirx.is_scheduled": True, "op_pattern": 8})
+    return tuning.built_kernel(ConvTask(n, h, w, ci, co, kh, kw, stride, dilation, padding, requantize, weight_bits,
+                                        isa, pad_value))
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvTask:
+class ConvTask(KernelGeometry):
     """One convolution kernel's shape and options: its compute (unscheduled) and its name."""
 
     n: int
@@ -169,11 +164,8 @@ class ConvTask:
     isa: str = "vnni"
     pad_value: int = 0
 
-    def output_width(self) -> int:
-        return output_size(self.h, self.w, self.kh, self.kw, self.stride, self.dilation, self.padding)[1]
-
     def macs(self) -> int:
-        ho, wo = output_size(self.h, self.w, self.kh, self.kw, self.stride, self.dilation, self.padding)
+        ho, wo = self.output_hw()
         return self.n * ho * wo * self.co * self.ci * self.kh * self.kw
 
     def schedule(self, sch, tile) -> None:
