@@ -63,12 +63,13 @@ def evaluate(float_model: Model, quant_model: Model, data: Dataset, batch_size: 
         float_top1=None if labels is None else float((top_a == labels).mean()),
         quant_top1=None if labels is None else float((top_b == labels).mean()),
         agreement=float((top_a == top_b).mean()),
-        kl=float(np.mean(_kl_rows(flat_a, flat_b))),
+        kl=float(np.mean(kl_rows(flat_a, flat_b))),
         sqnr_db=sqnr_db(a, b),
     )
 
 
-def _kl_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def kl_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """KL(softmax(a) || softmax(b)) per row of two [N, classes] logit arrays."""
     log_p, log_q = _log_softmax(a.astype(np.float64)), _log_softmax(b.astype(np.float64))
     return np.sum(np.exp(log_p) * (log_p - log_q), axis=1)
 

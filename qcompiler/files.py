@@ -24,6 +24,15 @@ from qcompiler.errors import OutputError
 STAGING_PREFIX = ".qcompiler-staging-"
 
 
+def cache_root() -> Path:
+    """Where measurements reused across runs live: $QCOMPILER_CACHE, else $XDG_CACHE_HOME/qcompiler
+    (~/.cache/qcompiler)."""
+    explicit = os.environ.get("QCOMPILER_CACHE")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qcompiler"
+
+
 def prepare_output_dir(path: Path) -> Path:
     """Create `path` (and parents) if needed; an OutputError if it is a file or cannot be made."""
     if path.exists() and not path.is_dir():

@@ -28,6 +28,10 @@ from qcompiler.backends.tvm.qdq_patterns import Bindings, op_name
 from qcompiler.backends.tvm.requantization import var_name
 from qcompiler.backends.tvm.schedules import arm_smmla, depthwise, geometry, int8_conv, packing, requantize, residual_add
 
+#: Ops whose input 1 is a layer's weight.
+WEIGHTED_OPS = ("relax.nn.conv2d", "relax.matmul", "relax.nn.conv2d_transpose", "relax.nn.conv1d")
+
+
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -52,12 +56,58 @@ def _term_source(uses: Bindings, v_product) -> tuple | None:
     return inner.args[0], axes
 
 
+def kernel_kind(isa: str | None, on_4bit_grid: bool, ci: int, wo: int, fused: bool) -> str | None:
+    """Which kernel a conv or matmul gets on a target whose dot-product kernel is `isa`: the
+    target's; smmla falls back to sdot where it cannot apply (4-bit weights, odd output widths);
+    sdot and smmla need the fused correction (`fused`: a requantization follows); None: TVM's
+    generic code."""
+    if isa is None:
+        return None
+    if isa in int8_conv.UNSIGNED_ACTIVATIONS:
+        return isa
+    if not fused:
+        return None
+    if isa == "smmla" and not on_4bit_grid and arm_smmla.applies(_round_up(ci, 8), 16, wo):
+        return "smmla"
+    return "sdot"
+
+
+def weight_layout(kind: str, ci: int, co: int, pixels: int) -> tuple[str, int, int]:
+    """(kernel isa, padded input channels, padded output channels) of a conv on `kind`. 8-lane
+    blocks where the weights outweigh the pixels (the classifier, batch <= 16: its padding to
+    16 was 10 KiB); over many pixels each block re-broadcasts the activations: 3 blocks of 8 for
+    24 channels cost MobileNetV2 95 us more than 2 blocks of 16 and a slice."""
+    isa = "vnni8" if kind == "vnni" and co % 16 and pixels <= 16 else kind
+    return isa, _round_up(ci, 8 if kind == "smmla" else 4), _round_up(co, int8_conv.channel_block(isa))
+
+
+def packed_bits(kind: str, on_4bit_grid: bool, fits_int2: bool) -> int:
+    """Bits per stored weight: 4-bit grids two to a byte, four where each channel spans at most
+    4 values (smmla has no packed form)."""
+    return 8 if kind == "smmla" or not on_4bit_grid else 2 if fits_int2 else 4
+
+
+def packed_weights(weight: np.ndarray, isa: str, bits: int) -> list[np.ndarray]:
+    """The weight's kernel inputs in the kernel's layout: 4-bit two to a byte, 2-bit four to
+    a byte and their per-channel offsets."""
+    if isa == "smmla":
+        return [arm_smmla.pack_weight(weight)]
+    block = int8_conv.channel_block(isa)
+    if bits == 2:
+        return list(packing.pack_weight_int2(weight, block))
+    if bits == 4:
+        return [packing.pack_weight_int4(weight, block)]
+    return [packing.pack_weight(weight, block)]
+
+
 @relax.expr_functor.mutator
 class _DotKernels(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, isa: str | None, records: dict):
         super().__init__(mod)
         self.isa = isa
         self.used: Counter = Counter()
+        #: bytes of the layers' weights as the library stores them (packed where a kernel packs them)
+        self.weight_bytes = 0
         self.uses = Bindings(mod["main"])
         self.records = {record.acc_name: record for record in records.values()}   # by accumulator name
         self.by_name = {var_name(var): var for var in self.uses.values}
@@ -91,7 +141,14 @@ class _DotKernels(relax.PyExprMutator):
             lowered = self._residual_add(call)
         else:
             lowered = None
+        if lowered is None:
+            self._count_unpacked(call)
         return lowered if lowered is not None else super().visit_call_(call)
+
+    def _count_unpacked(self, call: relax.Call) -> None:
+        """A weighted op left to TVM's generic code keeps its constant weight as it is."""
+        if op_name(call) in WEIGHTED_OPS and len(call.args) > 1 and isinstance(call.args[1], tvm.ir.expr.Constant):
+            self.weight_bytes += call.args[1].value.numpy().nbytes
 
     def _qualifies(self, call: relax.Call) -> np.ndarray | None:
         data, weight = call.args
@@ -152,7 +209,9 @@ class _DotKernels(relax.PyExprMutator):
                                             tuple(int(p) for p in attrs.padding), rq.code_for(weight, corr, 255), int4)
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         hwc = np.ascontiguousarray(weight[..., 0].transpose(1, 2, 0))
-        packed = relax.const(depthwise.pack_weight_int4(hwc), "uint8") if int4 else relax.const(hwc, "int8")
+        stored = depthwise.pack_weight_int4(hwc) if int4 else hwc
+        self.weight_bytes += stored.nbytes
+        packed = relax.const(stored, str(stored.dtype))
         args = [self.visit_expr(call.args[0]), packed,
                 relax.const(requantize.requantize_table(corr, multiplier, rq, c, c), "int32")]
         self.replaced[final] = self.builder_.emit(relax.op.call_tir(
@@ -195,6 +254,7 @@ class _DotKernels(relax.PyExprMutator):
         the vectorized channel loop reads weights contiguously (OHWI strides them by KH*KW)."""
         attrs = call.attrs
         self.used["depthwise/grouped conv2d, HWIO weights"] += 1
+        self.weight_bytes += weight.nbytes
         return relax.op.nn.conv2d(
             self.visit_expr(call.args[0]), relax.const(np.ascontiguousarray(weight.transpose(1, 2, 3, 0)), "int8"),
             strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, groups=int(attrs.groups),
@@ -211,23 +271,13 @@ class _DotKernels(relax.PyExprMutator):
         out, fused = self._emit(image, weight.T.reshape(weight.shape[1], 1, 1, depth), (1, 1), (1, 1),
                                 (0, 0, 0, 0), acc_var)
         if out is None:
+            self._count_unpacked(call)
             return super().visit_call_(call)
         out = self.builder_.emit(relax.op.reshape(out, [rows, weight.shape[1]]))
         if fused is None:
             return out
         self.replaced[fused] = out
         return super().visit_call_(call)
-
-    def _kernel(self, on_4bit_grid: bool, ci: int, wo: int, chain) -> str | None:
-        """Which kernel a layer gets: the target's; smmla falls back to sdot where it cannot
-        apply (4-bit weights, odd output widths); sdot and smmla need the fused correction."""
-        if self.isa in int8_conv.UNSIGNED_ACTIVATIONS:
-            return self.isa
-        if chain is None:
-            return None
-        if self.isa == "smmla" and not on_4bit_grid and arm_smmla.applies(_round_up(ci, 8), 16, wo):
-            return "smmla"
-        return "sdot"
 
     def _emit(self, data: relax.Expr, weight: np.ndarray, stride, dilation, padding, acc_var,
               pad_value: int = 0) -> relax.Expr:
@@ -240,18 +290,16 @@ class _DotKernels(relax.PyExprMutator):
         ho, wo = geometry.output_size(h, w, kh, kw, stride, dilation, padding)
         chain = self._requantization(acc_var)
         on_4bit_grid = _on_4bit_grid(weight)
-        kind = self._kernel(on_4bit_grid, ci, wo, chain)
+        kind = kernel_kind(self.isa, on_4bit_grid, ci, wo, chain is not None)
         if kind is None:
             return None, None
-        # 8-lane blocks where the weights outweigh the pixels (the classifier, batch <= 16: its
-        # padding to 16 was 10 KiB); over many pixels each block re-broadcasts the activations:
-        # 3 blocks of 8 for 24 channels cost MobileNetV2 95 us more than 2 blocks of 16 and a slice.
-        isa = "vnni8" if kind == "vnni" and co % 16 and n * ho * wo <= 16 else kind
-        ci_p, co_p = _round_up(ci, 8 if kind == "smmla" else 4), _round_up(co, int8_conv.channel_block(isa))
+        isa, ci_p, co_p = weight_layout(kind, ci, co, n * ho * wo)
         padded = np.zeros((co_p, kh, kw, ci_p), np.int8)
         padded[:co, :, :, :ci] = weight
-        bits = 8 if kind == "smmla" or not on_4bit_grid else 2 if packing.fits_int2(padded) else 4
-        args = [self._pad_channels(data, ci_p - ci), *self._packed(padded, isa, bits)]
+        bits = packed_bits(kind, on_4bit_grid, packing.fits_int2(padded))
+        packed = packed_weights(padded, isa, bits)
+        self.weight_bytes += sum(p.nbytes for p in packed)
+        args = [self._pad_channels(data, ci_p - ci), *(relax.const(p, str(p.dtype)) for p in packed)]
         rq, dtype, code = None, "int32", None
         if chain is not None:
             final, corr, multiplier, rq = chain
@@ -283,35 +331,21 @@ class _DotKernels(relax.PyExprMutator):
             return data
         return self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, 0, 0, 0, extra], pad_value=0.0))
 
-    @staticmethod
-    def _packed(weight: np.ndarray, isa: str, bits: int) -> list[relax.Expr]:
-        """The weight's kernel inputs in the kernel's layout: 4-bit two to a byte, 2-bit four to
-        a byte and their per-channel offsets."""
-        if isa == "smmla":
-            return [relax.const(arm_smmla.pack_weight(weight), "int8")]
-        block = int8_conv.channel_block(isa)
-        if bits == 2:
-            fields, offsets = packing.pack_weight_int2(weight, block)
-            return [relax.const(fields, "uint8"), relax.const(offsets, "int8")]
-        if bits == 4:
-            return [relax.const(packing.pack_weight_int4(weight, block), "uint8")]
-        return [relax.const(packing.pack_weight(weight, block), "int8")]
-
-
 def _on_4bit_grid(weight: np.ndarray) -> bool:
     """Whether int8 weights all lie in [-8, 7] (the 4- and 2-bit presets): stored packed, two
     to a byte (four where packing.fits_int2)."""
     return bool(weight.min() >= -8 and weight.max() <= 7)
 
 
-def use_dot_kernels(mod: tvm.IRModule, isa: str | None, records: dict) -> tuple[tvm.IRModule, Counter]:
+def use_dot_kernels(mod: tvm.IRModule, isa: str | None, records: dict) -> tuple[tvm.IRModule, Counter, int]:
     """Convolutions and matmuls on the dot-product kernels of `isa` ("vnni", "sdot", "smmla";
     None: none), depthwise convolutions and residual adds on their own kernels, each with the
-    requantization the integer rewrite recorded for it (`records`: tag -> LayerRequantization)."""
+    requantization the integer rewrite recorded for it (`records`: tag -> LayerRequantization).
+    Returns the module, the kernels used, and the bytes of the layers' weights as stored."""
     mutator = _DotKernels(mod, isa, records)
     main = mutator.visit_expr(mod["main"])
     mod = mutator.builder_.get()
     mod["main"] = main
     # Alias bindings (var = var) left by the rewrite would stop TVM from fusing across them.
     mod = relax.transform.CanonicalizeBindings()(relax.transform.DeadCodeElimination()(mod))
-    return mod, mutator.used
+    return mod, mutator.used, mutator.weight_bytes

@@ -34,6 +34,7 @@ class Library:
     kernels: Counter = field(default_factory=Counter)   # hand-written kernels used, by kind
     stages: dict = field(default_factory=dict)   # seconds of each named backend pass (qcompiler.*)
     tuned_kernels: list = field(default_factory=list)   # kernels that took their tile from a tuning database
+    weight_bytes: int = 0   # the layers' weights as the library stores them (packed, padded)
 
 
 def unconvertible_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -111,7 +112,7 @@ def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: 
         seconds["import and integer rewrite"] = time.perf_counter() - start
         start = time.perf_counter()
         target_obj = tvm_target(spec)
-        mod, kernels = schedule(integer, spec, target_obj)
+        mod, kernels, weight_bytes = schedule(integer, spec, target_obj)
         seconds["schedules"] = time.perf_counter() - start
     outputs = output_types(integer.mod)
     stages = timer.seconds
@@ -119,7 +120,8 @@ def build(qdq: onnx.ModelProto, target: str | TargetSpec, batch: int = 1, name: 
     executable = _compile_for_driver(mod, target_obj, spec, integer, allow_float) if spec.driver == "c" \
         else _compile(mod, target_obj)
     seconds["codegen"] = time.perf_counter() - start
-    return Library(executable, spec, integer.lowered, integer.float_ops, batch, outputs, seconds, kernels, stages)
+    return Library(executable, spec, integer.lowered, integer.float_ops, batch, outputs, seconds, kernels, stages,
+                   weight_bytes=weight_bytes)
 
 
 def _compile(mod, target):
@@ -143,22 +145,24 @@ def _compile_for_driver(mod, target, spec: TargetSpec, integer: Lowered, allow_f
         return build_hexagon(mod, target, spec, Path(work))
 
 
-def schedule(integer: Lowered, spec: TargetSpec, target) -> tuple[object, Counter]:
+def schedule(integer: Lowered, spec: TargetSpec, target) -> tuple[object, Counter, int]:
     """The backend's named stages after the integer rewrite, as TVM module passes (under the
     current PassContext, which `build` times): NHWC layout, the target's kernels (the
     depthwise and residual add kernels on every target, its preferred dot-product kernel where
     it has one, each with the rewrite's requantization record), then the generic CPU rules for
-    everything else. Returns the module and the kernels used."""
+    everything else. Returns the module, the kernels used and the weights' bytes as stored."""
 
     from qcompiler.backends.tvm.apply_schedules import use_dot_kernels
     from qcompiler.backends.tvm.layout import to_nhwc
     from qcompiler.backends.tvm.schedules.cpu_generic import apply_cpu_rules
 
     kernels: Counter = Counter()
+    weight_bytes = []
 
     def dot_kernels(mod, _ctx):
-        mod, used = use_dot_kernels(mod, spec.dot_kernel, integer.records)
+        mod, used, stored = use_dot_kernels(mod, spec.dot_kernel, integer.records)
         kernels.update(used)
+        weight_bytes.append(stored)
         return mod
 
     stages = tvm.transform.Sequential([
@@ -166,7 +170,8 @@ def schedule(integer: Lowered, spec: TargetSpec, target) -> tuple[object, Counte
         tvm.transform.module_pass(dot_kernels, opt_level=0, name="qcompiler.dot-kernels"),
         tvm.transform.module_pass(lambda mod, _ctx: apply_cpu_rules(mod, target, spec.vector_lanes), opt_level=0,
                                   name="qcompiler.cpu-rules")], name="qcompiler.schedule")
-    return stages(integer.mod), kernels
+    mod = stages(integer.mod)
+    return mod, kernels, sum(weight_bytes)
 
 
 @tvm.instrument.pass_instrument
@@ -293,6 +298,7 @@ def metadata(qdq: onnx.ModelProto, library: Library, version: str) -> dict:
                    "cpu_flags": list(library.target.cpu_flags), "vector_lanes": library.target.vector_lanes},
         "kernels": dict(library.kernels),
         "tuned_kernels": sorted(library.tuned_kernels),
+        "weight_bytes": library.weight_bytes,
         "batch": library.batch,
         "inputs": inputs,
         "outputs": outputs,

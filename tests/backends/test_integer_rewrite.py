@@ -186,6 +186,6 @@ def test_kernel_selection_puts_the_recorded_layer_on_the_sdot_kernel():
     from qcompiler.backends.tvm.integer_rewrite import lower_to_integer
 
     mod, _, records = lower_to_integer(import_qdq(qdq_conv_relu(), 1))
-    after, used = use_dot_kernels(to_nhwc(mod), "sdot", records)
+    after, used, _ = use_dot_kernels(to_nhwc(mod), "sdot", records)
     assert used == {"sdot 1x1 conv2d / matmul int4 + requantize": 1}
     tvm.ir.assert_structural_equal(after, expected_sdot_module(), map_free_vars=True)

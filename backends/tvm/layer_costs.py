@@ -1,0 +1,209 @@
+"""What a layer costs on a target at each weight bit width: the bytes its weights take in the
+library (packed and padded exactly as kernel selection stores them: apply_schedules'
+kernel_kind, weight_layout, packed_bits and packed_weights, so that the two cannot drift), and
+the measured time of the integer kernel the library would run for it (built from the same
+tasks as the build, timed with MetaSchedule's local or RPC runner, as `tune` does).
+
+A layer without a dot-product kernel on the target (a grouped conv, a target without one)
+keeps int8 weights whatever its bits: fewer bits save it nothing, and the cost says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from qcompiler.backends.tvm.apply_schedules import kernel_kind, packed_bits, packed_weights, weight_layout
+from qcompiler.backends.tvm.schedules import depthwise, geometry
+from qcompiler.backends.tvm.schedules.requantize import RequantizeCode
+from qcompiler.backends.tvm.targets import TargetSpec
+from qcompiler.files import cache_root
+from qcompiler.ir import Model
+from qcompiler.ops import QUANTIZED_LAYERS
+
+log = logging.getLogger(__name__)
+
+LATENCY_FORMAT = "qcompiler-latency/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerShape:
+    """A weighted layer's geometry, NHWC: `kind` conv (groups 1), depthwise, grouped, matmul or other."""
+
+    name: str
+    kind: str
+    n: int
+    h: int
+    w: int
+    ci: int
+    co: int
+    kh: int = 1
+    kw: int = 1
+    stride: tuple = (1, 1)
+    dilation: tuple = (1, 1)
+    padding: tuple = (0, 0, 0, 0)
+    parameters: int = 0
+
+    def output_hw(self) -> tuple[int, int]:
+        return geometry.output_size(self.h, self.w, self.kh, self.kw, self.stride, self.dilation, self.padding)
+
+
+def _shapes(model: Model) -> dict[str, list]:
+    """Every value's static shape, by onnx shape inference on the model."""
+    inferred = onnx.shape_inference.infer_shapes(model.to_onnx())
+    shapes = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes
+
+
+def layer_shapes(model: Model, names, batch: int = 1) -> dict[str, LayerShape]:
+    """The geometry of the named weighted layers of a float model (its batch taken as `batch`)."""
+    shapes, out = _shapes(model), {}
+    nodes = {n.name: n for n in model.graph.nodes if n.op in QUANTIZED_LAYERS}
+    for name in names:
+        node = nodes[name]
+        weight = model.const_value(node.inputs[1])
+        x = [batch if i == 0 else d for i, d in enumerate(shapes.get(node.inputs[0].name) or [])]
+        out[name] = _layer_shape(node, weight, x, batch)
+    return out
+
+
+def _layer_shape(node, weight: np.ndarray, x: list, batch: int) -> LayerShape:
+    if node.op == "Conv" and weight.ndim == 4 and len(x) == 4 and None not in x:
+        groups = int(node.attrs.get("group", 1))
+        co, _, kh, kw = weight.shape
+        kind = "conv" if groups == 1 else "depthwise" if groups == x[1] == co and weight.shape[1] == 1 else "grouped"
+        pads = tuple(node.attrs.get("pads", (0, 0, 0, 0)))
+        return LayerShape(node.name, kind, x[0], x[2], x[3], x[1], co, kh, kw,
+                          tuple(node.attrs.get("strides", (1, 1))), tuple(node.attrs.get("dilations", (1, 1))),
+                          (pads[0], pads[1], pads[2], pads[3]), int(weight.size))
+    if node.op in ("Gemm", "MatMul") and weight.ndim == 2 and len(x) == 2:
+        transposed = node.op == "Gemm" and node.attrs.get("transB", 0)
+        co, ci = weight.shape if transposed else weight.shape[::-1]
+        return LayerShape(node.name, "matmul", 1, 1, x[0] or batch, ci, co, parameters=int(weight.size))
+    return LayerShape(node.name, "other", batch, 1, 1, 0, 0, parameters=int(weight.size))
+
+
+def _grid(bits: int) -> tuple[bool, bool]:
+    """(on the 4-bit grid, every channel within 4 values) of narrow symmetric weights at `bits`."""
+    return bits <= 4, bits <= 2
+
+
+def stored_weight_bytes(layer: LayerShape, bits: int, spec: TargetSpec) -> int:
+    """Bytes of the layer's weights in a library for `spec` when quantized to `bits`."""
+    on_grid, fits2 = _grid(bits)
+    if layer.kind in ("conv", "matmul"):
+        ho, wo = layer.output_hw()
+        kind = kernel_kind(spec.dot_kernel, on_grid, layer.ci, wo, True)
+        if kind is None:
+            return layer.parameters
+        isa, ci_p, co_p = weight_layout(kind, layer.ci, layer.co, layer.n * ho * wo)
+        padded = np.zeros((co_p, layer.kh, layer.kw, ci_p), np.int8)
+        return sum(p.nbytes for p in packed_weights(padded, isa, packed_bits(kind, on_grid, fits2)))
+    if layer.kind == "depthwise" and depthwise.applies(layer.co) and on_grid:
+        return depthwise.pack_weight_int4(np.zeros((layer.kh, layer.kw, layer.co), np.int8)).nbytes
+    return layer.parameters
+
+
+def kernel_task(layer: LayerShape, bits: int, spec: TargetSpec):
+    """The tuning task (int8_conv.ConvTask, depthwise.DepthwiseTask) of the kernel a build makes
+    for the layer at `bits`; None where the layer has none (TVM's generic code: not timed per bit
+    width, its time does not depend on the bits)."""
+    from qcompiler.backends.tvm.schedules.int8_conv import ConvTask
+
+    on_grid, fits2 = _grid(bits)
+    code = RequantizeCode("uint8", True, False)
+    if layer.kind in ("conv", "matmul"):
+        ho, wo = layer.output_hw()
+        kind = kernel_kind(spec.dot_kernel, on_grid, layer.ci, wo, True)
+        if kind is None or kind == "smmla":
+            return None
+        isa, ci_p, co_p = weight_layout(kind, layer.ci, layer.co, layer.n * ho * wo)
+        return ConvTask(layer.n, layer.h, layer.w, ci_p, co_p, layer.kh, layer.kw, layer.stride, layer.dilation,
+                        layer.padding, code, packed_bits(kind, on_grid, fits2), isa)
+    if layer.kind == "depthwise" and depthwise.applies(layer.co):
+        return depthwise.DepthwiseTask(layer.n, layer.h, layer.w, layer.co, layer.kh, layer.kw, layer.stride,
+                                       layer.dilation, layer.padding, code, on_grid)
+    return None
+
+
+@dataclasses.dataclass
+class LatencyTable:
+    """Measured kernel milliseconds per layer and bit width on one target (None: no kernel of its
+    own), the spread of repeated measurements, and where they were taken."""
+
+    target: str
+    device: str
+    ms: dict[str, dict[int, float | None]]
+    spread: dict[str, dict[int, float]]
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps({"format": LATENCY_FORMAT, **dataclasses.asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> LatencyTable:
+        body = json.loads(text)
+        if body.pop("format", None) != LATENCY_FORMAT:
+            raise ValueError("not a qcompiler latency table")
+        as_int = lambda d: {layer: {int(b): v for b, v in row.items()} for layer, row in d.items()}  # noqa: E731
+        return cls(body["target"], body["device"], as_int(body["ms"]), as_int(body["spread"]), body["seconds"])
+
+
+def latency_cache_path(layers: dict[str, LayerShape], choices, spec: TargetSpec, device: str) -> Path:
+    digest = hashlib.sha256(repr((LATENCY_FORMAT, spec.name, device, sorted(choices),
+                                  sorted(dataclasses.astuple(s) for s in layers.values()))).encode()).hexdigest()[:32]
+    return cache_root() / "latency" / f"{spec.name}-{digest}.json"
+
+
+def measure_latency(layers: dict[str, LayerShape], choices, spec: TargetSpec, rpc: str | None = None,
+                    repeats: int = 3, progress=None, use_cache: bool = True) -> LatencyTable:
+    """Each layer's kernel at each bit width, built and timed `repeats` times (median; spread =
+    (max - min) / median); one kernel shape is timed once however many layers share it. Cached
+    per target, device and layer shapes."""
+    from qcompiler.backends.tvm import tuning
+    from qcompiler.backends.tvm.targets import tvm_target
+
+    device = rpc or "local"
+    path = latency_cache_path(layers, choices, spec, device)
+    if use_cache and path.exists():
+        try:
+            return LatencyTable.from_json(path.read_text())
+        except (ValueError, KeyError):
+            log.warning("latency cache %s is unreadable; measuring again", path)
+    start = time.perf_counter()
+    tasks = {(name, bits): kernel_task(shape, bits, spec) for name, shape in layers.items() for bits in choices}
+    unique = {t.name(): t for t in tasks.values() if t is not None}
+    measurer = tuning.Measurer(tvm_target(spec), rpc)
+    runs: dict[str, list[float]] = {name: [] for name in unique}
+    funcs = {name: tuning.scheduled(task, tuning.tuned_pixel_tile(task)) for name, task in unique.items()}
+    for repeat in range(repeats):
+        for name, ms in zip(funcs, measurer.times_ms(list(funcs.values()))):
+            if ms is not None:
+                runs[name].append(ms)
+        if progress is not None:
+            progress(repeat + 1, repeats)
+    median = {name: float(np.median(v)) for name, v in runs.items() if v}
+    spread = {name: float((max(v) - min(v)) / np.median(v)) for name, v in runs.items() if v}
+    table = LatencyTable(spec.name, device, {}, {}, 0.0)
+    for (layer, bits), task in tasks.items():
+        key = task.name() if task is not None else None
+        table.ms.setdefault(layer, {})[bits] = median.get(key) if key else None
+        table.spread.setdefault(layer, {})[bits] = spread.get(key, 0.0) if key else 0.0
+    table.seconds = time.perf_counter() - start
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(f".tmp{os.getpid()}")
+        temp.write_text(table.to_json())
+        temp.replace(path)
+    return table
