@@ -30,6 +30,7 @@ from qcompiler.passes.canonicalize import Canonicalize  # noqa: E402
 from qcompiler.passes.fold_batchnorm import FoldBatchNorm  # noqa: E402
 from qcompiler.passes.fold_scale import FoldScale  # noqa: E402
 from qcompiler.passes.annotate_quant import AnnotateQuant  # noqa: E402
+from qcompiler.passes.assign_bit_widths import AssignBitWidths  # noqa: E402
 from qcompiler.passes.calibrate_ranges import CalibrateRanges  # noqa: E402
 from qcompiler.passes.untie_concats import UntieConcats  # noqa: E402
 from qcompiler.passes.correct_bias import CorrectBias  # noqa: E402
@@ -42,7 +43,7 @@ from qcompiler.passes.train_quant import TrainQuant  # noqa: E402
 DEFAULT_PIPELINE = ("canonicalize", "fold-batchnorm", "fold-scale")
 
 __all__ = [
-    "AnnotateQuant", "CalibrateRanges", "CorrectBias", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants", "FoldPad", "FoldScale", "FoldShapes",
+    "AnnotateQuant", "AssignBitWidths", "CalibrateRanges", "CorrectBias", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants", "FoldPad", "FoldScale", "FoldShapes",
     "Instrument", "MatMulAddToGemm", "NormalizeClip", "Pass", "PassContext", "PassManager",
     "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "SumToAdd", "TimingInstrument", "TrainQuant", "UntieConcats",
     "VerifyInstrument", "get_pass", "load_pass", "register", "registered_passes",

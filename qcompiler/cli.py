@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from qcompiler import supervise
-from qcompiler.cli_options import build_parser, input_shapes, reconstruct_config
+from qcompiler.cli_options import bit_budget, build_parser, input_shapes, reconstruct_config
 from qcompiler.cli_train import train_config
 from qcompiler.cli_tune import cmd_rpc, cmd_tune
 from qcompiler.errors import QCompilerError, UsageError
@@ -166,7 +166,7 @@ def _quantize(args: argparse.Namespace, dump_prefix: Path):
                           batch_size=None if train else args.batch_size, preprocess=preprocess, progress=progress,
                           reconstruct=reconstruct_config(args), input_shapes=input_shapes(args), context=context,
                           train=train, train_data=args.train_data, train_count=args.train_count,
-                          held_out=args.eval if train else None)
+                          held_out=args.eval if train else None, bits=bit_budget(args))
     evaluation = driver.evaluate(run, args.eval, preprocess=preprocess, progress=progress) if args.eval else None
     return run, evaluation, timing
 

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", required=True, help="calibration data: .npz (arrays named after the inputs, "
                    "samples first), .npy (one-input models) or a folder of images")
     p.add_argument("-o", "--output-dir", type=Path, required=True, help="writes model.qdq.onnx and report.html here")
+    p.add_argument("--target", default="native", help="with --bits auto: the target whose packed weight sizes and "
+                   "kernel times the search uses (default: native; `compile` takes its own --target)")
     _force_option(p)
     _quantize_options(p)
 
@@ -200,6 +202,7 @@ def _quantize_options(p: argparse.ArgumentParser) -> None:
                    "output shift that weight rounding causes is folded into them; not used with --reconstruct)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _reconstruct_options(p)
+    _bits_options(p)
     from qcompiler.cli_train import train_options  # after this module's names exist (it imports positive_int)
 
     train_options(p)
@@ -224,6 +227,35 @@ def _reconstruct_options(p: argparse.ArgumentParser) -> None:
                    help="calibration samples reconstruction uses at most (default: %(default)s)")
     g.add_argument("--seed", type=int, default=defaults.seed, help="random seed of reconstruction and of training "
                    "(default: %(default)s)")
+
+
+def _bits_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("mixed precision (bit widths per layer; docs/mixed_precision.md)")
+    g.add_argument("--bits", choices=["auto"], help="search weight bits per layer under --max-size and/or "
+                   "--max-latency (the preset gives the scheme, activation bits and the 8-bit edge layers)")
+    g.add_argument("--max-size", metavar="SIZE", help="budget for the layers' weights as the library stores them "
+                   "(packed, padded; for --target): e.g. 120KB (1000 bytes), 117KiB, 1.5MB")
+    g.add_argument("--max-latency", metavar="TIME", help="budget for the searched layers' integer kernels, summed, "
+                   "as measured on the target (e.g. 1.5ms, 800us)")
+    g.add_argument("--bit-choices", default="2,4,8", help="the widths to choose from (default: %(default)s)")
+    g.add_argument("--bit-search", choices=["genetic", "greedy", "exact"], default="genetic",
+                   help="genetic (BRECQ's), greedy, or exact (dynamic programming; one budget) (default: %(default)s)")
+    g.add_argument("--rpc", metavar="HOST:PORT:KEY", help="with --max-latency: time the kernels on a device behind "
+                   "this TVM tracker (needed for targets this machine cannot run)")
+
+
+def bit_budget(args: argparse.Namespace):
+    """The BitBudget --bits auto asks for (None without it); budget flags without it are usage errors."""
+    from qcompiler.mixed_precision import BitBudget, parse_choices, parse_latency, parse_size
+
+    if not args.bits:
+        for flag, value in (("--max-size", args.max_size), ("--max-latency", args.max_latency)):
+            if value:
+                raise UsageError(f"{flag} needs --bits auto")
+        return None
+    return BitBudget(parse_size(args.max_size) if args.max_size else None,
+                     parse_latency(args.max_latency) if args.max_latency else None, parse_choices(args.bit_choices),
+                     args.bit_search, args.seed, args.target, args.rpc)
 
 
 def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig | None:

@@ -67,6 +67,7 @@ class QuantizeRun:
     source: str = ""  # the model's path
     calibration_source: str = ""
     training: TrainReport | None = None  # when trained (QIL/QAT)
+    mixed: object = None  # qcompiler.mixed_precision.MixedPrecision, with --bits auto
 
     def report(self, evaluation: Evaluation | None = None, evaluation_source: str = "") -> ReportData:
         """The report's data: per-tensor errors on the first 64 calibration samples, sizes, settings."""
@@ -81,7 +82,7 @@ class QuantizeRun:
             float_bytes=constant_bytes(self.float_model), quant_bytes=constant_bytes(self.qdq), seconds=self.seconds,
             weight_values=weight_values(self.annotated), reconstruction=self.reconstruction,
             reconstruction_setting=self.reconstruct.describe() if self.reconstruct else "",
-            bias_correction=self.bias_correction(), untied=self.untied, training=self.training)
+            bias_correction=self.bias_correction(), untied=self.untied, training=self.training, mixed=self.mixed)
 
     def bias_correction(self) -> str:
         """What correct-bias did, in words ("" when reconstruction ran instead: its row says so)."""
@@ -136,16 +137,15 @@ class _KeepInputs(Instrument):
 def quantization_pipeline(config: QuantConfig, data: Dataset, *, shapes: dict | None = None,
                           reconstruct: ReconstructConfig | None = None, batch_size: int | None = None,
                           progress: bool = True, train: TrainConfig | None = None, train_data: Dataset | None = None,
-                          held_out: Dataset | None = None) -> list[Pass]:
+                          held_out: Dataset | None = None, assign: Pass | None = None) -> list[Pass]:
     """The passes of quantization, in order: [fold-shapes], the default pipeline, annotate,
-    calibrate, untie concats, then train (QIL/QAT, on `train_data`), reconstruct (BRECQ) or
-    correct biases, insert QDQ."""
+    [assign bit widths], calibrate, untie concats, then train (QIL/QAT, on `train_data`),
+    reconstruct (BRECQ) or correct biases, insert QDQ."""
     from qcompiler import passes as p
 
-    steps: list[Pass] = [p.FoldShapes(shapes)] if shapes else []
-    steps += [p.get_pass(name)() for name in p.DEFAULT_PIPELINE]
-    steps += [p.AnnotateQuant(config), p.CalibrateRanges(data, batch_size, progress),
-              p.UntieConcats(config, data, batch_size, progress)]
+    steps = float_pipeline(shapes)
+    steps += [p.AnnotateQuant(config), *([assign] if assign is not None else []),
+              p.CalibrateRanges(data, batch_size, progress), p.UntieConcats(config, data, batch_size, progress)]
     if train is not None:
         steps.append(p.TrainQuant(train_data or data, train, held_out, progress))
     elif reconstruct is not None:
@@ -155,11 +155,18 @@ def quantization_pipeline(config: QuantConfig, data: Dataset, *, shapes: dict | 
     return steps + [p.InsertQDQ()]
 
 
+def float_pipeline(shapes: dict | None = None) -> list[Pass]:
+    """The passes before annotation: [fold-shapes], then the default pipeline (canonicalize, fold BN and scales)."""
+    from qcompiler import passes as p
+
+    return ([p.FoldShapes(shapes)] if shapes else []) + [p.get_pass(name)() for name in p.DEFAULT_PIPELINE]
+
+
 def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None, *, calib_count: int | None = None,
              preprocess: ImagePreprocess | None = None, batch_size: int | None = None, progress: bool = True,
              context: PassContext | None = None, reconstruct: ReconstructConfig | None = None,
              input_shapes: dict[str, tuple[int, ...]] | None = None, train: TrainConfig | None = None,
-             train_data=None, train_count: int | None = None, held_out=None) -> QuantizeRun:
+             train_data=None, train_count: int | None = None, held_out=None, bits=None) -> QuantizeRun:
     """Post-training quantization, one PassManager over `quantization_pipeline` under `context`
     (its instruments see every pass).
 
@@ -168,6 +175,7 @@ def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None
     with dynamic dimensions beyond the batch otherwise take the calibration data's shape.
     `train`: QILConfig or QATConfig, trained on `train_data` (like `calib`; default: the
     calibration data) and evaluated each epoch on `held_out` (like `calib`, with 'labels' for top-1).
+    `bits`: a qcompiler.mixed_precision.BitBudget: weight bits per layer searched under its budget.
     """
     start = time.perf_counter()
     model, config = _as_model(model), config or QuantConfig()
@@ -185,13 +193,23 @@ def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None
         training = data if train_data is None else load_data(train_data, model, what="training",
                                                              preprocess=preprocess, limit=train_count)
         held = None if held_out is None else load_data(held_out, model, what="evaluation", preprocess=preprocess)
+    mixed = assign = None
+    if bits is not None:
+        from qcompiler import mixed_precision
+        from qcompiler.passes import AssignBitWidths
+
+        mixed = mixed_precision.plan(PassManager(float_pipeline(shapes))(model).model, config, data, bits, progress)
+        assign = AssignBitWidths(mixed.problem, config, bits.method, bits.seed)
     keep = _KeepInputs(["annotate-quant", "insert-qdq"])
     context = context or PassContext()
     manager = PassManager(quantization_pipeline(config, data, shapes=shapes, reconstruct=reconstruct,
                                                 batch_size=batch_size, progress=progress, train=train,
-                                                train_data=training, held_out=held),
+                                                train_data=training, held_out=held, assign=assign),
                           PassContext([*context.instruments, keep], context.options))
     qdq = manager(model).model
+    if mixed is not None:
+        mixed.assignment = qdq.analysis["assign-bit-widths"]
+        mixed.baselines = mixed_precision.baselines(mixed.problem)
     untied = qdq.analysis.get("untie-concats", {})
     if untied:
         config = dataclasses.replace(config, untied_concats=frozenset(untied))
@@ -200,7 +218,7 @@ def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None
                        qdq.analysis.get("reconstruct-blocks", []), qdq.analysis.get("correct-bias", {}), untied,
                        reconstruct, time.perf_counter() - start, str(model.path or ""),
                        calib if isinstance(calib, (str, Path)) else type(calib).__name__,
-                       qdq.analysis.get("train-quant"))
+                       qdq.analysis.get("train-quant"), mixed)
 
 
 def evaluate(run: QuantizeRun, data, *, preprocess: ImagePreprocess | None = None,

@@ -37,6 +37,7 @@ class ReportData:
     bias_correction: str = ""  # what correct-bias did, for the summary; "" when it did not run
     untied: dict = dataclasses.field(default_factory=dict)  # Concat -> why its inputs keep their own scales
     training: object = None  # a qcompiler.training.TrainReport, when trained (QIL/QAT)
+    mixed: object = None  # a qcompiler.mixed_precision.MixedPrecision, with --bits auto
 
 
 def summary_table(r: ReportData) -> str:
@@ -63,6 +64,8 @@ def summary_table(r: ReportData) -> str:
         rows.append(("reconstruction", f"{r.reconstruction_setting}: {len(r.reconstruction)} blocks, block output "
                      f"error {before:.4g} -> {after:.4g} (sum, nearest rounding -> learned), "
                      f"{sum(b.seconds for b in r.reconstruction):.1f} s"))
+    if r.mixed is not None and r.mixed.assignment is not None:
+        rows.append(("bit widths", r.mixed.summary()))
     if r.training is not None:
         from qcompiler.report_training import interval_row, training_row
 

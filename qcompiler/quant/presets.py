@@ -118,7 +118,12 @@ class QuantConfig:
                     return None
                 bits = override.weight_bits or bits
                 observer = override.weight_observer or observer
-        if observer is None:  # the preset's choice; 8-bit layers of low-bit presets (edges) use minmax
+        return self.weight_spec_at(bits, axis, observer)
+
+    def weight_spec_at(self, bits: int, axis: int | None, observer: str | None = None) -> QuantSpec:
+        """The preset's weight quantizer at `bits` (an override, an edge layer, a bit-width search):
+        with `observer`, else the preset's; 8-bit layers of low-bit presets use minmax."""
+        if observer is None:
             observer = "minmax" if bits == 8 else self.preset.weights.observer
         return self.preset.weights.spec(bits, axis, observer)
 

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -105,12 +106,6 @@ class SensitivityConfig:
     batch_size: int = 32
 
 
-def weight_spec_at(base: QuantSpec, bits: int, low_bit_observer: str) -> QuantSpec:
-    """The weight quantizer at `bits`: the preset's scheme; 8-bit with min/max, fewer bits with
-    the preset's low-bit observer (as the presets do for their 8-bit edge layers)."""
-    return dataclasses.replace(base, bits=bits, observer="minmax" if bits == 8 else low_bit_observer)
-
-
 def quantized_weight(weight: np.ndarray, spec: QuantSpec) -> np.ndarray:
     lo, hi = weight_range(weight, spec)
     return fake_quantize(weight.astype(np.float32), params_from_range(lo, hi, spec, warn=False), spec)
@@ -158,14 +153,15 @@ class _Walk:
         return sorted(n for n in self.needed_after[index] - set(block.outputs) if n in self.state)
 
 
-def analyze(model: Model, layers: dict[str, tuple[str, QuantSpec, str]], blocks: list[Block], data: Dataset,
-            config: SensitivityConfig | None = None, eval_data: Dataset | None = None, low_bit_observer: str = "lp",
-            progress: bool = True, use_cache: bool = True) -> SensitivityTable:
-    """Sensitivities of `layers` (layer name -> (weight tensor, its weight QuantSpec, op)) of the
-    float, BN-folded `model`, grouped by `blocks` (partition-blocks)."""
+def analyze(model: Model, layers: dict[str, tuple[str, str, int]], blocks: list[Block], data: Dataset,
+            spec_at: Callable[[int, int], QuantSpec], config: SensitivityConfig | None = None,
+            eval_data: Dataset | None = None, progress: bool = True, use_cache: bool = True) -> SensitivityTable:
+    """Sensitivities of `layers` (layer name -> (weight tensor, op, output-channel axis)) of the
+    float, BN-folded `model`, grouped by `blocks` (partition-blocks), each weight quantized with
+    `spec_at(bits, axis)` (QuantConfig.weight_spec_at)."""
     config = config or SensitivityConfig()
     data = data.head(min(config.samples, data.count))
-    key = cache_key(model, data, eval_data, {**layers, "observer": low_bit_observer}, config)
+    key = cache_key(model, data, eval_data, {**layers, **{f"spec{b}": spec_at(b, 0) for b in config.choices}}, config)
     path = cache_dir() / f"{key}.json"
     if use_cache and path.exists():
         try:
@@ -178,11 +174,11 @@ def analyze(model: Model, layers: dict[str, tuple[str, QuantSpec, str]], blocks:
     start = time.perf_counter()
     sim = Interpreter(model)
     weights = {w: np.asarray(model.const_value(model.tensor(w)), np.float32) for w, _, _ in layers.values()}
-    quantized = {(name, bits): quantized_weight(weights[w], weight_spec_at(spec, bits, low_bit_observer))
-                 for name, (w, spec, _) in layers.items() for bits in config.choices}
+    quantized = {(name, bits): quantized_weight(weights[w], spec_at(bits, axis))
+                 for name, (w, _, axis) in layers.items() for bits in config.choices}
     in_block = {layer: block for block in blocks for layer in block.layers if layer in layers}
-    entries = {name: LayerSensitivity(name, op, w, in_block[name].name if name in in_block else "", int(weights[w].size), {})
-               for name, (w, _, op) in layers.items()}
+    entries = {name: LayerSensitivity(name, op, w, in_block[name].name if name in in_block else "",
+                                      int(weights[w].size), {}) for name, (w, op, _) in layers.items()}
     pairs: dict[str, dict[str, float]] = {}
     bar = Progress("sensitivity", len(blocks), enabled=progress)
     walk = _Walk(sim, blocks, data.arrays, config.batch_size)

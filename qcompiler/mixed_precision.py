@@ -1,0 +1,194 @@
+"""Mixed precision, wired (driver level): measure what each layer's bit width costs in accuracy
+(qcompiler.sim.sensitivity) and in bytes and kernel time on the target
+(qcompiler.backends.tvm.layer_costs), state the search problem, and hand it to the
+assign-bit-widths pass inside quantization (`qcompiler.quantize(..., bits=BitBudget(...))`).
+
+    budget = BitBudget(max_size=120_000)                     # bytes of packed weights
+    run = qcompiler.quantize("model.onnx", "calib.npz", "w4a8", bits=budget)
+    run.mixed.assignment.bits, run.mixed.assignment.size
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+
+import numpy as np
+
+from qcompiler.data import Dataset
+from qcompiler.errors import UsageError
+from qcompiler.ir import Model
+from qcompiler.quant.bitsearch import Assignment, BitProblem, exact_search, greedy_search
+from qcompiler.quant.presets import QuantConfig
+
+log = logging.getLogger(__name__)
+
+SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "k": 1000, "kib": 1024, "mb": 1000**2, "m": 1000**2, "mib": 1024**2}
+TIME_UNITS = {"ms": 1.0, "us": 1e-3, "s": 1e3}
+
+
+def parse_size(text: str) -> int:
+    """'120KB' (1000s), '117KiB' (1024s), '1.5MB', '4096' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in SIZE_UNITS:
+        raise UsageError(f"--max-size {text!r}: expected a size such as 120KB, 117KiB, 1.5MB or 4096 (bytes)")
+    return int(float(match.group(1)) * SIZE_UNITS[unit])
+
+
+def parse_latency(text: str) -> float:
+    """'1.5ms', '800us', '0.002s' -> milliseconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|us|s)\s*", text)
+    if match is None:
+        raise UsageError(f"--max-latency {text!r}: expected a time such as 1.5ms, 800us or 0.002s")
+    return float(match.group(1)) * TIME_UNITS[match.group(2)]
+
+
+def parse_choices(text: str) -> tuple[int, ...]:
+    try:
+        choices = tuple(sorted({int(b) for b in text.split(",")}))
+    except ValueError:
+        choices = ()
+    if not choices or any(b not in (2, 4, 8) for b in choices):
+        raise UsageError(f"--bit-choices {text!r}: a comma-separated subset of 2,4,8 (the widths the kernels pack)")
+    return choices
+
+
+@dataclasses.dataclass(frozen=True)
+class BitBudget:
+    """What `--bits auto` asks for: budgets, bit choices, search, and where costs are measured."""
+
+    max_size: int | None = None       # bytes of the layers' weights as the library stores them
+    max_latency: float | None = None  # ms: the searched layers' kernels, summed
+    choices: tuple[int, ...] = (2, 4, 8)
+    method: str = "genetic"
+    seed: int = 0
+    target: str = "native"
+    rpc: str | None = None            # HOST:PORT:KEY of a tracker, for latencies on a remote device
+    samples: int = 128
+    fisher: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_size is None and self.max_latency is None:
+            raise UsageError("--bits auto needs a budget: --max-size (e.g. 120KB) and/or --max-latency (e.g. 1.5ms)")
+
+    def describe(self) -> str:
+        parts = ([f"size <= {self.max_size:,} bytes"] if self.max_size is not None else []) + \
+            ([f"kernel latency <= {self.max_latency:.3f} ms"] if self.max_latency is not None else [])
+        return " and ".join(parts)
+
+
+@dataclasses.dataclass
+class MixedPrecision:
+    """The measured inputs of the search, the problem, and the answers (the chosen method's and
+    the baselines' on the same problem)."""
+
+    budget: BitBudget
+    problem: BitProblem
+    table: object                     # qcompiler.sim.sensitivity.SensitivityTable
+    sizes: dict[str, dict[int, int]]  # every quantized layer: bits -> stored weight bytes
+    latency: object = None            # qcompiler.backends.tvm.layer_costs.LatencyTable
+    pinned: dict[str, int] = dataclasses.field(default_factory=dict)   # layers kept at fixed bits (edges)
+    assignment: Assignment | None = None
+    baselines: dict[str, Assignment] = dataclasses.field(default_factory=dict)
+
+    def bits_of(self) -> dict[str, int]:
+        chosen = self.assignment.by_layer(self.problem) if self.assignment else {}
+        return {**self.pinned, **chosen}
+
+    def summary(self) -> str:
+        a = self.assignment
+        counts = {b: sum(1 for v in a.bits if v == b) for b in sorted(set(a.bits))}
+        reached = f"{a.size:,} bytes" + (f", kernels {a.latency:.3f} ms" if self.problem.latency else "")
+        bits = self.bits_of()
+        return (f"{a.method} search, budget {self.budget.describe()}: reached {reached}; "
+                + ", ".join(f"{n} layers at {b} bits" for b, n in counts.items())
+                + (f" (+{len(self.pinned)} pinned)" if self.pinned else "")
+                + f"; in graph order: {' '.join(str(bits[n]) for n in self.sizes if n in bits)}")
+
+
+def searched_layers(model: Model, config: QuantConfig) -> tuple[dict, dict[str, int], int]:
+    """(layer -> (weight, op, axis)) of every quantized layer, the pinned ones -> bits (the
+    first and last at 8 where the preset keeps edges at 8; overrides with wbits), and the bytes
+    of the weights of layers left in float (skipped by an override: float32 in the library)."""
+    from qcompiler.passes.annotate_quant import quantized_layers, weight_axis
+
+    layers, pinned, floating = {}, {}, 0
+    found = quantized_layers(model)
+    for node in found:
+        axis = weight_axis(node, model.const_value(node.inputs[1]))
+        edge = node is found[0] or node is found[-1]
+        spec = config.weight_spec(node.name, axis, edge)
+        if spec is None:
+            floating += model.const_value(node.inputs[1]).astype(np.float32).nbytes
+            continue
+        layers[node.name] = (node.inputs[1].name, node.op, axis)
+        overridden = any(o.matches(node.name) and o.weight_bits for o in config.overrides)
+        if (edge and config.edge_8bit) or overridden:
+            pinned[node.name] = spec.bits
+    return layers, pinned, floating
+
+
+def plan(model: Model, config: QuantConfig, data: Dataset, budget: BitBudget, progress: bool = True) -> MixedPrecision:
+    """Measure sensitivities and costs of a float (canonicalized, BN-folded) model and state the problem."""
+    from qcompiler.backends.tvm.layer_costs import layer_shapes, measure_latency, stored_weight_bytes
+    from qcompiler.backends.tvm.targets import get_target
+    from qcompiler.passes.partition_blocks import partition
+    from qcompiler.sim.sensitivity import SensitivityConfig, analyze
+
+    layers, pinned, floating = searched_layers(model, config)
+    searched = [name for name in layers if name not in pinned]
+    if not searched:
+        raise UsageError("--bits auto: no layer is left to search (every quantized layer is pinned by the preset's "
+                         "8-bit edges or an override)")
+    spec = get_target(budget.target)
+    shapes = layer_shapes(model, list(layers))
+    choices = tuple(budget.choices)
+    sizes = {name: {b: stored_weight_bytes(shapes[name], b, spec) for b in (2, 4, 8)} for name in layers}
+    latency = None
+    if budget.max_latency is not None and budget.rpc is None and not spec.host:
+        raise UsageError(f"--max-latency on {spec.name}: this machine cannot run its kernels; time them on a device "
+                         "with --rpc HOST:PORT:KEY (a TVM tracker; docs/tuning.md)")
+    if budget.max_latency is not None:
+        latency = measure_latency({n: shapes[n] for n in searched}, choices, spec, budget.rpc)
+    costs = _problem(searched, choices, sizes, latency, budget, pinned, floating,
+                     [(0.0,) * len(choices)] * len(searched), {})
+    try:   # before the sensitivities: an impossible budget is a quick usage error
+        costs.check_reachable()
+    except UsageError as error:
+        raise UsageError(f"{error}, stored as {spec.name} stores them") from None
+    table = analyze(model, layers, partition(model, "block"), data, config.weight_spec_at,
+                    SensitivityConfig(choices, budget.fisher, budget.samples, network=False), progress=progress)
+    problem = _problem(searched, choices, sizes, latency, budget, pinned, floating,
+                       [tuple(table.layer(n).block_error[b] for b in choices) for n in searched],
+                       _pairs(table, searched, choices))
+    return MixedPrecision(budget, problem, table, sizes, latency, pinned)
+
+
+def _problem(searched, choices, sizes, latency, budget: BitBudget, pinned, floating: int, sensitivity,
+             pairs) -> BitProblem:
+    return BitProblem(
+        tuple(searched), tuple(choices for _ in searched), tuple(map(tuple, sensitivity)),
+        tuple(tuple(sizes[n][b] for b in choices) for n in searched), budget.max_size,
+        None if latency is None else tuple(tuple(latency.ms[n][b] or 0.0 for b in choices) for n in searched),
+        budget.max_latency, fixed_size=floating + sum(sizes[n][b] for n, b in pinned.items()),
+        pairs=pairs)
+
+
+def _pairs(table, searched: list[str], choices) -> dict:
+    index = {name: i for i, name in enumerate(searched)}
+    pairs = {}
+    for key, values in table.pairs.items():
+        a, b = key.split("|")
+        if a in index and b in index:
+            pairs[(index[a], index[b])] = np.array([[values[f"{ba},{bb}"] for bb in choices] for ba in choices])
+    return pairs
+
+
+def baselines(problem: BitProblem) -> dict[str, Assignment]:
+    """Greedy, and exact where the budget is one number, on the same problem."""
+    found = {"greedy": greedy_search(problem)}
+    if (problem.max_size is None) != (problem.max_latency is None):
+        found["exact"] = exact_search(problem)
+    return found
