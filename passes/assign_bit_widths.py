@@ -38,6 +38,9 @@ class AssignBitWidths(Pass):
         self.problem, self.config, self.method, self.seed = problem, config or QuantConfig(), method, seed
 
     def call(self, model: Model) -> PassResult:
+        annotated = any(tq.role == "weight" for tq in model.quant.values())
+        if self.problem is None and not annotated:
+            return PassResult(model, False)   # nothing to assign (the model is not annotated)
         if self.problem is None:
             raise UsageError("Pass developer: assign-bit-widths needs a BitProblem (qcompiler.mixed_precision "
                              "builds one from measured sensitivities and costs)")

@@ -71,14 +71,18 @@ class QuantizeRun:
 
     def report(self, evaluation: Evaluation | None = None, evaluation_source: str = "") -> ReportData:
         """The report's data: per-tensor errors on the first 64 calibration samples, sizes, settings."""
+        from qcompiler.report_layers import graph_order, layer_rows
+
         preset = self.config.preset
+        order = graph_order(self.annotated)
+        tensors = sorted(tensor_errors(self.annotated, self.qdq, self.dequantized, self.calibration.head(64),
+                                       self.float_model), key=lambda t: order.get(t.name, len(order)))
         observer = (self.config.activation_observer or preset.activations.observer) if preset.activations.bits \
             else "none (weight-only preset: activations stay float)"
         return ReportData(
             model_path=self.source, preset=preset.name, observer=observer, calibration=self.calibration_source,
             calibration_samples=self.calibration.count, evaluation=evaluation, evaluation_source=evaluation_source,
-            tensors=tensor_errors(self.annotated, self.qdq, self.dequantized, self.calibration.head(64),
-                                  self.float_model),
+            tensors=tensors, layers=layer_rows(self.annotated, tensors, self.mixed),
             float_bytes=constant_bytes(self.float_model), quant_bytes=constant_bytes(self.qdq), seconds=self.seconds,
             weight_values=weight_values(self.annotated), reconstruction=self.reconstruction,
             reconstruction_setting=self.reconstruct.describe() if self.reconstruct else "",

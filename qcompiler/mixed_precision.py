@@ -19,6 +19,7 @@ import numpy as np
 from qcompiler.data import Dataset
 from qcompiler.errors import UsageError
 from qcompiler.ir import Model
+from qcompiler.progress import Progress
 from qcompiler.quant.bitsearch import Assignment, BitProblem, exact_search, greedy_search
 from qcompiler.quant.presets import QuantConfig
 
@@ -151,7 +152,9 @@ def plan(model: Model, config: QuantConfig, data: Dataset, budget: BitBudget, pr
         raise UsageError(f"--max-latency on {spec.name}: this machine cannot run its kernels; time them on a device "
                          "with --rpc HOST:PORT:KEY (a TVM tracker; docs/tuning.md)")
     if budget.max_latency is not None:
+        bar = Progress(f"kernel latency on {budget.rpc or spec.name}", 1, enabled=progress)
         latency = measure_latency({n: shapes[n] for n in searched}, choices, spec, budget.rpc)
+        bar.close(f"{latency.seconds:.0f} s")
     costs = _problem(searched, choices, sizes, latency, budget, pinned, floating,
                      [(0.0,) * len(choices)] * len(searched), {})
     try:   # before the sensitivities: an impossible budget is a quick usage error

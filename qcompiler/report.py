@@ -38,6 +38,7 @@ class ReportData:
     untied: dict = dataclasses.field(default_factory=dict)  # Concat -> why its inputs keep their own scales
     training: object = None  # a qcompiler.training.TrainReport, when trained (QIL/QAT)
     mixed: object = None  # a qcompiler.mixed_precision.MixedPrecision, with --bits auto
+    layers: list = dataclasses.field(default_factory=list)  # report_layers.LayerRow, in graph order
 
 
 def summary_table(r: ReportData) -> str:
@@ -79,16 +80,22 @@ def summary_table(r: ReportData) -> str:
 
 
 def write_html(r: ReportData) -> str:
-    """The report as an HTML string."""
-    plots = [("Per-tensor SQNR (dB): float against quantized", _sqnr_plot(r.tensors)),
-             ("Weight ranges per layer", _range_plot([t for t in r.tensors if t.role == "weight"])),
+    """The report as an HTML string: summary, the per-layer table (sorts and filters in the page),
+    plots that stay readable at hundreds of layers, the block and training tables, every tensor."""
+    from qcompiler import report_layers as rl
+    from qcompiler.report_training import training_html
+
+    plt = _pyplot() if r.tensors else None
+    plots = [("SQNR along the network", _png(rl.sqnr_along, plt, r.tensors)),
+             (f"The {rl.TOP_OFFENDERS} lowest-SQNR tensors", _png(rl.worst_offenders, plt, r.tensors)),
+             ("Quantization ranges along the network (log axis)", _png(rl.ranges_log, plt, r.tensors)),
              ("Weight histograms of the six lowest-SQNR layers",
-              _weight_histograms([t for t in r.tensors if t.role == "weight"], r.weight_values)),
-             ("Activation quantization ranges", _range_plot([t for t in r.tensors if t.role == "activation"]))]
+              _weight_histograms([t for t in r.tensors if t.role == "weight"], r.weight_values))]
+    if r.mixed is not None and r.mixed.assignment is not None:
+        plots.insert(0, ("Chosen bit widths and the Pareto front", _png(rl.bits_and_front, _pyplot(), r.mixed)))
     table = "".join(
         f"<tr><td>{html.escape(t.name)}</td><td>{t.role}</td><td>{html.escape(t.spec)}</td>"
         f"<td>{t.sqnr_db:.1f}</td><td>{t.lo:.4g}</td><td>{t.hi:.4g}</td></tr>" for t in r.tensors)
-    summary = html.escape(summary_table(r))
     blocks = "".join(
         f"<tr><td>{html.escape(b.block.name)}</td><td>{html.escape(', '.join(b.block.layers))}</td>"
         f"<td>{b.loss_nearest:.4g}</td><td>{b.loss_learned:.4g}</td><td>{b.seconds:.1f}</td></tr>"
@@ -99,29 +106,45 @@ def write_html(r: ReportData) -> str:
                   "samples, with nearest rounding and calibrated ranges, then with the learned rounding and "
                   "step sizes.</p><table><tr><th>block</th><th>layers</th><th>nearest</th><th>learned</th>"
                   f"<th>seconds</th></tr>{blocks}</table>")
-    from qcompiler.report_training import training_html
-
     blocks += training_html(r.training)
-    figures = "".join(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{png}'>" for title, png in plots if png)
+    figures = "".join(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{png}'>"
+                      for title, png in plots if png)
+    layers = rl.table_html(r.layers) if r.layers else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>qcompiler report: {html.escape(r.model_path)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}pre{{background:#f6f6f6;padding:1em}}img{{max-width:100%}}</style>
+<style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}th{{background:#f0f0f0;cursor:pointer}}
+th[data-dir=up]::after{{content:" \\25B2"}}th[data-dir=down]::after{{content:" \\25BC"}}
+pre{{background:#f6f6f6;padding:1em;white-space:pre-wrap;overflow-wrap:anywhere}}img{{max-width:100%}}
+#layers td:nth-child(2){{max-width:420px;overflow-wrap:anywhere}}</style>
 </head><body>
 <h1>Quantization report</h1>
-<pre>{summary}</pre>
+<pre>{html.escape(summary_table(r))}</pre>
 <p>Float and quantized models both run in onnxruntime. SQNR = 10 log10(sum x^2 / sum (x - x_q)^2): weights
 against their fake-quantized values; activations: the float model's tensor against the quantized
 model's dequantized tensor on the first calibration samples, so an activation's SQNR includes the error
 of every quantizer before it (it falls along the network; a sudden drop points at the culprit).
-Made by qcompiler {__version__}.</p>
+Everything is in graph order. Made by qcompiler {__version__}.</p>
+<h2>Layers</h2>
+<p>One row per weighted layer. <i>runs in</i>: integer where its input and weight are quantized.
+<i>sensitivity</i>: the layer's own Fisher-weighted block output error at its bits (an estimate of the
+loss it adds, nats; with --bits auto). <i>bytes</i>: its weights as the target's library stores them.
+<i>kernel ms</i>: its kernel at its bits, measured on the target (with --max-latency).
+Click a column to sort; type to filter.</p>
+{layers}
 {blocks}
 {figures}
 <h2>Every quantized tensor</h2>
 <table><tr><th>tensor</th><th>role</th><th>quantizer</th><th>SQNR dB</th><th>range lo</th><th>range hi</th></tr>
 {table}</table>
+{rl.SORT_SCRIPT}
 </body></html>
 """
+
+
+def _png(plot, plt, *args) -> str:
+    fig = plot(plt, *args) if plt is not None else None
+    return _figure_png(fig) if fig is not None else ""
 
 
 def _figure_png(fig) -> str:
@@ -140,53 +163,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-#: Above this many tensors the plots show values along the network (index on the axis) instead
-#: of one labelled bar each: a label per tensor made a 1500-layer report take minutes to draw.
-LABELLED_BARS = 60
-
-
-def _sqnr_plot(tensors: list[TensorError]) -> str:
-    if not tensors:
-        return ""
-    plt = _pyplot()
-    values = [min(t.sqnr_db, 99.0) for t in tensors]
-    colors = ["tab:blue" if t.role == "weight" else "tab:orange" for t in tensors]
-    xlabel = "SQNR (dB); blue: weights, orange: activations"
-    if len(tensors) > LABELLED_BARS:
-        fig, ax = plt.subplots(figsize=(11, 4))
-        ax.scatter(range(len(tensors)), values, c=colors, s=6)
-        ax.set_xlabel("tensor, in the table's order")
-        ax.set_ylabel(xlabel)
-        return _figure_png(fig)
-    fig, ax = plt.subplots(figsize=(11, 0.22 * len(tensors) + 1))
-    ax.barh(range(len(tensors)), values, color=colors)
-    ax.set_yticks(range(len(tensors)), [t.name[-40:] for t in tensors], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel(xlabel)
-    return _figure_png(fig)
-
-
-def _range_plot(tensors: list[TensorError]) -> str:
-    if not tensors:
-        return ""
-    plt = _pyplot()
-    lows, highs = np.array([t.lo for t in tensors]), np.array([t.hi for t in tensors])
-    if len(tensors) > LABELLED_BARS:
-        fig, ax = plt.subplots(figsize=(11, 4))
-        ax.vlines(range(len(tensors)), lows, highs, color="tab:green", lw=1)
-        ax.axhline(0, color="k", lw=0.5)
-        ax.set_xlabel("tensor, in the table's order")
-        ax.set_ylabel("value range")
-        return _figure_png(fig)
-    fig, ax = plt.subplots(figsize=(11, 0.22 * len(tensors) + 1))
-    ax.barh(range(len(tensors)), highs - lows, left=lows, color="tab:green")
-    ax.axvline(0, color="k", lw=0.5)
-    ax.set_yticks(range(len(tensors)), [t.name[-40:] for t in tensors], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("value range")
-    return _figure_png(fig)
 
 
 def _weight_histograms(weights: list[TensorError], values: dict[str, np.ndarray]) -> str:

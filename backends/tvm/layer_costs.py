@@ -167,7 +167,7 @@ def latency_cache_path(layers: dict[str, LayerShape], choices, spec: TargetSpec,
 
 
 def measure_latency(layers: dict[str, LayerShape], choices, spec: TargetSpec, rpc: str | None = None,
-                    repeats: int = 3, progress=None, use_cache: bool = True) -> LatencyTable:
+                    repeats: int = 3, use_cache: bool = True) -> LatencyTable:
     """Each layer's kernel at each bit width, built and timed `repeats` times (median; spread =
     (max - min) / median); one kernel shape is timed once however many layers share it. Cached
     per target, device and layer shapes."""
@@ -185,14 +185,8 @@ def measure_latency(layers: dict[str, LayerShape], choices, spec: TargetSpec, rp
     tasks = {(name, bits): kernel_task(shape, bits, spec) for name, shape in layers.items() for bits in choices}
     unique = {t.name(): t for t in tasks.values() if t is not None}
     measurer = tuning.Measurer(tvm_target(spec), rpc)
-    runs: dict[str, list[float]] = {name: [] for name in unique}
     funcs = {name: tuning.scheduled(task, tuning.tuned_pixel_tile(task)) for name, task in unique.items()}
-    for repeat in range(repeats):
-        for name, ms in zip(funcs, measurer.times_ms(list(funcs.values()))):
-            if ms is not None:
-                runs[name].append(ms)
-        if progress is not None:
-            progress(repeat + 1, repeats)
+    runs = dict(zip(funcs, measurer.repeated_ms(list(funcs.values()), repeats)))
     median = {name: float(np.median(v)) for name, v in runs.items() if v}
     spread = {name: float((max(v) - min(v)) / np.median(v)) for name, v in runs.items() if v}
     table = LatencyTable(spec.name, device, {}, {}, 0.0)

@@ -190,22 +190,28 @@ class Measurer:
 
     def times_ms(self, funcs: list) -> list[float | None]:
         """Median milliseconds of each PrimFunc (None where it failed after RETRIES re-runs)."""
+        return [runs[0] if runs else None for runs in self.repeated_ms(funcs, 1)]
+
+    def repeated_ms(self, funcs: list, repeats: int) -> list[list[float]]:
+        """Each PrimFunc built once and timed `repeats` times: its medians (empty where it failed)."""
         ms = self.ms
         builds = self.builder.build([ms.builder.BuilderInput(_module(f), self.target) for f in funcs])
-        times: list = [None] * len(funcs)
-        pending = [i for i, b in enumerate(builds) if b.error_msg is None]
         self._note_errors(b.error_msg for b in builds)
-        for _ in range(RETRIES + 1):
-            if not pending:
-                break
-            inputs = [ms.runner.RunnerInput(builds[i].artifact_path, "cpu",
-                                            ms.arg_info.ArgInfo.from_prim_func(funcs[i])) for i in pending]
-            results = [future.result() for future in self.runner.run(inputs)]
-            for i, result in zip(pending, results):
-                if result.error_msg is None:
-                    times[i] = 1e3 * sorted(float(s) for s in result.run_secs)[len(result.run_secs) // 2]
-            pending = [i for i, r in zip(pending, results) if r.error_msg is not None]
-            self._note_errors(r.error_msg for r in results)
+        built = [i for i, b in enumerate(builds) if b.error_msg is None]
+        times: list[list[float]] = [[] for _ in funcs]
+        for _ in range(repeats):
+            pending = list(built)
+            for _ in range(RETRIES + 1):
+                if not pending:
+                    break
+                inputs = [ms.runner.RunnerInput(builds[i].artifact_path, "cpu",
+                                                ms.arg_info.ArgInfo.from_prim_func(funcs[i])) for i in pending]
+                results = [future.result() for future in self.runner.run(inputs)]
+                for i, result in zip(pending, results):
+                    if result.error_msg is None:
+                        times[i].append(1e3 * sorted(float(s) for s in result.run_secs)[len(result.run_secs) // 2])
+                pending = [i for i, r in zip(pending, results) if r.error_msg is not None]
+                self._note_errors(r.error_msg for r in results)
         return times
 
     def _note_errors(self, messages) -> None:

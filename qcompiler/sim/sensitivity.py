@@ -117,8 +117,7 @@ def cache_dir() -> Path:
 
 def cache_key(model: Model, data: Dataset, eval_data: Dataset | None, specs: dict, config: SensitivityConfig) -> str:
     digest = hashlib.sha256(repr((__version__, FORMAT, config, sorted((k, repr(v)) for k, v in specs.items()))).encode())
-    for part in model.fingerprint():
-        digest.update(repr(part).encode() if not isinstance(part, bytes) else part)
+    digest.update(model.to_onnx().SerializeToString(deterministic=True))
     for dataset in (data, eval_data):
         if dataset is not None:
             for name in sorted(dataset.arrays):

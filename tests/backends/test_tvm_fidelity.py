@@ -53,6 +53,12 @@ def _graph(kind: str):
         clip = helper.make_node("Clip", ["c", "lo", "hi"], ["y"])
         return n1 + [helper.make_node("Relu", ["e"], ["r"])] + n2 + [clip], \
             {**i1, **i2, "lo": np.float32(0.0), "hi": np.float32(6.0)}
+    if kind == "two-depthwise48":   # two kernels on every target (the tuning tests' model)
+        n1, i1 = _conv("expand", "x", "e", C, 48, k=1)
+        n2, i2 = _conv("dw1", "r", "d", 48, 48, group=48, pads=[1, 1, 1, 1])
+        n3, i3 = _conv("dw2", "s", "c", 48, 48, group=48, strides=[2, 2], pads=[1, 1, 1, 1])
+        relus = [helper.make_node("Relu", ["e"], ["r"]), helper.make_node("Relu", ["d"], ["s"])]
+        return n1 + relus[:1] + n2 + relus[1:] + n3 + [relu], {**i1, **i2, **i3}
     if kind == "channel-shuffle":   # ShuffleNet's: TVM's ConvertLayout fails, the build stays NCHW
         n1, i1 = _conv("conv1", "x", "a", C, C, k=1)
         n2, i2 = _conv("conv2", "s", "y", C, C, k=1)

@@ -1,0 +1,104 @@
+"""The bit-width searches on problems whose optimum is known: the GA finds it, every generation's
+best is within budget, the seed repeats the search, and the baselines are what they say."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from qcompiler.errors import UsageError
+from qcompiler.quant.bitsearch import (BitProblem, GeneticConfig, brute_force, exact_search, genetic_search,
+                                       greedy_search)
+
+CHOICES = (2, 4, 8)
+
+
+def random_problem(seed: int, layers: int = 8, pairs: bool = True, latency: bool = False,
+                   tightness: float = 0.5) -> BitProblem:
+    """Sensitivity falling with bits (roughly 4x per bit halving, as quantization noise does),
+    sizes proportional to bits times a layer's parameter count, a budget between the extremes."""
+    rng = np.random.default_rng(seed)
+    params = rng.integers(100, 5000, layers)
+    weight = rng.lognormal(0, 1.5, layers)
+    sensitivity = tuple(tuple(float(weight[i] * 4.0 ** ((8 - b) / 2) * rng.uniform(0.8, 1.2)) if b < 8 else 0.0
+                              for b in CHOICES) for i in range(layers))
+    size = tuple(tuple(int(params[i] * b // 8) for b in CHOICES) for i in range(layers))
+    lo, hi = sum(s[0] for s in size), sum(s[-1] for s in size)
+    times = tuple(tuple(float(params[i] * (0.5 + b / 16) / 1000) for b in CHOICES) for i in range(layers)) \
+        if latency else None
+    pair_terms = {}
+    if pairs:
+        for i in range(0, layers - 1, 2):
+            pair_terms[(i, i + 1)] = rng.uniform(0, 0.3, (3, 3)) * min(weight[i], weight[i + 1])
+    max_latency = None
+    if latency:
+        tlo, thi = sum(t[0] for t in times), sum(t[-1] for t in times)
+        max_latency = tlo + tightness * (thi - tlo)
+    return BitProblem(tuple(f"l{i}" for i in range(layers)), (CHOICES,) * layers, sensitivity, size,
+                      int(lo + tightness * (hi - lo)), times, max_latency, pairs=pair_terms)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_genetic_search_finds_the_known_optimum(seed):
+    """8 layers x 3 choices: 6561 assignments, all tried by brute force; the GA (about 2,000
+    evaluations) must reach the same objective, with pair terms and with both budgets."""
+    problem = random_problem(seed, latency=seed % 2 == 1)
+    best = brute_force(problem)
+    found = genetic_search(problem, seed=seed)
+    assert found.objective == pytest.approx(best.objective, rel=1e-9)
+    assert found.evaluated < 6561
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_generation_best_is_within_budget(seed):
+    problem = random_problem(seed, layers=20, latency=True, tightness=0.3)
+    found = genetic_search(problem, seed=seed)
+    assert found.history, "the search recorded its generations"
+    for objective, size, latency in found.history:
+        assert size <= problem.max_size and latency <= problem.max_latency + 1e-9
+    assert [h[0] for h in found.history] == sorted((h[0] for h in found.history), reverse=True), \
+        "elitism: the best never gets worse"
+    assert found.size <= problem.max_size and found.latency <= problem.max_latency + 1e-9
+    for size, latency, objective, bits in found.front:
+        assert size <= problem.max_size and latency <= problem.max_latency + 1e-9
+
+
+def test_the_seed_makes_the_search_repeatable():
+    problem = random_problem(3, layers=30)
+    runs = [genetic_search(problem, seed=7) for _ in range(2)]
+    assert runs[0].bits == runs[1].bits and runs[0].history == runs[1].history
+    other = genetic_search(problem, seed=8, config=GeneticConfig(patience=5))
+    assert other.history != runs[0].history
+
+
+def test_the_front_is_non_dominated():
+    found = genetic_search(random_problem(1, layers=12), seed=0)
+    points = [(s, o) for s, _, o, _ in found.front]
+    for a in points:
+        assert not any(b[0] <= a[0] and b[1] < a[1] or b[0] < a[0] and b[1] <= a[1] for b in points)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.05, 0.95))
+def test_exact_is_optimal_for_the_separable_objective(seed, tightness):
+    problem = random_problem(seed, layers=7, pairs=False, tightness=tightness)
+    assert exact_search(problem).objective == pytest.approx(brute_force(problem).objective, rel=1e-9, abs=1e-12)
+    greedy = greedy_search(problem)
+    assert greedy.size <= problem.max_size and greedy.objective >= brute_force(problem).objective - 1e-12
+
+
+def test_an_impossible_budget_names_the_smallest_reachable():
+    problem = random_problem(0)
+    smallest = sum(s[0] for s in problem.size)
+    tight = BitProblem(problem.layers, problem.choices, problem.sensitivity, problem.size, smallest - 1)
+    for search in (genetic_search, greedy_search, exact_search):
+        with pytest.raises(UsageError, match=f"smallest reachable is {smallest:,} bytes"):
+            search(tight)
+    assert genetic_search(BitProblem(problem.layers, problem.choices, problem.sensitivity, problem.size,
+                                     smallest)).bits == (2,) * len(problem.layers)
+
+
+def test_a_budget_is_required():
+    with pytest.raises(UsageError, match="size or a latency budget"):
+        BitProblem(("a",), ((2, 8),), ((1.0, 0.0),), ((1, 4),))

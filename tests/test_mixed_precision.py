@@ -1,0 +1,138 @@
+"""Mixed precision as a user meets it: `--bits auto` under a size budget compiles to a library
+whose weight bytes are the search's own accounting, impossible budgets are usage errors, the
+sensitivities are cached and ordered, and the latency table repeats within its spread."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from graphs import ROOT
+from qcompiler.cli import main
+
+RESNET = ROOT / "models" / "fashion_resnet8.onnx"
+MOBILENET = ROOT / "models" / "fashion_mobilenetv2.onnx"
+SUBSET = ROOT / "models" / "fashion_mnist_subset.npz"
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args] + ["--no-progress"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def weight_levels(qdq_path) -> list[int]:
+    """Per weighted layer in graph order, the most distinct integer levels any output channel of
+    its quantized weight uses."""
+    model = onnx.load(qdq_path)
+    inits = {i.name: i for i in model.graph.initializer}
+    dequantized = {n.output[0]: numpy_helper.to_array(inits[n.input[0]]).astype(np.int64)
+                   for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    levels = []
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and node.input[1] in dequantized:
+            rows = dequantized[node.input[1]]
+            rows = rows.reshape(rows.shape[0], -1) if node.op_type == "Conv" else rows.reshape(-1, rows.shape[-1]).T
+            levels.append(max(len(np.unique(row)) for row in rows))
+    return levels
+
+
+@pytest.mark.parametrize("model,target,budget", [(RESNET, "x86-avx512-vnni", "30KB"),
+                                                 (MOBILENET, "arm64-dotprod", "40KB")],
+                         ids=["resnet8-vnni", "mobilenetv2-sdot"])
+def test_size_budget_is_met_to_the_byte_of_the_library(model, target, budget, tmp_path, capsys):
+    code, out, err = cli(capsys, "compile", model, "--calib", SUBSET, "--calib-count", 64, "--preset", "w4a8",
+                         "--bits", "auto", "--max-size", budget, "--target", target, "-o", tmp_path / "lib")
+    assert code == 0, err
+    line = next(row for row in out.splitlines() if row.startswith("bit widths"))
+    reached = int(line.split("reached ")[1].split(" bytes")[0].replace(",", ""))
+    meta = json.loads((tmp_path / "lib" / "model.json").read_text())
+    assert meta["weight_bytes"] == reached, "the search's size accounting is the library's weight bytes"
+    assert reached <= int(budget.removesuffix("KB")) * 1000
+    order = [int(b) for b in line.split("in graph order: ")[1].split()]
+    assert set(order) >= {2, 8} or set(order) >= {4, 8}, "a budget between the extremes mixes widths"
+    levels = weight_levels(tmp_path / "lib" / "model.qdq.onnx")
+    assert len(levels) == len(order)
+    for bits, used in zip(order, levels):
+        assert used <= 2 ** bits - (bits != 2), f"a {bits}-bit layer uses {used} levels"
+
+
+def test_impossible_budget_is_one_usage_line(tmp_path, capsys):
+    code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "--preset", "w4a8", "--bits", "auto",
+                         "--max-size", "3KB", "-o", tmp_path / "q")
+    assert code == 2
+    assert "the smallest reachable is 77,072 bytes" in err and "native" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--max-size", "30KB"], "--max-size needs --bits auto"),
+    (["--bits", "auto"], "needs a budget"),
+    (["--bits", "auto", "--max-size", "lots"], "expected a size"),
+    (["--bits", "auto", "--max-size", "30KB", "--bit-choices", "3,8"], "subset of 2,4,8"),
+    (["--bits", "auto", "--max-latency", "1ms", "--target", "arm64-dotprod"], "--rpc"),
+])
+def test_bad_budget_options_are_usage_errors(args, message, tmp_path, capsys):
+    code, _, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, *args, "-o", tmp_path / "q")
+    assert code == 2 and message in err
+
+
+def test_sensitivities_are_ordered_and_cached(tmp_path, monkeypatch):
+    from qcompiler.driver import build_pipeline
+    from qcompiler.data import load_data
+    from qcompiler.ir import load
+    from qcompiler.mixed_precision import searched_layers
+    from qcompiler.passes.partition_blocks import partition
+    from qcompiler.quant.presets import PRESETS, QuantConfig
+    from qcompiler.sim.sensitivity import SensitivityConfig, analyze
+
+    monkeypatch.setenv("QCOMPILER_CACHE", str(tmp_path))
+    model = build_pipeline()(load(RESNET)).model
+    config = QuantConfig(PRESETS["w4a8"])
+    layers, _, _ = searched_layers(model, config)
+    data = load_data(SUBSET, model)
+    settings = SensitivityConfig(samples=32, network=True)
+    first = analyze(model, layers, partition(model), data, config.weight_spec_at, settings, progress=False)
+    assert not first.cached
+    for entry in first.layers:
+        e = entry.block_error
+        assert e[2] > e[4] > e[8] >= 0, entry.layer
+        assert entry.network_kl[2] > entry.network_kl[8] - 1e-6
+        assert 0 <= entry.accuracy[2] <= 1
+    again = analyze(model, layers, partition(model), data, config.weight_spec_at, settings, progress=False)
+    assert again.cached and again.to_json() == first.to_json()
+    fewer = analyze(model, layers, partition(model), data.head(16), config.weight_spec_at, settings, progress=False)
+    assert not fewer.cached, "other data is measured anew"
+
+
+def test_latency_table_repeats_within_its_spread(tmp_path, monkeypatch):
+    from qcompiler.backends.tvm.layer_costs import kernel_task, layer_shapes, measure_latency
+    from qcompiler.backends.tvm.targets import get_target
+    from qcompiler.driver import build_pipeline
+    from qcompiler.ir import load
+
+    monkeypatch.setenv("QCOMPILER_CACHE", str(tmp_path))
+    model = build_pipeline()(load(MOBILENET)).model
+    spec = get_target("native")
+    every = layer_shapes(model, [n.name for n in model.graph.nodes if n.op == "Conv"])
+    names = [n for n, shape in every.items() if kernel_task(shape, 8, spec) is not None][:2]
+    shapes = {n: every[n] for n in names}
+    runs = [measure_latency(shapes, (8,), spec, use_cache=False) for _ in range(2)]
+    timed = 0
+    for layer in names:
+        for bits in (8,):
+            a, b = runs[0].ms[layer][bits], runs[1].ms[layer][bits]
+            assert (a is None) == (b is None)
+            if a is None:
+                continue
+            timed += 1
+            tolerance = runs[0].spread[layer][bits] * a + runs[1].spread[layer][bits] * b + 0.25 * a
+            assert abs(a - b) <= tolerance, (layer, bits, a, b)
+    assert timed >= 2, "the depthwise kernels (16k channels) at least are timed on every target"
+    cached = measure_latency(shapes, (8,), spec)
+    assert measure_latency(shapes, (8,), spec).ms == cached.ms
