@@ -106,46 +106,57 @@ def table_html(rows: list[LayerRow]) -> str:
             f"<table id='layers' class='sortable'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
-#: Click a header to sort (numbers by their data-v), type to filter rows; sets data-ready on the
-#: body when done, and records script errors in data-errors (the headless-browser test reads both).
+#: Click a header to sort (numbers by their data-v), type to filter rows. The address can say
+#: both: report.html#sort=sensitivity&desc&filter=conv. Sets data-ready on the body when done, and
+#: records script errors in data-errors (the headless-browser test reads both).
 SORT_SCRIPT = """<script>
 window.addEventListener('error', function (e) {
   document.body.dataset.errors = (document.body.dataset.errors || '') + e.message + ';';
 });
+function sortTable(table, col, up) {
+  var body = table.tBodies[0], th = table.tHead.rows[0].cells[col];
+  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (h) { delete h.dataset.dir; });
+  th.dataset.dir = up ? 'up' : 'down';
+  var rows = Array.prototype.slice.call(body.rows);
+  rows.sort(function (a, b) {
+    var x = a.cells[col], y = b.cells[col];
+    var nx = x.dataset.v !== undefined, ny = y.dataset.v !== undefined;
+    if (nx !== ny) return nx ? -1 : 1;   // empty cells last, either way
+    var vx = nx ? parseFloat(x.dataset.v) : x.textContent, vy = ny ? parseFloat(y.dataset.v) : y.textContent;
+    var c = vx < vy ? -1 : vx > vy ? 1 : 0;
+    return up ? c : -c;
+  });
+  rows.forEach(function (r) { body.appendChild(r); });
+}
+function filterLayers(text) {
+  var words = text.toLowerCase().split(/\\s+/).filter(Boolean), shown = 0;
+  Array.prototype.forEach.call(document.getElementById('layers').tBodies[0].rows, function (r) {
+    var row = r.textContent.toLowerCase();
+    var keep = words.every(function (w) { return row.indexOf(w) >= 0; });
+    r.style.display = keep ? '' : 'none';
+    shown += keep ? 1 : 0;
+  });
+  document.getElementById('layer-count').textContent = shown + ' layers';
+}
 document.addEventListener('DOMContentLoaded', function () {
   document.querySelectorAll('table.sortable').forEach(function (table) {
-    var body = table.tBodies[0];
-    table.querySelectorAll('th').forEach(function (th, col) {
-      th.addEventListener('click', function () {
-        var up = th.dataset.dir !== 'up';
-        th.dataset.dir = up ? 'up' : 'down';
-        var rows = Array.prototype.slice.call(body.rows);
-        rows.sort(function (a, b) {
-          var x = a.cells[col], y = b.cells[col];
-          var vx = x.dataset.v !== undefined ? parseFloat(x.dataset.v) : x.textContent;
-          var vy = y.dataset.v !== undefined ? parseFloat(y.dataset.v) : y.textContent;
-          if (x.dataset.v === undefined && y.dataset.v !== undefined) return 1;
-          if (y.dataset.v === undefined && x.dataset.v !== undefined) return -1;
-          var c = vx < vy ? -1 : vx > vy ? 1 : 0;
-          return up ? c : -c;
-        });
-        rows.forEach(function (r) { body.appendChild(r); });
-      });
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+      th.addEventListener('click', function () { sortTable(table, col, th.dataset.dir !== 'up'); });
     });
   });
-  var filter = document.getElementById('layer-filter');
-  if (filter) {
-    filter.addEventListener('input', function () {
-      var words = filter.value.toLowerCase().split(/\\s+/).filter(Boolean), shown = 0;
-      Array.prototype.forEach.call(document.getElementById('layers').tBodies[0].rows, function (r) {
-        var text = r.textContent.toLowerCase();
-        var keep = words.every(function (w) { return text.indexOf(w) >= 0; });
-        r.style.display = keep ? '' : 'none';
-        shown += keep ? 1 : 0;
-      });
-      document.getElementById('layer-count').textContent = shown + ' layers';
-    });
+  var filter = document.getElementById('layer-filter'), layers = document.getElementById('layers');
+  if (filter) filter.addEventListener('input', function () { filterLayers(filter.value); });
+  var asked = {};
+  location.hash.slice(1).split('&').forEach(function (part) {
+    var kv = part.split('=');
+    if (kv[0]) asked[decodeURIComponent(kv[0])] = decodeURIComponent(kv[1] || '');
+  });
+  if (layers && asked.sort) {
+    var names = Array.prototype.map.call(layers.tHead.rows[0].cells, function (h) { return h.textContent.trim(); });
+    var col = names.indexOf(asked.sort);
+    if (col >= 0) sortTable(layers, col, !('desc' in asked));
   }
+  if (filter && asked.filter) { filter.value = asked.filter; filterLayers(asked.filter); }
   document.body.dataset.ready = '1';
 });
 </script>"""
