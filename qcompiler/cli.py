@@ -17,6 +17,7 @@ import numpy as np
 from qcompiler import supervise
 from qcompiler.cli_options import bit_budget, build_parser, input_shapes, reconstruct_config
 from qcompiler.cli_train import train_config
+from qcompiler.cli_analyze import cmd_analyze
 from qcompiler.cli_tune import cmd_rpc, cmd_tune
 from qcompiler.errors import QCompilerError, UsageError
 
@@ -346,7 +347,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.output_dir, args.force)
 
 
-COMMANDS = {"inspect": cmd_inspect, "optimize": cmd_optimize, "quantize": cmd_quantize, "passes": cmd_passes,
+COMMANDS = {"analyze": cmd_analyze, "inspect": cmd_inspect, "optimize": cmd_optimize, "quantize": cmd_quantize, "passes": cmd_passes,
             "demo": cmd_demo, "compile": cmd_compile, "run": cmd_run, "targets": cmd_targets, "tune": cmd_tune,
             "rpc": cmd_rpc}
 

@@ -270,9 +270,11 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig | None:
 
 
 def _more_commands(sub) -> None:
+    from qcompiler.cli_analyze import add_command
     from qcompiler.cli_tune import add_commands
 
     add_commands(sub, positive_int)
+    add_command(sub, positive_int)
     sub.add_parser("passes", help="list the registered passes")
 
     p = sub.add_parser("demo", help="the main job on the bundled model: inspect, optimize, quantize, compile, run")

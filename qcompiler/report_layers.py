@@ -78,7 +78,7 @@ def _quantized_output(model, node) -> str | None:
     return None
 
 
-def _cell(value, digits: int = 1) -> str:
+def _cell(value, digits: int = 3) -> str:
     if value is None:
         return "<td></td>"
     if isinstance(value, float):
@@ -94,16 +94,21 @@ COLUMNS = ("#", "layer", "op", "weight bits", "input bits", "runs in", "weight S
            "sensitivity", "bytes", "kernel ms")
 
 
-def table_html(rows: list[LayerRow]) -> str:
-    """The sortable, filterable per-layer table (SORT_SCRIPT makes it so)."""
-    head = "".join(f"<th data-col='{i}' title='click to sort'>{html.escape(c)}</th>" for i, c in enumerate(COLUMNS))
-    body = "".join(
-        "<tr>" + _cell(r.index) + _cell(r.name) + _cell(r.op) + _cell(r.weight_bits) + _cell(r.input_bits)
-        + _cell(r.runs) + _cell(r.weight_sqnr) + _cell(r.output_sqnr) + _cell(r.sensitivity, 4) + _cell(r.bytes)
-        + _cell(r.latency_ms, 4) + "</tr>" for r in rows)
+def sortable_table(columns, rows: list[list], digits: dict[int, int] | None = None) -> str:
+    """A table SORT_SCRIPT sorts (click a header) and filters (the box above it)."""
+    digits = digits or {}
+    head = "".join(f"<th data-col='{i}' title='click to sort'>{html.escape(c)}</th>" for i, c in enumerate(columns))
+    body = "".join("<tr>" + "".join(_cell(v, digits.get(k, 3)) for k, v in enumerate(row)) + "</tr>" for row in rows)
     return (f"<p><input id='layer-filter' placeholder='filter layers (name, op, bits, float)' size='40'> "
             f"<span id='layer-count'>{len(rows)} layers</span></p>"
             f"<table id='layers' class='sortable'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def table_html(rows: list[LayerRow]) -> str:
+    """The report's per-layer table."""
+    return sortable_table(COLUMNS, [[r.index, r.name, r.op, r.weight_bits, r.input_bits, r.runs, r.weight_sqnr,
+                                     r.output_sqnr, r.sensitivity, r.bytes, r.latency_ms] for r in rows],
+                          {6: 1, 7: 1, 8: 4, 10: 4})
 
 
 #: Click a header to sort (numbers by their data-v), type to filter rows. The address can say

@@ -20,7 +20,8 @@ SOURCES = {"qcompiler": ROOT / "qcompiler", "qcompiler.passes": ROOT / "passes",
 
 #: The package's face: the Python API, the CLI, the report, the demo and the runtime re-export.
 DRIVER = {"qcompiler", "qcompiler.__main__", "qcompiler.driver", "qcompiler.compiler", "qcompiler.cli", "qcompiler.cli_options", "qcompiler.demo",
-          "qcompiler.report", "qcompiler.runtime", "qcompiler.cli_train", "qcompiler.cli_tune", "qcompiler.report_training"}
+          "qcompiler.report", "qcompiler.runtime", "qcompiler.cli_train", "qcompiler.cli_tune", "qcompiler.report_training",
+          "qcompiler.cli_analyze", "qcompiler.mixed_precision", "qcompiler.report_layers"}
 #: Passes that compute gradients (through the simulator) and may import jax themselves.
 GRADIENT_PASSES = {"qcompiler.passes.reconstruct_blocks"}
 

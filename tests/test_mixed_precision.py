@@ -136,3 +136,19 @@ def test_latency_table_repeats_within_its_spread(tmp_path, monkeypatch):
     assert timed >= 2, "the depthwise kernels (16k channels) at least are timed on every target"
     cached = measure_latency(shapes, (8,), spec)
     assert measure_latency(shapes, (8,), spec).ms == cached.ms
+
+
+def test_analyze_prints_and_writes_the_sensitivities(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("QCOMPILER_CACHE", str(tmp_path / "cache"))
+    code, out, err = cli(capsys, "analyze", RESNET, "--calib", SUBSET, "--samples", 32, "--bit-choices", "2,8",
+                         "-o", tmp_path / "a")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["#", "layer", "op", "params"] and "KL @2" in lines[0] and "top-1 @8" in lines[0]
+    assert len([line for line in lines if line.split()[0].isdigit() and line.split()[1].startswith("/")]) == 10
+    assert "most sensitive at 2 bits: " in out
+    table = json.loads((tmp_path / "a" / "sensitivity.json").read_text())
+    assert table["format"] == "qcompiler-sensitivity/1" and len(table["layers"]) == 10
+    assert "<table id='layers'" in (tmp_path / "a" / "analysis.html").read_text()
+    code, out, _ = cli(capsys, "analyze", RESNET, "--calib", SUBSET, "--samples", 32, "--bit-choices", "2,8")
+    assert code == 0 and "read from the cache" in out
