@@ -75,3 +75,13 @@ def test_quantization_doc_recipe_example_runs():
     specs = [tq.spec for tq in run.annotated.quant.values()]
     assert {s.bits for s in specs if s.signed} == {6, 8}      # 6-bit inside, 8-bit edge layers
     assert {s.observer for s in specs if not s.signed} == {"percentile"}
+
+
+def test_mixed_precision_doc_python_example_runs(tmp_path, capsys, monkeypatch):
+    """docs/mixed_precision.md's Python example as written (run from the repository root)."""
+    monkeypatch.setenv("QCOMPILER_CACHE", str(tmp_path))
+    monkeypatch.chdir(ROOT)
+    (block,) = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "mixed_precision.md").read_text(), re.S)
+    exec(compile(block, "docs/mixed_precision.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "genetic search, budget size <= 30,000 bytes: reached" in out and "in graph order: 8 " in out
