@@ -155,6 +155,9 @@ def plan(model: Model, config: QuantConfig, data: Dataset, budget: BitBudget, pr
         bar = Progress(f"kernel latency on {budget.rpc or spec.name}", 1, enabled=progress)
         latency = measure_latency({n: shapes[n] for n in searched}, choices, spec, budget.rpc)
         bar.close(f"{latency.seconds:.0f} s")
+        if all(v is None for n in searched for v in latency.ms[n].values()):
+            log.warning("--max-latency: no searched layer has a kernel of its own on %s (TVM's generic code, whose "
+                        "time does not depend on the bits), so the budget constrains nothing", spec.name)
     costs = _problem(searched, choices, sizes, latency, budget, pinned, floating,
                      [(0.0,) * len(choices)] * len(searched), {})
     try:   # before the sensitivities: an impossible budget is a quick usage error
