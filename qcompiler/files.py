@@ -11,6 +11,7 @@ that the command created is removed again. Existing outputs are refused unless t
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -31,6 +32,16 @@ def cache_root() -> Path:
     if explicit:
         return Path(explicit)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qcompiler"
+
+
+def write_cache(path: Path, text: str) -> None:
+    """A cache entry under cache_root(), written atomically; a cache that cannot be written is a
+    warning (the measurement is still returned), never a failed run."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text)
+    except (OSError, OutputError) as error:
+        logging.getLogger(__name__).warning("could not cache %s: %s", path, error)
 
 
 def prepare_output_dir(path: Path) -> Path:

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from qcompiler.backends.tvm.apply_schedules import kernel_kind, packed_bits, pac
 from qcompiler.backends.tvm.schedules import depthwise, geometry
 from qcompiler.backends.tvm.schedules.requantize import RequantizeCode
 from qcompiler.backends.tvm.targets import TargetSpec
-from qcompiler.files import cache_root
+from qcompiler.files import cache_root, write_cache
 from qcompiler.ir import Model
 from qcompiler.ops import QUANTIZED_LAYERS
 
@@ -196,8 +195,5 @@ def measure_latency(layers: dict[str, LayerShape], choices, spec: TargetSpec, rp
         table.spread.setdefault(layer, {})[bits] = spread.get(key, 0.0) if key else 0.0
     table.seconds = time.perf_counter() - start
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_suffix(f".tmp{os.getpid()}")
-        temp.write_text(table.to_json())
-        temp.replace(path)
+        write_cache(path, table.to_json())
     return table

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ from qcompiler import __version__
 from qcompiler.blocks import Block
 from qcompiler.data import Dataset
 from qcompiler.evaluation import kl_rows
-from qcompiler.files import cache_root
+from qcompiler.files import cache_root, write_cache
 from qcompiler.ir import Model
 from qcompiler.progress import Progress
 from qcompiler.quant.maths import fake_quantize, params_from_range
@@ -215,18 +214,8 @@ def analyze(model: Model, layers: dict[str, tuple[str, str, int]], blocks: list[
     table = SensitivityTable(list(entries.values()), tuple(config.choices), config.fisher, data.count, held.count,
                              pairs, time.perf_counter() - start, float_accuracy)
     if use_cache:
-        _save(path, table)
+        write_cache(path, table.to_json())
     return table
-
-
-def _save(path: Path, table: SensitivityTable) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_suffix(f".tmp{os.getpid()}")
-        temp.write_text(table.to_json())
-        temp.replace(path)
-    except OSError as error:
-        log.warning("could not cache the sensitivities in %s: %s", path, error)
 
 
 def _fisher(sim: Interpreter, walk: _Walk, index: int, block: Block, outputs, labels, batch: int):
