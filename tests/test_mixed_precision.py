@@ -152,3 +152,37 @@ def test_analyze_prints_and_writes_the_sensitivities(tmp_path, capsys, monkeypat
     assert "<table id='layers'" in (tmp_path / "a" / "analysis.html").read_text()
     code, out, _ = cli(capsys, "analyze", RESNET, "--calib", SUBSET, "--samples", 32, "--bit-choices", "2,8")
     assert code == 0 and "read from the cache" in out
+
+
+def test_sensitivity_of_a_network_whose_logits_are_nchw(tmp_path, monkeypatch):
+    """SqueezeNet-style outputs [N, classes, 1, 1] (a global pool after the last conv): the
+    pseudo-labels and top-1 come from the flattened logits (this was exit 70 on light_squeezenet)."""
+    from onnx import TensorProto, helper
+
+    from qcompiler.data import load_data
+    from qcompiler.ir import Model
+    from qcompiler.mixed_precision import searched_layers
+    from qcompiler.passes.partition_blocks import partition
+    from qcompiler.quant.presets import PRESETS, QuantConfig
+    from qcompiler.sim.sensitivity import SensitivityConfig, analyze
+
+    monkeypatch.setenv("QCOMPILER_CACHE", str(tmp_path))
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (5, 8, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["c"], name="conv2"),
+             helper.make_node("GlobalAveragePool", ["c"], ["y"], name="pool")]
+    graph = helper.make_graph(nodes, "nchw_logits", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                  ["N", 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 1, 1])], weights)
+    model = Model.from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    config = QuantConfig(PRESETS["w4a8"])
+    layers, _, _ = searched_layers(model, config)
+    data = load_data({"x": rng.normal(0, 1, (8, 3, 6, 6)).astype(np.float32)}, model)
+    table = analyze(model, layers, partition(model), data, config.weight_spec_at,
+                    SensitivityConfig(samples=8, network=True), progress=False)
+    for entry in table.layers:
+        assert entry.block_error[2] > entry.block_error[8] >= 0
+        assert 0 <= entry.agreement[2] <= 1 and entry.network_kl[2] >= 0

@@ -180,7 +180,7 @@ def analyze(model: Model, layers: dict[str, tuple[str, str, int]], blocks: list[
     pairs: dict[str, dict[str, float]] = {}
     bar = Progress("sensitivity", len(blocks), enabled=progress)
     walk = _Walk(sim, blocks, data.arrays, config.batch_size)
-    labels = data.labels if data.labels is not None else np.argmax(walk.logits, axis=-1)
+    labels = data.labels if data.labels is not None else np.argmax(_rows(walk.logits), axis=-1)
     for index, block in enumerate(blocks):
         measured = [name for name in block.layers if name in layers]
         block_fn = jax.jit(sim.function(block.inputs, block.outputs))
@@ -253,7 +253,7 @@ def _network_effects(sim, blocks, held: Dataset, layers, quantized, entries, con
     """KL(float || one layer quantized) of the network output, top-1 agreement and accuracy, on
     `held`: the block with the layer's quantized weight, then the float rest of the network."""
     walk = _Walk(sim, blocks, held.arrays, config.batch_size)
-    float_top = np.argmax(walk.logits, axis=-1)
+    float_top = np.argmax(_rows(walk.logits), axis=-1)   # logits may be [N, classes, 1, 1]
     bar = Progress("network effect", sum(len(b.layers) for b in blocks) * len(config.choices), enabled=progress)
     for index, block in enumerate(blocks):
         names, rest = list(block.outputs), walk.rest(index, block)
@@ -269,7 +269,7 @@ def _network_effects(sim, blocks, held: Dataset, layers, quantized, entries, con
                 logits = _map(tail, {}, {**dict(zip(names, outs)), **{n: walk.state[n] for n in rest}},
                               config.batch_size)[0]
                 entry.network_kl[bits] = float(np.mean(kl_rows(_rows(walk.logits), _rows(logits))))
-                top = np.argmax(logits, axis=-1)
+                top = np.argmax(_rows(logits), axis=-1)
                 entry.agreement[bits] = float(np.mean(top == float_top))
                 if held.labels is not None:
                     entry.accuracy[bits] = float(np.mean(top == held.labels))
