@@ -225,6 +225,8 @@ def _print_compiled(args: argparse.Namespace, built, timing, paths: list[Path]) 
     print("build: " + ", ".join(f"{k} {v:.1f} s" for k, v in library.seconds.items()))
     for fidelity in built.fidelity:
         print(f"library vs QDQ model (onnxruntime): {fidelity.line()}")
+    if built.latency is not None:
+        _print_latency(built.latency, built.quantized.mixed)
     if built.reference_spread is not None:
         print(f"  for scale: onnxruntime's optimized and unoptimized runs of the same QDQ model differ by up to "
               f"{built.reference_spread:.0f} LSB here (rounding near-ties grow through deep nets; docs/backend.md)")
@@ -234,6 +236,15 @@ def _print_compiled(args: argparse.Namespace, built, timing, paths: list[Path]) 
         print(f"{'backend pass':<26} seconds")
         print("\n".join(f"{name:<26} {seconds:>7.3f}" for name, seconds in library.stages.items()))
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _print_latency(measured, mixed) -> None:
+    budget, predicted = mixed.budget.max_latency, mixed.assignment.latency
+    print(f"latency: {measured.line()}; predicted {predicted:.3f} ms, budget {budget:.3f} ms")
+    if measured.median_ms > budget:
+        log.warning("the library's median %.3f ms is over the --max-latency budget of %.3f ms (%+.0f%%): the "
+                    "prediction adds kernels timed alone to the rest of a reference library (%s)",
+                    measured.median_ms, budget, 100 * (measured.median_ms / budget - 1), mixed.whole.line())
 
 
 def _print_tuning(db: Path, tuned: list) -> None:

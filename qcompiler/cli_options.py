@@ -235,8 +235,8 @@ def _bits_options(p: argparse.ArgumentParser) -> None:
                    "--max-latency (the preset gives the scheme, activation bits and the 8-bit edge layers)")
     g.add_argument("--max-size", metavar="SIZE", help="budget for the layers' weights as the library stores them "
                    "(packed, padded; for --target): e.g. 120KB (1000 bytes), 117KiB, 1.5MB")
-    g.add_argument("--max-latency", metavar="TIME", help="budget for the searched layers' integer kernels, summed, "
-                   "as measured on the target (e.g. 1.5ms, 800us)")
+    g.add_argument("--max-latency", metavar="TIME", help="budget for the library's latency, batch 1, as measured on "
+                   "this machine (e.g. 1.5ms, 800us); with --rpc, for the searched layers' kernels, summed")
     g.add_argument("--bit-choices", default="2,4,8", help="the widths to choose from (default: %(default)s)")
     g.add_argument("--bit-search", choices=["genetic", "greedy", "exact"], default="genetic",
                    help="genetic (BRECQ's), greedy, or exact (dynamic programming; one budget) (default: %(default)s)")

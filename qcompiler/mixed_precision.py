@@ -61,7 +61,7 @@ class BitBudget:
     """What `--bits auto` asks for: budgets, bit choices, search, and where costs are measured."""
 
     max_size: int | None = None       # bytes of the layers' weights as the library stores them
-    max_latency: float | None = None  # ms: the searched layers' kernels, summed
+    max_latency: float | None = None  # ms: the whole library on a host target (else the searched kernels)
     choices: tuple[int, ...] = (2, 4, 8)
     method: str = "genetic"
     seed: int = 0
@@ -76,8 +76,65 @@ class BitBudget:
 
     def describe(self) -> str:
         parts = ([f"size <= {self.max_size:,} bytes"] if self.max_size is not None else []) + \
-            ([f"kernel latency <= {self.max_latency:.3f} ms"] if self.max_latency is not None else [])
+            ([f"latency <= {self.max_latency:.3f} ms"] if self.max_latency is not None else [])
         return " and ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class WholeLatency:
+    """The whole library measured once at a reference assignment (every searched layer at the
+    preset's weight bits): what the searched layers' kernels do not account for (pooling,
+    elementwise ops, layers in TVM's generic code, requantization between kernels) is its time
+    less those kernels' measured times, and does not depend on the searched bits."""
+
+    library_ms: float     # median of the reference library's runs, batch 1
+    spread: float         # (p90 - p10) / median of those runs
+    reference_bits: int
+    kernels_ms: float     # the searched layers' kernels at reference_bits, summed (measured alone)
+
+    @property
+    def rest_ms(self) -> float:
+        return max(self.library_ms - self.kernels_ms, 0.0)
+
+    def line(self) -> str:
+        return (f"the W{self.reference_bits} library measured {self.library_ms:.3f} ms (spread {100 * self.spread:.0f}%), "
+                f"its searched kernels {self.kernels_ms:.3f} ms of it")
+
+
+def library_latency(model: Model, config: QuantConfig, data: Dataset, spec, repeat: int = 50,
+                    use_cache: bool = True) -> tuple[float, float]:
+    """(median ms, (p90 - p10) / median) of one batch-1 run of `model`'s library on this machine,
+    quantized as `config` says with nearest rounding (ranges from 8 samples: the times do not
+    depend on them). Cached per model, config and target."""
+    import hashlib
+    import json
+    import tempfile
+
+    from qcompiler import __version__
+    from qcompiler.backends.tvm.runtime import load
+    from qcompiler.compiler import compile_qdq, write_library
+    from qcompiler.driver import quantize
+    from qcompiler.files import cache_root, write_cache
+
+    digest = hashlib.sha256(repr((__version__, spec.name, config.preset, config.edge_8bit,
+                                  [dataclasses.astuple(o) for o in config.overrides])).encode())
+    digest.update(model.to_onnx().SerializeToString(deterministic=True))
+    path = cache_root() / "latency" / f"library-{spec.name}-{digest.hexdigest()[:32]}.json"
+    if use_cache and path.exists():
+        try:
+            body = json.loads(path.read_text())
+            return float(body["median_ms"]), float(body["spread"])
+        except (ValueError, KeyError):
+            log.warning("latency cache %s is unreadable; measuring again", path)
+    sample = dict(data.head(min(8, data.count)).arrays)
+    qdq = quantize(model.copy(), sample, dataclasses.replace(config, bias_correction=False), progress=False).qdq
+    with tempfile.TemporaryDirectory(prefix="qcompiler-latency-") as folder:
+        write_library(compile_qdq(qdq, spec, batch=1), qdq, folder)
+        timing = load(folder).time(sample, repeat=repeat)
+    spread = (timing.p90_ms - timing.p10_ms) / timing.median_ms
+    if use_cache:
+        write_cache(path, json.dumps({"median_ms": timing.median_ms, "spread": spread}))
+    return timing.median_ms, spread
 
 
 @dataclasses.dataclass
@@ -91,6 +148,7 @@ class MixedPrecision:
     sizes: dict[str, dict[int, int]]  # every quantized layer: bits -> stored weight bytes
     latency: object = None            # qcompiler.backends.tvm.layer_costs.LatencyTable
     pinned: dict[str, int] = dataclasses.field(default_factory=dict)   # layers kept at fixed bits (edges)
+    whole: WholeLatency | None = None  # the measured library the latency budget is anchored to
     assignment: Assignment | None = None
     baselines: dict[str, Assignment] = dataclasses.field(default_factory=dict)
 
@@ -101,7 +159,8 @@ class MixedPrecision:
     def summary(self) -> str:
         a = self.assignment
         counts = {b: sum(1 for v in a.bits if v == b) for b in sorted(set(a.bits))}
-        reached = f"{a.size:,} bytes" + (f", kernels {a.latency:.3f} ms" if self.problem.latency else "")
+        what = "predicted latency" if self.whole else "searched kernels"
+        reached = f"{a.size:,} bytes" + (f", {what} {a.latency:.3f} ms" if self.problem.latency else "")
         bits = self.bits_of()
         return (f"{a.method} search, budget {self.budget.describe()}: reached {reached}; "
                 + ", ".join(f"{n} layers at {b} bits" for b, n in counts.items())
@@ -151,35 +210,56 @@ def plan(model: Model, config: QuantConfig, data: Dataset, budget: BitBudget, pr
     if budget.max_latency is not None and budget.rpc is None and not spec.host:
         raise UsageError(f"--max-latency on {spec.name}: this machine cannot run its kernels; time them on a device "
                          "with --rpc HOST:PORT:KEY (a TVM tracker; docs/tuning.md)")
+    whole = None
     if budget.max_latency is not None:
+        reference = config.preset.weights.bits
         bar = Progress(f"kernel latency on {budget.rpc or spec.name}", 1, enabled=progress)
-        latency = measure_latency({n: shapes[n] for n in searched}, choices, spec, budget.rpc)
+        latency = measure_latency({n: shapes[n] for n in searched}, sorted({*choices, reference}), spec, budget.rpc)
         bar.close(f"{latency.seconds:.0f} s")
         if all(v is None for n in searched for v in latency.ms[n].values()):
             log.warning("--max-latency: no searched layer has a kernel of its own on %s (TVM's generic code, whose "
                         "time does not depend on the bits), so the budget constrains nothing", spec.name)
+        whole = _whole_latency(model, config, data, spec, budget, latency, searched, reference, progress)
     costs = _problem(searched, choices, sizes, latency, budget, pinned, floating,
-                     [(0.0,) * len(choices)] * len(searched), {})
+                     [(0.0,) * len(choices)] * len(searched), {}, whole)
     try:   # before the sensitivities: an impossible budget is a quick usage error
         costs.check_reachable()
     except UsageError as error:
-        raise UsageError(f"{error}, stored as {spec.name} stores them") from None
+        raise UsageError(f"{error}, on {spec.name}") from None
     table = analyze(model, layers, partition(model, "block"), data, config.weight_spec_at,
                     SensitivityConfig(choices, budget.fisher, budget.samples, network=False), progress=progress)
     problem = _problem(searched, choices, sizes, latency, budget, pinned, floating,
                        [tuple(table.layer(n).block_error[b] for b in choices) for n in searched],
-                       _pairs(table, searched, choices))
-    return MixedPrecision(budget, problem, table, sizes, latency, pinned)
+                       _pairs(table, searched, choices), whole)
+    return MixedPrecision(budget, problem, table, sizes, latency, pinned, whole=whole)
+
+
+def _whole_latency(model, config, data, spec, budget: BitBudget, latency, searched, reference: int,
+                   progress: bool) -> WholeLatency | None:
+    """The reference library measured on this machine (None through --rpc: the budget is then on
+    the searched kernels alone, the rest of the model not being timed remotely)."""
+    if budget.rpc is not None:
+        log.warning("--max-latency through --rpc bounds the searched layers' kernels, summed: the rest of the "
+                    "model is not timed on the device")
+        return None
+    bar = Progress(f"the W{reference} library's latency on {spec.name}", 1, enabled=progress)
+    library_ms, spread = library_latency(model, config, data, spec)
+    whole = WholeLatency(library_ms, spread, reference, sum(latency.ms[n][reference] or 0.0 for n in searched))
+    bar.close(f"{library_ms:.3f} ms")
+    if whole.library_ms < whole.kernels_ms:
+        log.warning("latency: %s, less than its kernels timed alone; the budget counts those kernels only",
+                    whole.line())
+    return whole
 
 
 def _problem(searched, choices, sizes, latency, budget: BitBudget, pinned, floating: int, sensitivity,
-             pairs) -> BitProblem:
+             pairs, whole: WholeLatency | None = None) -> BitProblem:
     return BitProblem(
         tuple(searched), tuple(choices for _ in searched), tuple(map(tuple, sensitivity)),
         tuple(tuple(sizes[n][b] for b in choices) for n in searched), budget.max_size,
         None if latency is None else tuple(tuple(latency.ms[n][b] or 0.0 for b in choices) for n in searched),
         budget.max_latency, fixed_size=floating + sum(sizes[n][b] for n, b in pinned.items()),
-        pairs=pairs)
+        fixed_latency=whole.rest_ms if whole else 0.0, pairs=pairs)
 
 
 def _pairs(table, searched: list[str], choices) -> dict:

@@ -1,6 +1,7 @@
 """Mixed precision as a user meets it: `--bits auto` under a size budget compiles to a library
 whose weight bytes are the search's own accounting, impossible budgets are usage errors, the
-sensitivities are cached and ordered, and the latency table repeats within its spread."""
+sensitivities are cached and ordered, the latency table repeats within its spread, and a latency
+budget is on the whole library (its kernels timed alone plus the rest of a measured library)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from graphs import ROOT
+from graphs import ROOT, make_model
 from qcompiler.cli import main
 
 RESNET = ROOT / "models" / "fashion_resnet8.onnx"
@@ -186,3 +187,55 @@ def test_sensitivity_of_a_network_whose_logits_are_nchw(tmp_path, monkeypatch):
     for entry in table.layers:
         assert entry.block_error[2] > entry.block_error[8] >= 0
         assert 0 <= entry.agreement[2] <= 1 and entry.network_kl[2] >= 0
+
+
+def depthwise_chain(tmp_path):
+    """A 1x1 conv, two 48-channel depthwise convs (kernels of their own on every target: the
+    searched layers) and a 1x1 conv, saved with 32 random calibration samples."""
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    weights = {"e_w": (48, 8, 1, 1), "d1_w": (48, 1, 3, 3), "d2_w": (48, 1, 3, 3), "p_w": (16, 48, 1, 1)}
+    inits = {k: rng.normal(0, 0.3, shape).astype(np.float32) for k, shape in weights.items()}
+    nodes = [helper.make_node("Conv", ["x", "e_w"], ["e"], name="expand", kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["e"], ["r"]),
+             helper.make_node("Conv", ["r", "d1_w"], ["d1"], name="dw1", group=48, kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["d1"], ["s"]),
+             helper.make_node("Conv", ["s", "d2_w"], ["d2"], name="dw2", group=48, kernel_shape=[3, 3],
+                              strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["d2"], ["t"]),
+             helper.make_node("Conv", ["t", "p_w"], ["y"], name="project", kernel_shape=[1, 1])]
+    path, calib = tmp_path / "chain.onnx", tmp_path / "calib.npz"
+    onnx.save(make_model(nodes, [("x", ["N", 8, 12, 12])], [("y", None)], inits, opset=13).to_onnx(), path)
+    np.savez(calib, x=rng.normal(0, 1, (32, 8, 12, 12)).astype(np.float32))
+    return path, calib
+
+
+def test_latency_budget_is_on_the_whole_library(tmp_path, capsys, monkeypatch):
+    import qcompiler
+    from qcompiler.mixed_precision import BitBudget
+
+    monkeypatch.setenv("QCOMPILER_CACHE", str(tmp_path / "cache"))
+    path, calib = depthwise_chain(tmp_path)
+    mixed = qcompiler.quantize(path, calib, "w4a8", bits=BitBudget(max_latency=1000.0), progress=False).mixed
+    whole, problem, chosen = mixed.whole, mixed.problem, mixed.assignment
+    assert problem.layers == ("dw1", "dw2")
+    assert whole.reference_bits == 4 and whole.kernels_ms > 0
+    assert whole.kernels_ms == pytest.approx(sum(mixed.latency.ms[n][4] for n in problem.layers))
+    assert problem.fixed_latency == pytest.approx(max(whole.library_ms - whole.kernels_ms, 0.0))
+    kernels = sum(mixed.latency.ms[n][b] for n, b in zip(problem.layers, chosen.bits))
+    assert chosen.latency == pytest.approx(problem.fixed_latency + kernels), "predicted: rest + chosen kernels"
+
+    fastest = problem.fixed_latency + sum(min(t) for t in problem.latency)
+    code, _, err = cli(capsys, "quantize", path, "--calib", calib, "--preset", "w4a8", "--bits", "auto",
+                       "--max-latency", "1us", "-o", tmp_path / "q")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"the fastest reachable is {fastest:.3f} ms" in err, "the rest of the library counts"
+
+    code, out, err = cli(capsys, "compile", path, "--calib", calib, "--preset", "w4a8", "--bits", "auto",
+                         "--max-latency", "1s", "-o", tmp_path / "lib")
+    assert code == 0, err
+    line = next(row for row in out.splitlines() if row.startswith("latency: "))
+    assert "50 runs of one batch" in line and "budget 1000.000 ms" in line
+    assert float(line.split("median ")[1].split(" ms")[0]) > 0
