@@ -215,7 +215,8 @@ def plan(model: Model, config: QuantConfig, data: Dataset, budget: BitBudget, pr
         reference = config.preset.weights.bits
         bar = Progress(f"kernel latency on {budget.rpc or spec.name}", 1, enabled=progress)
         latency = measure_latency({n: shapes[n] for n in searched}, sorted({*choices, reference}), spec, budget.rpc)
-        bar.close(f"{latency.seconds:.0f} s")
+        bar.advance(1)   # the bar's own time: ~0 s when the table came from the cache
+        bar.close()
         if all(v is None for n in searched for v in latency.ms[n].values()):
             log.warning("--max-latency: no searched layer has a kernel of its own on %s (TVM's generic code, whose "
                         "time does not depend on the bits), so the budget constrains nothing", spec.name)
@@ -245,7 +246,8 @@ def _whole_latency(model, config, data, spec, budget: BitBudget, latency, search
     bar = Progress(f"the W{reference} library's latency on {spec.name}", 1, enabled=progress)
     library_ms, spread = library_latency(model, config, data, spec)
     whole = WholeLatency(library_ms, spread, reference, sum(latency.ms[n][reference] or 0.0 for n in searched))
-    bar.close(f"{library_ms:.3f} ms")
+    bar.advance(1)
+    bar.close(f"median {library_ms:.3f} ms")
     if whole.library_ms < whole.kernels_ms:
         log.warning("latency: %s, less than its kernels timed alone; the budget counts those kernels only",
                     whole.line())
