@@ -34,6 +34,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qcompiler"
 
 
+def read_cache(path: Path, parse):
+    """parse(text) of a cache entry written by write_cache; None when there is none, or when it
+    cannot be parsed (a warning: the caller measures again)."""
+    if not path.exists():
+        return None
+    try:
+        return parse(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        logging.getLogger(__name__).warning("cache entry %s is unreadable; measuring again", path)
+        return None
+
+
 def write_cache(path: Path, text: str) -> None:
     """A cache entry under cache_root(), written atomically; a cache that cannot be written is a
     warning (the measurement is still returned), never a failed run."""

@@ -114,18 +114,15 @@ def library_latency(model: Model, config: QuantConfig, data: Dataset, spec, repe
     from qcompiler.backends.tvm.runtime import load
     from qcompiler.compiler import compile_qdq, write_library
     from qcompiler.driver import quantize
-    from qcompiler.files import cache_root, write_cache
+    from qcompiler.files import cache_root, read_cache, write_cache
 
     digest = hashlib.sha256(repr((__version__, spec.name, config.preset, config.edge_8bit,
                                   [dataclasses.astuple(o) for o in config.overrides])).encode())
     digest.update(model.to_onnx().SerializeToString(deterministic=True))
     path = cache_root() / "latency" / f"library-{spec.name}-{digest.hexdigest()[:32]}.json"
-    if use_cache and path.exists():
-        try:
-            body = json.loads(path.read_text())
-            return float(body["median_ms"]), float(body["spread"])
-        except (ValueError, KeyError):
-            log.warning("latency cache %s is unreadable; measuring again", path)
+    cached = read_cache(path, _median_and_spread) if use_cache else None
+    if cached is not None:
+        return cached
     sample = dict(data.head(min(8, data.count)).arrays)
     qdq = quantize(model.copy(), sample, dataclasses.replace(config, bias_correction=False), progress=False).qdq
     with tempfile.TemporaryDirectory(prefix="qcompiler-latency-") as folder:
@@ -135,6 +132,13 @@ def library_latency(model: Model, config: QuantConfig, data: Dataset, spec, repe
     if use_cache:
         write_cache(path, json.dumps({"median_ms": timing.median_ms, "spread": spread}))
     return timing.median_ms, spread
+
+
+def _median_and_spread(text: str) -> tuple[float, float]:
+    import json
+
+    body = json.loads(text)
+    return float(body["median_ms"]), float(body["spread"])
 
 
 @dataclasses.dataclass

@@ -239,3 +239,17 @@ def test_latency_budget_is_on_the_whole_library(tmp_path, capsys, monkeypatch):
     line = next(row for row in out.splitlines() if row.startswith("latency: "))
     assert "50 runs of one batch" in line and "budget 1000.000 ms" in line
     assert float(line.split("median ")[1].split(" ms")[0]) > 0
+
+
+def test_an_unreadable_cache_entry_is_measured_again(tmp_path, caplog):
+    from qcompiler.backends.tvm.layer_costs import LatencyTable
+    from qcompiler.files import read_cache, write_cache
+
+    path = tmp_path / "latency" / "entry.json"
+    assert read_cache(path, LatencyTable.from_json) is None, "no entry yet"
+    table = LatencyTable("native", "local", {"conv": {8: 0.5}}, {"conv": {8: 0.01}}, 1.0)
+    write_cache(path, table.to_json())
+    assert read_cache(path, LatencyTable.from_json) == table
+    path.write_text("{not json")
+    assert read_cache(path, LatencyTable.from_json) is None
+    assert "unreadable" in caplog.text

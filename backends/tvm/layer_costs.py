@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -24,11 +23,10 @@ from qcompiler.backends.tvm.apply_schedules import kernel_kind, packed_bits, pac
 from qcompiler.backends.tvm.schedules import depthwise, geometry
 from qcompiler.backends.tvm.schedules.requantize import RequantizeCode
 from qcompiler.backends.tvm.targets import TargetSpec
-from qcompiler.files import cache_root, write_cache
+from qcompiler.files import cache_root, read_cache, write_cache
 from qcompiler.ir import Model
 from qcompiler.ops import QUANTIZED_LAYERS
 
-log = logging.getLogger(__name__)
 
 LATENCY_FORMAT = "qcompiler-latency/1"
 
@@ -175,11 +173,9 @@ def measure_latency(layers: dict[str, LayerShape], choices, spec: TargetSpec, rp
 
     device = rpc or "local"
     path = latency_cache_path(layers, choices, spec, device)
-    if use_cache and path.exists():
-        try:
-            return LatencyTable.from_json(path.read_text())
-        except (ValueError, KeyError):
-            log.warning("latency cache %s is unreadable; measuring again", path)
+    cached = read_cache(path, LatencyTable.from_json) if use_cache else None
+    if cached is not None:
+        return cached
     start = time.perf_counter()
     tasks = {(name, bits): kernel_task(shape, bits, spec) for name, shape in layers.items() for bits in choices}
     unique = {t.name(): t for t in tasks.values() if t is not None}

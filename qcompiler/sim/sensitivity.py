@@ -31,7 +31,7 @@ from qcompiler import __version__
 from qcompiler.blocks import Block
 from qcompiler.data import Dataset
 from qcompiler.evaluation import kl_rows
-from qcompiler.files import cache_root, write_cache
+from qcompiler.files import cache_root, read_cache, write_cache
 from qcompiler.ir import Model
 from qcompiler.progress import Progress
 from qcompiler.quant.maths import fake_quantize, params_from_range
@@ -161,14 +161,11 @@ def analyze(model: Model, layers: dict[str, tuple[str, str, int]], blocks: list[
     data = data.head(min(config.samples, data.count))
     key = cache_key(model, data, eval_data, {**layers, **{f"spec{b}": spec_at(b, 0) for b in config.choices}}, config)
     path = cache_dir() / f"{key}.json"
-    if use_cache and path.exists():
-        try:
-            table = SensitivityTable.from_json(path.read_text())
-            table.cached = True
-            log.info("sensitivity: read from the cache %s", path)
-            return table
-        except (ValueError, KeyError, TypeError):
-            log.warning("sensitivity cache %s is unreadable; measuring again", path)
+    table = read_cache(path, SensitivityTable.from_json) if use_cache else None
+    if table is not None:
+        table.cached = True
+        log.info("sensitivity: read from the cache %s", path)
+        return table
     start = time.perf_counter()
     sim = Interpreter(model)
     weights = {w: np.asarray(model.const_value(model.tensor(w)), np.float32) for w, _, _ in layers.values()}
