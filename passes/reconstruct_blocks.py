@@ -8,7 +8,9 @@ activation quantization is dropped at random. Two caches of the live tensors bet
 (float and quantized) are carried forward, over at most `samples` calibration samples.
 
 The learned rounding is stored as integers on the weights' TensorQuant (insert-qdq writes them
-instead of rounding to nearest); learned step sizes replace the activations' scales.
+instead of rounding to nearest); learned step sizes replace the activations' scales. The time
+estimate made before the first block (qcompiler.sim.estimate) is `estimate` and
+model.analysis["reconstruct-blocks estimate"].
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ReconstructBlocks(Pass):
                  progress: bool = True) -> None:
         self.data, self.config, self.progress = data, config or ReconstructConfig(), progress
         self.reports: list[BlockReport] = []
+        self.estimate = None
 
     def requires(self, model: Model) -> None:
         if model.quant and self.data is None:
@@ -49,8 +52,9 @@ class ReconstructBlocks(Pass):
 
         run = Reconstruction(model, partition(model, self.config.granularity), self.data, self.config, self.progress)
         params = run.all_blocks()
-        self.reports = run.reports
+        self.reports, self.estimate = run.reports, run.estimate
         model.analysis[self.name] = list(run.reports)
+        model.analysis[f"{self.name} estimate"] = run.estimate
         _write_back(model, params)
         return PassResult(model, True)
 

@@ -7,6 +7,8 @@ import dataclasses
 
 #: How much partition-blocks puts in one block (see qcompiler.passes.partition_blocks).
 GRANULARITIES = ("layer", "block", "stage", "net")
+#: crop="auto": the output side trained on, where cropping at least halves a block's input area.
+AUTO_CROP = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +46,16 @@ class ReconstructConfig:
     samples: int = 1024
     cache_bytes: int = 2 * 2**30
     seed: int = 0
+    #: Train convolutional blocks on random spatial crops: the side, in output positions, of the
+    #: region compared (the inputs carry the halo it reads); "auto": AUTO_CROP where that at least halves
+    #: a block's input area; None: whole samples (qcompiler.sim.crops, docs/brecq.md).
+    crop: int | str | None = "auto"
 
     def __post_init__(self) -> None:
         if self.act_iters is None:
             object.__setattr__(self, "act_iters", self.iters // 4)
+        if not (self.crop is None or self.crop == "auto" or (isinstance(self.crop, int) and self.crop > 0)):
+            raise ValueError(f"crop must be a positive int, 'auto' or None, not {self.crop!r}")
 
     def describe(self) -> str:
         extras = (", Fisher" if self.fisher else "") + (f", QDrop {self.qdrop}" if self.qdrop else "")

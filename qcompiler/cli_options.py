@@ -8,7 +8,7 @@ import functools
 from pathlib import Path
 
 from qcompiler import __version__
-from qcompiler.blocks import GRANULARITIES, ReconstructConfig
+from qcompiler.blocks import AUTO_CROP, GRANULARITIES, ReconstructConfig
 from qcompiler.errors import UsageError
 
 # Names for --help only (the modules that own them are imported when a command runs).
@@ -159,6 +159,19 @@ def probability(text: str) -> float:
     return value
 
 
+def crop_option(text: str) -> int | str:
+    """argparse type of --crop: auto, off or a positive number of output positions."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, off or a positive whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be positive (or auto, off)")
+    return value
+
+
 def preprocess(text: str):
     """argparse type of --preprocess: parsed (and so checked) before anything runs."""
     from qcompiler.data import ImagePreprocess
@@ -225,6 +238,9 @@ def _reconstruct_options(p: argparse.ArgumentParser) -> None:
                    "together, keeping each activation in float with probability P (the authors use 0.5)")
     g.add_argument("--reconstruct-samples", type=positive_int, default=defaults.samples,
                    help="calibration samples reconstruction uses at most (default: %(default)s)")
+    g.add_argument("--crop", type=crop_option, metavar="N|auto|off", help="train convolutional blocks on random "
+                   "spatial crops: N output positions a side, the inputs with the halo they read, the loss only where "
+                   f"exact (default auto: {AUTO_CROP} where that at least halves a block's input; docs/brecq.md)")
     g.add_argument("--seed", type=int, default=defaults.seed, help="random seed of reconstruction and of training "
                    "(default: %(default)s)")
 
@@ -261,12 +277,13 @@ def bit_budget(args: argparse.Namespace):
 def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig | None:
     """The ReconstructConfig the options ask for (None without --reconstruct); bad values are usage errors."""
     if not args.reconstruct:
-        for flag, value in (("--fisher", args.fisher), ("--qdrop", args.qdrop)):
+        for flag, value in (("--fisher", args.fisher), ("--qdrop", args.qdrop), ("--crop", args.crop is not None)):
             if value:
                 raise UsageError(f"{flag} needs --reconstruct brecq")
         return None
     return ReconstructConfig(granularity=args.granularity, iters=args.iters, act_iters=args.act_iters, fisher=args.fisher,
-                             qdrop=args.qdrop, samples=args.reconstruct_samples, seed=args.seed)
+                             qdrop=args.qdrop, samples=args.reconstruct_samples, seed=args.seed,
+                             crop={None: "auto", "off": None}.get(args.crop, args.crop))
 
 
 def _more_commands(sub) -> None:

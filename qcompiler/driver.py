@@ -68,6 +68,7 @@ class QuantizeRun:
     calibration_source: str = ""
     training: TrainReport | None = None  # when trained (QIL/QAT)
     mixed: object = None  # qcompiler.mixed_precision.MixedPrecision, with --bits auto
+    reconstruction_estimate: object = None  # qcompiler.sim.estimate.Estimate, made before reconstruction
 
     def report(self, evaluation: Evaluation | None = None, evaluation_source: str = "") -> ReportData:
         """The report's data: per-tensor errors on the first 64 calibration samples, sizes, settings."""
@@ -85,8 +86,15 @@ class QuantizeRun:
             tensors=tensors, layers=layer_rows(self.annotated, tensors, self.mixed),
             float_bytes=constant_bytes(self.float_model), quant_bytes=constant_bytes(self.qdq), seconds=self.seconds,
             weight_values=weight_values(self.annotated), reconstruction=self.reconstruction,
-            reconstruction_setting=self.reconstruct.describe() if self.reconstruct else "",
+            reconstruction_setting=self.reconstruction_setting(),
             bias_correction=self.bias_correction(), untied=self.untied, training=self.training, mixed=self.mixed)
+
+    def reconstruction_setting(self) -> str:
+        """BRECQ's settings and the time estimated before it ran (the row adds the time it took)."""
+        if self.reconstruct is None:
+            return ""
+        estimate = self.reconstruction_estimate
+        return self.reconstruct.describe() + (f" ({estimate.describe()})" if estimate is not None else "")
 
     def bias_correction(self) -> str:
         """What correct-bias did, in words ("" when reconstruction ran instead: its row says so)."""
@@ -222,7 +230,7 @@ def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None
                        qdq.analysis.get("reconstruct-blocks", []), qdq.analysis.get("correct-bias", {}), untied,
                        reconstruct, time.perf_counter() - start, str(model.path or ""),
                        calib if isinstance(calib, (str, Path)) else type(calib).__name__,
-                       qdq.analysis.get("train-quant"), mixed)
+                       qdq.analysis.get("train-quant"), mixed, qdq.analysis.get("reconstruct-blocks estimate"))
 
 
 def evaluate(run: QuantizeRun, data, *, preprocess: ImagePreprocess | None = None,

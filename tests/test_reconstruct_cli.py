@@ -17,9 +17,12 @@ def test_quantize_with_brecq_reports_the_reconstruction(tmp_path, capsys):
                          "--iters", "30", "--act-iters", "8", "--calib-count", "64", "-o", tmp_path, "--fisher")
     assert code == 0, err
     line = next(line for line in out.splitlines() if line.startswith("reconstruction"))
-    match = re.search(r"BRECQ block, 30\+8 iterations per block, Fisher: 5 blocks, block output error ([\d.]+) -> "
-                      r"([\d.]+)", line)
-    assert match and float(match[2]) < float(match[1]), line
+    match = re.search(r"BRECQ block, 30\+8 iterations per block, Fisher \(estimated ([\d.]+) s, no crops\): 5 blocks, "
+                      r"block output error ([\d.]+) -> ([\d.]+) .*, ([\d.]+) s$", line)
+    assert match and float(match[3]) < float(match[2]), line
+    assert 0 < float(match[1]) and 0 < float(match[4]), line
+    estimate = next(i for i, text in enumerate(err.splitlines()) if text.startswith("reconstruction estimate: "))
+    assert estimate < next(i for i, text in enumerate(err.splitlines()) if text.startswith("block0 (1/5)"))
     assert "block4 (5/5) rounding" in err and "loss" in err  # progress per block, with the loss
     report = (tmp_path / "report.html").read_text()
     assert "<h2>Block reconstruction</h2>" in report and "/layer3/conv2/Conv" in report
@@ -43,6 +46,9 @@ def test_compile_with_brecq_builds_and_checks_the_library(tmp_path, capsys):
     (["--reconstruct", "brecq", "--qdrop", "1.5"], "argument --qdrop: 1.5: a probability in [0, 1)"),
     (["--reconstruct", "brecq", "--iters", "-1"], "argument --iters: -1: must be 0 or more"),
     (["--reconstruct", "brecq", "--granularity", "blocks"], "invalid choice: 'blocks'"),
+    (["--reconstruct", "brecq", "--crop", "0"], "argument --crop: 0: must be positive (or auto, off)"),
+    (["--reconstruct", "brecq", "--crop", "big"], "argument --crop: 'big': expected auto, off or a positive whole"),
+    (["--crop", "32"], "--crop needs --reconstruct brecq"),
 ])
 def test_bad_options_are_usage_errors(args, message, tmp_path, capsys):
     code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "-o", tmp_path / "out", *args)

@@ -1,10 +1,13 @@
 """The state BRECQ reconstruction carries through a network's blocks (see
 qcompiler.passes.reconstruct_blocks): the simulator, the parameters learned so far, and two
-caches of the tensors live between blocks, as the float and the quantized network compute them."""
+caches of the tensors live between blocks, as the float and the quantized network compute them.
+Before the first block it prints an estimate of the whole run's time (qcompiler.sim.estimate);
+convolutional blocks may train on random spatial crops of their samples (qcompiler.sim.crops)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import jax
@@ -14,6 +17,9 @@ import numpy as np
 from qcompiler.blocks import Block, BlockReport, ReconstructConfig
 from qcompiler.data import Dataset, sample_bytes
 from qcompiler.ir import Model
+from qcompiler.sim.crop_reach import block_reach
+from qcompiler.sim.crops import Crops, plan_crops
+from qcompiler.sim.estimate import estimate
 from qcompiler.sim.interpreter import Interpreter
 from qcompiler.sim.quantized import QuantState, quant_hooks, quant_params
 from qcompiler.sim.reconstruction import BlockProblem, Phase, block_loss, initial_rounding, learn, merge_learned
@@ -35,8 +41,11 @@ class Reconstruction:
         for block in reversed(blocks):
             self.needed_after.insert(0, set(later))
             later |= set(block.inputs)
+        self.cache_bytes = 0
         arrays = self._samples(data)
         self.fp_state, self.q_state = dict(arrays), dict(arrays)
+        self.crops = [self._crops(block) for block in blocks]
+        self.estimate = None
         self.fp_logits = None
         if config.fisher:
             full = jax.jit(self.sim.function(self.sim.graph_inputs, self.sim.graph_outputs[:1]))
@@ -52,11 +61,31 @@ class Reconstruction:
         if count < min(self.config.samples, data.count):
             log.warning("reconstruction caches: %d samples fit %d MiB (of %d asked for)", count,
                         self.config.cache_bytes >> 20, min(self.config.samples, data.count))
+        self.cache_bytes = count * per_sample
         chosen = np.sort(np.random.default_rng(self.config.seed).permutation(data.count)[:count])
         return {name: np.asarray(values)[chosen] for name, values in data.arrays.items()
                 if name in self.sim.graph_inputs}
 
+    def _crops(self, block: Block) -> Crops | None:
+        """The block's crops (config.crop), for blocks whose inputs are all images of one size."""
+        tensors = self.model.tensors()
+        shapes = {tuple(tensors[n].shape or ()) for n in block.inputs}
+        sizes = {shape[2:] for shape in shapes}
+        if self.config.crop is None or len(sizes) != 1 or any(len(shape) != 4 for shape in shapes):
+            return None
+        size = sizes.pop()
+        if not all(isinstance(d, int) and d > 0 for d in size):
+            return None
+        reach = block_reach(self.sim.steps_between(block.inputs, block.outputs), block.inputs, block.outputs,
+                            self.sim.constants)
+        return plan_crops(reach, list(block.outputs), size, self.config.crop)
+
     def all_blocks(self) -> dict:
+        if self.config.iters or self.config.act_iters:
+            self.estimate = estimate(self)
+            log.info("%s", self.estimate.line(len(self.blocks)))
+            if self.progress:
+                print(self.estimate.line(len(self.blocks)), file=sys.stderr, flush=True)
         for index, block in enumerate(self.blocks):
             self._reconstruct(index, block)
         return self.params
@@ -71,7 +100,8 @@ class Reconstruction:
 
     def _problem(self, block: Block, owned: set[str], state: QuantState, targets, fisher) -> BlockProblem:
         forward = self.sim.function(block.inputs, block.outputs, quant_hooks(self.model, state, owned))
-        return BlockProblem(forward, _pick(self.q_state, block.inputs), targets, fisher)
+        crops = self.crops[self.blocks.index(block)]
+        return BlockProblem(forward, _pick(self.q_state, block.inputs), targets, fisher, crops)
 
     def _phase(self, label: str, iters: int, rounding: bool, steps: bool) -> Phase:
         c = self.config
