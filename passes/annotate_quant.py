@@ -3,6 +3,10 @@
 - Layers (Conv, ConvTranspose, Gemm, MatMul with a constant weight): the weight per output
   channel; the data input; the output, or the output of a Relu/Clip that alone reads it.
 - Residual Add: its inputs and its output (or its Relu's).
+- Mul of two computed tensors from different sources (a squeeze-excitation gate times the
+  features it gates): its inputs and its output, so that the gate's activation becomes a lookup
+  table and the product an integer multiply. A product of two functions of one tensor (Swish's
+  x * sigmoid(x), a decomposed HardSwish) is left to become one lookup table as a whole.
 - Concat: inputs and output tied to one scale (unless the config unties it: then the output
   stays float and each input keeps its own scale); pooling, Reshape, Flatten, Transpose,
   (Un)Squeeze: output tied to its input (the values pass through unchanged).
@@ -82,7 +86,7 @@ class AnnotateQuant(Pass):
 
     def _annotate_other(self, model: Model, node: Node, requests: dict[str, int], parent: dict[str, str]) -> None:
         bits = self.config.preset.activations.bits
-        if node.op == "Add" and sum(model.const_value(t) is None for t in node.inputs) == 2:
+        if _joins_two_activations(model, node):
             for tensor in node.inputs:
                 _request(model, tensor, bits, requests)
             _request(model, _activation_output(model, node), bits, requests)
@@ -115,6 +119,36 @@ class AnnotateQuant(Pass):
                 if _request(model, x, bits, requests) and _request(model, y, bits, requests):
                     _union(parent, x.name, y.name)
                     changed = True
+
+
+def _joins_two_activations(model: Model, node: Node) -> bool:
+    """A residual Add, or a Mul of two computed tensors that do not derive from one tensor."""
+    if node.op not in ("Add", "Mul") or len(node.inputs) != 2 or any(model.const_value(t) is not None
+                                                                      for t in node.inputs):
+        return False
+    if node.op == "Add":
+        return True
+    roots = {_elementwise_root(model, t) for t in node.inputs}
+    return len(roots) == 2 and None not in roots
+
+
+#: Ops whose output element depends on the same element of one computed input (the others constant).
+ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Clip", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid",
+                         "HardSwish", "Tanh", "Erf", "Exp", "Log", "Sqrt", "Pow", "Neg", "Abs", "Min", "Max"})
+
+
+def _elementwise_root(model: Model, tensor):
+    """The tensor `tensor` is an elementwise function of (through ops whose other inputs are
+    constants): Swish's sigmoid(x) and x both lead to x. None where two computed tensors meet."""
+    while True:
+        producer = model.producer(tensor)
+        if producer is None or producer.op not in ELEMENTWISE:
+            return tensor.name
+        computed = [t for t in producer.inputs if t.name and model.const_value(t) is None]
+        if len(computed) != 1:
+            return None if len({_elementwise_root(model, t) for t in computed}) != 1 else \
+                _elementwise_root(model, computed[0])
+        tensor = computed[0]
 
 
 def _activation_output(model: Model, node: Node):

@@ -16,7 +16,8 @@ import numpy as np
 from qcompiler import supervise
 from qcompiler.backends.tvm.hexagon import DRIVER_FILES as HEXAGON_DRIVER_FILES
 from qcompiler.backends.tvm.hexagon import KERNEL_FILES as HEXAGON_KERNEL_FILES
-from qcompiler.driver import QuantizeRun, _as_model, build_pipeline, dynamic_inputs, fix_shapes, quantize
+from qcompiler.driver import (QuantizeRun, _as_model, build_pipeline, dynamic_inputs, fix_shapes, quantize,
+                              resolve_input_shapes)
 from qcompiler.errors import UsageError
 from qcompiler.evaluation import Evaluation
 from qcompiler.ir import Model, ops_histogram
@@ -70,9 +71,12 @@ def integer_split(model: Model, shapes: dict | None = None) -> str:
     if dynamic_inputs(model) and not shapes:
         return (f"integer/float split: inputs {dynamic_inputs(model)} have dynamic dimensions beyond the batch; "
                 "give --input-shape to see it")
-    calib = testing.random_inputs(model, batch=2)
-    for name, shape in (shapes or {}).items():
-        calib[name] = np.random.default_rng(0).standard_normal((2, *shape[1:])).astype(np.float32)
+    shapes = resolve_input_shapes(model, shapes)   # a one-input model's "" key named
+    batches = {shape[0] for shape in shapes.values() if shape[0] > 0}   # a batch the shapes fix
+    batch = batches.pop() if len(batches) == 1 else 2
+    calib = testing.random_inputs(model, batch=batch)
+    for name, shape in shapes.items():
+        calib[name] = np.random.default_rng(0).standard_normal((batch, *shape[1:])).astype(np.float32)
     qdq = quantize(model, calib, QuantConfig(), progress=False, input_shapes=shapes).qdq
     integer = lower(qdq.to_onnx(), 1)
     return "at w8a8, compile lowers: " + split_line(integer.lowered, integer.float_ops)

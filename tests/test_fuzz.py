@@ -23,6 +23,7 @@ import qcompiler
 from graphs import make_proto
 from qcompiler.executor import session
 from qcompiler.fidelity import compare, output_scales
+from qcompiler.layer_fidelity import cut_at_quantizers, layer_feeds
 
 #: Derandomized: CI draws the same examples every run. No shrinking: each example costs two
 #: compiles (seconds), and shrinking one failure would take minutes; a failure prints the case
@@ -111,10 +112,10 @@ def test_the_layer_check_blames_the_layer_that_is_off_and_only_it(tmp_path):
     qdq = qcompiler.quantize(qcompiler.Model.from_onnx(_two_convs()), calib, "w8a8", progress=False).qdq.to_onnx()
     relu = next(n for n in qdq.graph.node if n.op_type == "Relu")
     first = next(n for n in qdq.graph.node if relu.input[0] in n.output)
-    cut, fed = fuzz_graphs.cut_at_quantizers(qdq)
-    tampered_cut, _ = fuzz_graphs.cut_at_quantizers(_shift_bias(qdq, first, 3.0))
+    cut, fed = cut_at_quantizers(qdq)
+    tampered_cut, _ = cut_at_quantizers(_shift_bias(qdq, first, 3.0))
     library = fuzz_graphs.build_library(tampered_cut, tmp_path / "tampered")
-    fidelity = {f.output: f.max_lsb for f in compare(cut, library, fuzz_graphs.layer_feeds(qdq, fed, calib))}
+    fidelity = {f.output: f.max_lsb for f in compare(cut, library, layer_feeds(qdq, fed, calib))}
     (first_output,) = fed.values()            # one cut: after the first conv (and its Relu)
     final = qdq.graph.output[0].name
     assert set(fidelity) == {first_output, final} and all(output_scales(cut).values())

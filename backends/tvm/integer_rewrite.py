@@ -4,6 +4,8 @@ Each `R.quantize(f(...), s_y, zp_y)` whose float computation f is one of
 
     conv2d / matmul of DQ(activation) and DQ(constant weight) [+ bias] [+ ReLU/Clip]
     DQ(a) + DQ(b) [+ ReLU/Clip]                                  (residual add)
+    DQ(a) * DQ(b), broadcasting                                  (a squeeze-excitation gate)
+    DQ(x) * s + t, constants per channel or scalar [+ ReLU/Clip]  (a BatchNorm left unfolded)
     max_pool2d, reshape, flatten, permute_dims, squeeze, expand_dims of DQ(x)
     concat of DQ(x_i);  mean over H, W of DQ(x) (GlobalAveragePool);  avg_pool2d of DQ(x)
     DQ(x) itself [+ ReLU/Clip]                                   (a pure requantization)
@@ -75,7 +77,7 @@ class _IntegerRewriter(relax.PyExprMutator):
             return None
         out = QTensor(call, float(scale.reshape(())), int(zero_point.reshape(())), out_dtype)
         core, lo, hi = self._peel_clamps(call.args[0])
-        for lower in (self._linear, self._residual_add, self._pass_through, self._split_item, self._concat,
+        for lower in (self._linear, self._residual_add, self._product, self._channel_affine, self._pass_through, self._split_item, self._concat,
                       self._global_mean, self._avg_pool, self._requantize_only):
             self._pending = None
             integer = lower(core, out)
@@ -214,6 +216,54 @@ class _IntegerRewriter(relax.PyExprMutator):
         return self._scale_terms([(self._centred(a), np.array(a.scale / out.scale)),
                                   (self._centred(b), np.array(b.scale / out.scale))], out, sum_name=f"{tag}_acc")
 
+    def _product(self, core, out: QTensor):
+        """(a - za)(b - zb) * s_a s_b / s_out: the product of two 8-bit codes fits int32 exactly,
+        and one rounding puts it on the output grid."""
+        mul = self.b.call(core, "relax.multiply")
+        if mul is None:
+            return None
+        a, b = (self.b.qtensor(arg) for arg in mul.args)
+        if a is None or b is None:
+            return None
+        product = self.builder_.emit(relax.op.multiply(self._centred(a), self._centred(b)))
+        bound = max(abs(v) for v in DTYPE_RANGE[a.dtype]) * max(abs(v) for v in DTYPE_RANGE[b.dtype])
+        return self._scale_terms([(product, np.array(a.scale * b.scale / out.scale))], out, bound)
+
+    def _channel_affine(self, core, out: QTensor):
+        """DQ(x) * s + t with constant s and t (either may be missing) broadcast over x, as a
+        BatchNorm that no layer absorbs (DenseNet's and pre-activation ResNets' BN -> ReLU)
+        imports: (x - zx) * sign(s) times |s| s_x / s_out, plus t / s_out, rounded once."""
+        expr, scale, shift = core, None, None
+        for name in ("relax.add", "relax.multiply"):
+            call = self.b.call(expr, name)
+            if call is None:
+                continue
+            for op, other in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
+                constant = self.b.constant(other)
+                if constant is not None and constant.dtype.kind == "f":
+                    expr = op
+                    if name == "relax.add":
+                        shift = constant.astype(np.float64)
+                    else:
+                        scale = constant.astype(np.float64)
+                    break
+            else:
+                return None
+        x = self.b.qtensor(expr)
+        if x is None or (scale is None and shift is None) or not np.all(np.isfinite(scale if scale is not None else 0)):
+            return None
+        real = x.scale * (np.ones(()) if scale is None else scale) / out.scale
+        if not np.any(real != 0) or (shift is not None and not np.all(np.isfinite(shift))):
+            return None
+        shape = np.broadcast_shapes(real.shape, () if shift is None else shift.shape)
+        real = np.broadcast_to(real, shape)
+        term = self._centred(x)
+        if np.any(real < 0):
+            term = self.builder_.emit(relax.op.multiply(term, _const(np.sign(real), "int32")))
+        # an offset beyond 2**20 output steps saturates whatever x is: clipped, it stays in int64
+        offset = None if shift is None else np.broadcast_to(np.clip(shift / out.scale, -2 ** 20, 2 ** 20), shape)
+        return self._scale_terms([(term, np.abs(real))], out, offset=offset)
+
     def _pass_through(self, core, out: QTensor):
         call = self.b.value(core)
         if op_name(call) not in PASS_THROUGH:
@@ -317,9 +367,10 @@ class _IntegerRewriter(relax.PyExprMutator):
             return self.builder_.emit(relax.op.add(shifted, _const(out.zero_point - x.zero_point, "int64")))
         return self._scale_terms([(self._centred(x), np.array(x.scale / out.scale))], out)
 
-    def _scale_terms(self, terms, out: QTensor, bound=2 ** 31, sum_name: str = "") -> relax.Expr:
-        """round(sum_i t_i * real_i) + zp_out in int64, t_i int32 and real_i > 0 (broadcastable);
-        `bound`: the largest |t| of a single term (per channel, or one number).
+    def _scale_terms(self, terms, out: QTensor, bound=2 ** 31, sum_name: str = "", offset=None) -> relax.Expr:
+        """round(sum_i t_i * real_i + offset) + zp_out in int64, t_i int32, real_i >= 0 and the
+        real `offset` broadcastable; `bound`: the largest |t| of a single term (per channel, or
+        one number).
 
         One shift per layer, from the largest multiplier (which gets 31 significant bits, the
         others fewer: a channel 2**-10 of the largest still has 21, below float32's rounding of
@@ -333,11 +384,14 @@ class _IntegerRewriter(relax.PyExprMutator):
             wide = self.builder_.emit(relax.op.astype(term, "int64"))
             product = self.builder_.emit(relax.op.multiply(wide, _const(m, "int64")))
             total = product if total is None else self.builder_.emit(relax.op.add(total, product), sum_name)
+        if offset is not None:   # in units of 2**-shift, like the products: one rounding for both
+            total = self.builder_.emit(relax.op.add(total, _const(np.rint(offset * 2.0 ** shift), "int64")))
         # Round half to even at bit `shift` (fixed_point.round_shift), then the zero point. One
         # int32 term whose multipliers admit no exact tie rounds half up: the same result, cheaper.
         shift_c = _const(shift, "int64")
-        self._fixed_point = (tuple(ms), int(shift), not (len(terms) == 1 and not ties_possible(ms[0], shift, bound)))
-        if len(terms) == 1 and not ties_possible(ms[0], shift, bound):
+        half_up = len(terms) == 1 and offset is None and not ties_possible(ms[0], shift, bound)
+        self._fixed_point = (tuple(ms), int(shift), not half_up)
+        if half_up:
             half = np.int64(1) << (np.asarray(shift, np.int64) - 1)
             total = self.builder_.emit(relax.op.add(total, _const(half, "int64")))
         else:

@@ -94,6 +94,28 @@ def _graph(kind: str):
                       helper.make_node("Flatten", ["g"], ["f"]),
                       helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1)]
         return nodes, {**i1, "fc_w": _w(10, 16), "fc_b": _w(10, scale=0.1)}
+    if kind == "squeeze-excitation":   # MobileNetV3's gate: x * hardsigmoid(conv(relu(conv(mean(x)))))
+        n1, i1 = _conv("conv", "x", "a", C, 16, pads=[1, 1, 1, 1])
+        n2, i2 = _conv("squeeze", "g", "s", 16, 4, k=1)
+        n3, i3 = _conv("excite", "r", "e", 4, 16, k=1)
+        nodes = n1 + [helper.make_node("Relu", ["a"], ["f"]), helper.make_node("GlobalAveragePool", ["f"], ["g"])] \
+            + n2 + [helper.make_node("Relu", ["s"], ["r"])] + n3 \
+            + [helper.make_node("HardSigmoid", ["e"], ["gate"], alpha=1 / 6), helper.make_node("Mul", ["f", "gate"], ["y"])]
+        return nodes, {**i1, **i2, **i3}
+    if kind == "swish":   # x * sigmoid(x): one function of one tensor, a lookup table (not a product)
+        n1, i1 = _conv("conv1", "x", "a", C, C, pads=[1, 1, 1, 1])
+        n2, i2 = _conv("conv2", "m", "y", C, C, k=1)
+        return n1 + [helper.make_node("Sigmoid", ["a"], ["s"]), helper.make_node("Mul", ["a", "s"], ["m"])] + n2, \
+            {**i1, **i2}
+    if kind == "preactivation-bn":   # DenseNet's: BN after a Concat (nothing to fold into), ReLU, conv
+        n1, i1 = _conv("conv1", "x", "a", C, 4, k=1)
+        n2, i2 = _conv("conv2", "r", "y", C + 4, C, k=1)
+        gamma = np.linspace(-1.5, 2.0, C + 4).astype(np.float32)   # negative scales too
+        bn = helper.make_node("BatchNormalization", ["cat", "gamma", "beta", "mean", "var"], ["bn"])
+        return n1 + [helper.make_node("Concat", ["x", "a"], ["cat"], axis=1), bn,
+                     helper.make_node("Relu", ["bn"], ["r"])] + n2, \
+            {**i1, **i2, "gamma": gamma, "beta": _w(C + 4, scale=0.5), "mean": _w(C + 4, scale=0.2),
+             "var": np.abs(_w(C + 4)) + 0.5}
     if kind == "matmul-add":
         nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "mm_w"], ["m"]),
                  helper.make_node("Add", ["m", "mm_b"], ["y"])]
@@ -103,7 +125,8 @@ def _graph(kind: str):
 
 GRAPHS = ["conv-relu", "conv-stride2-asymmetric-pads", "grouped-conv", "depthwise-relu6", "depthwise48-stride2",
           "channel-shuffle", "dilated-conv",
-          "residual-add", "concat", "maxpool-conv", "conv-avgpool", "global-pool-flatten-gemm", "matmul-add"]
+          "residual-add", "concat", "maxpool-conv", "conv-avgpool", "global-pool-flatten-gemm", "matmul-add",
+          "squeeze-excitation", "swish", "preactivation-bn"]
 
 
 def _compile_and_compare(qdq, feeds, tmp_path, batch):
@@ -137,9 +160,33 @@ def test_generated_graph_within_one_lsb(kind, preset, tmp_path):
     assert not library.float_ops, f"unexpected float fallback: {dict(library.float_ops)}"
     if kind == "residual-add":
         assert library.kernels["residual add"] == 1, dict(library.kernels)
+    if kind == "squeeze-excitation":   # the gate a table, the gating an integer product
+        assert library.lowered["product"] == 1 and library.lowered["lookup_table"] == 1, dict(library.lowered)
+    if kind == "preactivation-bn":
+        assert library.lowered["channel_affine"] == 1, dict(library.lowered)
+    if kind == "swish":
+        assert library.lowered["lookup_table"] == 1 and not library.lowered["product"], dict(library.lowered)
     if kind == "depthwise48-stride2":
         packed = " int4" if preset == "w4a4" else ""
         assert library.kernels[f"depthwise conv2d{packed} + requantize"] == 1, dict(library.kernels)
+
+
+@pytest.mark.parametrize("kind", ["squeeze-excitation", "preactivation-bn"])
+def test_new_lowerings_are_within_one_lsb_layer_by_layer(kind, tmp_path):
+    """The gate product and the unfolded BatchNorm sit inside the graph: each quantized tensor,
+    fed the QDQ model's own inputs (qcompiler.layer_fidelity), is within 1 LSB."""
+    from qcompiler.fidelity import output_scales
+    from qcompiler.layer_fidelity import cut_at_quantizers, layer_feeds
+
+    rng = np.random.default_rng(3)
+    qdq = quantized_graph(kind, "w8a8", rng).to_onnx()
+    cut, fed = cut_at_quantizers(qdq)
+    feeds = layer_feeds(qdq, fed, {"x": rng.normal(0, 1, (8, C, 12, 12)).astype(np.float32)})
+    cut_model = qcompiler.ir.Model.from_onnx(cut)
+    _, fidelity = _compile_and_compare(cut_model, feeds, tmp_path, batch=8)
+    scales = output_scales(cut)
+    layers = {f.output: f.max_lsb for f in fidelity if scales.get(f.output)}
+    assert len(layers) >= 4 and max(layers.values()) <= 1.0 + 1e-4, layers
 
 
 @pytest.mark.parametrize("name", ["fashion_resnet8", "fashion_mobilenetv2"])

@@ -21,19 +21,18 @@ COMPILED = {"resnet": 11, "mobilenet_v2": 18, "mobilenet_v3": 17, "efficientnet_
             "densenet": 9, "inception": 9, "squeezenet": 21, "fpn_detector": 17, "text_recognizer": 20,
             "tflite_net": 13, "lcnet_paddle": 11}
 #: What may stay float in the library, and why: attention (activation x activation MatMul, softmax,
-#: layer norm, GELU between layers), the detector's upsampling and transposed conv, the squeeze-
-#: excitation gate (HardSigmoid * x of two activations), DenseNet's pre-activation BatchNorms.
+#: layer norm, GELU between layers), the detector's upsampling and transposed conv, the untied
+#: Concat of the tflite net's two heads.
 FLOAT_ALLOWED = {
     "text_recognizer": {"add", "divide", "matmul", "nn.gelu", "nn.layer_norm", "nn.log_softmax", "nn.softmax",
                         "permute_dims"},
     "fpn_detector": {"add", "image.resize2d", "nn.conv2d_transpose", "reshape", "sigmoid"},
-    "mobilenet_v3": {"add", "clip", "multiply"}, "lcnet_paddle": {"add", "clip", "multiply"},
-    "densenet": {"add", "multiply", "nn.relu"}, "tflite_net": {"concat", "multiply", "reshape"},  # untied (quant/ties.py)
+    "tflite_net": {"concat", "multiply", "reshape"},  # untied (quant/ties.py)
 }
-#: End to end the library is within 1 LSB of its QDQ model, except where 1-LSB near-ties grow
-#: through float islands (squeeze-excitation gates, the detector's upsampling; measured 3-8 LSB
-#: on under 1% of the elements of the detector, more of the two SE nets; the MobileNetV2 2 LSB on
-#: 5% of its logits: benchmarks/results/wild.md).
+#: Each layer is within 1 LSB of its QDQ model when fed the same inputs. End to end, 1-LSB
+#: near-ties grow through later layers: through the squeeze-excitation gates of the two SE nets,
+#: the detector's float upsampling (3-8 LSB on under 1% of its elements), MobileNetV2's 2 LSB on
+#: 5% of its logits (benchmarks/results/wild.md).
 LSB_BOUND = {"mobilenet_v3": 12.0, "lcnet_paddle": 8.0, "fpn_detector": 4.0, "mobilenet_v2": 2.0}
 
 
@@ -70,9 +69,11 @@ def test_inspect_and_quantize(name, opset, corpus_dir, capsys):
 def test_compiled_library_follows_its_qdq_model(name, tmp_path):
     result = measure(name, COMPILED[name], tmp_path, calib_count=16)
     print(f"{result.model}: max {result.max_lsb:.2f} LSB, {100 * result.exact_share:.1f}% exact, "
-          f"top-1 agreement {100 * result.top1_agreement:.1f}%, integer MACs {100 * result.integer_mac_share:.1f}%, "
+          f"worst layer {result.worst_layer_lsb:.2f} LSB, top-1 agreement {100 * result.top1_agreement:.1f}%, "
+          f"integer MACs {100 * result.integer_mac_share:.1f}%, "
           f"float {result.float_ops}")
     assert set(result.float_ops) <= FLOAT_ALLOWED.get(name, set()), result.float_ops
+    assert result.worst_layer_lsb <= 1.0 + 1e-4, f"{result.worst_layer}: {result.worst_layer_lsb:.2f} LSB fed the same inputs"
     assert result.max_lsb <= LSB_BOUND.get(name, 1.0) + 1e-4
     assert result.integer_mac_share >= {"text_recognizer": 0.5, "fpn_detector": 0.8}.get(name, 0.99)
 
@@ -96,6 +97,15 @@ def test_a_detector_with_dynamic_height_and_width_needs_and_takes_an_input_shape
     code, out, err = cli(capsys, "compile", tmp_path / "dynamic.qdq.onnx", "--input-shape", "input=-1,3,64,64",
                          "-o", tmp_path / "lib3")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("shape", ["1,3,64,64", "input=-1,3,48,48"])
+def test_inspect_predicts_the_split_at_a_given_input_shape(shape, corpus_dir, capsys):
+    """Unnamed (a one-input model) with the batch fixed, or named with it dynamic: an internal
+    error once (the random inputs ignored both)."""
+    code, out, err = cli(capsys, "inspect", corpus_dir / "fpn_detector-opset17.onnx", "--input-shape", shape)
+    assert code == 0, err
+    assert "compile lowers: integer ops: " in out.strip().splitlines()[-1], out
 
 
 @pytest.mark.parametrize("name,target", [("mobilenet_v3", "arm64-dotprod"), ("shufflenet", "arm64-dotprod"),
@@ -144,10 +154,11 @@ def test_brecq_runs_on_exported_models(name, opset, corpus_dir, capsys):
     assert "BRECQ block, 2+1 iterations per block" in out, out
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite", "inception", "squeezenet", "resnet", "shufflenet"])
+@pytest.mark.parametrize("name", ["efficientnet_lite", "inception", "squeezenet", "resnet", "shufflenet",
+                                  "mobilenet_v3", "densenet"])
 def test_corpus_models_under_qemu_hexagon(name, tmp_path):
     """Exporter-style models (computed SAME pads and ReduceMean pooling, scale layers, fire
-    modules, residual adds) compiled for hexagon-v68 and run under qemu-hexagon
+    modules, residual adds, squeeze-excitation gates, pre-activation BatchNorms) compiled for hexagon-v68 and run under qemu-hexagon
     (scripts/setup_hexagon.sh): as close to their QDQ models as the host library is."""
     import qcompiler
     from qcompiler.backends.tvm.qemu_hexagon import QemuHexagonLibrary

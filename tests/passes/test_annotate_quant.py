@@ -65,6 +65,33 @@ def test_concat_inputs_and_output_share_one_scale():
     assert len({float(p.scale) for p in params}) == 1 and len({int(p.zero_point) for p in params}) == 1
 
 
+def _gated(gate_of_other_tensor: bool):
+    """conv -> relu -> (x * hardsigmoid(conv(mean(x)))) or Swish's (x * sigmoid(x)) -> conv."""
+    rng = np.random.default_rng(2)
+    inits = {"w1": rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "w2": rng.normal(size=(4, 4, 1, 1)).astype(np.float32),
+             "w3": rng.normal(size=(2, 4, 1, 1)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"), helper.make_node("Relu", ["a"], ["f"])]
+    if gate_of_other_tensor:
+        nodes += [helper.make_node("GlobalAveragePool", ["f"], ["g"]), helper.make_node("Conv", ["g", "w2"], ["e"], name="c2"),
+                  helper.make_node("HardSigmoid", ["e"], ["gate"])]
+    else:
+        nodes += [helper.make_node("Sigmoid", ["f"], ["gate"])]
+    nodes += [helper.make_node("Mul", ["f", "gate"], ["m"], name="mul"), helper.make_node("Conv", ["m", "w3"], ["y"], name="c3")]
+    model = make_model(nodes, [("x", [1, 3, 4, 4])], [("y", None)], inits)
+    return AnnotateQuant(load_config(None, "w8a8", None, []))(model).model
+
+
+def test_a_gate_times_other_features_is_a_quantized_product():
+    model = _gated(True)
+    assert {"f", "gate", "m"} <= set(model.quant), "both factors and the product: a table and an integer multiply"
+
+
+def test_a_product_of_one_tensor_with_itself_stays_one_function():
+    model = _gated(False)
+    assert "gate" not in model.quant, "x * sigmoid(x) is one lookup table from x to the product"
+    assert {"f", "m"} <= set(model.quant)
+
+
 def test_unsupported_ops_stay_float_between_dequantized_tensors():
     rng = np.random.default_rng(1)
     inits = {"w1": rng.normal(size=(4, 3)).astype(np.float32), "w2": rng.normal(size=(2, 4)).astype(np.float32)}

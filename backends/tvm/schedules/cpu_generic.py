@@ -80,6 +80,15 @@ def whole_vectors(extent: int | None, lanes: int) -> int:
     return extent if extent < lanes else lanes
 
 
+def _looks_up(sch, block) -> bool:
+    """Whether the block reads some buffer at an index loaded from another (a lookup table)."""
+    stmt = sch.get(block)
+    loop_vars = {v.var for v in stmt.iter_vars}
+    # an index that uses anything but the block's own axes (a buffer's data) loads from it
+    return any(not any(var.same_as(own) for own in loop_vars)
+               for read in stmt.reads for r in read.region for var in tvm.tirx.analysis.undefined_vars(r.min))
+
+
 def _static(extent) -> int | None:
     return int(extent) if isinstance(extent, int | tvm.tirx.IntImm) else None
 
@@ -113,6 +122,8 @@ class VectorizeInjective(dl.ScheduleRule):
         # buffer of int64 (ShuffleNet's channel shuffle), which LLVM's Hexagon backend took
         # minutes to compile.
         for block in blocks:
+            if target.kind.name == "hexagon" and _looks_up(sch, block.block_rv):
+                continue   # scalar loops: TVM's Hexagon codegen emits invalid IR for a vectorized table lookup
             vectorize_innermost(sch, block.block_rv, self.lanes)
         return sch
 
