@@ -33,6 +33,7 @@ from qcompiler.passes.annotate_quant import AnnotateQuant  # noqa: E402
 from qcompiler.passes.assign_bit_widths import AssignBitWidths  # noqa: E402
 from qcompiler.passes.calibrate_ranges import CalibrateRanges  # noqa: E402
 from qcompiler.passes.untie_concats import UntieConcats  # noqa: E402
+from qcompiler.passes.widen_activations import WidenActivations  # noqa: E402
 from qcompiler.passes.correct_bias import CorrectBias  # noqa: E402
 from qcompiler.passes.insert_qdq import InsertQDQ  # noqa: E402
 from qcompiler.passes.partition_blocks import PartitionBlocks  # noqa: E402
@@ -46,5 +47,6 @@ __all__ = [
     "AnnotateQuant", "AssignBitWidths", "CalibrateRanges", "CorrectBias", "InsertQDQ", "PartitionBlocks", "ReconstructBlocks", "Canonicalize", "DEFAULT_PIPELINE", "DumpAfterInstrument", "FoldBatchNorm", "FoldConstants", "FoldPad", "FoldScale", "FoldShapes",
     "Instrument", "MatMulAddToGemm", "NormalizeClip", "Pass", "PassContext", "PassManager",
     "PassResult", "Reject", "RemoveIdentity", "RewriteRule", "RuleSetPass", "SumToAdd", "TimingInstrument", "TrainQuant", "UntieConcats",
+    "WidenActivations",
     "VerifyInstrument", "get_pass", "load_pass", "register", "registered_passes",
 ]

@@ -67,7 +67,8 @@ class AnnotateQuant(Pass):
         roots = {name: _find(parent, name) for name in requests}
         group_bits: dict[str, int] = {}
         for name, bits in requests.items():
-            group_bits[roots[name]] = max(group_bits.get(roots[name], 0), bits)
+            wide = 16 if name in self.config.wide_activations else 0   # widen-activations' remedy
+            group_bits[roots[name]] = max(group_bits.get(roots[name], 0), bits, wide)
         for name, root in roots.items():
             model.quant[name] = TensorQuant(self.config.activation_spec(group_bits[root]), "activation", group=root)
         return PassResult(model, model.fingerprint() != before)

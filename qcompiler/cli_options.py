@@ -203,7 +203,8 @@ def _quantize_options(p: argparse.ArgumentParser) -> None:
                    help="per-layer settings for node names matching PATTERN: wbits=, abits=, wobserver=, skip "
                    "(e.g. '/fc/*:wbits=8'; repeatable)")
     p.add_argument("--config", type=Path, help='JSON file: {"preset": ..., "observer": ..., "overrides": '
-                   '[{"pattern": ..., "wbits": 8}], "keep_edge_layers_8bit": true, "bias_correction": true}')
+                   '[{"pattern": ..., "wbits": 8}], "keep_edge_layers_8bit": true, "bias_correction": true, '
+                   '"widen_activations": true}')
     p.add_argument("--eval", help="held-out data like --calib, optionally with a 'labels' array: accuracy, "
                    "agreement, KL and SQNR against the float model")
     p.add_argument("--calib-count", type=positive_int, help="use at most this many calibration samples")
@@ -213,6 +214,9 @@ def _quantize_options(p: argparse.ArgumentParser) -> None:
                    "activations); with --train, the training batch (default 64)")
     p.add_argument("--no-bias-correction", action="store_true", help="keep the biases as trained (by default the mean "
                    "output shift that weight rounding causes is folded into them; not used with --reconstruct)")
+    p.add_argument("--no-wide-activations", action="store_true", help="keep every 8-bit activation at 8 bits (by "
+                   "default one whose typical values 8 bits would lose, because a few far-out values set its range, "
+                   "is quantized at 16 bits, and the summary says so)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _reconstruct_options(p)
     _bits_options(p)

@@ -69,6 +69,7 @@ class QuantizeRun:
     training: TrainReport | None = None  # when trained (QIL/QAT)
     mixed: object = None  # qcompiler.mixed_precision.MixedPrecision, with --bits auto
     reconstruction_estimate: object = None  # qcompiler.sim.estimate.Estimate, made before reconstruction
+    widened: dict = dataclasses.field(default_factory=dict)  # activation -> bulk SQNR dB at 8 and at 16 bits
 
     def report(self, evaluation: Evaluation | None = None, evaluation_source: str = "") -> ReportData:
         """The report's data: per-tensor errors on the first 64 calibration samples, sizes, settings."""
@@ -87,7 +88,8 @@ class QuantizeRun:
             float_bytes=constant_bytes(self.float_model), quant_bytes=constant_bytes(self.qdq), seconds=self.seconds,
             weight_values=weight_values(self.annotated), reconstruction=self.reconstruction,
             reconstruction_setting=self.reconstruction_setting(),
-            bias_correction=self.bias_correction(), untied=self.untied, training=self.training, mixed=self.mixed)
+            bias_correction=self.bias_correction(), untied=self.untied, training=self.training, mixed=self.mixed,
+            widened=self.widened)
 
     def reconstruction_setting(self) -> str:
         """BRECQ's settings and the time estimated before it ran (the row adds the time it took)."""
@@ -151,13 +153,15 @@ def quantization_pipeline(config: QuantConfig, data: Dataset, *, shapes: dict | 
                           progress: bool = True, train: TrainConfig | None = None, train_data: Dataset | None = None,
                           held_out: Dataset | None = None, assign: Pass | None = None) -> list[Pass]:
     """The passes of quantization, in order: [fold-shapes], the default pipeline, annotate,
-    [assign bit widths], calibrate, untie concats, then train (QIL/QAT, on `train_data`),
+    [assign bit widths], calibrate, untie concats, widen activations that 8 bits would lose,
+    then train (QIL/QAT, on `train_data`),
     reconstruct (BRECQ) or correct biases, insert QDQ."""
     from qcompiler import passes as p
 
     steps = float_pipeline(shapes)
     steps += [p.AnnotateQuant(config), *([assign] if assign is not None else []),
-              p.CalibrateRanges(data, batch_size, progress), p.UntieConcats(config, data, batch_size, progress)]
+              p.CalibrateRanges(data, batch_size, progress), p.UntieConcats(config, data, batch_size, progress),
+              p.WidenActivations(config, data, batch_size, progress)]
     if train is not None:
         steps.append(p.TrainQuant(train_data or data, train, held_out, progress))
     elif reconstruct is not None:
@@ -223,14 +227,14 @@ def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None
         mixed.assignment = qdq.analysis["assign-bit-widths"]
         mixed.baselines = mixed_precision.baselines(mixed.problem)
     untied = qdq.analysis.get("untie-concats", {})
-    if untied:
-        config = dataclasses.replace(config, untied_concats=frozenset(untied))
+    widened = qdq.analysis.get("widen-activations", {})
+    config = dataclasses.replace(config, untied_concats=frozenset(untied), wide_activations=frozenset(widened))
     return QuantizeRun(keep.models["annotate-quant"], keep.models["insert-qdq"], qdq, qdq.analysis["insert-qdq"]
                        if "insert-qdq" in qdq.analysis else {}, config, data,
                        qdq.analysis.get("reconstruct-blocks", []), qdq.analysis.get("correct-bias", {}), untied,
                        reconstruct, time.perf_counter() - start, str(model.path or ""),
                        calib if isinstance(calib, (str, Path)) else type(calib).__name__,
-                       qdq.analysis.get("train-quant"), mixed, qdq.analysis.get("reconstruct-blocks estimate"))
+                       qdq.analysis.get("train-quant"), mixed, qdq.analysis.get("reconstruct-blocks estimate"), widened)
 
 
 def evaluate(run: QuantizeRun, data, *, preprocess: ImagePreprocess | None = None,

@@ -36,6 +36,7 @@ class ReportData:
     reconstruction_setting: str = ""
     bias_correction: str = ""  # what correct-bias did, for the summary; "" when it did not run
     untied: dict = dataclasses.field(default_factory=dict)  # Concat -> why its inputs keep their own scales
+    widened: dict = dataclasses.field(default_factory=dict)  # activation -> bulk SQNR dB at 8 and at 16 bits
     training: object = None  # a qcompiler.training.TrainReport, when trained (QIL/QAT)
     mixed: object = None  # a qcompiler.mixed_precision.MixedPrecision, with --bits auto
     layers: list = dataclasses.field(default_factory=list)  # report_layers.LayerRow, in graph order
@@ -59,6 +60,9 @@ def summary_table(r: ReportData) -> str:
         rows.append(("bias correction", r.bias_correction))
     for concat, reason in r.untied.items():
         rows.append(("untied concat", f"{concat}: {reason}; inputs keep their own scales, the concat runs in float"))
+    for tensor, (eight, sixteen) in r.widened.items():
+        rows.append(("16-bit activation", f"{tensor}: its typical values keep {eight:.1f} dB at 8 bits (a few far-out "
+                     f"values set the range), {sixteen:.1f} dB at 16"))
     if r.reconstruction:
         before = sum(b.loss_nearest for b in r.reconstruction)
         after = sum(b.loss_learned for b in r.reconstruction)

@@ -139,7 +139,11 @@ class _IntegerRewriter(relax.PyExprMutator):
         acc_scale = x.scale * w_scale
         reduce_axes = tuple(a for a in range(w.values.ndim) if a != weight_axis)
         correction = np.rint(bias / acc_scale) - x.zero_point * w.values.sum(axis=reduce_axes)
-        if np.abs(correction).max() >= 2 ** 31:
+        # |acc| <= max|x| * sum|w| + |correction| per channel. It must fit the int32 accumulator
+        # (16-bit inputs with long reductions may not: those stay float); far below 2**31, it
+        # lets the rounding skip the tie fix-up for more layers (fixed_point.ties_possible).
+        bound = accumulator_bound(w.values, weight_axis, correction, max(abs(v) for v in DTYPE_RANGE[x.dtype]))
+        if bound.max() >= 2 ** 31:
             return None
         tag = self._tag()
         ndim = len(call.ty.shape)
@@ -151,9 +155,6 @@ class _IntegerRewriter(relax.PyExprMutator):
         else:
             acc = self._int_matmul(x, w, f"{tag}_acc")
         acc = self.builder_.emit(relax.op.add(acc, _const(corr, "int32")))
-        # |acc| <= max|x| * sum|w| + |correction| per channel: far below 2**31, which lets
-        # the rounding skip the tie fix-up for more layers (fixed_point.ties_possible).
-        bound = accumulator_bound(w.values, weight_axis, correction, max(abs(v) for v in DTYPE_RANGE[x.dtype]))
         return self._scale_terms([(acc, _channel_shape(acc_scale / out.scale, ndim, out_axis))], out, bound)
 
     def _linear_parts(self, expr):

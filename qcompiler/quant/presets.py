@@ -106,6 +106,11 @@ class QuantConfig:
     #: Concat nodes whose inputs and output are not tied to one scale (qcompiler.quant.ties: an input
     #: with a far narrower range than the others would lose its signal); their output stays float.
     untied_concats: frozenset[str] = frozenset()
+    #: Activation tensors quantized at 16 bits, with their tie groups: those whose typical values
+    #: 8 bits would lose (qcompiler.quant.signal; passes/widen_activations.py finds them when
+    #: `widen_activations` is on).
+    wide_activations: frozenset[str] = frozenset()
+    widen_activations: bool = True
 
     def weight_spec(self, layer: str, axis: int | None, edge: bool) -> QuantSpec | None:
         """The weight spec of layer `layer` (None: left in float); `axis` its output-channel axis."""
@@ -175,7 +180,7 @@ def _setting(key: str, value: str, text: str):
 
 
 def load_config(path: Path | None, preset: str | None, observer: str | None, overrides: list[str],
-                bias_correction: bool | None = None) -> QuantConfig:
+                bias_correction: bool | None = None, widen_activations: bool | None = None) -> QuantConfig:
     """Combine a JSON config file (optional) with command-line settings, which win (None: not given)."""
     data: dict = {}
     if path is not None:
@@ -183,7 +188,8 @@ def load_config(path: Path | None, preset: str | None, observer: str | None, ove
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise UsageError(f"--config {path}: cannot read it as JSON: {exc}") from None
-        unknown = set(data) - {"preset", "observer", "overrides", "keep_edge_layers_8bit", "bias_correction"}
+        unknown = set(data) - {"preset", "observer", "overrides", "keep_edge_layers_8bit", "bias_correction",
+                               "widen_activations"}
         if unknown:
             raise UsageError(f"--config {path}: unknown keys {sorted(unknown)}")
     name = preset or data.get("preset", "w8a8")
@@ -196,10 +202,13 @@ def load_config(path: Path | None, preset: str | None, observer: str | None, ove
     file_overrides = [parse_override(o) if isinstance(o, str) else _override_from_dict(o, path) for o in data.get("overrides", [])]
     if bias_correction is None:
         bias_correction = data.get("bias_correction", True)
-    if not isinstance(bias_correction, bool):
-        raise UsageError(f"--config {path}: bias_correction must be true or false")
+    if widen_activations is None:
+        widen_activations = data.get("widen_activations", True)
+    for key, value in (("bias_correction", bias_correction), ("widen_activations", widen_activations)):
+        if not isinstance(value, bool):
+            raise UsageError(f"--config {path}: {key} must be true or false")
     return QuantConfig(PRESETS[name], observer, tuple(file_overrides + [parse_override(o) for o in overrides]),
-                       data.get("keep_edge_layers_8bit"), bias_correction)
+                       data.get("keep_edge_layers_8bit"), bias_correction, widen_activations=widen_activations)
 
 
 def _override_from_dict(item: dict, path) -> Override:

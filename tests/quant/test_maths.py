@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from qcompiler.quant import QuantParams, QuantSpec, dequantize, fake_quantize, params_from_range, quantize
-from qcompiler.quant import maths, spec as spec_module
+from qcompiler.quant import maths, signal, spec as spec_module
 
 specs = st.builds(
     lambda bits, signed, symmetric, narrow: QuantSpec(bits=bits, signed=signed or narrow, symmetric=symmetric,
@@ -105,7 +105,7 @@ def test_invalid_params_are_refused():
         QuantSpec(bits=9)
 
 
-@pytest.mark.parametrize("module", [maths, spec_module])
+@pytest.mark.parametrize("module", [maths, spec_module, signal])
 def test_docstring_examples(module):
     failures, tried = doctest.testmod(module)
     assert tried > 0 and failures == 0
