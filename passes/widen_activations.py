@@ -2,8 +2,9 @@
 
 The finding is qcompiler.quant.signal: the SQNR of a tensor's bulk (its values between the 1%
 and 99% quantiles of each sample) at its calibrated 8-bit parameters, measured on up to
-SAMPLES calibration samples. A tensor below MIN_BULK_SQNR_DB (a few values far out set a range
-on which the rest keep a handful of steps) is quantized at 16 bits instead, with its tie group:
+SAMPLES calibration samples. A tensor below `QuantConfig.widen_below_db` (default
+MIN_BULK_SQNR_DB, 12 dB: a few values far out set a range on which the rest keep a handful of
+steps) is quantized at 16 bits instead, with its tie group:
 annotate-quant runs again with it in `QuantConfig.wide_activations`, then calibrate-ranges, and
 the bulk SQNR is measured again. The QDQ model holds INT16 QuantizeLinear/DequantizeLinear there
 (opset 21), which onnxruntime and the TVM backend run (integer layers whose int32 accumulator a
@@ -24,7 +25,7 @@ from qcompiler.pass_infra import Pass, PassResult
 from qcompiler.passes.annotate_quant import AnnotateQuant
 from qcompiler.passes.calibrate_ranges import CalibrateRanges, observation_batch_size
 from qcompiler.quant.presets import QuantConfig
-from qcompiler.quant.signal import MIN_BULK_SQNR_DB, bulk_energies, sqnr_from
+from qcompiler.quant.signal import bulk_energies, sqnr_from
 from qcompiler.registry import register
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class WidenActivations(Pass):
             return PassResult(model, False)
         eight_bit = [n for n, tq in model.quant.items() if tq.role == "activation" and tq.spec.bits == 8 and tq.params]
         before = bulk_sqnr(model, eight_bit, self.data)
-        narrow = {name: db for name, db in before.items() if db < MIN_BULK_SQNR_DB}
+        narrow = {name: db for name, db in before.items() if db < self.config.widen_below_db}
         if not narrow:
             return PassResult(model, False)
         config = dataclasses.replace(self.config, wide_activations=frozenset(narrow),

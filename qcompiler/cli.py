@@ -159,7 +159,8 @@ def _quantize(args: argparse.Namespace, dump_prefix: Path):
     from qcompiler.quant.presets import load_config
 
     config = load_config(args.config, args.preset, args.observer, args.override,
-                         False if args.no_bias_correction else None, False if args.no_wide_activations else None)
+                         False if args.no_bias_correction else None, False if args.no_wide_activations else None,
+                         args.widen_below)
     context, timing = _context(args, dump_prefix)
     preprocess, progress = args.preprocess, not args.no_progress
     train = train_config(args)

@@ -217,6 +217,9 @@ def _quantize_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wide-activations", action="store_true", help="keep every 8-bit activation at 8 bits (by "
                    "default one whose typical values 8 bits would lose, because a few far-out values set its range, "
                    "is quantized at 16 bits, and the summary says so)")
+    p.add_argument("--widen-below", type=float, metavar="DB", help="quantize at 16 bits the activations whose typical "
+                   "values keep less than DB dB SQNR at 8 bits (default 12: only those whose signal is lost; 20 also "
+                   "widens degraded ones, slower where their readers lose the 8-bit kernels)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _reconstruct_options(p)
     _bits_options(p)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from qcompiler.errors import UsageError
 from qcompiler.quant.observers import OBSERVERS, WEIGHT_OBSERVERS, canonical_name
+from qcompiler.quant.signal import MIN_BULK_SQNR_DB
 from qcompiler.quant.spec import BITS, QuantSpec
 
 
@@ -111,6 +112,7 @@ class QuantConfig:
     #: `widen_activations` is on).
     wide_activations: frozenset[str] = frozenset()
     widen_activations: bool = True
+    widen_below_db: float = MIN_BULK_SQNR_DB   # the bulk SQNR at 8 bits under which a tensor is widened
 
     def weight_spec(self, layer: str, axis: int | None, edge: bool) -> QuantSpec | None:
         """The weight spec of layer `layer` (None: left in float); `axis` its output-channel axis."""
@@ -180,7 +182,8 @@ def _setting(key: str, value: str, text: str):
 
 
 def load_config(path: Path | None, preset: str | None, observer: str | None, overrides: list[str],
-                bias_correction: bool | None = None, widen_activations: bool | None = None) -> QuantConfig:
+                bias_correction: bool | None = None, widen_activations: bool | None = None,
+                widen_below_db: float | None = None) -> QuantConfig:
     """Combine a JSON config file (optional) with command-line settings, which win (None: not given)."""
     data: dict = {}
     if path is not None:
@@ -189,7 +192,7 @@ def load_config(path: Path | None, preset: str | None, observer: str | None, ove
         except (OSError, json.JSONDecodeError) as exc:
             raise UsageError(f"--config {path}: cannot read it as JSON: {exc}") from None
         unknown = set(data) - {"preset", "observer", "overrides", "keep_edge_layers_8bit", "bias_correction",
-                               "widen_activations"}
+                               "widen_activations", "widen_below_db"}
         if unknown:
             raise UsageError(f"--config {path}: unknown keys {sorted(unknown)}")
     name = preset or data.get("preset", "w8a8")
@@ -207,8 +210,13 @@ def load_config(path: Path | None, preset: str | None, observer: str | None, ove
     for key, value in (("bias_correction", bias_correction), ("widen_activations", widen_activations)):
         if not isinstance(value, bool):
             raise UsageError(f"--config {path}: {key} must be true or false")
+    if widen_below_db is None:
+        widen_below_db = data.get("widen_below_db", MIN_BULK_SQNR_DB)
+    if isinstance(widen_below_db, bool) or not isinstance(widen_below_db, (int, float)):
+        raise UsageError(f"--config {path}: widen_below_db must be a number of dB")
     return QuantConfig(PRESETS[name], observer, tuple(file_overrides + [parse_override(o) for o in overrides]),
-                       data.get("keep_edge_layers_8bit"), bias_correction, widen_activations=widen_activations)
+                       data.get("keep_edge_layers_8bit"), bias_correction, widen_activations=widen_activations,
+                       widen_below_db=float(widen_below_db))
 
 
 def _override_from_dict(item: dict, path) -> Override:
