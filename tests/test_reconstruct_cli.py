@@ -29,6 +29,17 @@ def test_quantize_with_brecq_reports_the_reconstruction(tmp_path, capsys):
     assert (tmp_path / "model.qdq.onnx").exists()
 
 
+def test_crop_reaches_the_reconstruction(tmp_path, capsys):
+    code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "--preset", "w4a4", "--reconstruct", "brecq",
+                         "--iters", "20", "--act-iters", "5", "--calib-count", "64", "--crop", "6", "--no-progress",
+                         "-o", tmp_path)
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("reconstruction"))
+    match = re.search(r"\(estimated [\d.]+ s, with crops on 3 blocks, [\d.]+ s without\): 5 blocks, block output "
+                      r"error ([\d.]+) -> ([\d.]+)", line)
+    assert match and float(match[2]) < float(match[1]), line
+
+
 def test_compile_with_brecq_builds_and_checks_the_library(tmp_path, capsys):
     code, out, err = cli(capsys, "compile", RESNET, "--calib", SUBSET, "--preset", "w2a4", "--reconstruct", "brecq",
                          "--iters", "20", "--calib-count", "64", "--no-progress", "-o", tmp_path)

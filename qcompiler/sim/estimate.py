@@ -1,20 +1,20 @@
 """An estimate of a whole BRECQ reconstruction's time, made before the work starts.
 
-Each block's cost per sample is counted from the graph (multiply-accumulates of its Conv, Gemm
-and MatMul layers plus ELEMENT_COST per element it computes), scaled by its crop's share of the
-input area. Timing a few jitted training steps of two blocks (the first and the costliest, after
-their compilation) gives the seconds per unit of cost on this machine; then each block takes its
-iterations' steps, four forward passes over the cached samples (float targets, the loss before
-and after, the quantized outputs), the Fisher gradients through the rest of the network when
-chosen, and its compilations (as long as the probes' were). It is a model: the summary prints it
-beside the time the reconstruction took.
+A few jitted training steps of two blocks (the first and the costliest) are timed after their
+compilation, as they will run (cropped where chosen). The other blocks' steps are scaled from
+those by their cost per sample, counted from the graph (multiply-accumulates of Conv, Gemm and
+MatMul plus ELEMENT_COST per element computed) times their crop's share of the input area. Each
+block then takes its iterations' steps, four forward passes over the cached whole samples (float
+targets, the loss before and after, the quantized outputs), the Fisher gradients through the rest
+of the network when chosen, and its compilations (COMPILES times the probes'). Without crops,
+a step is taken to cost in proportion to the area. It is a model: the summary prints it beside
+the time the reconstruction took.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 
 import jax
@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 #: (fake quantization, soft rounding and their gradients are memory-bound elementwise work).
 ELEMENT_COST = 16.0
 PROBE_STEPS = 3
+#: A block's compilations (two training steps, the forward functions) and set-up, in units of a
+#: probe's compilation: 4 fits the ResNet-8 and FPN runs of benchmarks/brecq_cost.py within a third.
+COMPILES = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +105,7 @@ def probe(run, index: int) -> tuple[float, float]:
     owned = run._owned(block)
     state = QuantState("soft", True, c.qdrop) if c.qdrop > 0 else QuantState("soft", False)
     forward = run.sim.function(block.inputs, block.outputs, quant_hooks(run.model, state, owned))
-    batch = c.batch_size
+    batch = min(c.batch_size, len(next(iter(run.fp_state.values()))))
     targets = _zeros(run.model, block.outputs, batch)
     problem = BlockProblem(forward, _zeros(run.model, block.inputs, batch), targets,
                            dict(targets) if c.fisher else None, run.crops[index])
@@ -126,22 +129,27 @@ def estimate(run) -> Estimate:
     costs = [block_cost(run.model, run.sim.steps_between(b.inputs, b.outputs), run.sim.constants) for b in run.blocks]
     areas = [1.0 if crop is None else crop.area for crop in run.crops]
     chosen = sorted({0, int(np.argmax(costs))})
-    probes = [probe(run, i) for i in chosen]
-    rate = sum(p[0] for p in probes) / max(sum(costs[i] * areas[i] for i in chosen), 1.0)
-    compile_seconds = float(np.mean([p[1] for p in probes]))
+    probes = {i: probe(run, i) for i in chosen}
+    rate = sum(p[0] for p in probes.values()) / max(sum(costs[i] * areas[i] for i in chosen), 1.0)
+    # a training step: measured where probed, else the rate times the block's (cropped) cost
+    steps = [probes[i][0] if i in probes else rate * cost * area for i, (cost, area) in enumerate(zip(costs, areas))]
+    compile_seconds = float(np.mean([p[1] for p in probes.values()]))
     samples = len(next(iter(run.fp_state.values())))
-    passes = math.ceil(samples / c.batch_size)
+    passes = samples / c.batch_size
     phases = 1 if c.qdrop > 0 else 2
-    steps = c.iters + (0 if c.qdrop > 0 else c.act_iters)
+    iterations = c.iters + (0 if c.qdrop > 0 else c.act_iters)
 
-    def total(area: list[float]) -> float:
+    def total(step: list[float]) -> float:
+        """Iterations' steps; per block its compilations and four forward passes over the cached
+        whole samples (a third of a whole-sample step per batch); Fisher: a gradient through the rest."""
+        whole = [s / a for s, a in zip(steps, areas)]
         seconds = 0.0
-        for i, cost in enumerate(costs):
-            seconds += steps * rate * cost * area[i] + 4 * passes * rate * cost / 3 + compile_seconds * (phases + 1)
+        for i in range(len(step)):
+            seconds += iterations * step[i] + 4 * passes * whole[i] / 3 + compile_seconds * (COMPILES + phases - 2)
             if c.fisher:
-                seconds += passes * rate * sum(costs[i:])
+                seconds += passes * sum(whole[i:])
         return seconds
 
     cropped = [f"{b.name}: {crop.describe()}" for b, crop in zip(run.blocks, run.crops) if crop is not None]
-    return Estimate(total(areas), total([1.0] * len(costs)), time.perf_counter() - start, run.cache_bytes, samples,
-                    cropped)
+    return Estimate(total(steps), total([s / a for s, a in zip(steps, areas)]), time.perf_counter() - start,
+                    run.cache_bytes, samples, cropped)
