@@ -224,8 +224,11 @@ def _print_compiled(args: argparse.Namespace, built, timing, paths: list[Path]) 
     if getattr(args, "tuning_db", None) is not None:
         _print_tuning(args.tuning_db, library.tuned_kernels)
     print("build: " + ", ".join(f"{k} {v:.1f} s" for k, v in library.seconds.items()))
+    where = f"; the library under {built.checked_by}" if built.checked_by else ""
     for fidelity in built.fidelity:
-        print(f"library vs QDQ model (onnxruntime): {fidelity.line()}")
+        print(f"library vs QDQ model (onnxruntime{where}): {fidelity.line()}")
+    if built.unchecked:
+        print(f"library vs QDQ model: {built.unchecked}")
     if built.latency is not None:
         _print_latency(built.latency, built.quantized.mixed)
     if built.reference_spread is not None:

@@ -148,6 +148,8 @@ class CompileRun:
     output_dir: Path | None = None
     report: ReportData | None = None   # the quantization report written beside the library
     latency: object = None   # backends.tvm.runtime.Timing of the written library, under a --max-latency budget
+    checked_by: str = ""   # where the check ran: "" (this process), or the emulator ("qemu-aarch64", "qemu-hexagon")
+    unchecked: str = ""    # why a library for another machine was not checked (no emulator here), in words
 
     @property
     def target(self):
@@ -174,8 +176,10 @@ def compile(model: Model | QuantizeRun | str | Path, calib=None, target: str = "
             input_shapes: dict | None = None, evaluation: Evaluation | None = None, evaluation_source: str = "",
             check_samples: int = 64, allow_float: bool = False, tuning_db=None, **quantize_options) -> CompileRun:
     """Quantize (a float model, with `calib`), build the integer library for `target`, write it to
-    `output_dir` (model.so, model.json, model.qdq.onnx, and report.html when it quantized) and,
-    for a host target, compare it with the QDQ model on up to `check_samples` calibration samples.
+    `output_dir` (model.so, model.json, model.qdq.onnx, and report.html when it quantized) and
+    compare it with the QDQ model on up to `check_samples` calibration samples: in this process
+    for a host target, under the target's emulator (qemu) on up to EMULATED_CHECK_SAMPLES of them
+    for an arm64 or Hexagon one when this machine has it set up.
     `allow_float`: a Hexagon build accepts ops left in float (scalar on the DSP; refused, exit 4).
     `tuning_db`: a database from `qcompiler tune` for this model and target (compile_qdq).
     `quantize_options` go to qcompiler.driver.quantize (calib_count, preprocess, reconstruct, ...)."""
@@ -194,8 +198,8 @@ def compile(model: Model | QuantizeRun | str | Path, calib=None, target: str = "
     built = CompileRun(qdq, compile_qdq(qdq, spec, batch, allow_float=allow_float, tuning_db=tuning_db), run)
     if output_dir is not None:
         _write(built, Path(output_dir), evaluation, evaluation_source)
-        if spec.host and run is not None and check_samples:
-            _check(built, run.calibration.head(min(check_samples, run.calibration.count)))
+        if run is not None and check_samples:
+            _check_here_or_emulated(built, spec, run.calibration, check_samples)
         if spec.host and run is not None and run.mixed is not None and run.mixed.whole is not None and batch == 1:
             # The budget was a prediction (kernels timed alone plus the rest of a reference
             # library): measure what was built against it.
@@ -219,6 +223,40 @@ def _write(built: CompileRun, out: Path, evaluation: Evaluation | None, evaluati
             built.paths.append(built.quantized.write_report(stage, built.report))   # the QDQ model: with the library
         built.paths = [outputs.final(p) for p in write_library(built.library, built.qdq, stage) + built.paths]
     built.output_dir = Path(out)
+
+
+#: Samples the check runs under an emulator (qemu is slow; each sample is a whole model run).
+EMULATED_CHECK_SAMPLES = 4
+
+
+def _check_here_or_emulated(built: CompileRun, spec, data, samples: int) -> None:
+    """_check in this process for a host target, else under the target's emulator when it is set
+    up (a library for a DSP nobody checked is how a wrong kernel would reach a device)."""
+    if spec.host:
+        _check(built, data.head(min(samples, data.count)))
+        return
+    if spec.runner is None:
+        built.unchecked = f"not checked: this machine cannot run {spec.name} libraries"
+        return
+    try:
+        _emulator_ready(spec.runner)
+    except UsageError as exc:
+        built.unchecked = f"not checked under {spec.runner}: {exc}"
+        return
+    built.checked_by = spec.runner
+    _check(built, data.head(min(samples, EMULATED_CHECK_SAMPLES, data.count)))
+
+
+def _emulator_ready(runner: str) -> None:
+    """Raises UsageError (naming the setup script) when the emulator or its environment is missing."""
+    if runner == "qemu-hexagon":
+        from qcompiler.backends.tvm.qemu_hexagon import tools_ready
+
+        tools_ready()
+    else:
+        from qcompiler.backends.tvm.qemu import environment
+
+        environment()
 
 
 def _check(built: CompileRun, data) -> None:

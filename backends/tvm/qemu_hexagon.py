@@ -23,7 +23,8 @@ CFLAGS = ["--target=hexagon-unknown-linux-musl", "-O2", "-ffreestanding", "-nost
 SETUP = "scripts/setup_hexagon.sh"
 
 
-def _tools() -> None:
+def tools_ready() -> None:
+    """Raises UsageError naming what is missing (clang-14, ld.lld-14, qemu-hexagon) and the setup script."""
     from qcompiler.backends.tvm.hexagon import APT_PACKAGES, tools_missing
 
     missing = tools_missing()
@@ -72,7 +73,7 @@ def build_test_program(folder: Path, work: Path, meta: dict, trace: bool = False
     """Compile and link the folder's driver into a freestanding program under `work`."""
     from qcompiler.backends.tvm.hexagon import CLANG, LINKER, runtime_source
 
-    _tools()
+    tools_ready()
     work = Path(work)
     (work / "qc_test_main.c").write_text(test_main(meta), encoding="utf-8")
     (work / "qc_freestanding.c").write_text(runtime_source("qc_freestanding.c"), encoding="utf-8")

@@ -77,3 +77,24 @@ def test_generated_graphs_under_qemu(kind, preset, tmp_path):
     (fidelity,) = _build_and_run(qdq, feeds, tmp_path, target, batch=4)
     print(f"{kind} {preset} {target} (qemu): {fidelity.line()}")
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
+
+
+def test_compile_checks_a_cross_built_library_under_qemu(tmp_path, capsys, monkeypatch):
+    """compile runs the arm64 library it wrote under qemu on a few calibration samples, as it
+    checks a host library in process; without the emulator it says the library is unchecked."""
+    from graphs import cli
+
+    images = np.load(ROOT / "models" / "fashion_mnist_subset.npz")["input"][:16]
+    np.savez(tmp_path / "calib.npz", input=images)
+    model = ROOT / "models" / "fashion_resnet8.onnx"
+    code, out, err = cli(capsys, "compile", model, "--calib", tmp_path / "calib.npz", "--target", "arm64-dotprod",
+                         "--no-progress", "-o", tmp_path / "lib")
+    assert code == 0, err
+    line = next(row for row in out.splitlines() if row.startswith("library vs QDQ model"))
+    assert "the library under qemu-aarch64" in line and "(4 samples)" in line, line
+    assert float(line.split("max ")[1].split(" LSB")[0]) <= 1.0, line
+    monkeypatch.setenv("QCOMPILER_AARCH64", str(tmp_path / "nowhere"))
+    code, out, err = cli(capsys, "compile", model, "--calib", tmp_path / "calib.npz", "--target", "arm64-dotprod",
+                         "--no-progress", "-o", tmp_path / "lib2")
+    assert code == 0, err
+    assert "library vs QDQ model: not checked under qemu-aarch64: no aarch64 environment" in out, out
