@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 ELEMENT_COST = 16.0
 PROBE_STEPS = 3
 #: A block's compilations (two training steps, the forward functions) and set-up, in units of a
-#: probe's compilation: 4 fits the ResNet-8 and FPN runs of benchmarks/brecq_cost.py within a third.
+#: probe's compilation (ResNet-8's blocks measured 5-6; the real runs in benchmarks/results/brecq_cost.md
+#: show how far the whole estimate landed).
 COMPILES = 4.0
 
 
