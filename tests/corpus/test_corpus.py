@@ -155,7 +155,7 @@ def test_brecq_runs_on_exported_models(name, opset, corpus_dir, capsys):
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite", "inception", "squeezenet", "resnet", "shufflenet",
-                                  "mobilenet_v3", "densenet"])
+                                  "mobilenet_v3", "densenet", "lcnet_paddle"])
 def test_corpus_models_under_qemu_hexagon(name, tmp_path):
     """Exporter-style models (computed SAME pads and ReduceMean pooling, scale layers, fire
     modules, residual adds, squeeze-excitation gates, pre-activation BatchNorms) compiled for hexagon-v68 and run under qemu-hexagon
