@@ -48,8 +48,9 @@ class Estimate:
     cropped: list[str]  # "block: HxW of HxW" per cropped block
 
     def describe(self) -> str:
-        crops = f"with crops on {len(self.cropped)} blocks, {_duration(self.uncropped)} without" if self.cropped \
-            else "no crops"
+        count = len(self.cropped)
+        crops = (f"with crops on {count} block{'s' if count > 1 else ''}, {_duration(self.uncropped)} without"
+                 if self.cropped else "no crops")
         return f"estimated {_duration(self.seconds)}, {crops}"
 
     def line(self, blocks: int) -> str:
