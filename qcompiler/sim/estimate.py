@@ -94,23 +94,35 @@ def _depth(step, shape: list[int]) -> int:
     return shape[-2] if len(shape) > 1 else shape[0]
 
 
-def _zeros(model: Model, names, count: int) -> dict[str, np.ndarray]:
-    tensors = model.tensors()
-    return {n: np.zeros((count, *[d if isinstance(d, int) and d > 0 else 1 for d in (tensors[n].shape or (1,))[1:]]),
-                        np.float32) for n in names}
+def _feeds(run, block, batch: int) -> dict[str, np.ndarray] | None:
+    """A probe's inputs: the cached samples where the block reads them (the first block), else zeros
+    of the declared shape (the values do not change the time); None where a shape is not known."""
+    tensors, feeds = run.model.tensors(), {}
+    for name in block.inputs:
+        shape = tuple(tensors[name].shape or ())[1:]
+        if name in run.fp_state:
+            feeds[name] = run.fp_state[name][:batch]
+        elif all(isinstance(d, int) and d > 0 for d in shape):
+            feeds[name] = np.zeros((batch, *shape), np.float32)
+        else:
+            return None
+    return feeds
 
 
-def probe(run, index: int) -> tuple[float, float]:
-    """(seconds per training step, seconds to compile it) of block `index` on zero inputs (the
-    values do not change the time), as its first phase runs: cropped, and with QDrop if chosen."""
+def probe(run, index: int) -> tuple[float, float] | None:
+    """(seconds per training step, seconds to compile it) of block `index` as its first phase
+    runs (cropped, with QDrop if chosen); None where its input shapes are not known beforehand."""
     block, c = run.blocks[index], run.config
     owned = run._owned(block)
     state = QuantState("soft", True, c.qdrop) if c.qdrop > 0 else QuantState("soft", False)
     forward = run.sim.function(block.inputs, block.outputs, quant_hooks(run.model, state, owned))
     batch = min(c.batch_size, len(next(iter(run.fp_state.values()))))
-    targets = _zeros(run.model, block.outputs, batch)
-    problem = BlockProblem(forward, _zeros(run.model, block.inputs, batch), targets,
-                           dict(targets) if c.fisher else None, run.crops[index])
+    feeds = _feeds(run, block, batch)
+    if feeds is None:
+        return None
+    shapes = jax.eval_shape(forward, {**run.params, "rng": jax.random.PRNGKey(0)}, feeds)
+    targets = {name: np.zeros(s.shape, np.float32) for name, s in zip(block.outputs, shapes)}
+    problem = BlockProblem(forward, feeds, targets, dict(targets) if c.fisher else None, run.crops[index])
     weights = sorted(w for w in owned if w in run.params["weight_q"])
     learned = ({"rounding": initial_rounding(run.params, run.model.quant, weights)} if weights
                else {"steps": {g: v[0] for g, v in run.params["act"].items()}})
@@ -119,8 +131,7 @@ def probe(run, index: int) -> tuple[float, float]:
     for _ in range(PROBE_STEPS + 1):
         inputs, target, fisher, masks = problem.batch(np.arange(batch), rng)
         start = time.perf_counter()
-        out = step(learned, states, run.params, inputs, target, fisher, masks, 20.0, 1.0, key)
-        jax.block_until_ready(out)
+        jax.block_until_ready(step(learned, states, run.params, inputs, target, fisher, masks, 20.0, 1.0, key))
         times.append(time.perf_counter() - start)
     return float(np.median(times[1:])), max(times[0] - float(np.median(times[1:])), 0.0)
 
@@ -131,7 +142,7 @@ def estimate(run) -> Estimate:
     costs = [block_cost(run.model, run.sim.steps_between(b.inputs, b.outputs), run.sim.constants) for b in run.blocks]
     areas = [1.0 if crop is None else crop.area for crop in run.crops]
     chosen = sorted({0, int(np.argmax(costs))})
-    probes = {i: probe(run, i) for i in chosen}
+    probes = {i: p for i in chosen if (p := probe(run, i)) is not None}  # the first block's is always known
     rate = sum(p[0] for p in probes.values()) / max(sum(costs[i] * areas[i] for i in chosen), 1.0)
     # a training step: measured where probed, else the rate times the block's (cropped) cost
     steps = [probes[i][0] if i in probes else rate * cost * area for i, (cost, area) in enumerate(zip(costs, areas))]
