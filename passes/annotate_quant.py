@@ -1,7 +1,8 @@
 """annotate-quant: decide which tensors are quantized and how (docs/quantization.md, placement rules).
 
 - Layers (Conv, ConvTranspose, Gemm, MatMul with a constant weight): the weight per output
-  channel; the data input; the output, or the output of a Relu/Clip that alone reads it.
+  channel; the data input; the output, or the output of a Relu/Clip that alone reads it (for a
+  MatMul, after the bias Add that alone reads it).
 - Residual Add: its inputs and its output (or its Relu's).
 - Mul of two computed tensors from different sources (a squeeze-excitation gate times the
   features it gates): its inputs and its output, so that the gate's activation becomes a lookup
@@ -153,12 +154,27 @@ def _elementwise_root(model: Model, tensor):
 
 
 def _activation_output(model: Model, node: Node):
-    """The tensor to quantize after `node`: its output, or that of a Relu/Clip that alone reads it."""
+    """The tensor to quantize after `node`: its output, or that of a Relu/Clip that alone reads it;
+    for a MatMul, after the bias Add that alone reads it (3-D MatMuls, which no Gemm can take,
+    keep their bias as an Add: exporters' linear layers on sequences)."""
     out = node.outputs[0]
     readers = model.consumers(out)
+    if node.op == "MatMul" and model.has_single_use(out) and _adds_a_bias(model, readers[0], out):
+        out = readers[0].outputs[0]
+        readers = model.consumers(out)
     if model.has_single_use(out) and readers[0].op in FUSED_ACTIVATIONS:
         return readers[0].outputs[0]
     return out
+
+
+def _adds_a_bias(model: Model, node: Node, out) -> bool:
+    """Whether `node` adds to `out` a constant with one value per output channel (the last axis)."""
+    if node.op != "Add" or len(node.inputs) != 2:
+        return False
+    other = node.inputs[1] if node.inputs[0] is out else node.inputs[0]
+    bias = model.const_value(other)
+    channels = (out.shape or [None])[-1]
+    return bias is not None and isinstance(channels, int) and bias.size == channels and bias.shape[-1:] == (channels,)
 
 
 def _request(model: Model, tensor, bits: int, requests: dict[str, int]) -> bool:

@@ -177,7 +177,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """Quantize (unless the model already is QDQ), build the integer library, check it, write all."""
     from qcompiler import ir
     from qcompiler.backends.tvm.targets import get_target
-    from qcompiler.compiler import LIBRARY_OUTPUTS
+    from qcompiler.compiler import LIBRARY_OUTPUTS, refuse_what_the_backend_cannot_lower
     from qcompiler.files import OutputSet
 
     target = get_target(args.target)
@@ -191,6 +191,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     elif not already and not args.calib:
         raise UsageError(f"{args.model} is a float model: give --calib DATA to quantize it first "
                          "(or pass an already quantized *.qdq.onnx)")
+    if not already:
+        refuse_what_the_backend_cannot_lower(model, input_shapes(args))   # exit 4 before calibrating
     with outputs.staging() as stage:
         built, timing = _compile(args, target, None if already else stage / "model", model, stage)
     _print_compiled(args, built, timing, [outputs.final(p) for p in built.paths])

@@ -62,6 +62,17 @@ def inspect(model: Model | str | Path, input_shapes: dict | None = None, granula
     return InspectRun(summary, split, blocks, granularity)
 
 
+def refuse_what_the_backend_cannot_lower(model: Model, input_shapes: dict | None = None) -> None:
+    """Exit 4 naming every op TVM cannot lower (inspect's list), before any calibration: the float
+    model through the default pipeline, as quantization will see it. (The build checks the QDQ
+    model again: shapes known only from the calibration data can show more.)"""
+    from qcompiler.backends.tvm.build import check_ops
+
+    with supervise.stage("the check of the model's ops against the TVM backend"):
+        optimized = build_pipeline()(fix_shapes(model.copy(), input_shapes)).model
+    check_ops(optimized.to_onnx(), str(model.path or "model"))
+
+
 def integer_split(model: Model, shapes: dict | None = None) -> str:
     """What `compile` would run in integer and in float at W8A8: the model quantized with random
     calibration inputs (placement does not depend on the values) and lowered by the backend."""
@@ -193,6 +204,7 @@ def compile(model: Model | QuantizeRun | str | Path, calib=None, target: str = "
             if calib is None:
                 raise UsageError(f"{model.path or 'the model'} is a float model: give calibration data to quantize "
                                  "it first (or an already quantized *.qdq.onnx)")
+            refuse_what_the_backend_cannot_lower(model, input_shapes)
             run = quantize(model, calib, config, input_shapes=input_shapes, **quantize_options)
     qdq = run.qdq if run is not None else fix_shapes(model, input_shapes)
     built = CompileRun(qdq, compile_qdq(qdq, spec, batch, allow_float=allow_float, tuning_db=tuning_db), run)

@@ -34,13 +34,26 @@ def _twin(node: onnx.NodeProto, inputs: list[str], output: str) -> onnx.NodeProt
     return helper.make_node(node.op_type, inputs, [output], name=f"{node.name}__cut", **attrs)
 
 
+def _dequantizers(q: onnx.NodeProto, readers: dict) -> list[tuple[onnx.NodeProto | None, onnx.NodeProto]]:
+    """(the Clip between them or None, a DequantizeLinear) for each dequantization of q's codes."""
+    found = []
+    for reader in readers.get(q.output[0], []):
+        if reader.op_type == "DequantizeLinear":
+            found.append((None, reader))
+        elif reader.op_type == "Clip":
+            found += [(reader, d) for d in readers.get(reader.output[0], []) if d.op_type == "DequantizeLinear"]
+    return found
+
+
 def cut_at_quantizers(qdq: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The QDQ model cut into its layers: every activation QuantizeLinear whose dequantized value
     another node reads gets a twin reading a new graph input '<tensor>__fed' (with a twin of its
     DequantizeLinear), the readers move to the twin, and the original dequantized tensor becomes
     a graph output. Each piece then computes one layer from inputs the caller chooses: fed the
     reference's dequantized values, every piece's output is that layer alone against the
-    reference. Returns the cut model and {fed input: the reference tensor to feed it}."""
+    reference. A Clip between a QuantizeLinear and its DequantizeLinear (activations of 2 to 4
+    bits stored in 8) is twinned with them. Returns the cut model and {fed input: the reference
+    tensor to feed it}."""
     cut = onnx.ModelProto()
     cut.CopyFrom(qdq)
     graph, infos = cut.graph, _value_infos(qdq)
@@ -54,16 +67,22 @@ def cut_at_quantizers(qdq: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, 
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
         if q.input[0] in constants | graph_inputs:   # the model's input is fed already
             continue
-        dequantizers = [n for n in readers.get(q.output[0], []) if n.op_type == "DequantizeLinear"]
-        read = [d for d in dequantizers if readers.get(d.output[0])]
+        read = [(clip, d) for clip, d in _dequantizers(q, readers) if readers.get(d.output[0])]
         if not read:   # the graph's last quantizer: its output is compared as it is
             continue
-        reference = read[0].output[0]
+        reference = read[0][1].output[0]
         source = f"{reference}__fed"
         fed[source] = reference
         twins.append(_twin(q, [source, *q.input[1:]], f"{q.output[0]}__cut"))
-        for d in read:
-            twins.append(_twin(d, [f"{q.output[0]}__cut", *d.input[1:]], f"{d.output[0]}__cut"))
+        clipped = set()
+        for clip, d in read:
+            codes = f"{q.output[0]}__cut"
+            if clip is not None:
+                codes = f"{clip.output[0]}__cut"
+                if codes not in clipped:
+                    twins.append(_twin(clip, [f"{q.output[0]}__cut", *clip.input[1:]], codes))
+                    clipped.add(codes)
+            twins.append(_twin(d, [codes, *d.input[1:]], f"{d.output[0]}__cut"))
             for reader in readers[d.output[0]]:
                 reader.input[:] = [f"{x}__cut" if x == d.output[0] else x for x in reader.input]
         outputs.append(reference)

@@ -1,8 +1,11 @@
 """QDQ ONNX to Relax through TVM's ONNX frontend.
 
 INT4/UINT4 initializers are widened to int8/uint8 first: the frontend cannot read them
-(TVM's int4 path gives wrong results on CPU). Shapes are fixed at import: a symbolic batch
-dimension gets the batch size given; other dimensions must already be fixed.
+(TVM's int4 path gives wrong results on CPU). A Resize's empty `roi` or `scales` initializer
+(torch's F.interpolate(size=...) at opset 11 writes both empty, with `sizes`) is passed as an
+omitted input, which is what it means: the frontend takes an empty `scales` beside `sizes` for
+both given and stops. Shapes are fixed at import: a symbolic batch dimension gets the batch
+size given; other dimensions must already be fixed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,17 @@ def widen_int4(model: onnx.ModelProto) -> onnx.ModelProto:
         if init.data_type in _WIDER:
             values = numpy_helper.to_array(init).astype(_WIDER[init.data_type])
             init.CopyFrom(numpy_helper.from_array(values, init.name))
+    return model
+
+
+def omit_empty_resize_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model (changed in place) with each Resize's empty roi/scales constant omitted ("")."""
+    empty = {i.name for i in model.graph.initializer if 0 in i.dims}
+    empty |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"
+              and any(a.name == "value" and 0 in a.t.dims for a in n.attribute)}
+    for node in model.graph.node:
+        if node.op_type == "Resize":
+            node.input[:] = ["" if 1 <= k <= 2 and name in empty else name for k, name in enumerate(node.input)]
     return model
 
 
@@ -48,5 +62,5 @@ def import_qdq(model: onnx.ModelProto, batch: int = 1):
     """The model as a Relax IRModule with its weights as constants."""
     from tvm.relax.frontend.onnx import from_onnx
 
-    model = widen_int4(model)
+    model = omit_empty_resize_inputs(widen_int4(model))
     return from_onnx(model, shape_dict=input_shapes(model, batch), keep_params_in_input=False)

@@ -93,6 +93,11 @@ def check_versions(proto: onnx.ModelProto, path: Path) -> None:
         )
 
 
+#: Ops deprecated at opset 10 that a model of an older opset is converted away from, and the
+#: opset to convert it to: Upsample becomes Resize (the QDQ model needs opset 13 anyway).
+NEWER_FORM = {"Upsample": 13}
+
+
 def default_opset(proto: onnx.ModelProto) -> int:
     opsets = {o.domain: o.version for o in proto.opset_import}
     return next(opsets[d] for d in DEFAULT_DOMAINS if d in opsets)
@@ -103,6 +108,9 @@ def convert_opset(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     converter); one whose ops the converter cannot carry is refused naming them."""
     opset = default_opset(proto)
     target = min(max(opset, MIN_OPSET), MAX_OPSET)
+    deprecated = sorted({n.op_type for n in iter_nodes(proto.graph) if n.op_type in NEWER_FORM} if opset < 10 else ())
+    if deprecated:   # TVM's importer takes only the newer form (its Upsample converter fails)
+        target = max(target, *(NEWER_FORM[op] for op in deprecated))
     if opset == target:
         return proto
     try:
@@ -114,8 +122,8 @@ def convert_opset(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
             f"{path}: opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}, which the passes run as written, and onnx's "
             f"version converter cannot take it to opset {target}: {first}; re-export the model at opset {target}"
         ) from None
-    log.warning("%s: opset %d converted to opset %d with onnx's version converter (the passes run opsets %d..%d)",
-                path, opset, target, MIN_OPSET, MAX_OPSET)
+    why = f"{', '.join(deprecated)} to its successor, which TVM's importer takes" if deprecated else f"the passes run opsets {MIN_OPSET}..{MAX_OPSET}"
+    log.warning("%s: opset %d converted to opset %d with onnx's version converter (%s)", path, opset, target, why)
     return converted
 
 

@@ -116,6 +116,17 @@ def _graph(kind: str):
                      helper.make_node("Relu", ["bn"], ["r"])] + n2, \
             {**i1, **i2, "gamma": gamma, "beta": _w(C + 4, scale=0.5), "mean": _w(C + 4, scale=0.2),
              "var": np.abs(_w(C + 4)) + 0.5}
+    if kind == "sequence-linear-gelu":   # a transformer's MLP on a sequence: 3-D MatMul + bias Add, GELU
+        nodes = [helper.make_node("Reshape", ["x", "seq"], ["r"]), helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+                 helper.make_node("MatMul", ["t", "w1"], ["m"]), helper.make_node("Add", ["m", "b1"], ["a"]),
+                 # GELU as exporters write it before opset 20: a * 0.5 * (1 + erf(a / sqrt(2)))
+                 helper.make_node("Div", ["a", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+                 helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["a", "e1"], ["ae"]),
+                 helper.make_node("Mul", ["ae", "half"], ["g"]),
+                 helper.make_node("MatMul", ["g", "w2"], ["m2"]), helper.make_node("Add", ["m2", "b2"], ["y"])]
+        return nodes, {"seq": np.array([-1, C, 144], np.int64), "w1": _w(C, 16), "b1": _w(16, scale=0.1),
+                       "w2": _w(16, C), "b2": _w(C, scale=0.1), "sqrt2": np.float32(np.sqrt(2)),
+                       "one": np.float32(1), "half": np.float32(0.5)}
     if kind == "matmul-add":
         nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "mm_w"], ["m"]),
                  helper.make_node("Add", ["m", "mm_b"], ["y"])]
@@ -171,17 +182,24 @@ def test_generated_graph_within_one_lsb(kind, preset, tmp_path):
         assert library.kernels[f"depthwise conv2d{packed} + requantize"] == 1, dict(library.kernels)
 
 
-@pytest.mark.parametrize("kind", ["squeeze-excitation", "preactivation-bn"])
-def test_new_lowerings_are_within_one_lsb_layer_by_layer(kind, tmp_path):
-    """The gate product and the unfolded BatchNorm sit inside the graph: each quantized tensor,
-    fed the QDQ model's own inputs (qcompiler.layer_fidelity), is within 1 LSB."""
+@pytest.mark.parametrize("kind,preset", [("squeeze-excitation", "w8a8"), ("preactivation-bn", "w8a8"),
+                                         ("sequence-linear-gelu", "w8a8"), ("sequence-linear-gelu", "w4a4")])
+def test_new_lowerings_are_within_one_lsb_layer_by_layer(kind, preset, tmp_path):
+    """The gate product, the unfolded BatchNorm and a sequence MLP (3-D MatMul with its bias Add
+    in the layer, GELU a table) sit inside the graph: each quantized tensor, fed the QDQ model's
+    own inputs (qcompiler.layer_fidelity), is within 1 LSB. (End to end, the MLP at w4a4 is not:
+    one step of its 4-bit hidden activation is about 20 steps of the 8-bit GELU output.)"""
     from qcompiler.fidelity import output_scales
     from qcompiler.layer_fidelity import cut_at_quantizers, layer_feeds
 
     rng = np.random.default_rng(3)
-    qdq = quantized_graph(kind, "w8a8", rng).to_onnx()
-    cut, fed = cut_at_quantizers(qdq)
-    feeds = layer_feeds(qdq, fed, {"x": rng.normal(0, 1, (8, C, 12, 12)).astype(np.float32)})
+    qdq = quantized_graph(kind, preset, rng)
+    whole = compile_qdq(qdq, "native", 8)
+    assert not whole.float_ops, dict(whole.float_ops)
+    if kind == "sequence-linear-gelu":
+        assert whole.lowered["linear"] == 2 and whole.lowered["lookup_table"] == 1, dict(whole.lowered)
+    cut, fed = cut_at_quantizers(qdq.to_onnx())
+    feeds = layer_feeds(qdq.to_onnx(), fed, {"x": rng.normal(0, 1, (8, C, 12, 12)).astype(np.float32)})
     cut_model = qcompiler.ir.Model.from_onnx(cut)
     _, fidelity = _compile_and_compare(cut_model, feeds, tmp_path, batch=8)
     scales = output_scales(cut)

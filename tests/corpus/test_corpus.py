@@ -15,22 +15,22 @@ from graphs import ROOT, cli
 from qcompiler.models.recipes import corpus
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from wild import measure  # noqa: E402
+from wild import HELD_OUT, measure  # noqa: E402
 
 COMPILED = {"resnet": 11, "mobilenet_v2": 18, "mobilenet_v3": 17, "efficientnet_lite": 12, "shufflenet": 13,
             "densenet": 9, "inception": 9, "squeezenet": 21, "fpn_detector": 17, "text_recognizer": 20,
             "tflite_net": 13, "lcnet_paddle": 11}
-#: What may stay float in the library, and why: attention (activation x activation MatMul, softmax,
-#: layer norm, GELU between layers), the detector's upsampling and transposed conv, the untied
+#: What may stay float in the library, and why: attention (activation x activation MatMul, its
+#: scale, softmax), layer norm, the detector's upsampling and transposed conv, the untied
 #: Concat of the tflite net's two heads.
 FLOAT_ALLOWED = {
-    "text_recognizer": {"add", "divide", "matmul", "nn.gelu", "nn.layer_norm", "nn.log_softmax", "nn.softmax",
-                        "permute_dims"},
+    "text_recognizer": {"divide", "matmul", "nn.layer_norm", "nn.log_softmax", "nn.softmax"},
     "fpn_detector": {"add", "image.resize2d", "nn.conv2d_transpose", "reshape", "sigmoid"},
     "tflite_net": {"concat", "multiply", "reshape"},  # untied (quant/ties.py)
 }
 #: Each layer is within 1 LSB of its QDQ model when fed the same inputs. End to end, 1-LSB
-#: near-ties grow through later layers: through the squeeze-excitation gates of the two SE nets,
+#: near-ties grow through later layers (onnxruntime's optimized run drifts alike: 2 LSB on
+#: DenseNet and ShuffleNet over 64 inputs): through the squeeze-excitation gates of the two SE nets,
 #: the detector's float upsampling (3-8 LSB on under 1% of its elements), MobileNetV2's 2 LSB on
 #: 5% of its logits (benchmarks/results/wild.md).
 LSB_BOUND = {"mobilenet_v3": 12.0, "lcnet_paddle": 8.0, "fpn_detector": 4.0, "mobilenet_v2": 2.0}
@@ -69,12 +69,18 @@ def test_inspect_and_quantize(name, opset, corpus_dir, capsys):
 def test_compiled_library_follows_its_qdq_model(name, tmp_path):
     result = measure(name, COMPILED[name], tmp_path, calib_count=16)
     print(f"{result.model}: max {result.max_lsb:.2f} LSB, {100 * result.exact_share:.1f}% exact, "
-          f"worst layer {result.worst_layer_lsb:.2f} LSB, top-1 agreement {100 * result.top1_agreement:.1f}%, "
+          f"worst layer {result.worst_layer_lsb:.2f} LSB, top-1 agreement {100 * result.top1_agreement:.1f}% "
+          f"(onnxruntime's own: {result.ort_lsb:.2f} LSB, {100 * result.ort_agreement:.1f}%), "
           f"integer MACs {100 * result.integer_mac_share:.1f}%, "
           f"float {result.float_ops}")
     assert set(result.float_ops) <= FLOAT_ALLOWED.get(name, set()), result.float_ops
     assert result.worst_layer_lsb <= 1.0 + 1e-4, f"{result.worst_layer}: {result.worst_layer_lsb:.2f} LSB fed the same inputs"
-    assert result.max_lsb <= LSB_BOUND.get(name, 1.0) + 1e-4
+    # end to end: within the bound, or no further from the model than onnxruntime's own optimized run
+    assert result.max_lsb <= max(LSB_BOUND.get(name, 1.0), result.ort_lsb) + 1e-4, (result.max_lsb, result.ort_lsb)
+    # top-1 agreement of at least 99.5%, or (random logits are near ties) as much as onnxruntime's
+    # own optimized run keeps with the model as written, give or take one input
+    assert result.top1_agreement >= min(0.995, result.ort_agreement - 1.5 / HELD_OUT), \
+        (result.top1_agreement, result.ort_agreement)
     assert result.integer_mac_share >= {"text_recognizer": 0.5, "fpn_detector": 0.8}.get(name, 0.99)
 
 

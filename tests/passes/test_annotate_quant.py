@@ -115,3 +115,16 @@ def test_explicit_weight_observer_override_is_kept():
     assert config.weight_spec("/fc/Gemm", 0, edge=True).observer == "lp"
     assert config.weight_spec("/layer1/conv1/Conv", 0, edge=False).observer == "minmax"
     assert config.weight_spec("/layer2/conv1/Conv", 0, edge=False).observer == "lp"
+
+
+def test_a_3d_matmuls_bias_add_is_inside_the_layer():
+    """A linear layer on a sequence exports as MatMul + Add (no Gemm takes 3-D inputs): quantize
+    after the bias, as after a Conv's, so that the integer layer adds it in int32."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    model = make_model(nodes, [("x", [2, 5, 4])], [("y", None)],
+                       {"w": rng.normal(size=(4, 6)).astype(np.float32), "b": rng.normal(size=6).astype(np.float32),
+                        "w2": rng.normal(size=(6, 3)).astype(np.float32)})
+    annotated = AnnotateQuant(load_config(None, "w8a8", None, []))(model).model
+    assert "r" in annotated.quant and not {"m", "a"} & set(annotated.quant), sorted(annotated.quant)
