@@ -268,3 +268,51 @@ def test_compile_time_lists_every_pass_including_the_backends(compiled, tmp_path
     for name in ("canonicalize", "annotate-quant", "calibrate-ranges", "untie-concats", "insert-qdq",
                  "qcompiler.integer-rewrite", "qcompiler.nhwc-layout", "qcompiler.dot-kernels", "qcompiler.cpu-rules"):
         assert re.search(rf"^{re.escape(name)} +\d+\.\d+", out, re.M), name
+
+
+def _upsampling_model(kind: str) -> onnx.ModelProto:
+    """conv -> relu -> an exporter's upsampling -> conv, on 1x3x16x16."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.normal(0, 0.3, (8, 3, 3, 3)), "w2": rng.normal(0, 0.3, (4, 8, 1, 1))}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4), helper.make_node("Relu", ["c"], ["r"])]
+    if kind == "torch-interpolate-size":   # F.interpolate(size=...) at opset 11: empty roi and scales, sizes
+        inits.update(roi=np.array([]), scales=np.array([]), sizes=np.array([1, 8, 32, 32], np.int64))
+        nodes.append(helper.make_node("Resize", ["r", "roi", "scales", "sizes"], ["u"], mode="nearest"))
+    elif kind == "upsample-opset9":
+        inits["scales"] = np.array([1.0, 1.0, 2.0, 2.0])
+        nodes.append(helper.make_node("Upsample", ["r", "scales"], ["u"], mode="nearest"))
+    else:   # "downsample-0.6": 16 x 0.6 = 9.6, where TVM and ONNX compute different coordinates
+        inits.update(roi=np.array([]), scales=np.array([1, 1, 0.6, 0.6]))
+        nodes.append(helper.make_node("Resize", ["r", "roi", "scales"], ["u"], mode="linear"))
+    nodes.append(helper.make_node("Conv", ["u", "w2"], ["y"]))
+    graph = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, "h", "w"])],
+                              [numpy_helper.from_array(np.asarray(v, np.int64 if v.dtype == np.int64 else np.float32), k)
+                               for k, v in inits.items()])
+    opset = {"torch-interpolate-size": 11, "upsample-opset9": 9}.get(kind, 13)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 7
+    return proto
+
+
+@pytest.mark.parametrize("kind", ["torch-interpolate-size", "upsample-opset9"])
+def test_exporters_upsampling_compiles_and_follows_its_qdq_model(kind, tmp_path, capsys):
+    """Both were internal errors (exit 70): TVM's importer took the empty scales beside sizes for
+    both given; insert-qdq's opset upgrade renamed Upsample's output."""
+    onnx.save_model(_upsampling_model(kind), str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).normal(0, 1, (8, 3, 16, 16)).astype(np.float32))
+    code, out, err = cli(capsys, "compile", tmp_path / "m.onnx", "--calib", tmp_path / "calib.npz", "--no-progress",
+                         "-o", tmp_path / "lib")
+    assert code == 0, err
+    line = next(row for row in out.splitlines() if row.startswith("library vs QDQ model"))
+    assert float(line.split("max ")[1].split(" LSB")[0]) <= 1.0, line
+
+
+def test_a_resize_tvm_would_compute_differently_is_refused_before_calibration(tmp_path, capsys):
+    onnx.save_model(_upsampling_model("downsample-0.6"), str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "calib.npz", x=np.zeros((8, 3, 16, 16), np.float32))
+    code, out, err = cli(capsys, "compile", tmp_path / "m.onnx", "--calib", tmp_path / "calib.npz", "-o", tmp_path / "lib")
+    assert code == 4 and "Resize (scales that do not give whole output sizes)" in err, err
+    assert "calibrating" not in err and not (tmp_path / "lib").exists()
