@@ -16,10 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from qcompiler.backends.tvm.hexagon_codegen import LLVM_OPTIONS
 from qcompiler.errors import QCompilerError, UsageError
 
 CFLAGS = ["--target=hexagon-unknown-linux-musl", "-O2", "-ffreestanding", "-nostdlib", "-G0",
-          "-mhvx", "-mhvx-length=128B", "-Wall", "-Werror=implicit-function-declaration"]
+          "-mhvx", "-mhvx-length=128B", "-Wall", "-Werror=implicit-function-declaration",
+          # the driver too without slot-1-store/slot-0-load packets, which qemu-hexagon 7.2 can get
+          # wrong (hexagon_codegen.LLVM_OPTIONS; a DSP runs them right, so the SDK Makefile keeps them)
+          *(arg for option in LLVM_OPTIONS for arg in ("-mllvm", option))]
 SETUP = "scripts/setup_hexagon.sh"
 
 
