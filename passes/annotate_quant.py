@@ -9,8 +9,9 @@
   table and the product an integer multiply. A product of two functions of one tensor (Swish's
   x * sigmoid(x), a decomposed HardSwish) is left to become one lookup table as a whole.
 - Concat: inputs and output tied to one scale (unless the config unties it: then the output
-  stays float and each input keeps its own scale); pooling, Reshape, Flatten, Transpose,
-  (Un)Squeeze: output tied to its input (the values pass through unchanged).
+  stays float and each input keeps its own scale); pooling (and a ReduceMean over H and W, the
+  global pool of dynamo exports), Reshape, Flatten, Transpose, (Un)Squeeze: output tied to its
+  input (the values pass through unchanged, or are averaged on the same grid).
 - Anything else stays float between the dequantized tensors around it.
 Tied tensors form groups (union-find); a group takes the widest bit width among its members.
 """
@@ -110,7 +111,7 @@ class AnnotateQuant(Pass):
         while changed:
             changed = False
             for node in model.graph.nodes:
-                if node.op not in PASS_THROUGH:
+                if node.op not in PASS_THROUGH and not _is_global_mean(model, node):
                     continue
                 x, y = node.inputs[0], node.outputs[0]
                 if x.name not in requests and y.name not in requests:
@@ -121,6 +122,19 @@ class AnnotateQuant(Pass):
                 if _request(model, x, bits, requests) and _request(model, y, bits, requests):
                     _union(parent, x.name, y.name)
                     changed = True
+
+
+def _is_global_mean(model: Model, node: Node) -> bool:
+    """A ReduceMean over the spatial axes of a 4-D tensor: GlobalAveragePool as dynamo-era
+    exporters write it (torch's adaptive_avg_pool2d(x, 1) is mean(x, [-1, -2], keepdim=True)),
+    tied to its input like the pool. (Not every ReduceMean: a decomposed LayerNorm's mean of
+    squares would put its variance on an 8-bit grid.)"""
+    if node.op != "ReduceMean" or len(node.inputs[0].shape or ()) != 4:
+        return False
+    axes = node.attrs.get("axes")
+    if len(node.inputs) > 1 and node.inputs[1].name:   # opset 18: axes as an input
+        axes = model.const_value(node.inputs[1])
+    return axes is not None and sorted(int(a) % 4 for a in np.asarray(axes).reshape(-1)) == [2, 3]
 
 
 def _joins_two_activations(model: Model, node: Node) -> bool:

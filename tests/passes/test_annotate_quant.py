@@ -128,3 +128,22 @@ def test_a_3d_matmuls_bias_add_is_inside_the_layer():
                         "w2": rng.normal(size=(6, 3)).astype(np.float32)})
     annotated = AnnotateQuant(load_config(None, "w8a8", None, []))(model).model
     assert "r" in annotated.quant and not {"m", "a"} & set(annotated.quant), sorted(annotated.quant)
+
+
+def test_a_spatial_reduce_mean_is_tied_like_a_global_pool():
+    """dynamo exports write adaptive_avg_pool2d(x, 1) as ReduceMean(x, axes=[-1, -2]): tied to
+    its input as GlobalAveragePool is, so the activation before it is quantized (a table) and the
+    mean runs on the integers; a mean over channels (a decomposed LayerNorm's) is left alone."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Sigmoid", ["c"], ["s"]),
+             helper.make_node("Mul", ["c", "s"], ["silu"]),
+             helper.make_node("ReduceMean", ["silu", "hw"], ["g"], keepdims=1),
+             helper.make_node("ReduceMean", ["silu", "ch"], ["m"], keepdims=1),
+             helper.make_node("Add", ["g", "m"], ["a"]), helper.make_node("Conv", ["a", "w2"], ["y"], name="conv2")]
+    model = make_model(nodes, [("x", [1, 3, 4, 4])], [("y", None)],
+                       {"w": rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "hw": np.array([-1, -2], np.int64),
+                        "ch": np.array([1], np.int64), "w2": rng.normal(size=(2, 4, 1, 1)).astype(np.float32)},
+                       opset=18)
+    annotated = AnnotateQuant(load_config(None, "w8a8", None, []))(model).model
+    assert annotated.quant["g"].group == annotated.quant["silu"].group, "the global mean on its input's grid"
+    assert "m" in annotated.quant and annotated.quant["m"].group != annotated.quant["silu"].group
