@@ -196,7 +196,12 @@ def render(results: dict) -> str:
         lines += ["## Accuracy: ImageNet MobileNetV2 (224 x 224), W4A8", "", f"`{a['command']}`", "",
                   f"Rounding only ({a['iters']} iterations per block, batch {a['batch']}, activation step sizes as "
                   f"calibrated); agreement of top-1 and KL on {a['held_out']} held-out images.", "",
-                  *_accuracy_table(a["rows"])]
+                  *_accuracy_table(a["rows"]),
+                  "Nearest rounding here has bias correction (the default without --reconstruct). This many "
+                  "iterations leave BRECQ far from converged on this network, worse than nearest rounding: the "
+                  "rows compare crops with whole samples at one short setting, not BRECQ with plain PTQ (a run "
+                  "with the step sizes learned too, 100+25 at batch 8, stopped on a NaN step size). The runs "
+                  "shared the 2 cores with other jobs, also while the estimate's probes ran.", ""]
     return "\n".join(lines)
 
 
