@@ -11,8 +11,8 @@
 - Concat: inputs and output tied to one scale (unless the config unties it: then the output
   stays float and each input keeps its own scale); pooling, Reshape, Flatten, Transpose,
   (Un)Squeeze: output tied to its input (the values pass through unchanged, or are averaged on
-  the same grid). A ReduceMean over H and W (the global pool of dynamo exports): its input and
-  output, each on its own grid.
+  the same grid). GlobalAveragePool and a ReduceMean over H and W (the global pool of dynamo
+  exports): its input and output, each on its own grid.
 - Anything else stays float between the dequantized tensors around it.
 Tied tensors form groups (union-find); a group takes the widest bit width among its members.
 """
@@ -129,13 +129,16 @@ class AnnotateQuant(Pass):
 
 
 def _is_global_mean(model: Model, node: Node) -> bool:
-    """A ReduceMean over the spatial axes of a 4-D tensor: GlobalAveragePool as dynamo-era
-    exporters write it (torch's adaptive_avg_pool2d(x, 1) is mean(x, [-1, -2], keepdim=True)).
+    """GlobalAveragePool, or a ReduceMean over the spatial axes of a 4-D tensor (as dynamo-era
+    exporters write it: torch's adaptive_avg_pool2d(x, 1) is mean(x, [-1, -2], keepdim=True)).
     Its input and output are quantized, so that the activation before it is a table and the
-    mean runs on the integers; not tied to one grid, on which a mean of integers is an exact
-    tie a fifth of the time and the float reference's rounding of it drifts (measured: the
-    corpus EfficientNet-Lite 1 -> 2 LSB end to end when tied). (Not every ReduceMean: a
-    decomposed LayerNorm's mean of squares would put its variance on an 8-bit grid.)"""
+    mean runs on the integers; each on its own grid: on one grid a mean of integers is an exact
+    tie a fifth of the time, the float reference rounds those its own way, and the 1-LSB
+    differences grow through what follows (a squeeze-excitation gate: the corpus MobileNetV3 was
+    10 LSB from its QDQ model end to end, tied; untied, 0). (Not every ReduceMean: a decomposed
+    LayerNorm's mean of squares would put its variance on an 8-bit grid.)"""
+    if node.op == "GlobalAveragePool":
+        return True
     if node.op != "ReduceMean" or len(node.inputs[0].shape or ()) != 4:
         return False
     axes = node.attrs.get("axes")

@@ -18,7 +18,7 @@ QUANTIZED_LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 PASS_THROUGH: dict[str, str | None] = {
     "MaxPool": "relax.nn.max_pool2d", "Reshape": "relax.reshape", "Flatten": "relax.flatten",
     "Transpose": "relax.permute_dims", "Squeeze": "relax.squeeze", "Unsqueeze": "relax.expand_dims",
-    "AveragePool": None, "GlobalAveragePool": None,
+    "AveragePool": None,
 }
 
 SUPPORTED_OPS = QUANTIZED_LAYERS | frozenset({
