@@ -57,9 +57,9 @@ class Estimate:
         """The line printed before the work starts."""
         crops = "; ".join(self.cropped) if self.cropped else "none"
         return (f"reconstruction estimate: {_duration(self.seconds)} for {blocks} blocks (an estimate from "
-                f"{PROBE_STEPS} timed steps of two blocks, {self.probe_seconds:.1f} s; without crops "
-                f"{_duration(self.uncropped)}); caches {self.cache_bytes / 2**20:.0f} MiB for {self.samples} "
-                f"samples; crops: {crops}")
+                f"{PROBE_STEPS} timed steps of the first and the costliest block, {self.probe_seconds:.1f} s; "
+                f"without crops {_duration(self.uncropped)}); caches {self.cache_bytes / 2**20:.0f} MiB for "
+                f"{self.samples} samples; crops: {crops}")
 
 
 def _duration(seconds: float) -> str:
