@@ -135,7 +135,7 @@ def _is_global_mean(model: Model, node: Node) -> bool:
     mean runs on the integers; each on its own grid: on one grid a mean of integers is an exact
     tie a fifth of the time, the float reference rounds those its own way, and the 1-LSB
     differences grow through what follows (a squeeze-excitation gate: the corpus MobileNetV3 was
-    10 LSB from its QDQ model end to end, tied; untied, 0). (Not every ReduceMean: a decomposed
+    10 LSB from its QDQ model end to end, tied; untied, 3). (Not every ReduceMean: a decomposed
     LayerNorm's mean of squares would put its variance on an 8-bit grid.)"""
     if node.op == "GlobalAveragePool":
         return True
