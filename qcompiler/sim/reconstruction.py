@@ -98,11 +98,20 @@ def initial_rounding(params: dict, quant: dict, weights: list[str]) -> dict:
             for w in weights}
 
 
+#: A learned step size stays above this share of the step it started from. Adam moves a step by
+#: about its learning rate each iteration whatever the step's size, so a small step can be
+#: driven to zero; at the float32 floor (MIN_SCALE) x / step overflows in the gradient and the
+#: step became NaN (a W4A8 reconstruction of the ImageNet MobileNetV2: exit 70 at write-back).
+MIN_STEP_SHARE = 1e-3
+
+
 def merge_learned(params: dict, learned: dict) -> dict:
-    """`params` with learned rounding and step sizes (kept above the smallest scale) in place."""
+    """`params` with learned rounding and step sizes (kept above MIN_STEP_SHARE of the step they
+    replace, and above the smallest scale) in place."""
     act = dict(params["act"])
     for group, scale in learned.get("steps", {}).items():
-        act[group] = (jnp.maximum(scale, MIN_SCALE), params["act"][group][1])
+        floor = jnp.maximum(MIN_STEP_SHARE * params["act"][group][0], MIN_SCALE)
+        act[group] = (jnp.maximum(scale, floor), params["act"][group][1])
     return {**params, "rounding": {**params["rounding"], **learned.get("rounding", {})}, "act": act}
 
 

@@ -95,3 +95,23 @@ def test_regularizer_is_zero_at_binary_rounding_and_its_gradient_matches_finite_
     grad = jax.grad(lambda vv: rounding_regularizer(vv, 3.0))(jnp.asarray(v))
     fd = _finite_difference(lambda vv: float(rounding_regularizer(jnp.asarray(vv, jnp.float32), 3.0)), v, 1e-2)
     np.testing.assert_allclose(np.asarray(grad), fd, rtol=2e-2)
+
+
+def test_a_learned_step_driven_below_zero_stays_a_finite_share_of_its_start():
+    """Adam moves a step size by about its learning rate whatever the step's size: a small one
+    goes below zero. merge_learned keeps it at MIN_STEP_SHARE of where it started, where the
+    LSQ gradient is finite (at the float32 floor it was not, and the step became NaN)."""
+    from qcompiler.sim.reconstruction import MIN_STEP_SHARE, merge_learned
+
+    params = {"act": {"g": (jnp.float32(0.05), jnp.int32(0))}, "rounding": {}}
+    x = jnp.asarray(RNG.normal(0, 3, 64), jnp.float32)
+
+    def loss(step):
+        scale, zero_point = merge_learned(params, {"steps": {"g": step}})["act"]["g"]
+        return jnp.sum((fake_quant(x, scale, zero_point, 0, 255) - x) ** 2)
+
+    merged = merge_learned(params, {"steps": {"g": jnp.float32(-0.2)}})["act"]["g"][0]
+    assert float(merged) == pytest.approx(0.05 * MIN_STEP_SHARE)
+    for step in (-0.2, 0.0, 1e-30, 0.04):
+        value, grad = jax.value_and_grad(loss)(jnp.float32(step))
+        assert np.isfinite(float(value)) and np.isfinite(float(grad)), step
