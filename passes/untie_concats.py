@@ -24,13 +24,23 @@ from qcompiler.registry import register
 log = logging.getLogger(__name__)
 
 
-@register("untie-concats")
-class UntieConcats(Pass):
-    """Give the inputs of a Concat with very different ranges their own scales (re-annotate, re-calibrate)."""
+class Reannotating(Pass):
+    """A pass that, having found a remedy after calibration, annotates the model again with a
+    changed QuantConfig and calibrates it again (untie-concats, widen-activations)."""
 
     def __init__(self, config: QuantConfig | None = None, data: Dataset | None = None, batch_size: int | None = None,
                  progress: bool = True) -> None:
         self.config, self.data, self.batch_size, self.progress = config or QuantConfig(), data, batch_size, progress
+
+    def reannotated(self, model: Model, config: QuantConfig) -> Model:
+        model.quant = {}
+        model = AnnotateQuant(config)(model).model
+        return CalibrateRanges(self.data, self.batch_size, self.progress)(model).model
+
+
+@register("untie-concats")
+class UntieConcats(Reannotating):
+    """Give the inputs of a Concat with very different ranges their own scales (re-annotate, re-calibrate)."""
 
     def call(self, model: Model) -> PassResult:
         untied = narrow_concat_inputs(model)
@@ -39,8 +49,5 @@ class UntieConcats(Pass):
             return PassResult(model, False)
         for concat, reason in untied.items():
             log.warning("Concat %s: %s; its inputs keep their own scales and it runs in float", concat, reason)
-        config = dataclasses.replace(self.config, untied_concats=frozenset(untied))
-        model.quant = {}
-        model = AnnotateQuant(config)(model).model
-        model = CalibrateRanges(self.data, self.batch_size, self.progress)(model).model
+        model = self.reannotated(model, dataclasses.replace(self.config, untied_concats=frozenset(untied)))
         return PassResult(model, True)

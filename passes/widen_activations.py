@@ -21,10 +21,9 @@ import logging
 from qcompiler.data import Dataset
 from qcompiler.executor import session
 from qcompiler.ir import Model
-from qcompiler.pass_infra import Pass, PassResult
-from qcompiler.passes.annotate_quant import AnnotateQuant
-from qcompiler.passes.calibrate_ranges import CalibrateRanges, observation_batch_size
-from qcompiler.quant.presets import QuantConfig
+from qcompiler.pass_infra import PassResult
+from qcompiler.passes.calibrate_ranges import observation_batch_size
+from qcompiler.passes.untie_concats import Reannotating
 from qcompiler.quant.signal import bulk_energies, sqnr_from
 from qcompiler.registry import register
 
@@ -35,12 +34,8 @@ SAMPLES = 8
 
 
 @register("widen-activations")
-class WidenActivations(Pass):
+class WidenActivations(Reannotating):
     """Quantize at 16 bits the 8-bit activations whose bulk would lose its signal (re-annotate, re-calibrate)."""
-
-    def __init__(self, config: QuantConfig | None = None, data: Dataset | None = None, batch_size: int | None = None,
-                 progress: bool = True) -> None:
-        self.config, self.data, self.batch_size, self.progress = config or QuantConfig(), data, batch_size, progress
 
     def call(self, model: Model) -> PassResult:
         model.analysis[self.name] = {}
@@ -51,11 +46,9 @@ class WidenActivations(Pass):
         narrow = {name: db for name, db in before.items() if db < self.config.widen_below_db}
         if not narrow:
             return PassResult(model, False)
-        config = dataclasses.replace(self.config, wide_activations=frozenset(narrow),
-                                     untied_concats=frozenset(model.analysis.get("untie-concats", {})))
-        model.quant = {}
-        model = AnnotateQuant(config)(model).model
-        model = CalibrateRanges(self.data, self.batch_size, self.progress)(model).model
+        model = self.reannotated(model, dataclasses.replace(
+            self.config, wide_activations=frozenset(narrow),
+            untied_concats=frozenset(model.analysis.get("untie-concats", {}))))
         after = bulk_sqnr(model, list(narrow), self.data)
         model.analysis[self.name] = {name: (narrow[name], after[name]) for name in narrow}
         for name in narrow:

@@ -54,15 +54,6 @@ def unconvertible_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
     return missing
 
 
-def _element_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Tensor name -> ONNX element type, where the graph or shape inference says it."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.input, *inferred.graph.value_info,
-                                                            *inferred.graph.output]}
-    types.update({i.name: i.data_type for i in model.graph.initializer})
-    return types
-
-
 def misconverted_nodes(model: onnx.ModelProto) -> dict[str, str]:
     """Node name -> "Op (the case)" for the nodes TVM's frontend converts to something else:
     - a Resize whose `scales` do not give whole output sizes (16 x 0.6): TVM computes the
@@ -71,7 +62,11 @@ def misconverted_nodes(model: onnx.ModelProto) -> dict[str, str]:
     - a Pow whose base and exponent differ in type, or are integers: TVM's power takes two
       floats of one type (a type error, or a failed check)."""
     found = {}
-    types = _element_types(model) if any(n.op_type == "Pow" for n in model.graph.node) else {}
+    inferred = onnx.shape_inference.infer_shapes(model).graph \
+        if any(n.op_type in ("Pow", "Resize", "Upsample") for n in model.graph.node) else onnx.GraphProto()
+    tensors = [*inferred.input, *inferred.value_info, *inferred.output]
+    types = {v.name: v.type.tensor_type.elem_type for v in tensors} | {i.name: i.data_type for i in model.graph.initializer}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in tensors}
     used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
     for node in model.graph.node:
         if node.op_type == "LayerNormalization" and any(name in used for name in node.output[1:]):
@@ -83,9 +78,6 @@ def misconverted_nodes(model: onnx.ModelProto) -> dict[str, str]:
                 found[node.name] = "Pow (an integer base or exponent, or two types)"
     resizes = [n for n in model.graph.node if n.op_type in ("Resize", "Upsample")]
     if resizes:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-                  for v in [*inferred.graph.input, *inferred.graph.value_info]}
         constants = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
         for node in resizes:
             scale_input = 1 if node.op_type == "Upsample" else 2

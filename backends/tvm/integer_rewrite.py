@@ -77,8 +77,8 @@ class _IntegerRewriter(relax.PyExprMutator):
             return None
         out = QTensor(call, float(scale.reshape(())), int(zero_point.reshape(())), out_dtype)
         core, lo, hi = self._peel_clamps(call.args[0])
-        for lower in (self._linear, self._residual_add, self._product, self._channel_affine, self._pass_through, self._split_item, self._concat,
-                      self._global_mean, self._avg_pool, self._requantize_only):
+        for lower in (self._linear, self._residual_add, self._product, self._channel_affine, self._pass_through,
+                      self._split_item, self._concat, self._global_mean, self._avg_pool, self._requantize_only):
             self._pending = None
             integer = lower(core, out)
             if integer is not None:
@@ -205,13 +205,17 @@ class _IntegerRewriter(relax.PyExprMutator):
         return self.builder_.emit(relax.op.matmul(self.visit_expr(x.var), _const(w.values, "int8"),
                                                   out_dtype="int32"), name)
 
+    def _two_quantized(self, core, op: str):
+        """(a, b) where `core` is op(DQ(a), DQ(b)) of two per-tensor quantized tensors, else None."""
+        call = self.b.call(core, op)
+        operands = None if call is None else [self.b.qtensor(arg) for arg in call.args]
+        return None if operands is None or None in operands else operands
+
     def _residual_add(self, core, out: QTensor):
-        add = self.b.call(core, "relax.add")
-        if add is None:
+        operands = self._two_quantized(core, "relax.add")
+        if operands is None:
             return None
-        a, b = (self.b.qtensor(arg) for arg in add.args)
-        if a is None or b is None:
-            return None
+        a, b = operands
         tag = self._tag()
         self._pending = {"tag": tag, "zero_points": (a.zero_point, b.zero_point)}
         return self._scale_terms([(self._centred(a), np.array(a.scale / out.scale)),
@@ -220,12 +224,10 @@ class _IntegerRewriter(relax.PyExprMutator):
     def _product(self, core, out: QTensor):
         """(a - za)(b - zb) * s_a s_b / s_out: the product of two 8-bit codes fits int32 exactly,
         and one rounding puts it on the output grid."""
-        mul = self.b.call(core, "relax.multiply")
-        if mul is None:
+        operands = self._two_quantized(core, "relax.multiply")
+        if operands is None:
             return None
-        a, b = (self.b.qtensor(arg) for arg in mul.args)
-        if a is None or b is None:
-            return None
+        a, b = operands
         product = self.builder_.emit(relax.op.multiply(self._centred(a), self._centred(b)))
         bound = max(abs(v) for v in DTYPE_RANGE[a.dtype]) * max(abs(v) for v in DTYPE_RANGE[b.dtype])
         return self._scale_terms([(product, np.array(a.scale * b.scale / out.scale))], out, bound)
