@@ -233,29 +233,25 @@ class _IntegerRewriter(relax.PyExprMutator):
         return self._scale_terms([(product, np.array(a.scale * b.scale / out.scale))], out, bound)
 
     def _channel_affine(self, core, out: QTensor):
-        """DQ(x) * s + t with constant s and t (either may be missing) broadcast over x, as a
-        BatchNorm that no layer absorbs (DenseNet's and pre-activation ResNets' BN -> ReLU)
-        imports: (x - zx) * sign(s) times |s| s_x / s_out, plus t / s_out, rounded once."""
-        expr, scale, shift = core, None, None
-        for name in ("relax.add", "relax.multiply"):
-            call = self.b.call(expr, name)
-            if call is None:
-                continue
-            for op, other in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
-                constant = self.b.constant(other)
-                if constant is not None and constant.dtype.kind == "f":
-                    expr = op
-                    if name == "relax.add":
-                        shift = constant.astype(np.float64)
-                    else:
-                        scale = constant.astype(np.float64)
-                    break
-            else:
+        """DQ(x) * s + t with constant s and t broadcast over x, from any chain of Mul and Add by
+        constants (a BatchNorm that no layer absorbs, DenseNet's and pre-activation ResNets' BN ->
+        ReLU; Caffe's BN then Scale is two such pairs): (x - zx) * sign(s) times |s| s_x / s_out,
+        plus t / s_out, rounded once."""
+        expr, scale, shift, steps = core, np.ones(()), None, 0
+        while self.b.qtensor(expr) is None:   # y = expr * scale + shift, expr walked inwards
+            inner = self._constant_operand(expr)
+            if inner is None:
                 return None
+            expr, name, constant = inner
+            if name == "relax.multiply":
+                scale = scale * constant
+            else:
+                shift = constant * scale if shift is None else shift + constant * scale
+            steps += 1
         x = self.b.qtensor(expr)
-        if x is None or (scale is None and shift is None) or not np.all(np.isfinite(scale if scale is not None else 0)):
+        if not steps or not np.all(np.isfinite(scale)):
             return None
-        real = x.scale * (np.ones(()) if scale is None else scale) / out.scale
+        real = x.scale * scale / out.scale
         if not np.any(real != 0) or (shift is not None and not np.all(np.isfinite(shift))):
             return None
         shape = np.broadcast_shapes(real.shape, () if shift is None else shift.shape)
@@ -266,6 +262,17 @@ class _IntegerRewriter(relax.PyExprMutator):
         # an offset beyond 2**20 output steps saturates whatever x is: clipped, it stays in int64
         offset = None if shift is None else np.broadcast_to(np.clip(shift / out.scale, -2 ** 20, 2 ** 20), shape)
         return self._scale_terms([(term, np.abs(real))], out, offset=offset)
+
+    def _constant_operand(self, expr):
+        """(the other operand, the op, the float constant) where `expr` adds or multiplies by a
+        float constant, else None."""
+        for name in ("relax.add", "relax.multiply"):
+            call = self.b.call(expr, name)
+            for op, other in ((call.args[0], call.args[1]), (call.args[1], call.args[0])) if call is not None else ():
+                constant = self.b.constant(other)
+                if constant is not None and constant.dtype.kind == "f":
+                    return op, name, constant.astype(np.float64)
+        return None
 
     def _pass_through(self, core, out: QTensor):
         call = self.b.value(core)

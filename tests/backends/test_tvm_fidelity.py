@@ -356,11 +356,13 @@ def test_a_network_tvm_cannot_lay_out_in_nhwc_builds_in_nchw(tmp_path, caplog):
 LIGHT_MODELS = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
-@pytest.mark.parametrize("name", ["squeezenet", "resnet50"])
+@pytest.mark.parametrize("name", ["squeezenet", "resnet50", "densenet121"])
 def test_onnx_zoo_light_models_compile_all_integer(name, tmp_path):
     """Models we did not write (the onnx wheel's zoo architectures, random weights): SqueezeNet
-    fixes batch 1; ResNet-50 (opset 9) writes its residual connections as Sum. Both compile to
-    integer code on the dot-product kernels and follow their QDQ models."""
+    fixes batch 1; ResNet-50 (opset 9) writes its residual connections as Sum; DenseNet-121
+    (Caffe) follows each Concat by a BatchNorm and a Scale, two Mul/Add pairs before the ReLU
+    (one channel_affine each; were 124 float Mul and Add). All compile to integer code on the
+    dot-product kernels and follow their QDQ models."""
     model = qcompiler.load(LIGHT_MODELS / f"light_{name}.onnx")
     input_name = model.graph.inputs[0].name
     rng = np.random.default_rng(0)
@@ -376,3 +378,5 @@ def test_onnx_zoo_light_models_compile_all_integer(name, tmp_path):
         assert sum(n for kind, n in library.kernels.items() if "vnni" in kind or "sdot" in kind) >= 20
     if name == "resnet50":
         assert library.lowered["residual_add"] == 16
+    if name == "densenet121":
+        assert library.lowered["channel_affine"] == 62
