@@ -189,3 +189,47 @@ def test_kernel_selection_puts_the_recorded_layer_on_the_sdot_kernel():
     after, used, _ = use_dot_kernels(to_nhwc(mod), "sdot", records)
     assert used == {"sdot 1x1 conv2d / matmul int4 + requantize": 1}
     tvm.ir.assert_structural_equal(after, expected_sdot_module(), map_free_vars=True)
+
+
+def qdq_conv_relu_4bit(zero_point: int, dtype=np.uint8, low: int = 0, high: int = 15) -> onnx.ModelProto:
+    """qdq_conv_relu with its output a 4-bit activation as insert-qdq writes one below opset 21:
+    QuantizeLinear to 8 bits, then a Clip of the integers to [low, high]."""
+    model = qdq_conv_relu()
+    graph = model.graph
+    for init in graph.initializer:
+        if init.name == "zy":
+            init.CopyFrom(numpy_helper.from_array(dtype(zero_point), "zy"))
+    graph.initializer.extend([numpy_helper.from_array(dtype(low), "lo"), numpy_helper.from_array(dtype(high), "hi")])
+    dq = next(n for n in graph.node if n.output[0] == "y")
+    dq.input[0] = "yc"
+    graph.node.insert(len(graph.node) - 1, helper.make_node("Clip", ["yq", "lo", "hi"], ["yc"]))
+    return model
+
+
+@pytest.mark.parametrize("zero_point, dtype, low, high", [(0, np.uint8, 0, 15), (3, np.uint8, 0, 15),
+                                                          (0, np.int8, -8, 7), (-2, np.int8, -8, 7)])
+def test_an_integer_clip_moves_before_its_quantizer_with_the_same_integers(zero_point, dtype, low, high):
+    """clip_before_quantize gives the same outputs in onnxruntime, the bounds themselves included
+    (inputs at and just around (bound - zp) * scale), and leaves no integer Clip."""
+    from qcompiler.backends.tvm.importer import clip_before_quantize
+    from qcompiler.executor import session
+
+    model = qdq_conv_relu_4bit(zero_point, dtype, low, high)
+    moved = clip_before_quantize(onnx.ModelProto.FromString(model.SerializeToString()))
+    onnx.checker.check_model(moved)
+    clips = [n for n in moved.graph.node if n.op_type == "Clip"]
+    assert len(clips) == 1 and clips[0].output[0] != "yc" and "yc" not in {i for n in moved.graph.node for i in n.input}
+    rng = np.random.default_rng(1)
+    for x in [rng.uniform(-60, 60, (1, 2, 2, 2)).astype(np.float32) for _ in range(200)]:
+        a = session(model, optimize=False).run(None, {"x": x})[0]
+        b = session(moved, optimize=False).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_4bit_activation_lowers_with_its_clamp_in_the_requantization():
+    """The 4-bit output's clamp is the requantization's (no maximum/minimum of its own left)."""
+    after, lowered = rewrite_to_integer(import_qdq(qdq_conv_relu_4bit(0), 1))
+    assert lowered == {"linear": 1}
+    text = after["main"].script()
+    assert text.count("R.maximum(") == 1 and text.count("R.minimum(") == 1, text
+    assert 'R.const(15, "int64"))' in text, text
