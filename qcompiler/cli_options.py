@@ -262,7 +262,7 @@ def _bits_options(p: argparse.ArgumentParser) -> None:
                    "this machine (e.g. 1.5ms, 800us); with --rpc, for the searched layers' kernels, summed")
     g.add_argument("--bit-choices", default="2,4,8", help="the widths to choose from (default: %(default)s)")
     g.add_argument("--bit-search", choices=["genetic", "greedy", "exact"], default="genetic",
-                   help="genetic (BRECQ's), greedy, or exact (dynamic programming; one budget) (default: %(default)s)")
+                   help="genetic (BRECQ's), greedy, or exact (an integer program, pair terms included) (default: %(default)s)")
     g.add_argument("--rpc", metavar="HOST:PORT:KEY", help="with --max-latency: time the kernels on a device behind "
                    "this TVM tracker (needed for targets this machine cannot run)")
 

@@ -167,15 +167,17 @@ class CompiledModel:
         return dict(zip(self.outputs, run_in_batches(arrays, samples, self.batch, self._run_batch)))
 
     def time(self, feeds: dict[str, np.ndarray] | np.ndarray, repeat: int = 50, warmup: int = 5) -> Timing:
-        """Time one compiled batch (the first `batch` samples of `feeds`), outputs copied out included."""
+        """Time `run` on one compiled batch (the first `batch` samples of `feeds`): what a caller
+        pays, the checks of the inputs and the outputs copied out included (a few microseconds:
+        a tenth of a small model's run)."""
         arrays, _ = checked_inputs(self.inputs, feeds)
-        chunk = [np.resize(a, (self.batch, *a.shape[1:])) for a in arrays]
+        chunk = dict(zip(self.inputs, (np.resize(a, (self.batch, *a.shape[1:])) for a in arrays)))
         for _ in range(warmup):
-            self._run_batch(chunk)
+            self.run(chunk)
         seconds = []
         for _ in range(repeat):
             start = time.perf_counter()
-            self._run_batch(chunk)
+            self.run(chunk)
             seconds.append(time.perf_counter() - start)
         ms = np.asarray(seconds) * 1e3
         return Timing(repeat, float(np.median(ms)), float(np.percentile(ms, 10)), float(np.percentile(ms, 90)),

@@ -1,5 +1,5 @@
 """Bit widths per layer under a size and/or latency budget: BRECQ's genetic algorithm, and the
-greedy and exact (dynamic programming) baselines on the same problem.
+greedy and exact (integer programming) baselines on the same problem.
 
 The problem is data: per layer, its bit choices, the sensitivity at each (the loss increase the
 layer's quantization alone causes, qcompiler.sim.sensitivity), its packed weight bytes and its
@@ -160,41 +160,60 @@ def greedy_search(problem: BitProblem) -> Assignment:
     return _answer(problem, "greedy", _lower_until_feasible(problem, top, None), start)
 
 
-def exact_search(problem: BitProblem, resolution: int = 2_000_000) -> Assignment:
-    """The optimum of the separable objective (pair terms left out of the search, included in the
-    reported objective) under one budget, by dynamic programming over the budget (a multiple-choice
-    knapsack). Costs are rounded up to units of budget / `resolution` (sizes: exact while the
-    budget in bytes is under `resolution`), so the answer always fits."""
+def exact_search(problem: BitProblem) -> Assignment:
+    """The optimum of the whole objective, pair terms included, under the size and/or latency
+    budget: a mixed-integer linear program solved by HiGHS (scipy.optimize.milp).
+
+    One binary x[l, g] per layer and choice (exactly one choice per layer); one variable y in
+    [0, 1] per pair term and pair of choices, tied to the two layers' choices by its row and
+    column sums (sum_b y[a, b] = x[i, a], sum_a y[a, b] = x[j, b]), which makes y the product
+    x[i, a] * x[j, b] at every integer point. The budgets are linear in x."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
     start = time.perf_counter()
     problem.check_reachable()
-    if problem.max_size is not None and problem.max_latency is not None:
-        raise UsageError("the exact baseline takes one budget (size or latency), not both")
-    if problem.max_size is not None:
-        costs, budget, fixed = problem.size, problem.max_size, problem.fixed_size
-    else:
-        costs, budget, fixed = problem.latency, problem.max_latency, problem.fixed_latency
-    unit = max(1.0, budget / resolution) if problem.max_size is not None else budget / resolution
-    capacity = int(math.floor((budget - fixed) / unit + 1e-9))
-    best = np.zeros(capacity + 1)          # best[c]: least objective of the layers so far within c units
-    picks = []
-    for layer, options in enumerate(costs):
-        new = np.full(capacity + 1, np.inf)
-        choice = np.zeros(capacity + 1, np.int8)
-        for g, cost in enumerate(options):
-            units = int(math.ceil(cost / unit - 1e-9))
-            if units > capacity:
-                continue
-            candidate = np.full(capacity + 1, np.inf)
-            candidate[units:] = best[:capacity + 1 - units] + problem.sensitivity[layer][g]
-            better = candidate < new
-            new[better], choice[better] = candidate[better], g
-        best = new
-        picks.append(choice)
-    genes, c = np.zeros(len(costs), int), int(np.argmin(best))
-    for layer in range(len(costs) - 1, -1, -1):
-        genes[layer] = picks[layer][c]
-        c -= int(math.ceil(costs[layer][genes[layer]] / unit - 1e-9))
-    return _answer(problem, "exact (dynamic programming)", genes, start)
+    offsets = np.cumsum([0, *(len(c) for c in problem.choices)])
+    count = int(offsets[-1])
+    pair_offsets, cost = {}, [v for row in problem.sensitivity for v in row]
+    for (i, j), matrix in problem.pairs.items():
+        pair_offsets[i, j] = len(cost)   # the x variables come first in `cost`
+        cost += [float(v) for row in matrix for v in row]
+    rows, lower, upper = _exact_constraints(problem, offsets, pair_offsets, len(cost))
+    integrality = np.r_[np.ones(count), np.zeros(len(cost) - count)]
+    found = milp(np.asarray(cost), constraints=LinearConstraint(np.array(rows), lower, upper),
+                 integrality=integrality, bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
+    if found.x is None:   # check_reachable passed, so only the solver can have failed
+        raise RuntimeError(f"the exact bit-width search found no answer: {found.message}")
+    genes = np.array([int(np.argmax(found.x[offsets[l]:offsets[l + 1]])) for l in range(len(problem.choices))])
+    if not problem.feasible(genes):   # the solver's tolerance let a budget slip by a hair
+        genes = _lower_until_feasible(problem, genes, None)
+    return _answer(problem, "exact (integer program)", genes, start)
+
+
+def _exact_constraints(problem: BitProblem, offsets: np.ndarray, pair_offsets: dict, width: int):
+    """The integer program's rows: one choice per layer, the pair products' marginals, the budgets."""
+    rows, lower, upper = [], [], []
+
+    def row(entries: dict, low: float, high: float) -> None:
+        r = np.zeros(width)
+        for k, v in entries.items():
+            r[k] = v
+        rows.append(r), lower.append(low), upper.append(high)
+
+    for l in range(len(problem.choices)):
+        row({offsets[l] + g: 1.0 for g in range(len(problem.choices[l]))}, 1.0, 1.0)
+    for (i, j), base in pair_offsets.items():
+        ni, nj = len(problem.choices[i]), len(problem.choices[j])
+        for a in range(ni):
+            row({base + a * nj + b: 1.0 for b in range(nj)} | {offsets[i] + a: -1.0}, 0.0, 0.0)
+        for b in range(nj):
+            row({base + a * nj + b: 1.0 for a in range(ni)} | {offsets[j] + b: -1.0}, 0.0, 0.0)
+    for costs, budget, fixed in ((problem.size, problem.max_size, problem.fixed_size),
+                                 (problem.latency, problem.max_latency, problem.fixed_latency)):
+        if budget is not None:
+            row({offsets[l] + g: float(c) for l, options in enumerate(costs) for g, c in enumerate(options)},
+                -np.inf, budget - fixed)
+    return rows, lower, upper
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ best is within budget, the seed repeats the search, and the baselines are what t
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -80,12 +81,24 @@ def test_the_front_is_non_dominated():
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 10_000), st.floats(0.05, 0.95))
-def test_exact_is_optimal_for_the_separable_objective(seed, tightness):
-    problem = random_problem(seed, layers=7, pairs=False, tightness=tightness)
-    assert exact_search(problem).objective == pytest.approx(brute_force(problem).objective, rel=1e-9, abs=1e-12)
+@given(st.integers(0, 10_000), st.floats(0.05, 0.95), st.booleans(), st.booleans())
+def test_exact_is_the_optimum(seed, tightness, latency, negative_pairs):
+    """The integer program reaches brute force's objective, pair terms included (of either sign:
+    two layers' errors can cancel), under a size budget or both budgets; greedy never beats it."""
+    problem = random_problem(seed, layers=7, latency=latency, tightness=tightness)
+    if negative_pairs:
+        problem = dataclasses.replace(problem, pairs={k: -0.5 * m for k, m in problem.pairs.items()})
+    best, exact = brute_force(problem), exact_search(problem)
+    assert problem.feasible(problem.index(exact.bits))
+    assert exact.objective == pytest.approx(best.objective, rel=1e-9, abs=1e-12)
     greedy = greedy_search(problem)
-    assert greedy.size <= problem.max_size and greedy.objective >= brute_force(problem).objective - 1e-12
+    assert greedy.size <= problem.max_size and greedy.objective >= best.objective - 1e-12
+
+
+def test_exact_takes_a_latency_budget_alone():
+    problem = random_problem(4, layers=8, latency=True, tightness=0.4)
+    problem = dataclasses.replace(problem, max_size=None)
+    assert exact_search(problem).objective == pytest.approx(brute_force(problem).objective, rel=1e-9)
 
 
 def test_an_impossible_budget_names_the_smallest_reachable():
