@@ -25,7 +25,8 @@ from qcompiler.ir import Model
 from qcompiler.pass_infra import Pass, PassResult
 from qcompiler.quant.spec import QuantParams
 from qcompiler.registry import register
-from qcompiler.training import ActivationInterval, LayerInterval, QILConfig, TrainConfig, TrainReport
+from qcompiler.training import (MEASURED_SAMPLES, ActivationInterval, LayerInterval, QILConfig, TrainConfig,
+                                TrainReport)
 
 
 @register("train-quant")
@@ -54,11 +55,12 @@ class TrainQuant(Pass):
         params = run.run()
         quantizers = run.quantizers
         self.trained = (quantizers, params)
+        shares = activation_shares(run, params)
         write_back(model, quantizers, params)
         self.report = TrainReport(self.config.describe(), list(self.config.progressive), run.losses, run.evaluations,
                                   run.metric, intervals(model, quantizers, params), activation_intervals(
-                                      model, quantizers, params), time.perf_counter() - start, len(run.chosen),
-                                  run.loss_before, run.loss_after)
+                                      model, quantizers, params, shares), time.perf_counter() - start,
+                                  len(run.chosen), run.loss_before, run.loss_after)
         model.analysis[self.name] = self.report
         return PassResult(model, True)
 
@@ -117,12 +119,79 @@ def intervals(model: Model, quantizers, params: dict) -> list[LayerInterval]:
     return out
 
 
-def activation_intervals(model: Model, quantizers, params: dict) -> list[ActivationInterval]:
-    """Each QIL activation's interval [c - d, c + d] in the units of the tensor before the shift."""
+def activation_intervals(model: Model, quantizers, params: dict,
+                         shares: dict[str, tuple[float, float, float]] | None = None) -> list[ActivationInterval]:
+    """Each QIL activation's interval [c - d, c + d] in the units of the tensor before the shift,
+    with its (zeros, pruned, clipped) shares from `activation_shares` (0 where not measured)."""
     shifts = {group: float(quantizers.activation_shift(params, group)) for group in quantizers.shifts.values()}
     out = []
-    for group in sorted(quantizers.qil_groups):
+    for group in [g for g in quantizers.groups if g in quantizers.qil_groups]:  # graph order
         d = float(quantizers.activation_distance(params, group))
         low = shifts.get(group, 0.0)
-        out.append(ActivationInterval(group, model.quant[group].spec.bits, low, low + 2 * d))
+        zeros, pruned, clipped = (shares or {}).get(group, (0.0, 0.0, 0.0))
+        out.append(ActivationInterval(group, model.quant[group].spec.bits, low, low + 2 * d, pruned, clipped, zeros))
+    return out
+
+
+def activation_shares(run, params: dict, count: int = MEASURED_SAMPLES) -> dict[str, tuple[float, float, float]]:
+    """QIL activation group -> the shares of its values (y: the float activation before its
+    quantizer, in the units before the shift) that are <= 0 already (a ReLU's zeros), that the
+    learned threshold prunes (0 < y <= c - d: mapped to 0 by the interval but not by the float
+    network) and that it clips (y > c + d). Measured with the trained weights and intervals (the
+    whole quantized network, as trained) in one forward pass over the first `count` training
+    samples, 256 at a time (one at a time for a model that fixes its batch at 1).
+
+    Where c - d was folded into the producing layer's bias, the tensor the quantizer sees is
+    x = y - (c - d) (through the ReLU: relu(z - (c - d)), with y = relu(z)), so there the
+    interval maps x <= 0 to 0 and clips x > 2d; the float network's zeros (z <= 0) are counted on
+    the producing layer's own output, z - (c - d) <= -(c - d). Unshifted groups have c - d = 0:
+    nothing is pruned beyond their zeros."""
+    import jax
+    import jax.numpy as jnp
+
+    quantizers = run.quantizers
+    if not quantizers.qil_groups:
+        return {}
+    hooks, seen = quantizers.hooks(), {}
+
+    def tap(hook, group: str, counter):
+        def counted(x, p):
+            totals = seen.get(group, {})
+            for key, value in counter(x, p).items():
+                totals[key] = totals.get(key, 0) + value
+            seen[group] = totals
+            return hook(x, p) if hook is not None else x
+
+        return counted
+
+    producers = {node.inputs[2].name: node.outputs[0].name for node in run.model.graph.nodes
+                 if len(node.inputs) > 2 and node.inputs[2].name in quantizers.shifts}
+    for group in quantizers.qil_groups:
+        for name in quantizers.groups[group]:
+            hooks[name] = tap(hooks.get(name), group, lambda x, p, g=group: {
+                "size": x.size, "zero": jnp.sum(x <= 0),
+                "above": jnp.sum(x > 2 * quantizers.activation_distance(p, g))})
+    for bias, group in quantizers.shifts.items():
+        hooks[producers[bias]] = tap(hooks.get(producers[bias]), group, lambda x, p, g=group: {
+            "float_zero": jnp.sum(x <= -quantizers.activation_shift(p, g))})
+    forward = run.sim.function(run.inputs, [run.output], hooks)
+
+    def counts(p, feeds):
+        seen.clear()
+        forward(p, feeds)
+        return {group: dict(totals) for group, totals in seen.items()}
+
+    counts, totals = jax.jit(counts), {}
+    index, batch = run.chosen[:count], 1 if run.sim.per_sample else 256
+    for start in range(0, len(index), batch):
+        part = index[start:start + batch]
+        for group, values in counts(params, {k: run.data.arrays[k][part] for k in run.inputs}).items():
+            into = totals.setdefault(group, {})
+            for key, value in values.items():
+                into[key] = into.get(key, 0) + int(value)
+    out = {}
+    for group, t in totals.items():
+        size = max(t["size"], 1)
+        zeros = t.get("float_zero", t["zero"])  # unshifted: the interval maps exactly the zeros to 0
+        out[group] = (zeros / size, max(t["zero"] - zeros, 0) / size, t["above"] / size)
     return out

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 
+#: On how many training samples (the first of those training used) QIL activations' shares are measured.
+MEASURED_SAMPLES = 256
+
 #: How QAT keeps activation ranges: learned step sizes (LSQ) or an exponential moving average.
 RANGE_MODES = ("lsq", "ema")
 
@@ -89,12 +92,19 @@ class LayerInterval:
 
 @dataclasses.dataclass
 class ActivationInterval:
-    """A QIL activation: its pruning threshold c - d (0 where it cannot be folded) and c + d."""
+    """A QIL activation: its pruning threshold c - d (0 where it cannot be folded) and c + d, and
+    the shares of its float values y (with the trained network, on MEASURED_SAMPLES training samples)
+    that the interval prunes, 0 < y <= c - d (mapped to 0 by the interval, not by the float network),
+    and clips, y > c + d; `zeros`: the share <= 0 already (a ReLU's zeros), also mapped to 0.
+    See qcompiler.passes.train_quant.activation_shares."""
 
     name: str
     bits: int
     low: float
     high: float
+    pruned: float
+    clipped: float
+    zeros: float
 
 
 @dataclasses.dataclass
