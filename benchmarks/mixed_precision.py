@@ -6,7 +6,11 @@ on the same problems (summed sensitivity reached, and time).
     apt-get install dataset-fashion-mnist
     pip install -e .
     python benchmarks/mixed_precision.py --iters 1000            # writes benchmarks/results/mixed.md
+    python benchmarks/mixed_precision.py --scheme w2a4 --iters 300   # writes benchmarks/results/mixed_w2a4.md
+    python benchmarks/mixed_precision.py --part searches         # writes benchmarks/results/mixed_searches.md
     python benchmarks/mixed_precision.py --part latency          # writes benchmarks/results/mixed_latency.md
+    apt-get install opencv-doc && pip install --no-deps foolbox==3.3.4 scikit-image
+    python benchmarks/mixed_precision.py --part imagenet         # writes benchmarks/results/mixed_imagenet.md
 
 Data: calibrated on 1024 Fashion-MNIST training images (seed 0; sensitivities on 128 of them),
 evaluated on all 10,000 test images. Sizes are the weights as the arm64-dotprod library stores
@@ -22,6 +26,7 @@ budget (nearest rounding); then the GA's library is built and all are timed agai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import time
@@ -73,25 +78,45 @@ def run(model: ir.Model, preset: str, calib, images, labels, budget: BitBudget |
     return row
 
 
+SEARCHES = (("genetic", lambda p: genetic_search(p, seed=0)), ("greedy", greedy_search),
+            ("exact (integer program)", exact_search))
+
+
 def search_rows(mixed) -> list[str]:
     """GA, greedy and exact on the same problem: summed sensitivity, size, seconds."""
-    problem, rows = mixed.problem, []
-    for name, search in (("genetic", lambda p: genetic_search(p, seed=0)), ("greedy", greedy_search),
-                         ("exact (DP, separable)", exact_search)):
-        a = search(problem)
+    rows = []
+    for name, search in SEARCHES:
+        a = search(mixed.problem)
         rows.append(f"| {name} | {a.objective:.5g} | {a.size:,} | {a.seconds:.3f} |")
     return rows
 
 
-def budgets(model: ir.Model, calib) -> list[tuple[str, int, str | None]]:
-    """(label, size, uniform preset or None) in the w4a8 scheme: uniform 2-bit (the GA forced to
-    every layer's fewest bits), a third and two thirds of the way to uniform 4-bit, uniform 4-bit,
-    half way to uniform 8-bit."""
+def budget_search_rows(name: str, problem, size: int) -> list[str]:
+    """The three searches on one model's latency problem under its latency budget, a size budget
+    (`size` bytes) and both: objective, size, predicted latency, seconds."""
+    rows = []
+    for label, varied in (("latency", dataclasses.replace(problem, max_size=None)),
+                          ("size", dataclasses.replace(problem, max_size=size, max_latency=None)),
+                          ("both", dataclasses.replace(problem, max_size=size))):
+        for method, search in SEARCHES:
+            a = search(varied)
+            rows.append(f"| {name} | {label} | {method} | {a.objective:.5g} | {a.size:,} | {a.latency:.3f} | "
+                        f"{a.seconds:.3f} |")
+    return rows
+
+
+def budgets(model: ir.Model, calib, scheme: str = "w4a8") -> list[tuple[str, int, str | None]]:
+    """(label, size, uniform preset or None). Scheme w4a8: uniform 2-bit (the GA forced to every
+    layer's fewest bits), a third and two thirds of the way to uniform 4-bit, uniform 4-bit, half
+    way to uniform 8-bit, uniform 8-bit. Scheme w2a4 (4-bit activations): uniform W2A4, a third and
+    two thirds of the way to 4-bit weights, uniform W4A4."""
     s2, s4 = uniform_size(model, "w2a4", calib), uniform_size(model, "w4a8", calib)
+    between = [("mixed", s2 + (s4 - s2) // 3, None), ("mixed", s2 + 2 * (s4 - s2) // 3, None)]
+    if scheme == "w2a4":
+        return [("uniform W2A4 size", s2, "w2a4"), *between, ("uniform W4A4 size", s4, "w4a4")]
     s8 = uniform_size(model, "w8a8", calib)
-    return [("uniform 2-bit size", s2, None), ("mixed", s2 + (s4 - s2) // 3, None),
-            ("mixed", s2 + 2 * (s4 - s2) // 3, None), ("uniform W4A8 size", s4, "w4a8"), ("mixed", (s4 + s8) // 2, None),
-            ("uniform W8A8 size", s8, "w8a8")]
+    return [("uniform 2-bit size", s2, None), *between, ("uniform W4A8 size", s4, "w4a8"),
+            ("mixed", (s4 + s8) // 2, None), ("uniform W8A8 size", s8, "w8a8")]
 
 
 def built(model: ir.Model, preset: str, calib, workdir: Path, budget: BitBudget | None = None) -> dict:
@@ -108,6 +133,50 @@ def built(model: ir.Model, preset: str, calib, workdir: Path, budget: BitBudget 
     return row
 
 
+def host_kernels() -> str:
+    """What this CPU's convolutions run on, in a sentence: it decides whether fewer bits buy speed."""
+    from qcompiler.backends.tvm.targets import native_target
+
+    if native_target().dot_kernel:
+        return ("This CPU has AVX-512 VNNI: convolutions run packed dot-product kernels, and 4- and 2-bit "
+                "weights are unpacked into them, so fewer bits save bytes, not multiply-adds.")
+    return ("On this CPU (no AVX-512 VNNI) convolutions run TVM's generic int8 code whatever their bits, and "
+            "the depthwise kernels are faster at 8 bits than unpacking 4 or 2: fewer bits buy no speed here.")
+
+
+#: (scheme preset, the uniform libraries beside it): the GA's budget is the first one's median.
+LATENCY_SCHEMES = (("w4a8", ("w4a8", "w8a8")), ("w2a4", ("w2a4",)))
+
+
+def reference_latency(model: ir.Model, preset: str, calib) -> float:
+    """The uniform `preset` library's median latency (ms) as `--max-latency` measures it: the search's
+    reference library, timed once and cached, so that the search reads this same number back (two
+    timings of one library on this shared machine differ by more than the kernels' differences)."""
+    from qcompiler.backends.tvm.targets import get_target
+    from qcompiler.data import load_data
+    from qcompiler.driver import dynamic_inputs, float_pipeline, resolve_input_shapes
+    from qcompiler.mixed_precision import library_latency
+    from qcompiler.pass_infra import PassManager
+
+    data = load_data(calib, model)
+    shapes = resolve_input_shapes(model, None, data.arrays) if dynamic_inputs(model) else None
+    float_model = PassManager(float_pipeline(shapes))(model.copy()).model
+    return library_latency(float_model, load_config(None, preset, None, []), data, get_target("native"))[0]
+
+
+def latency_rows(name: str, model: ir.Model, calib, x, runs: int, folder: Path) -> tuple[dict, dict]:
+    """Per scheme: the uniform libraries, then the GA's at the first one's measured median."""
+    rows, budgets = {}, {}
+    for scheme, uniforms in LATENCY_SCHEMES:
+        for preset in uniforms:
+            rows[f"uniform {preset.upper()}"] = built(model, preset, calib, folder)
+        budgets[scheme] = reference_latency(model, scheme, calib)
+        budget = BitBudget(max_latency=budgets[scheme], target="native")
+        rows[f"GA ({scheme} scheme) at {scheme.upper()}'s latency"] = built(model, scheme, calib, folder, budget) \
+            | {"budget": budgets[scheme]}
+    return rows, budgets
+
+
 def latency_part(args, calib, images, labels) -> None:
     import tempfile
 
@@ -118,51 +187,53 @@ def latency_part(args, calib, images, labels) -> None:
              f"`python benchmarks/mixed_precision.py --part latency --runs {args.runs}`; "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread, batch 1, target native. "
              "Top-1 (%) on the 10,000 Fashion-MNIST test images, nearest rounding, calibrated on "
-             f"{args.calib} training images. The GA's budget is the uniform W4A8 library's median latency measured "
-             "first; its prediction is the reference library's rest plus its kernels timed alone (measured in this "
-             "run, no cache; docs/"
-             "mixed_precision.md); then all libraries are timed again, taking turns, "
-             f"{args.runs} runs each (median, 10th-90th percentile). On this CPU (no AVX-512 VNNI) convolutions "
-             "run TVM's generic int8 code whatever their bits, and the depthwise kernels are faster at 8 bits "
-             "than unpacking 4 or 2: fewer bits buy no speed here, and the GA, given only a latency budget, "
-             "keeps 8 bits.", "",
+             f"{args.calib} training images. In each scheme (w4a8: 8-bit activations; w2a4: 4-bit activations; "
+             "first and last layer 8-bit) the GA's budget is the uniform library's median latency as the search "
+             "measures it (its reference library, 50 runs, read back from the cache by the search); its prediction is the reference library's rest plus its kernels timed alone (measured in this "
+             "run, no cache; docs/mixed_precision.md); then all libraries are timed again, taking turns, "
+             f"{args.runs} runs each (median, 10th-90th percentile). {host_kernels()}", "",
              "| model | library | top-1 | budget (ms) | predicted (ms) | measured median (ms) | p10-p90 | bits (graph order) |",
              "|---|---|---|---|---|---|---|---|"]
+    searches = []
     for name in args.models:
         model = ir.load(models.path(f"{name}.onnx"))
         with tempfile.TemporaryDirectory() as folder:
-            rows = {"uniform W4A8": built(model, "w4a8", calib, Path(folder)),
-                    "uniform W8A8": built(model, "w8a8", calib, Path(folder))}
-            first = timings({"w4": lambda: rows["uniform W4A8"]["library"].run(x)}, args.runs)["w4"][0]
-            budget = BitBudget(max_latency=first, target="native")
-            rows["GA at W4A8's latency"] = built(model, "w4a8", calib, Path(folder), budget)
+            rows, _ = latency_rows(name, model, calib, x, args.runs, Path(folder))
+            ga = rows["GA (w4a8 scheme) at W4A8's latency"]["mixed"]
+            # a size budget that binds: 2/3 of the way from the fewest bytes to the GA's own answer
+            problem = ga.problem
+            fewest = problem.fixed_size + sum(min(c) for c in problem.size)
+            searches += budget_search_rows(name, problem, fewest + 2 * (ga.assignment.size - fewest) // 3)
             measured = timings({label: (lambda r=r: r["library"].run(x)) for label, r in rows.items()}, args.runs)
         for label, row in rows.items():
             median, p10, p90 = measured[label]
             mixed = row["mixed"]
             predicted = f"{mixed.assignment.latency:.3f}" if mixed else ""
+            budget = f"{row['budget']:.3f}" if "budget" in row else ""
             print(name, label, median, flush=True)
-            lines.append(f"| {name} | {label} | {100 * top1(row['qdq'], images, labels):.2f} | "
-                         f"{f'{first:.3f}' if mixed else ''} | {predicted} | {median:.3f} | {p10:.3f}-{p90:.3f} | "
-                         f"{row.get('bits', '')} |")
+            lines.append(f"| {name} | {label} | {100 * top1(row['qdq'], images, labels):.2f} | {budget} | "
+                         f"{predicted} | {median:.3f} | {p10:.3f}-{p90:.3f} | {row.get('bits', '')} |")
+    lines += ["", "## The searches under one budget and both", "",
+              "The w4a8 GA's problem above (sensitivities, native weight bytes, measured kernel latencies) under "
+              "its latency budget alone, a size budget alone (two thirds of the way from the fewest bytes to the "
+              "GA's answer, so that it binds) and both: summed sensitivity (lower is better), size, predicted "
+              "latency and the search's time. The exact search is an integer program (HiGHS): the optimum.", "",
+              "| model | budget | search | summed sensitivity | size (bytes) | predicted (ms) | seconds |",
+              "|---|---|---|---|---|---|---|", *searches]
     publish("\n".join(lines) + "\n", RESULTS / "mixed_latency.md")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["size", "latency"], default="size")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--iters", type=int, default=1000, help="BRECQ iterations per block (the authors: 20000)")
-    parser.add_argument("--calib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=200, help="timed runs per library (--part latency)")
-    args = parser.parse_args()
-    calib, images, labels = fashion(args.calib)
-    if args.part == "latency":
-        return latency_part(args, calib, images, labels)
-    lines = ["# Mixed precision: GA bit widths against uniform weights, by size", "",
-             f"`python benchmarks/mixed_precision.py --iters {args.iters}`; {platform.processor() or platform.machine()},"
+SCHEME_ACTIVATIONS = {"w4a8": "8-bit", "w2a4": "4-bit"}
+
+
+def size_part(args, scheme: str, calib, images, labels) -> None:
+    """The GA against uniform weights at the budgets of `budgets(scheme)`, nearest and BRECQ."""
+    activations = SCHEME_ACTIVATIONS[scheme]
+    lines = [f"# Mixed precision: GA bit widths against uniform weights, by size ({scheme} scheme)", "",
+             f"`python benchmarks/mixed_precision.py --scheme {scheme} --iters {args.iters}`; "
+             f"{platform.processor() or platform.machine()},"
              f" {os.cpu_count()} cores. Top-1 (%) on the 10,000 Fashion-MNIST test images, calibrated on {args.calib} "
-             f"training images. Scheme w4a8: 8-bit activations, first and last layer 8-bit, the other layers' weights "
+             f"training images. Scheme {scheme}: {activations} activations, first and last layer 8-bit, the other layers' weights "
              f"2, 4 or 8 bits as the GA (seed 0, population 50, at most 100 generations) picks them under the size "
              f"budget: weight bytes as the {TARGET} library stores them. At the uniform 2-bit size the GA has no "
              "choice but 2 bits for the convolutions; depthwise layers store 2- and 4-bit weights alike (two to "
@@ -171,12 +242,11 @@ def main() -> None:
              "block output errors on 128 calibration samples.", "",
              "| model | budget (bytes) | point | uniform top-1 (nearest / BRECQ) | GA top-1 (nearest / BRECQ) | "
              "GA size | GA bits (graph order) |", "|---|---|---|---|---|---|---|"]
-    searches = []
     for name in args.models:
         model = ir.load(models.path(f"{name}.onnx"))
-        for label, size, preset in budgets(model, calib):
+        for label, size, preset in budgets(model, calib, scheme):
             budget = BitBudget(max_size=size, target=TARGET)
-            mixed = [run(model, "w4a8", calib, images, labels, budget, iters) for iters in (None, args.iters)]
+            mixed = [run(model, scheme, calib, images, labels, budget, iters) for iters in (None, args.iters)]
             uniform = [run(model, preset, calib, images, labels, None, iters) for iters in (None, args.iters)] \
                 if preset else None
             shown = " / ".join(f"{100 * r['top1']:.2f}" for r in uniform) if uniform else ""
@@ -184,20 +254,108 @@ def main() -> None:
             lines.append(f"| {name} | {size:,} | {label} | {shown} | "
                          f"{' / '.join(format(100 * r['top1'], '.2f') for r in mixed)} | "
                          f"{mixed[0]['size']:,} | {mixed[0]['bits']} |")
-            if label == "mixed":
-                searches.append((name, mixed[0]["mixed"]))
-    lines += ["", "## The searches on the same problems", "",
-              "Summed sensitivity (the objective, pair terms included; lower is better) of the assignment each "
-              "search returns under the same size budget, its size and the search's time (the sensitivities "
-              "and costs measured once, beforehand). The exact search is optimal for the objective without "
-              "the intra-block pair terms; its answer is then scored with them.", ""]
-    for name, mixed in searches:
-        lines += [f"**{name}, budget {mixed.problem.max_size:,} bytes, {len(mixed.problem.layers)} searched layers**",
-                  "", "| search | summed sensitivity | size (bytes) | seconds |", "|---|---|---|---|",
-                  *search_rows(mixed), ""]
-    lines += ["At equal measured latency: [mixed_latency.md](mixed_latency.md) (`--part latency`). Not measured "
-              "here: the ImageNet MobileNetV2."]
-    publish("\n".join(lines) + "\n", RESULTS / "mixed.md")
+    lines += ["", "The three searches on the mixed budgets' problems: [mixed_searches.md](mixed_searches.md) (`--part "
+              "searches`). At equal measured latency: [mixed_latency.md](mixed_latency.md) (`--part latency`). The "
+              "ImageNet MobileNetV2: [mixed_imagenet.md](mixed_imagenet.md) (`--part imagenet`)."]
+    publish("\n".join(lines) + "\n", RESULTS / ("mixed.md" if scheme == "w4a8" else f"mixed_{scheme}.md"))
+
+
+def imagenet_part(args) -> None:
+    """The ImageNet MobileNetV2 at the size budgets of both schemes, nearest rounding (BRECQ takes
+    hours on a 2-core CPU): top-1 on foolbox's 20 labelled samples, agreement and KL with the float
+    model on 54 held-out photos (not ImageNet accuracy)."""
+    from ptq_accuracy import imagenet_data, measure
+
+    calib, labelled, agreement = imagenet_data(args.calib)
+    model = ir.load(models.path("mobilenet_v2_imagenet.onnx"))
+    lines = ["# Mixed precision on the ImageNet MobileNetV2", "",
+             f"`python benchmarks/mixed_precision.py --part imagenet --calib {args.calib}`; "
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores. torchvision's MobileNetV2 with "
+             f"its ImageNet weights, calibrated on {args.calib} random crops of the opencv-doc photos "
+             "(benchmarks/ptq_accuracy.py), nearest rounding with bias correction (BRECQ takes hours on this CPU). "
+             "Top-1 on foolbox's 20 labelled ImageNet samples (one image is 5 points); agreement (top-1 "
+             "of the quantized model equal to the float model's) and KL on 54 held-out photos (those 20 and "
+             "26 others): not ImageNet accuracy. Weight bytes as the arm64-dotprod library stores them; "
+             "the GA (seed 0) picks 2, 4 or 8 bits per layer, first and last layer 8-bit; sensitivities on "
+             "128 calibration crops.", "",
+             "| scheme | budget (bytes) | point | library | top-1 (20) | agreement (54) | KL | size | seconds | bits |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for scheme in SCHEME_ACTIVATIONS:
+        for label, size, preset in budgets(model, calib, scheme):
+            entries = [("GA", scheme, BitBudget(max_size=size, target=TARGET))] + \
+                ([(f"uniform {preset.upper()}", preset, None)] if preset else [])
+            for library, chosen, budget in entries:
+                start = time.perf_counter()
+                result = quantize(model.copy(), calib, load_config(None, chosen, None, []), progress=False,
+                                  bits=budget)
+                seconds = time.perf_counter() - start
+                row = measure(result.float_model, result.qdq, [labelled, agreement])
+                mixed = result.mixed
+                bits = " ".join(str(b) for b in mixed.bits_of().values()) if mixed else ""
+                print(scheme, label, library, row, flush=True)
+                lines.append(f"| {scheme} | {size:,} | {label} | {library} | {100 * row['top1']:.0f} | "
+                             f"{100 * row['agreement']:.1f} | {row['kl']:.4f} | "
+                             f"{f'{mixed.assignment.size:,}' if mixed else f'{size:,}'} | {seconds:.0f} | {bits} |")
+    publish("\n".join(lines) + "\n", RESULTS / "mixed_imagenet.md")
+
+
+def searches_part(args, calib) -> None:
+    """GA, greedy and exact on the w4a8 size problems of the "mixed" budgets (sensitivities and
+    sizes measured once per model, then each search on the same problem)."""
+    from qcompiler.data import load_data
+    from qcompiler.driver import float_pipeline
+    from qcompiler.mixed_precision import plan
+    from qcompiler.pass_infra import PassManager
+
+    lines = ["# Mixed precision: the three searches on the same problems", "",
+             f"`python benchmarks/mixed_precision.py --part searches`; {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} cores. The w4a8 scheme's problems at the \"mixed\" size budgets of "
+             "[mixed.md](mixed.md) and [mixed_imagenet.md](mixed_imagenet.md): sensitivities (Fisher-weighted "
+             f"block output errors, pair terms inside blocks, 128 of the {args.calib} Fashion-MNIST calibration images "
+             f"or of the ImageNet MobileNetV2's 512 crops) and {TARGET} weight bytes, measured once per model. Summed "
+             "sensitivity (the objective, pair terms included; lower is better) of the assignment each search "
+             "returns, its size, and the search's time. The exact search is an integer program (HiGHS, "
+             "scipy.optimize.milp) over the whole objective: the optimum the others are measured against.", ""]
+    config = load_config(None, "w4a8", None, [])
+    for name in [*args.models, "mobilenet_v2_imagenet"]:
+        model = PassManager(float_pipeline(None))(ir.load(models.path(f"{name}.onnx"))).model
+        if name == "mobilenet_v2_imagenet":   # the calibration crops of --part imagenet
+            from ptq_accuracy import imagenet_data
+
+            calib = imagenet_data(512)[0]
+        data = load_data(calib, model, what="calibration")
+        for label, size, _ in budgets(model, calib, "w4a8"):
+            if label != "mixed":
+                continue
+            mixed = plan(model, config, data, BitBudget(max_size=size, target=TARGET), progress=False)
+            print(name, size, flush=True)
+            lines += [f"**{name}, budget {size:,} bytes, {len(mixed.problem.layers)} searched layers**", "",
+                      "| search | summed sensitivity | size (bytes) | seconds |", "|---|---|---|---|",
+                      *search_rows(mixed), ""]
+    publish("\n".join(lines), RESULTS / "mixed_searches.md")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["size", "latency", "imagenet", "searches"], default="size")
+    parser.add_argument("--scheme", choices=list(SCHEME_ACTIVATIONS), default="w4a8",
+                        help="--part size: the activations' bits (w4a8: 8, w2a4: 4) (default: %(default)s)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--iters", type=int, default=1000, help="BRECQ iterations per block (the authors: 20000)")
+    parser.add_argument("--calib", type=int, help="calibration samples (default: 1024 Fashion-MNIST training "
+                        "images; 512 crops for --part imagenet)")
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per library (--part latency)")
+    args = parser.parse_args()
+    if args.part == "imagenet":
+        args.calib = args.calib or 512
+        return imagenet_part(args)
+    args.calib = args.calib or 1024
+    calib, images, labels = fashion(args.calib)
+    if args.part == "latency":
+        return latency_part(args, calib, images, labels)
+    if args.part == "searches":
+        return searches_part(args, calib)
+    size_part(args, args.scheme, calib, images, labels)
 
 
 if __name__ == "__main__":

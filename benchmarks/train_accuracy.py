@@ -55,8 +55,9 @@ def _planned(method: str, args) -> dict:
     if method in ("float", "nearest", "brecq"):
         return {"train_count": 0, "epochs": 0}
     labelled = method.endswith("labels")
+    stages = {"progressive": list(args.progressive)} if args.progressive and not method.startswith("qat") else {}
     return {"train_count": args.train_count if labelled else args.distill_count,
-            "epochs": args.epochs if labelled else args.distill_epochs}
+            "epochs": args.epochs if labelled else args.distill_epochs, **stages}
 
 
 def run_one(name: str, preset: str, method: str, args, data) -> dict:
@@ -70,13 +71,16 @@ def run_one(name: str, preset: str, method: str, args, data) -> dict:
         labelled = target == "labels"
         count = args.train_count if labelled else args.distill_count
         epochs = args.epochs if labelled else args.distill_epochs
-        options["train"] = TRAINED[kind](epochs=epochs, labels=labelled, seed=0)
+        stages = {"progressive": tuple(args.progressive)} if args.progressive and kind != "qat" else {}
+        options["train"] = TRAINED[kind](epochs=epochs, labels=labelled, seed=0, **stages)
         options["train_data"] = {"input": train_x[:count], **({"labels": train_y[:count]} if labelled else {})}
     run = quantize(path, calib, load_config(None, preset, None, []), progress=not args.no_progress, **options)
     model = run.float_model if method == "float" else run.qdq
     return {"model": name, "preset": preset, "method": method, "top1": top1(model, test_x, test_y),
             "epochs": epochs, "seconds": round(time.perf_counter() - start, 1),
-            "train_count": len(options["train_data"]["input"]) if "train_data" in options else 0}
+            "train_count": len(options["train_data"]["input"]) if "train_data" in options else 0,
+            **({"progressive": list(options["train"].progressive)} if "train" in options and
+               options["train"].progressive else {}), **({"note": args.note} if args.note else {})}
 
 
 def render(runs: list[dict], args) -> str:
@@ -89,7 +93,8 @@ def render(runs: list[dict], args) -> str:
              f"BRECQ: block granularity, {args.brecq_iters} iterations per block. Defaults: batch 64, Adam, "
              "lr 1e-4 (weights) and 5e-3 (intervals, step sizes; relative), 5% warm-up then cosine decay.", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores. The runs come from several invocations that "
-             "differ in --presets, --methods, --train-count and --epochs (each run's samples and epochs are in its "
+             "differ in --presets, --methods, --train-count, --epochs and --progressive (each run's samples, epochs and "
+             "stages are in its "
              "column); the latest: `python benchmarks/train_accuracy.py "
              f"{' '.join(args.argv)}`. Raw numbers in train.<model>.json next to this file.", ""]
     for name in sorted({r["model"] for r in runs}):
@@ -110,8 +115,11 @@ def render(runs: list[dict], args) -> str:
     lines += _comparison(runs)
     lines += ["Time (whole quantize, seconds, this machine):", "", "| model | preset | method | N | epochs | seconds |",
               "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['preset']} | {r['method']} | {r['train_count'] or ''} | {r['epochs'] or ''} | "
-              f"{r['seconds']:.0f} |" for r in runs if r["method"] != "float"]
+    lines += [f"| {r['model']} | {r['preset']} | {r['method']}"
+              f"{' ' + '->'.join(map(str, r['progressive'])) if r.get('progressive') else ''} | "
+              f"{r['train_count'] or ''} | {r['epochs'] or ''} | "
+              f"{r['seconds']:.0f}{' (' + r['note'] + ')' if r.get('note') else ''} |" for r in runs
+              if r["method"] != "float"]
     return "\n".join(lines) + "\n"
 
 
@@ -138,7 +146,8 @@ def _column(run: dict) -> str:
     if not run["train_count"]:
         return run["method"]
     return f"{run['method']} {run['train_count'] // 1024 if run['train_count'] % 1024 == 0 else run['train_count']}" \
-           f"{'k' if run['train_count'] % 1024 == 0 else ''} x{run['epochs']}"
+           f"{'k' if run['train_count'] % 1024 == 0 else ''} x{run['epochs']}" + \
+        (f" per stage of {'->'.join(map(str, run['progressive']))} bits" if run.get("progressive") else "")
 
 
 def _order(column: str) -> tuple:
@@ -147,7 +156,7 @@ def _order(column: str) -> tuple:
 
 
 def _same(a: dict, b: dict) -> bool:
-    return all(a[k] == b[k] for k in ("preset", "method", "train_count", "epochs"))
+    return all(a.get(k) == b.get(k) for k in ("preset", "method", "train_count", "epochs", "progressive"))
 
 
 def main() -> None:
@@ -157,10 +166,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--train-count", type=int, default=60000)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--progressive", type=lambda t: [int(b) for b in t.split(",")],
+                        help="QIL runs: bit widths trained in turn, --epochs each, ending at the preset's (e.g. 4,3,2)")
     parser.add_argument("--distill-count", type=int, default=1024)
     parser.add_argument("--distill-epochs", type=int, default=8)
     parser.add_argument("--brecq-iters", type=int, default=2000)
     parser.add_argument("--fresh", action="store_true", help="rerun runs already in the json files")
+    parser.add_argument("--note", help="a remark kept with these runs and shown beside their time (e.g. what else ran)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     import sys

@@ -57,7 +57,7 @@ def test_lowbit_numbers_in_the_readme_come_from_the_benchmark_file():
 
 
 def test_mixed_numbers_in_the_readme_come_from_the_benchmark_file():
-    numbers, results = _paragraph_numbers("mixed.md", ("mixed.md",))
+    numbers, results = _paragraph_numbers("mixed.md", ("mixed.md", "mixed_w2a4.md", "mixed_searches.md"))
     assert len(numbers) >= 12
     for number in numbers:
         assert number in results, number
@@ -66,6 +66,13 @@ def test_mixed_numbers_in_the_readme_come_from_the_benchmark_file():
 def test_mixed_latency_numbers_in_the_readme_come_from_the_benchmark_file():
     numbers, results = _paragraph_numbers("mixed_latency.md", ("mixed_latency.md",))
     assert len(numbers) >= 4
+    for number in numbers:
+        assert number in results, number
+
+
+def test_mixed_imagenet_numbers_in_the_readme_come_from_the_benchmark_file():
+    numbers, results = _paragraph_numbers("mixed_imagenet.md", ("mixed_imagenet.md",))
+    assert len(numbers) >= 5
     for number in numbers:
         assert number in results, number
 
