@@ -23,7 +23,7 @@ DRIVER = {"qcompiler", "qcompiler.__main__", "qcompiler.driver", "qcompiler.comp
           "qcompiler.report", "qcompiler.runtime", "qcompiler.cli_train", "qcompiler.cli_tune", "qcompiler.report_training",
           "qcompiler.cli_analyze", "qcompiler.mixed_precision", "qcompiler.report_layers"}
 #: Passes that compute gradients (through the simulator) and may import jax themselves.
-GRADIENT_PASSES = {"qcompiler.passes.reconstruct_blocks"}
+GRADIENT_PASSES = {"qcompiler.passes.reconstruct_blocks", "qcompiler.passes.train_quant"}
 
 
 def modules() -> dict[str, Path]:

@@ -59,6 +59,8 @@ def clip_before_quantize(model: onnx.ModelProto) -> onnx.ModelProto:
     kept = []
     for node in model.graph.node:
         quantize = producer.get(node.input[0]) if node.op_type == "Clip" and node.input else None
+        if quantize is not None and quantize.input[0] not in producer:   # the network input: no layer
+            quantize = None                                               # to fold a float clamp into
         bounds = _float_bounds(node, quantize, constants) if quantize is not None and quantize.op_type == \
             "QuantizeLinear" and readers.get(quantize.output[0]) == 1 and node.output[0] not in outputs else None
         if bounds is None:
