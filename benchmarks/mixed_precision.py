@@ -164,17 +164,16 @@ def reference_latency(model: ir.Model, preset: str, calib) -> float:
     return library_latency(float_model, load_config(None, preset, None, []), data, get_target("native"))[0]
 
 
-def latency_rows(name: str, model: ir.Model, calib, x, runs: int, folder: Path) -> tuple[dict, dict]:
+def latency_rows(model: ir.Model, calib, folder: Path) -> dict:
     """Per scheme: the uniform libraries, then the GA's at the first one's measured median."""
-    rows, budgets = {}, {}
+    rows = {}
     for scheme, uniforms in LATENCY_SCHEMES:
         for preset in uniforms:
             rows[f"uniform {preset.upper()}"] = built(model, preset, calib, folder)
-        budgets[scheme] = reference_latency(model, scheme, calib)
-        budget = BitBudget(max_latency=budgets[scheme], target="native")
+        budget = BitBudget(max_latency=reference_latency(model, scheme, calib), target="native")
         rows[f"GA ({scheme} scheme) at {scheme.upper()}'s latency"] = built(model, scheme, calib, folder, budget) \
-            | {"budget": budgets[scheme]}
-    return rows, budgets
+            | {"budget": budget.max_latency}
+    return rows
 
 
 def latency_part(args, calib, images, labels) -> None:
@@ -189,7 +188,8 @@ def latency_part(args, calib, images, labels) -> None:
              "Top-1 (%) on the 10,000 Fashion-MNIST test images, nearest rounding, calibrated on "
              f"{args.calib} training images. In each scheme (w4a8: 8-bit activations; w2a4: 4-bit activations; "
              "first and last layer 8-bit) the GA's budget is the uniform library's median latency as the search "
-             "measures it (its reference library, 50 runs, read back from the cache by the search); its prediction is the reference library's rest plus its kernels timed alone (measured in this "
+             "measures it (its reference library, 50 runs, read back from the cache by the search); its prediction "
+             "is the reference library's rest plus its kernels timed alone (measured in this "
              "run, no cache; docs/mixed_precision.md); then all libraries are timed again, taking turns, "
              f"{args.runs} runs each (median, 10th-90th percentile). {host_kernels()}", "",
              "| model | library | top-1 | budget (ms) | predicted (ms) | measured median (ms) | p10-p90 | bits (graph order) |",
@@ -198,7 +198,7 @@ def latency_part(args, calib, images, labels) -> None:
     for name in args.models:
         model = ir.load(models.path(f"{name}.onnx"))
         with tempfile.TemporaryDirectory() as folder:
-            rows, _ = latency_rows(name, model, calib, x, args.runs, Path(folder))
+            rows = latency_rows(model, calib, Path(folder))
             ga = rows["GA (w4a8 scheme) at W4A8's latency"]["mixed"]
             # a size budget that binds: 2/3 of the way from the fewest bytes to the GA's own answer
             problem = ga.problem
