@@ -8,9 +8,11 @@ on the same problems (summed sensitivity reached, and time).
     python benchmarks/mixed_precision.py --iters 1000            # writes benchmarks/results/mixed.md
     python benchmarks/mixed_precision.py --scheme w2a4 --iters 300   # writes benchmarks/results/mixed_w2a4.md
     python benchmarks/mixed_precision.py --part searches         # writes benchmarks/results/mixed_searches.md
-    python benchmarks/mixed_precision.py --part latency          # writes benchmarks/results/mixed_latency.md
+    python benchmarks/mixed_precision.py --part latency --iters 300   # writes benchmarks/results/mixed_latency.md
     apt-get install opencv-doc && pip install --no-deps foolbox==3.3.4 scikit-image
     python benchmarks/mixed_precision.py --part imagenet         # writes benchmarks/results/mixed_imagenet.md
+    python benchmarks/mixed_precision.py --part imagenet-latency # writes benchmarks/results/mixed_imagenet_latency.md
+    python benchmarks/mixed_precision.py --part imagenet-brecq --iters 200   # mixed_imagenet_brecq.md
 
 Data: calibrated on 1024 Fashion-MNIST training images (seed 0; sensitivities on 128 of them),
 evaluated on all 10,000 test images. Sizes are the weights as the arm64-dotprod library stores
@@ -20,7 +22,9 @@ checked against the compiled library's weight bytes by tests/test_mixed_precisio
 `--part latency`: at equal *measured latency* on this machine (target native, batch 1, one
 thread): the uniform W4A8 library is built and timed, and its median is the GA's --max-latency
 budget (nearest rounding); then the GA's library is built and all are timed again side by side
-(runs taking turns, as benchmarks/latency.py does).
+(runs taking turns, as benchmarks/latency.py does); then each library's bits again with BRECQ
+(same kernels, same latency). `--part imagenet-latency`: the same on the ImageNet MobileNetV2,
+nearest rounding, agreement with the float model on held-out photos.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -127,7 +132,7 @@ def built(model: ir.Model, preset: str, calib, workdir: Path, budget: BitBudget 
     out = workdir / f"{preset}-{'ga' if budget else 'uniform'}"
     run = compile_model(model.copy(), calib, "native", output_dir=out, config=load_config(None, preset, None, []),
                         progress=False, bits=budget, check_samples=0)
-    row = {"qdq": run.qdq, "library": load(out), "mixed": run.quantized.mixed}
+    row = {"qdq": run.qdq, "library": load(out), "mixed": run.quantized.mixed, "float_model": run.quantized.float_model}
     if row["mixed"] is not None:
         row["bits"] = " ".join(str(b) for b in row["mixed"].bits_of().values())
     return row
@@ -169,58 +174,118 @@ def latency_rows(model: ir.Model, calib, folder: Path) -> dict:
     rows = {}
     for scheme, uniforms in LATENCY_SCHEMES:
         for preset in uniforms:
-            rows[f"uniform {preset.upper()}"] = built(model, preset, calib, folder)
+            rows[f"uniform {preset.upper()}"] = built(model, preset, calib, folder) | {"preset": preset}
         budget = BitBudget(max_latency=reference_latency(model, scheme, calib), target="native")
         rows[f"GA ({scheme} scheme) at {scheme.upper()}'s latency"] = built(model, scheme, calib, folder, budget) \
-            | {"budget": budget.max_latency}
+            | {"budget": budget.max_latency, "bit_budget": budget, "preset": scheme}
     return rows
 
 
-def latency_part(args, calib, images, labels) -> None:
-    import tempfile
+def timed_latency_rows(name: str, model: ir.Model, calib, x: dict, runs: int) -> tuple[dict, list[str]]:
+    """latency_rows, each library timed (runs taking turns) into its row, and the w4a8 GA's problem
+    searched under its latency budget, a size budget that binds and both (budget_search_rows)."""
+    with tempfile.TemporaryDirectory() as folder:
+        rows = latency_rows(model, calib, Path(folder))
+        ga = rows["GA (w4a8 scheme) at W4A8's latency"]["mixed"]
+        # a size budget that binds: 2/3 of the way from the fewest bytes to the GA's own answer
+        problem = ga.problem
+        fewest = problem.fixed_size + sum(min(c) for c in problem.size)
+        searches = budget_search_rows(name, problem, fewest + 2 * (ga.assignment.size - fewest) // 3)
+        measured = timings({label: (lambda r=r: r["library"].run(x)) for label, r in rows.items()}, runs)
+    for label, row in rows.items():
+        row["median"], row["p10"], row["p90"] = measured[label]
+        print(name, label, row["median"], flush=True)
+    return rows, searches
 
-    x = {"input": images[:1]}
-    # Fresh latency measurements, not a table cached in another state of this machine.
+
+def latency_cells(row: dict) -> str:
+    """budget, predicted, measured median, p10-p90 and bits cells of a latency_rows row."""
+    mixed = row["mixed"]
+    predicted = f"{mixed.assignment.latency:.3f}" if mixed else ""
+    budget = f"{row['budget']:.3f}" if "budget" in row else ""
+    return f"{budget} | {predicted} | {row['median']:.3f} | {row['p10']:.3f}-{row['p90']:.3f} | {row.get('bits', '')} |"
+
+
+def reconstructed_top1(model: ir.Model, row: dict, calib, images, labels, iters: int) -> str:
+    """The row's library again with BRECQ: the same preset, and for the GA the same budget, whose
+    search reads the same cached latencies and so returns the same bits (checked)."""
+    again = run(model, row["preset"], calib, images, labels, row.get("bit_budget"), iters)
+    if again.get("bits", "") != row.get("bits", ""):
+        raise SystemExit(f"the GA chose other bits the second time: {again.get('bits')} != {row.get('bits')}")
+    return f"{100 * again['top1']:.2f}"
+
+
+SEARCH_BUDGETS_SECTION = [
+    "", "## The searches under one budget and both", "",
+    "The w4a8 GA's problem above (sensitivities, native weight bytes, measured kernel latencies) under its latency "
+    "budget alone, a size budget alone (two thirds of the way from the fewest bytes to the GA's answer, so that "
+    "it binds) and both: summed sensitivity (lower is better), size, predicted latency and the search's time. The "
+    "exact search is an integer program (HiGHS): the optimum.", "",
+    "| model | budget | search | summed sensitivity | size (bytes) | predicted (ms) | seconds |",
+    "|---|---|---|---|---|---|---|"]
+
+
+def latency_method(runs: int) -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread, batch 1, target native. "
+            "In each scheme (w4a8: 8-bit activations; w2a4: 4-bit activations; first and last layer 8-bit) the GA's "
+            "budget is the uniform library's median latency as the search measures it (its reference library, 50 "
+            "runs, read back from the cache by the search); its prediction is the reference library's rest plus its "
+            "kernels timed alone (measured in this run, no cache; docs/mixed_precision.md); then all libraries are "
+            f"timed again, taking turns, {runs} runs each (median, 10th-90th percentile). {host_kernels()}")
+
+
+def fresh_cache() -> None:
+    """Fresh latency measurements, not a table cached in another state of this machine."""
     os.environ["QCOMPILER_CACHE"] = tempfile.mkdtemp(prefix="qcompiler-bench-cache-")
+
+
+def latency_part(args, calib, images, labels) -> None:
+    fresh_cache()
+    iters = f" --iters {args.iters}" if args.iters else " --iters 0"
     lines = ["# Mixed precision at equal measured latency", "",
-             f"`python benchmarks/mixed_precision.py --part latency --runs {args.runs}`; "
-             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread, batch 1, target native. "
-             "Top-1 (%) on the 10,000 Fashion-MNIST test images, nearest rounding, calibrated on "
-             f"{args.calib} training images. In each scheme (w4a8: 8-bit activations; w2a4: 4-bit activations; "
-             "first and last layer 8-bit) the GA's budget is the uniform library's median latency as the search "
-             "measures it (its reference library, 50 runs, read back from the cache by the search); its prediction "
-             "is the reference library's rest plus its kernels timed alone (measured in this "
-             "run, no cache; docs/mixed_precision.md); then all libraries are timed again, taking turns, "
-             f"{args.runs} runs each (median, 10th-90th percentile). {host_kernels()}", "",
-             "| model | library | top-1 | budget (ms) | predicted (ms) | measured median (ms) | p10-p90 | bits (graph order) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"`python benchmarks/mixed_precision.py --part latency --runs {args.runs}{iters}`; "
+             f"{latency_method(args.runs)} Top-1 (%) on the 10,000 Fashion-MNIST test images, calibrated on "
+             f"{args.calib} training images, with nearest rounding (the libraries timed) and with BRECQ "
+             f"({args.iters} rounding iterations per block; the same bits, so the same kernels and latency).", "",
+             "| model | library | top-1 (nearest / BRECQ) | budget (ms) | predicted (ms) | measured median (ms) | p10-p90 "
+             "| bits (graph order) |", "|---|---|---|---|---|---|---|---|"]
     searches = []
     for name in args.models:
         model = ir.load(models.path(f"{name}.onnx"))
-        with tempfile.TemporaryDirectory() as folder:
-            rows = latency_rows(model, calib, Path(folder))
-            ga = rows["GA (w4a8 scheme) at W4A8's latency"]["mixed"]
-            # a size budget that binds: 2/3 of the way from the fewest bytes to the GA's own answer
-            problem = ga.problem
-            fewest = problem.fixed_size + sum(min(c) for c in problem.size)
-            searches += budget_search_rows(name, problem, fewest + 2 * (ga.assignment.size - fewest) // 3)
-            measured = timings({label: (lambda r=r: r["library"].run(x)) for label, r in rows.items()}, args.runs)
+        rows, found = timed_latency_rows(name, model, calib, {"input": images[:1]}, args.runs)
+        searches += found
         for label, row in rows.items():
-            median, p10, p90 = measured[label]
-            mixed = row["mixed"]
-            predicted = f"{mixed.assignment.latency:.3f}" if mixed else ""
-            budget = f"{row['budget']:.3f}" if "budget" in row else ""
-            print(name, label, median, flush=True)
-            lines.append(f"| {name} | {label} | {100 * top1(row['qdq'], images, labels):.2f} | {budget} | "
-                         f"{predicted} | {median:.3f} | {p10:.3f}-{p90:.3f} | {row.get('bits', '')} |")
-    lines += ["", "## The searches under one budget and both", "",
-              "The w4a8 GA's problem above (sensitivities, native weight bytes, measured kernel latencies) under "
-              "its latency budget alone, a size budget alone (two thirds of the way from the fewest bytes to the "
-              "GA's answer, so that it binds) and both: summed sensitivity (lower is better), size, predicted "
-              "latency and the search's time. The exact search is an integer program (HiGHS): the optimum.", "",
-              "| model | budget | search | summed sensitivity | size (bytes) | predicted (ms) | seconds |",
-              "|---|---|---|---|---|---|---|", *searches]
-    publish("\n".join(lines) + "\n", RESULTS / "mixed_latency.md")
+            top1s = [f"{100 * top1(row['qdq'], images, labels):.2f}"]
+            if args.iters:
+                top1s.append(reconstructed_top1(model, row, calib, images, labels, args.iters))
+            print(name, label, top1s, flush=True)
+            lines.append(f"| {name} | {label} | {' / '.join(top1s)} | {latency_cells(row)}")
+    publish("\n".join(lines + SEARCH_BUDGETS_SECTION + searches) + "\n", RESULTS / "mixed_latency.md")
+
+
+def imagenet_latency_part(args) -> None:
+    """--part latency on the ImageNet MobileNetV2, nearest rounding: agreement, not top-1 on 10,000."""
+    from ptq_accuracy import imagenet_data, measure
+
+    fresh_cache()
+    calib, labelled, agreement = imagenet_data(args.calib)
+    name = "mobilenet_v2_imagenet"
+    model = ir.load(models.path(f"{name}.onnx"))
+    lines = ["# Mixed precision on the ImageNet MobileNetV2 at equal measured latency", "",
+             f"`python benchmarks/mixed_precision.py --part imagenet-latency --calib {args.calib} --runs {args.runs}`; "
+             f"{latency_method(args.runs)} torchvision's MobileNetV2 with its ImageNet weights, calibrated on "
+             f"{args.calib} random crops of the opencv-doc photos, nearest rounding with bias correction; top-1 on "
+             "foolbox's 20 labelled ImageNet samples (one image is 5 points), agreement with the float model's "
+             "top-1 and KL on 54 held-out photos: not ImageNet accuracy.", "",
+             "| library | top-1 (20) | agreement (54) | KL | budget (ms) | predicted (ms) | measured median (ms) | "
+             "p10-p90 | bits (graph order) |", "|---|---|---|---|---|---|---|---|---|"]
+    rows, searches = timed_latency_rows(name, model, calib, {"input": calib["input"][:1]}, args.runs)
+    for label, row in rows.items():
+        scores = measure(row["float_model"], row["qdq"], [labelled, agreement])
+        print(label, scores, flush=True)
+        lines.append(f"| {label} | {100 * scores['top1']:.0f} | {100 * scores['agreement']:.1f} | "
+                     f"{scores['kl']:.4f} | {latency_cells(row)}")
+    publish("\n".join(lines + SEARCH_BUDGETS_SECTION + searches) + "\n", RESULTS / "mixed_imagenet_latency.md")
 
 
 SCHEME_ACTIVATIONS = {"w4a8": "8-bit", "w2a4": "4-bit"}
@@ -299,6 +364,39 @@ def imagenet_part(args) -> None:
     publish("\n".join(lines) + "\n", RESULTS / "mixed_imagenet.md")
 
 
+def imagenet_brecq_part(args) -> None:
+    """The ImageNet MobileNetV2 at uniform W4A8's size, uniform and GA, nearest and with BRECQ at
+    `--iters` iterations per block (the authors' 20,000 take days on a 2-core CPU)."""
+    from ptq_accuracy import imagenet_data, measure
+
+    calib, labelled, agreement = imagenet_data(args.calib)
+    model = ir.load(models.path("mobilenet_v2_imagenet.onnx"))
+    size = uniform_size(model, "w4a8", calib)
+    reconstruct = ReconstructConfig(iters=args.iters, reg_weight=0.1, samples=args.calib)
+    lines = ["# BRECQ and the GA on the ImageNet MobileNetV2 at uniform W4A8's size", "",
+             f"`python benchmarks/mixed_precision.py --part imagenet-brecq --iters {args.iters} --calib {args.calib}`; "
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores. As in "
+             "[mixed_imagenet.md](mixed_imagenet.md) (the same crops, held-out photos and budget: "
+             f"{size:,} bytes as the {TARGET} library stores the weights), plus {reconstruct.describe()} "
+             "(rounding regulariser 0.1, the authors' MobileNetV2 setting; they run 20,000+5,000): "
+             "not ImageNet accuracy.", "",
+             "| library | rounding | top-1 (20) | agreement (54) | KL | size | seconds | bits (graph order) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for library, budget in (("uniform W4A8", None), ("GA", BitBudget(max_size=size, target=TARGET))):
+        for rounding, chosen in (("nearest", None), (f"BRECQ {args.iters}", reconstruct)):
+            start = time.perf_counter()
+            result = quantize(model.copy(), calib, load_config(None, "w4a8", None, []), progress=True, bits=budget,
+                              reconstruct=chosen)
+            seconds = time.perf_counter() - start
+            row = measure(result.float_model, result.qdq, [labelled, agreement])
+            mixed = result.mixed
+            print(library, rounding, row, f"{seconds:.0f} s", flush=True)
+            lines.append(f"| {library} | {rounding} | {100 * row['top1']:.0f} | {100 * row['agreement']:.1f} | "
+                         f"{row['kl']:.4f} | {mixed.assignment.size if mixed else size:,} | {seconds:.0f} | "
+                         f"{' '.join(str(b) for b in mixed.bits_of().values()) if mixed else ''} |")
+    publish("\n".join(lines) + "\n", RESULTS / "mixed_imagenet_brecq.md")
+
+
 def searches_part(args, calib) -> None:
     """GA, greedy and exact on the w4a8 size problems of the "mixed" budgets (sensitivities and
     sizes measured once per model, then each search on the same problem)."""
@@ -337,18 +435,22 @@ def searches_part(args, calib) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["size", "latency", "imagenet", "searches"], default="size")
+    parser.add_argument("--part", choices=["size", "latency", "imagenet", "imagenet-latency", "imagenet-brecq",
+                                                        "searches"], default="size")
     parser.add_argument("--scheme", choices=list(SCHEME_ACTIVATIONS), default="w4a8",
                         help="--part size: the activations' bits (w4a8: 8, w2a4: 4) (default: %(default)s)")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--iters", type=int, default=1000, help="BRECQ iterations per block (the authors: 20000)")
+    parser.add_argument("--iters", type=int, default=1000, help="BRECQ iterations per block (the authors: 20000); "
+                        "0: nearest rounding only (--part latency)")
     parser.add_argument("--calib", type=int, help="calibration samples (default: 1024 Fashion-MNIST training "
                         "images; 512 crops for --part imagenet)")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per library (--part latency)")
     args = parser.parse_args()
-    if args.part == "imagenet":
+    if args.part.startswith("imagenet"):
         args.calib = args.calib or 512
-        return imagenet_part(args)
+        parts = {"imagenet": imagenet_part, "imagenet-latency": imagenet_latency_part,
+                 "imagenet-brecq": imagenet_brecq_part}
+        return parts[args.part](args)
     args.calib = args.calib or 1024
     calib, images, labels = fashion(args.calib)
     if args.part == "latency":
