@@ -159,14 +159,12 @@ def reference_latency(model: ir.Model, preset: str, calib) -> float:
     timings of one library on this shared machine differ by more than the kernels' differences)."""
     from qcompiler.backends.tvm.targets import get_target
     from qcompiler.data import load_data
-    from qcompiler.driver import dynamic_inputs, float_pipeline, resolve_input_shapes
+    from qcompiler.driver import float_model, shapes_to_fix
     from qcompiler.mixed_precision import library_latency
-    from qcompiler.pass_infra import PassManager
 
     data = load_data(calib, model)
-    shapes = resolve_input_shapes(model, None, data.arrays) if dynamic_inputs(model) else None
-    float_model = PassManager(float_pipeline(shapes))(model.copy()).model
-    return library_latency(float_model, load_config(None, preset, None, []), data, get_target("native"))[0]
+    prepared = float_model(model.copy(), shapes_to_fix(model, None, data.arrays))
+    return library_latency(prepared, load_config(None, preset, None, []), data, get_target("native"))[0]
 
 
 def latency_rows(model: ir.Model, calib, folder: Path) -> dict:

@@ -35,7 +35,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from qcompiler.data import load_data
     from qcompiler.mixed_precision import parse_choices, searched_layers
     from qcompiler.passes.partition_blocks import partition
-    from qcompiler.pass_infra import PassManager
     from qcompiler.quant.presets import load_config
     from qcompiler.sim.sensitivity import SensitivityConfig, analyze
 
@@ -44,8 +43,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     shapes = dict(input_shape(s) for s in args.input_shape) or None
     data = load_data(args.calib, model, limit=args.calib_count)
     held = load_data(args.eval, model, what="evaluation") if args.eval else None
-    fixed = driver.resolve_input_shapes(model, shapes, data.arrays) if shapes or driver.dynamic_inputs(model) else None
-    float_model = PassManager(driver.float_pipeline(fixed))(model).model
+    float_model = driver.float_model(model, driver.shapes_to_fix(model, shapes, data.arrays))
     layers, _, _ = searched_layers(float_model, config)
     if not layers:
         raise UsageError(f"{args.model}: no layer with a constant weight to analyze")

@@ -178,6 +178,17 @@ def float_pipeline(shapes: dict | None = None) -> list[Pass]:
     return ([p.FoldShapes(shapes)] if shapes else []) + [p.get_pass(name)() for name in p.DEFAULT_PIPELINE]
 
 
+def shapes_to_fix(model: Model, given: dict | None, arrays: dict) -> dict | None:
+    """The input shapes the float pipeline folds: the given ones, or the data's where an input is
+    dynamic (resolve_input_shapes); None: keep the model's own."""
+    return resolve_input_shapes(model, given, arrays) if given or dynamic_inputs(model) else None
+
+
+def float_model(model: Model, shapes: dict | None) -> Model:
+    """`model` through float_pipeline(shapes): what annotation, sensitivities and costs start from."""
+    return PassManager(float_pipeline(shapes))(model).model
+
+
 def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None, *, calib_count: int | None = None,
              preprocess: ImagePreprocess | None = None, batch_size: int | None = None, progress: bool = True,
              context: PassContext | None = None, reconstruct: ReconstructConfig | None = None,
@@ -201,7 +212,7 @@ def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None
             f"{model.path or 'model'}: already quantized ({len(qdq_nodes)} QuantizeLinear/DequantizeLinear nodes, "
             f"e.g. {qdq_nodes[0]}); quantize the float model instead")
     data = load_data(calib, model, preprocess=preprocess, limit=calib_count)
-    shapes = resolve_input_shapes(model, input_shapes, data.arrays) if input_shapes or dynamic_inputs(model) else None
+    shapes = shapes_to_fix(model, input_shapes, data.arrays)
     if train is not None and reconstruct is not None:
         raise UsageError("choose training (QIL/QAT) or reconstruction (BRECQ), not both")
     training = held = None
@@ -214,7 +225,7 @@ def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None
         from qcompiler import mixed_precision
         from qcompiler.passes import AssignBitWidths
 
-        mixed = mixed_precision.plan(PassManager(float_pipeline(shapes))(model).model, config, data, bits, progress)
+        mixed = mixed_precision.plan(float_model(model, shapes), config, data, bits, progress)
         assign = AssignBitWidths(mixed.problem, config, bits.method, bits.seed)
     keep = _KeepInputs(["annotate-quant", "insert-qdq"])
     context = context or PassContext()
