@@ -378,8 +378,8 @@ def imagenet_brecq_part(args) -> None:
              f"{size:,} bytes as the {TARGET} library stores the weights), plus {reconstruct.describe()} "
              "(rounding regulariser 0.1, the authors' MobileNetV2 setting; they run 20,000+5,000): "
              "not ImageNet accuracy.", "",
-             "| library | rounding | top-1 (20) | agreement (54) | KL | size | seconds | bits (graph order) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| library | rounding | top-1 (20) | agreement (54) | KL | size | seconds | block output error on the "
+             "calibration crops, nearest -> learned (sum) | bits (graph order) |", "|---|---|---|---|---|---|---|---|---|"]
     for library, budget in (("uniform W4A8", None), ("GA", BitBudget(max_size=size, target=TARGET))):
         for rounding, chosen in (("nearest", None), (f"BRECQ {args.iters}", reconstruct)):
             start = time.perf_counter()
@@ -389,8 +389,11 @@ def imagenet_brecq_part(args) -> None:
             row = measure(result.float_model, result.qdq, [labelled, agreement])
             mixed = result.mixed
             print(library, rounding, row, f"{seconds:.0f} s", flush=True)
+            blocks = result.qdq.analysis.get("reconstruct-blocks", [])
+            errors = (f"{sum(b.loss_nearest for b in blocks):.4g} -> {sum(b.loss_learned for b in blocks):.4g}"
+                      if blocks else "")
             lines.append(f"| {library} | {rounding} | {100 * row['top1']:.0f} | {100 * row['agreement']:.1f} | "
-                         f"{row['kl']:.4f} | {mixed.assignment.size if mixed else size:,} | {seconds:.0f} | "
+                         f"{row['kl']:.4f} | {mixed.assignment.size if mixed else size:,} | {seconds:.0f} | {errors} | "
                          f"{' '.join(str(b) for b in mixed.bits_of().values()) if mixed else ''} |")
     publish("\n".join(lines) + "\n", RESULTS / "mixed_imagenet_brecq.md")
 
