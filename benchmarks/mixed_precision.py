@@ -70,6 +70,11 @@ def uniform_size(model: ir.Model, preset: str, calib) -> int:
     return floating + sum(stored_weight_bytes(shapes[n], pinned.get(n, bits), spec) for n in layers)
 
 
+def bits_text(mixed) -> str:
+    """A mixed-precision run's weight bits in graph order, as the tables print them ("" when uniform)."""
+    return " ".join(str(b) for b in mixed.bits_of().values()) if mixed is not None else ""
+
+
 def run(model: ir.Model, preset: str, calib, images, labels, budget: BitBudget | None, iters: int | None) -> dict:
     start = time.perf_counter()
     reconstruct = ReconstructConfig(iters=iters, samples=1024) if iters else None
@@ -78,7 +83,7 @@ def run(model: ir.Model, preset: str, calib, images, labels, budget: BitBudget |
     row = {"top1": top1(result.qdq, images, labels), "seconds": time.perf_counter() - start}
     if result.mixed is not None:
         a = result.mixed.assignment
-        row.update(size=a.size, bits=" ".join(str(b) for b in result.mixed.bits_of().values()),
+        row.update(size=a.size, bits=bits_text(result.mixed),
                    mixed=result.mixed)
     return row
 
@@ -134,7 +139,7 @@ def built(model: ir.Model, preset: str, calib, workdir: Path, budget: BitBudget 
                         progress=False, bits=budget, check_samples=0)
     row = {"qdq": run.qdq, "library": load(out), "mixed": run.quantized.mixed, "float_model": run.quantized.float_model}
     if row["mixed"] is not None:
-        row["bits"] = " ".join(str(b) for b in row["mixed"].bits_of().values())
+        row["bits"] = bits_text(row["mixed"])
     return row
 
 
@@ -175,7 +180,7 @@ def latency_rows(model: ir.Model, calib, folder: Path) -> dict:
             rows[f"uniform {preset.upper()}"] = built(model, preset, calib, folder) | {"preset": preset}
         budget = BitBudget(max_latency=reference_latency(model, scheme, calib), target="native")
         rows[f"GA ({scheme} scheme) at {scheme.upper()}'s latency"] = built(model, scheme, calib, folder, budget) \
-            | {"budget": budget.max_latency, "bit_budget": budget, "preset": scheme}
+            | {"bit_budget": budget, "preset": scheme}
     return rows
 
 
@@ -200,7 +205,7 @@ def latency_cells(row: dict) -> str:
     """budget, predicted, measured median, p10-p90 and bits cells of a latency_rows row."""
     mixed = row["mixed"]
     predicted = f"{mixed.assignment.latency:.3f}" if mixed else ""
-    budget = f"{row['budget']:.3f}" if "budget" in row else ""
+    budget = f"{row['bit_budget'].max_latency:.3f}" if "bit_budget" in row else ""
     return f"{budget} | {predicted} | {row['median']:.3f} | {row['p10']:.3f}-{row['p90']:.3f} | {row.get('bits', '')} |"
 
 
@@ -323,11 +328,24 @@ def size_part(args, scheme: str, calib, images, labels) -> None:
     publish("\n".join(lines) + "\n", RESULTS / ("mixed.md" if scheme == "w4a8" else f"mixed_{scheme}.md"))
 
 
+def imagenet_run(model: ir.Model, calib, evals: list, preset: str, budget: BitBudget | None,
+                 reconstruct: ReconstructConfig | None = None) -> tuple[dict, float, object]:
+    """Quantize the ImageNet MobileNetV2 (progress shown when it reconstructs: that takes a while) and
+    measure it on `evals` (ptq_accuracy.measure): (scores, seconds of quantization, the run)."""
+    from ptq_accuracy import measure
+
+    start = time.perf_counter()
+    result = quantize(model.copy(), calib, load_config(None, preset, None, []), progress=reconstruct is not None,
+                      bits=budget, reconstruct=reconstruct)
+    seconds = time.perf_counter() - start
+    return measure(result.float_model, result.qdq, evals), seconds, result
+
+
 def imagenet_part(args) -> None:
     """The ImageNet MobileNetV2 at the size budgets of both schemes, nearest rounding (BRECQ takes
     hours on a 2-core CPU): top-1 on foolbox's 20 labelled samples, agreement and KL with the float
     model on 54 held-out photos (not ImageNet accuracy)."""
-    from ptq_accuracy import imagenet_data, measure
+    from ptq_accuracy import imagenet_data
 
     calib, labelled, agreement = imagenet_data(args.calib)
     model = ir.load(models.path("mobilenet_v2_imagenet.onnx"))
@@ -348,13 +366,8 @@ def imagenet_part(args) -> None:
             entries = [("GA", scheme, BitBudget(max_size=size, target=TARGET))] + \
                 ([(f"uniform {preset.upper()}", preset, None)] if preset else [])
             for library, chosen, budget in entries:
-                start = time.perf_counter()
-                result = quantize(model.copy(), calib, load_config(None, chosen, None, []), progress=False,
-                                  bits=budget)
-                seconds = time.perf_counter() - start
-                row = measure(result.float_model, result.qdq, [labelled, agreement])
-                mixed = result.mixed
-                bits = " ".join(str(b) for b in mixed.bits_of().values()) if mixed else ""
+                row, seconds, result = imagenet_run(model, calib, [labelled, agreement], chosen, budget)
+                mixed, bits = result.mixed, bits_text(result.mixed)
                 print(scheme, label, library, row, flush=True)
                 lines.append(f"| {scheme} | {size:,} | {label} | {library} | {100 * row['top1']:.0f} | "
                              f"{100 * row['agreement']:.1f} | {row['kl']:.4f} | "
@@ -365,7 +378,7 @@ def imagenet_part(args) -> None:
 def imagenet_brecq_part(args) -> None:
     """The ImageNet MobileNetV2 at uniform W4A8's size, uniform and GA, nearest and with BRECQ at
     `--iters` iterations per block (the authors' 20,000 take days on a 2-core CPU)."""
-    from ptq_accuracy import imagenet_data, measure
+    from ptq_accuracy import imagenet_data
 
     calib, labelled, agreement = imagenet_data(args.calib)
     model = ir.load(models.path("mobilenet_v2_imagenet.onnx"))
@@ -382,11 +395,7 @@ def imagenet_brecq_part(args) -> None:
              "calibration crops, nearest -> learned (sum) | bits (graph order) |", "|---|---|---|---|---|---|---|---|---|"]
     for library, budget in (("uniform W4A8", None), ("GA", BitBudget(max_size=size, target=TARGET))):
         for rounding, chosen in (("nearest", None), (f"BRECQ {args.iters}", reconstruct)):
-            start = time.perf_counter()
-            result = quantize(model.copy(), calib, load_config(None, "w4a8", None, []), progress=True, bits=budget,
-                              reconstruct=chosen)
-            seconds = time.perf_counter() - start
-            row = measure(result.float_model, result.qdq, [labelled, agreement])
+            row, seconds, result = imagenet_run(model, calib, [labelled, agreement], "w4a8", budget, chosen)
             mixed = result.mixed
             print(library, rounding, row, f"{seconds:.0f} s", flush=True)
             blocks = result.qdq.analysis.get("reconstruct-blocks", [])
@@ -394,7 +403,7 @@ def imagenet_brecq_part(args) -> None:
                       if blocks else "")
             lines.append(f"| {library} | {rounding} | {100 * row['top1']:.0f} | {100 * row['agreement']:.1f} | "
                          f"{row['kl']:.4f} | {mixed.assignment.size if mixed else size:,} | {seconds:.0f} | {errors} | "
-                         f"{' '.join(str(b) for b in mixed.bits_of().values()) if mixed else ''} |")
+                         f"{bits_text(mixed)} |")
     publish("\n".join(lines) + "\n", RESULTS / "mixed_imagenet_brecq.md")
 
 
