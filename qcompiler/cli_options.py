@@ -213,7 +213,8 @@ def _quantize_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, help="calibration batch size (default: what fits 256 MiB of "
                    "activations); with --train, the training batch (default 64)")
     p.add_argument("--no-bias-correction", action="store_true", help="keep the biases as trained (by default the mean "
-                   "output shift that weight rounding causes is folded into them; not used with --reconstruct)")
+                   "output shift that weight rounding causes is folded into them; after --reconstruct, only if that raises "
+                   "the output's SQNR on the calibration data)")
     p.add_argument("--no-wide-activations", action="store_true", help="keep every 8-bit activation at 8 bits (by "
                    "default one whose typical values 8 bits would lose, because a few far-out values set its range, "
                    "is quantized at 16 bits, and the summary says so)")

@@ -70,6 +70,9 @@ class QuantizeRun:
     mixed: object = None  # qcompiler.mixed_precision.MixedPrecision, with --bits auto
     reconstruction_estimate: object = None  # qcompiler.sim.estimate.Estimate, made before reconstruction
     widened: dict = dataclasses.field(default_factory=dict)  # activation -> bulk SQNR dB at 8 and at 16 bits
+    #: correct-bias after reconstruction: the output's SQNR (dB) on the calibration data without
+    #: and with the correction, which is kept only if it is higher.
+    bias_check: tuple | None = None
 
     def report(self, evaluation: Evaluation | None = None, evaluation_source: str = "") -> ReportData:
         """The report's data: per-tensor errors on the first 64 calibration samples, sizes, settings."""
@@ -99,14 +102,19 @@ class QuantizeRun:
         return self.reconstruct.describe() + (f" ({estimate.describe()})" if estimate is not None else "")
 
     def bias_correction(self) -> str:
-        """What correct-bias did, in words ("" when reconstruction ran instead: its row says so)."""
-        if self.reconstruct is not None or self.training is not None:
+        """What correct-bias did, in words ("" when training ran instead: its row says so)."""
+        if self.training is not None:
             return ""
         if not self.config.bias_correction:
             return "off"
+        check = "" if self.bias_check is None else \
+            "output SQNR on the calibration data {:.1f} dB without it, {:.1f} dB with it".format(*self.bias_check)
         if not self.bias_shifts:
-            return "no Conv/Gemm layer with quantized weights"
-        return (f"{len(self.bias_shifts)} layers (mean shift of weight rounding folded into the biases; "
+            return f"not kept after reconstruction: {check}" if check else "no Conv/Gemm layer with quantized weights"
+        if check:
+            return (f"{len(self.bias_shifts)} layers after reconstruction (mean shift of the learned rounding folded "
+                    f"into the biases; largest change {max(self.bias_shifts.values()):.3g}; {check})")
+        return (f"{len(self.bias_shifts)} layers (mean output shift of weight rounding folded into the biases; "
                 f"largest change {max(self.bias_shifts.values()):.3g})")
 
     def save(self, out_dir: str | Path, report: ReportData | None = None, *, force: bool = True) -> list[Path]:
@@ -154,8 +162,8 @@ def quantization_pipeline(config: QuantConfig, data: Dataset, *, shapes: dict | 
                           held_out: Dataset | None = None, assign: Pass | None = None) -> list[Pass]:
     """The passes of quantization, in order: [fold-shapes], the default pipeline, annotate,
     [assign bit widths], calibrate, untie concats, widen activations that 8 bits would lose,
-    then train (QIL/QAT, on `train_data`),
-    reconstruct (BRECQ) or correct biases, insert QDQ."""
+    then train (QIL/QAT, on `train_data`) or [reconstruct (BRECQ)] and correct biases,
+    insert QDQ."""
     from qcompiler import passes as p
 
     steps = float_pipeline(shapes)
@@ -166,8 +174,10 @@ def quantization_pipeline(config: QuantConfig, data: Dataset, *, shapes: dict | 
         steps.append(p.TrainQuant(train_data or data, train, held_out, progress))
     elif reconstruct is not None:
         steps.append(p.ReconstructBlocks(data, reconstruct, progress))
-    elif config.bias_correction:
-        steps.append(p.CorrectBias(data, batch_size, progress))
+    # After reconstruction too, where it raises the output's SQNR: a short reconstruction of a
+    # depthwise net needs it, a converged one is better without (docs/brecq.md has the measurements).
+    if config.bias_correction and train is None:
+        steps.append(p.CorrectBias(data, batch_size, progress, guarded=reconstruct is not None))
     return steps + [p.InsertQDQ()]
 
 
@@ -245,7 +255,8 @@ def quantize(model: Model | str | Path, calib, config: QuantConfig | None = None
                        qdq.analysis.get("reconstruct-blocks", []), qdq.analysis.get("correct-bias", {}), untied,
                        reconstruct, time.perf_counter() - start, str(model.path or ""),
                        calib if isinstance(calib, (str, Path)) else type(calib).__name__,
-                       qdq.analysis.get("train-quant"), mixed, qdq.analysis.get("reconstruct-blocks estimate"), widened)
+                       qdq.analysis.get("train-quant"), mixed, qdq.analysis.get("reconstruct-blocks estimate"), widened,
+                       qdq.analysis.get("correct-bias output sqnr"))
 
 
 def evaluate(run: QuantizeRun, data, *, preprocess: ImagePreprocess | None = None,
