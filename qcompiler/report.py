@@ -56,8 +56,6 @@ def summary_table(r: ReportData) -> str:
         rows.append(("top-1 agreement", f"{e.agreement:.4f}"))
         rows.append(("KL(float || quantized)", f"{e.kl:.5f} nats"))
         rows.append(("output SQNR", f"{e.sqnr_db:.1f} dB"))
-    if r.bias_correction:
-        rows.append(("bias correction", r.bias_correction))
     for concat, reason in r.untied.items():
         rows.append(("untied concat", f"{concat}: {reason}; inputs keep their own scales, the concat runs in float"))
     for tensor, (eight, sixteen) in r.widened.items():
@@ -69,6 +67,8 @@ def summary_table(r: ReportData) -> str:
         rows.append(("reconstruction", f"{r.reconstruction_setting}: {len(r.reconstruction)} blocks, block output "
                      f"error {before:.4g} -> {after:.4g} (sum, nearest rounding -> learned), "
                      f"{sum(b.seconds for b in r.reconstruction):.1f} s"))
+    if r.bias_correction:  # after reconstruction, as the passes run
+        rows.append(("bias correction", r.bias_correction))
     if r.mixed is not None and r.mixed.assignment is not None:
         rows.append(("bit widths", r.mixed.summary()))
     if r.training is not None:
