@@ -8,7 +8,8 @@ activation quantization is dropped at random. Two caches of the live tensors bet
 (float and quantized) are carried forward, over at most `samples` calibration samples.
 
 The learned rounding is stored as integers on the weights' TensorQuant (insert-qdq writes them
-instead of rounding to nearest); learned step sizes replace the activations' scales. The time
+instead of rounding to nearest); learned step sizes replace the activations' scales, and learned
+biases (ReconstructConfig.bias_lr > 0) the layers' bias constants. The time
 estimate made before the first block (qcompiler.sim.estimate) is `estimate` and
 model.analysis["reconstruct-blocks estimate"].
 """
@@ -63,6 +64,11 @@ def _write_back(model: Model, params: dict) -> None:
     """Learned integers onto the weights' annotations; learned step sizes onto their activation groups."""
     from qcompiler.sim.quantized import learned_integers
 
+    tensors = model.tensors()
+    for name, value in params["weights"].items():   # learned biases (ReconstructConfig.bias_lr)
+        if name not in model.quant:
+            for layer in model.consumers(tensors[name]):
+                model.set_const_input(layer, 2, np.asarray(value, np.float32))
     for name, integers in learned_integers(params, model.quant).items():
         model.quant[name] = dataclasses.replace(model.quant[name], rounded=integers)
     for name, tq in model.quant.items():

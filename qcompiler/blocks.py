@@ -7,6 +7,8 @@ import dataclasses
 
 #: How much partition-blocks puts in one block (see qcompiler.passes.partition_blocks).
 GRANULARITIES = ("layer", "block", "stage", "net")
+#: The bias learning rate --learn-bias sets (ReconstructConfig.bias_lr; measured in docs/brecq.md).
+LEARNED_BIAS_LR = 1e-3
 #: crop="auto": the output side trained on, where cropping at least halves a block's input area.
 AUTO_CROP = 64
 
@@ -38,6 +40,9 @@ class ReconstructConfig:
     batch_size: int = 32
     lr: float = 1e-3
     act_lr: float = 4e-4
+    #: > 0: also learn the biases of the block's quantized layers, with both phases (Adam, cosine
+    #: decay from this rate), as AdaQuant does; they then replace bias correction (0: BRECQ's fixed biases).
+    bias_lr: float = 0.0
     reg_weight: float = 0.01
     beta: tuple[float, float] = (20.0, 2.0)
     warmup: float = 0.2
@@ -58,7 +63,8 @@ class ReconstructConfig:
             raise ValueError(f"crop must be a positive int, 'auto' or None, not {self.crop!r}")
 
     def describe(self) -> str:
-        extras = (", Fisher" if self.fisher else "") + (f", QDrop {self.qdrop}" if self.qdrop else "")
+        extras = (", Fisher" if self.fisher else "") + (f", QDrop {self.qdrop}" if self.qdrop else "") + \
+            (", biases learned" if self.bias_lr else "")
         return f"BRECQ {self.granularity}, {self.iters}+{self.act_iters} iterations per block{extras}"
 
 

@@ -8,7 +8,7 @@ import functools
 from pathlib import Path
 
 from qcompiler import __version__
-from qcompiler.blocks import AUTO_CROP, GRANULARITIES, ReconstructConfig
+from qcompiler.blocks import AUTO_CROP, GRANULARITIES, LEARNED_BIAS_LR, ReconstructConfig
 from qcompiler.errors import UsageError
 
 # Names for --help only (the modules that own them are imported when a command runs).
@@ -244,6 +244,9 @@ def _reconstruct_options(p: argparse.ArgumentParser) -> None:
                    "(squared gradients of the KL between quantized and float network outputs)")
     g.add_argument("--qdrop", type=probability, default=0.0, metavar="P", help="QDrop: learn rounding and step sizes "
                    "together, keeping each activation in float with probability P (the authors use 0.5)")
+    g.add_argument("--learn-bias", action="store_true", help="also learn the quantized layers' biases, block by "
+                   "block, instead of correcting them after (helps short runs and depthwise nets whose calibration "
+                   "data is like their inputs; docs/brecq.md)")
     g.add_argument("--reconstruct-samples", type=positive_int, default=defaults.samples,
                    help="calibration samples reconstruction uses at most (default: %(default)s)")
     g.add_argument("--crop", type=crop_option, metavar="N|auto|off", help="train convolutional blocks on random "
@@ -285,12 +288,14 @@ def bit_budget(args: argparse.Namespace):
 def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig | None:
     """The ReconstructConfig the options ask for (None without --reconstruct); bad values are usage errors."""
     if not args.reconstruct:
-        for flag, value in (("--fisher", args.fisher), ("--qdrop", args.qdrop), ("--crop", args.crop is not None)):
+        for flag, value in (("--fisher", args.fisher), ("--qdrop", args.qdrop), ("--crop", args.crop is not None),
+                            ("--learn-bias", args.learn_bias)):
             if value:
                 raise UsageError(f"{flag} needs --reconstruct brecq")
         return None
     return ReconstructConfig(granularity=args.granularity, iters=args.iters, act_iters=args.act_iters, fisher=args.fisher,
                              qdrop=args.qdrop, samples=args.reconstruct_samples, seed=args.seed,
+                             bias_lr=LEARNED_BIAS_LR if args.learn_bias else 0.0,
                              crop={None: "auto", "off": None}.get(args.crop, args.crop))
 
 

@@ -107,6 +107,8 @@ class QuantizeRun:
             return ""
         if not self.config.bias_correction:
             return "off"
+        if self.reconstruct is not None and self.reconstruct.bias_lr:
+            return "not run: reconstruction learned the biases (--learn-bias)"
         check = "" if self.bias_check is None else \
             "output SQNR on the calibration data {:.1f} dB without it, {:.1f} dB with it".format(*self.bias_check)
         if not self.bias_shifts:
@@ -162,7 +164,8 @@ def quantization_pipeline(config: QuantConfig, data: Dataset, *, shapes: dict | 
                           held_out: Dataset | None = None, assign: Pass | None = None) -> list[Pass]:
     """The passes of quantization, in order: [fold-shapes], the default pipeline, annotate,
     [assign bit widths], calibrate, untie concats, widen activations that 8 bits would lose,
-    then train (QIL/QAT, on `train_data`) or [reconstruct (BRECQ)] and correct biases,
+    then train (QIL/QAT, on `train_data`) or [reconstruct (BRECQ)] and correct biases (unless
+    reconstruction learned them),
     insert QDQ."""
     from qcompiler import passes as p
 
@@ -176,7 +179,8 @@ def quantization_pipeline(config: QuantConfig, data: Dataset, *, shapes: dict | 
         steps.append(p.ReconstructBlocks(data, reconstruct, progress))
     # After reconstruction too, where it raises the output's SQNR: a short reconstruction of a
     # depthwise net needs it, a converged one is better without (docs/brecq.md has the measurements).
-    if config.bias_correction and train is None:
+    # Not where reconstruction learned the biases: it would correct them twice.
+    if config.bias_correction and train is None and not (reconstruct and reconstruct.bias_lr):
         steps.append(p.CorrectBias(data, batch_size, progress, guarded=reconstruct is not None))
     return steps + [p.InsertQDQ()]
 

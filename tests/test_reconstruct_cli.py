@@ -40,6 +40,16 @@ def test_crop_reaches_the_reconstruction(tmp_path, capsys):
     assert match and float(match[2]) < float(match[1]), line
 
 
+def test_learn_bias_reaches_the_reconstruction_and_the_summary(tmp_path, capsys):
+    code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "--preset", "w2a4", "--reconstruct", "brecq",
+                         "--iters", "20", "--act-iters", "5", "--calib-count", "64", "--learn-bias", "--no-progress",
+                         "-o", tmp_path)
+    assert code == 0, err
+    assert "BRECQ block, 20+5 iterations per block, biases learned" in out
+    line = next(line for line in out.splitlines() if line.startswith("bias correction"))
+    assert "not run: reconstruction learned the biases (--learn-bias)" in line, line
+
+
 def test_compile_with_brecq_builds_and_checks_the_library(tmp_path, capsys):
     code, out, err = cli(capsys, "compile", RESNET, "--calib", SUBSET, "--preset", "w2a4", "--reconstruct", "brecq",
                          "--iters", "20", "--calib-count", "64", "--no-progress", "-o", tmp_path)
@@ -60,6 +70,7 @@ def test_compile_with_brecq_builds_and_checks_the_library(tmp_path, capsys):
     (["--reconstruct", "brecq", "--crop", "0"], "argument --crop: 0: must be positive (or auto, off)"),
     (["--reconstruct", "brecq", "--crop", "big"], "argument --crop: 'big': expected auto, off or a positive whole"),
     (["--crop", "32"], "--crop needs --reconstruct brecq"),
+    (["--learn-bias"], "--learn-bias needs --reconstruct brecq"),
 ])
 def test_bad_options_are_usage_errors(args, message, tmp_path, capsys):
     code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "-o", tmp_path / "out", *args)

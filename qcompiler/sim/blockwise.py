@@ -21,7 +21,7 @@ from qcompiler.sim.crop_reach import block_reach
 from qcompiler.sim.crops import Crops, plan_crops
 from qcompiler.sim.estimate import estimate
 from qcompiler.sim.interpreter import Interpreter
-from qcompiler.sim.quantized import QuantState, quant_hooks, quant_params
+from qcompiler.sim.quantized import QuantState, quant_hooks, quant_params, quantized_biases
 from qcompiler.sim.reconstruction import BlockProblem, Phase, block_loss, initial_rounding, learn, merge_learned
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,17 @@ class Reconstruction:
 
     def _phase(self, label: str, iters: int, rounding: bool, steps: bool) -> Phase:
         c = self.config
-        return Phase(label, iters, rounding, steps, c.lr, c.act_lr, c.reg_weight, c.beta, c.warmup, c.batch_size)
+        return Phase(label, iters, rounding, steps, c.lr, c.act_lr, c.reg_weight, c.beta, c.warmup, c.batch_size,
+                     c.bias_lr)
+
+    def _biases(self, owned: set[str]) -> dict:
+        """The current values of the biases of the block's quantized layers, learned with its rounding
+        and its step sizes when c.bias_lr > 0 (else none)."""
+        if not self.config.bias_lr:
+            return {}
+        tensors = self.model.tensors()
+        return {b: self.params["weights"].get(b, jnp.asarray(self.model.const_value(tensors[b]), jnp.float32))
+                for _, _, b in quantized_biases(self.model) if b in owned}
 
     def _reconstruct(self, index: int, block: Block) -> None:
         start, c = time.perf_counter(), self.config
@@ -121,19 +131,22 @@ class Reconstruction:
                          if t in self.model.quant and self.model.quant[t].role == "activation"})
         steps = {g: self.params["act"][g][0] for g in groups if g in self.params["act"]}
         rounding = initial_rounding(self.params, self.model.quant, weights) if weights and c.iters else {}
+        biases = self._biases(owned)
         tag, curve = f"{block.name} ({index + 1}/{len(self.blocks)})", []
         if c.qdrop > 0:
-            learned = {k: v for k, v in (("rounding", rounding), ("steps", steps)) if v}
+            learned = {k: v for k, v in (("rounding", rounding), ("steps", steps), ("bias", biases)) if v}
             phase = self._phase(f"{tag} rounding+steps, QDrop {c.qdrop}", c.iters, bool(rounding), bool(steps))
             problem = self._problem(block, owned, QuantState("soft", True, c.qdrop), targets, fisher)
             curve = self._learn(problem, learned, phase, index) if learned and c.iters else []
         else:
             if rounding:
                 problem = self._problem(block, owned, QuantState("soft", False), targets, fisher)
-                curve = self._learn(problem, {"rounding": rounding}, self._phase(f"{tag} rounding", c.iters, True, False),
-                                    index)
+                curve = self._learn(problem, {"rounding": rounding, **({"bias": biases} if biases else {})},
+                                    self._phase(f"{tag} rounding", c.iters, True, False), index)
             if steps and c.act_iters:
-                curve += self._learn(final, {"steps": steps}, self._phase(f"{tag} steps", c.act_iters, False, True), index)
+                extra = {"bias": self._biases(owned)} if biases else {}   # as the rounding phase left them
+                curve += self._learn(final, {"steps": steps, **extra}, self._phase(f"{tag} steps", c.act_iters, False, True),
+                                     index)
         loss_learned = block_loss(final, self.params)
         q_block = jax.jit(final.forward)
         outputs = _map(lambda p, x: dict(zip(block.outputs, q_block(p, x))), self.params, final.inputs)

@@ -37,6 +37,7 @@ class Phase:
     beta: tuple[float, float] = (20.0, 2.0)
     warmup: float = 0.2
     batch_size: int = 32
+    bias_lr: float = 0.0  # Adam on the biases learned with this phase (if any), cosine decay to 0
 
 
 @dataclasses.dataclass
@@ -106,18 +107,21 @@ MIN_STEP_SHARE = 1e-3
 
 
 def merge_learned(params: dict, learned: dict) -> dict:
-    """`params` with learned rounding and step sizes (kept above MIN_STEP_SHARE of the step they
-    replace, and above the smallest scale) in place."""
+    """`params` with learned rounding, biases (which override the constants, as weights do) and
+    step sizes (kept above MIN_STEP_SHARE of the step they replace, and above the smallest scale)
+    in place."""
     act = dict(params["act"])
     for group, scale in learned.get("steps", {}).items():
         floor = jnp.maximum(MIN_STEP_SHARE * params["act"][group][0], MIN_SCALE)
         act[group] = (jnp.maximum(scale, floor), params["act"][group][1])
-    return {**params, "rounding": {**params["rounding"], **learned.get("rounding", {})}, "act": act}
+    return {**params, "rounding": {**params["rounding"], **learned.get("rounding", {})}, "act": act,
+            "weights": {**params["weights"], **learned.get("bias", {})}}
 
 
 def _optimizers(phase: Phase) -> dict:
     return {"rounding": optax.adam(phase.lr),
-            "steps": optax.adam(optax.cosine_decay_schedule(phase.step_lr, max(phase.iters, 1)))}
+            "steps": optax.adam(optax.cosine_decay_schedule(phase.step_lr, max(phase.iters, 1))),
+            "bias": optax.adam(optax.cosine_decay_schedule(phase.bias_lr, max(phase.iters, 1)))}
 
 
 def make_step(problem: BlockProblem, phase: Phase, learned: dict):
@@ -146,7 +150,8 @@ def make_step(problem: BlockProblem, phase: Phase, learned: dict):
 
 def learn(problem: BlockProblem, params: dict, learned: dict, phase: Phase, seed: int,
           progress: bool = True) -> tuple[dict, list[float]]:
-    """Run `phase` over `learned` ({"rounding": {weight: V}, "steps": {group: scale}}); returns the
+    """Run `phase` over `learned` ({"rounding": {weight: V}, "steps": {group: scale}, "bias": {name:
+    bias}}, any of them); returns the
     learned values and the reconstruction loss every 1% of the iterations."""
     step, states = make_step(problem, phase, learned)
     rng = np.random.default_rng(seed)
