@@ -72,7 +72,8 @@ def test_mixed_latency_numbers_in_the_readme_come_from_the_benchmark_file():
 
 def test_mixed_imagenet_numbers_in_the_readme_come_from_the_benchmark_file():
     numbers, results = _paragraph_numbers("mixed_imagenet.md", ("mixed_imagenet.md", "mixed_imagenet_latency.md",
-                                                                "mixed_imagenet_brecq.md"))
+                                                                "mixed_imagenet_brecq.md",
+                                                                "imagenet_generalization.md"))
     assert len(numbers) >= 5
     for number in numbers:
         assert number in results, number
