@@ -61,14 +61,16 @@ class ReconstructBlocks(Pass):
 
 
 def _write_back(model: Model, params: dict) -> None:
-    """Learned integers onto the weights' annotations; learned step sizes onto their activation groups."""
+    """Learned integers onto the weights' annotations, learned biases into the layers that add them
+    (as their input 2), learned step sizes onto their activation groups."""
     from qcompiler.sim.quantized import learned_integers
 
     tensors = model.tensors()
     for name, value in params["weights"].items():   # learned biases (ReconstructConfig.bias_lr)
         if name not in model.quant:
             for layer in model.consumers(tensors[name]):
-                model.set_const_input(layer, 2, np.asarray(value, np.float32))
+                if model.input_or_none(layer, 2) is tensors[name]:
+                    model.set_const_input(layer, 2, np.asarray(value, np.float32))
     for name, integers in learned_integers(params, model.quant).items():
         model.quant[name] = dataclasses.replace(model.quant[name], rounded=integers)
     for name, tq in model.quant.items():

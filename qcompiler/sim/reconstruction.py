@@ -114,8 +114,10 @@ def merge_learned(params: dict, learned: dict) -> dict:
     for group, scale in learned.get("steps", {}).items():
         floor = jnp.maximum(MIN_STEP_SHARE * params["act"][group][0], MIN_SCALE)
         act[group] = (jnp.maximum(scale, floor), params["act"][group][1])
-    return {**params, "rounding": {**params["rounding"], **learned.get("rounding", {})}, "act": act,
-            "weights": {**params["weights"], **learned.get("bias", {})}}
+    merged = {**params, "rounding": {**params["rounding"], **learned.get("rounding", {})}, "act": act}
+    if "bias" in learned:
+        merged["weights"] = {**params["weights"], **learned["bias"]}
+    return merged
 
 
 def _optimizers(phase: Phase) -> dict:
