@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def main() -> None:
         runs = [r for r in runs if (r["method"], r["iters"]) != key] + [row]
         RUNS.write_text(json.dumps(runs, indent=1))
     runs = json.loads(RUNS.read_text()) if RUNS.exists() else []
-    publish(render(runs, " ".join(os.sys.argv[1:])), RESULTS / "imagenet_generalization.md")
+    publish(render(runs, " ".join(sys.argv[1:])), RESULTS / "imagenet_generalization.md")
 
 
 if __name__ == "__main__":
