@@ -26,6 +26,9 @@ def add_commands(sub, positive_int) -> None:
                    help="stop starting new kernels after this long: 90s, 30m, 1h (then --resume goes on)")
     p.add_argument("--rpc", metavar="HOST:PORT:KEY", help="time on a device a TVM RPC tracker lends "
                    "(python -m tvm.exec.rpc_tracker / rpc_server); default: this machine")
+    p.add_argument("--estimate", metavar="CORE", help="no ARM device at hand: score aarch64 tilings with llvm-mca's "
+                   "model of CORE (cortex-a55, cortex-a76, neoverse-n1, neoverse-v1) instead of timing them; "
+                   "estimates, not measurements (--rpc, when given, measures instead)")
 
     p = sub.add_parser("rpc", help="the devices a TVM RPC tracker has (`qcompiler rpc status`)")
     p.add_argument("action", choices=["status"])
@@ -51,27 +54,46 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if target.runner == "qemu-hexagon":
         raise UsageError(f"{target.name}: Hexagon kernels cannot be timed here (qemu has no timing model, and no "
                          "Hexagon RPC launcher is supported); see hvx_cost.md in the library for a static count")
-    if args.rpc is None and not target.host:
+    _check_estimate(args, target)
+    if args.rpc is None and args.estimate is None and not target.host:
+        hint = " or --estimate CORE (llvm-mca's model of an ARM core)" if target.runner == "qemu-aarch64" else ""
         raise UsageError(f"{target.name} is not this machine's CPU: give --rpc HOST:PORT:KEY of a device of that "
-                         "target (tuning times kernels where they will run)")
+                         f"target{hint} (tuning times kernels where they will run)")
     model = ir.load(qdq_path)
     if not any(n.op in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.nodes):
         raise UsageError(f"{qdq_path} is a float model: tune the folder `qcompiler compile` wrote (or its "
                          "model.qdq.onnx), so that the kernels are the ones the library uses")
     db = tuning.TuningDatabase.load(args.db, target.name) if args.db.exists() else tuning.TuningDatabase(target.name)
-    where = f"the device {args.rpc}" if args.rpc else "this machine"
+    where = (f"the device {args.rpc}" if args.rpc else f"llvm-mca's model of {args.estimate} (an estimate)"
+             if args.estimate else "this machine")
+    if args.rpc and args.estimate:
+        print(f"--rpc given: timing on the device, not estimating for {args.estimate}", file=sys.stderr)
     print(f"tuning {qdq_path} for {target.name}, batch {batch}, on {where} ...", file=sys.stderr)
     results = tuning.tune(model.to_onnx(), target, batch, db, rpc=args.rpc, time_budget=args.time_budget,
                           resume=args.resume, trials=args.trials, checkpoint=lambda: db.save(args.db),
-                          report=lambda line: print(line, file=sys.stderr, flush=True))
+                          report=lambda line: print(line, file=sys.stderr, flush=True), estimate=args.estimate)
     db.save(args.db)
     if db.peak_gops:
-        print(f"peak of the dot-product kernel here: {db.peak_gops:.0f} GOPS (measured: tuning.peak_gops)")
-    print(tuning.table(results, db.peak_gops) if results
+        print(f"peak of the dot-product kernel: {db.peak_gops:.0f} GOPS (" + (
+            f"llvm-mca's model of {db.estimated_for}'s instruction" if db.estimated_for else "measured: tuning.peak_gops")
+            + ")")
+    print(tuning.table(results, db.peak_gops, db.estimated_for) if results
           else "no kernel tuned (all in the database already: drop --resume)")
     print(f"wrote {args.db} ({len(db.records)} kernel(s)); apply it with `qcompiler compile {qdq_path} "
           f"--target {target.name} --batch {batch} --tuning-db {args.db} -o OUT`")
     return 0
+
+
+def _check_estimate(args: argparse.Namespace, target) -> None:
+    """--estimate: a core llvm-mca models, for an aarch64 target."""
+    if args.estimate is None:
+        return
+    from qcompiler.backends.tvm.mca_estimate import get_core
+
+    get_core(args.estimate)
+    if target.runner != "qemu-aarch64":
+        raise UsageError(f"--estimate models ARM cores; {target.name} is not an aarch64 target "
+                         "(arm64, arm64-dotprod, arm64-i8mm)")
 
 
 def _model_and_metadata(path: Path) -> tuple[Path, dict | None]:

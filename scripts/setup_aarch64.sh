@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Cross-compile and run aarch64 libraries on an x86 Debian/Ubuntu host:
 #   - gcc-aarch64-linux-gnu + libc6-dev-arm64-cross link the libraries (`qcompiler compile --target arm64*`),
+#   - llvm's llvm-mca scores aarch64 kernels for a named ARM core (`qcompiler tune --estimate`),
 #   - qemu-user runs them, with an arm64 Python unpacked from Debian .debs (dpkg -x, no chroot) and the
 #     aarch64 wheels of apache-tvm, apache-tvm-ffi and numpy: `qcompiler run` and the tests use it.
 # Usage: scripts/setup_aarch64.sh [DIR]   (default: .aarch64 in the repository; needs root or sudo for apt)
@@ -13,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 $SUDO dpkg --add-architecture arm64
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user llvm >/dev/null
 
 # The arm64 Python 3.11 and the shared libraries it and TVM load.
 DEBS="libc6 libgcc-s1 libstdc++6 libgomp1 python3.11-minimal libpython3.11-minimal libpython3.11-stdlib zlib1g

@@ -60,6 +60,8 @@ class TuningDatabase:
     target: str
     records: dict = dataclasses.field(default_factory=dict)
     peak_gops: float | None = None   # the dot-product kernel's measured peak on the device (peak_gops)
+    #: None: measured on the device; else the core whose llvm-mca estimates the records are.
+    estimated_for: str | None = None
     used: set = dataclasses.field(default_factory=set)    # kernels a build took a tile from
 
     @classmethod
@@ -79,14 +81,14 @@ class TuningDatabase:
                        for name, r in data["records"].items()}
         except (TypeError, KeyError, AttributeError) as exc:
             raise UsageError(f"{path}: a malformed record ({exc})") from None
-        return cls(data["target"], records, data.get("peak_gops"))
+        return cls(data["target"], records, data.get("peak_gops"), data.get("estimated_for"))
 
     def save(self, path) -> None:
         from qcompiler.files import write_text_atomic
 
         records = {name: dataclasses.asdict(r) for name, r in sorted(self.records.items())}
         write_text_atomic(Path(path), json.dumps({"format": FORMAT, "target": self.target, "peak_gops": self.peak_gops,
-                                                  "records": records}, indent=1) + "\n")
+                                                  "estimated_for": self.estimated_for, "records": records}, indent=1) + "\n")
 
 
 _ACTIVE: TuningDatabase | None = None
@@ -214,6 +216,9 @@ class Measurer:
                 self._note_errors(r.error_msg for r in results)
         return times
 
+    def peak_gops(self, isa: str) -> float | None:
+        return peak_gops(self, isa)
+
     def _note_errors(self, messages) -> None:
         for message in messages:
             if message:
@@ -299,17 +304,25 @@ def _free_devices(summary: dict) -> dict[str, int]:
 
 
 def tune(qdq_onnx, spec, batch: int, db: TuningDatabase, rpc: str | None = None, time_budget: float | None = None,
-         resume: bool = False, trials: int | None = None, report=print, checkpoint=None) -> list[TaskResult]:
+         resume: bool = False, trials: int | None = None, report=print, checkpoint=None,
+         estimate: str | None = None) -> list[TaskResult]:
     """Tune every convolution of the model (skipping those in `db` with `resume`), adding the
     results to `db`; `report` gets one line per task with the time left, `checkpoint` is
-    called after each (to save the database: an interrupted run resumes from there)."""
+    called after each (to save the database: an interrupted run resumes from there). With
+    `estimate` (a core of mca_estimate.CORES) and no `rpc`, candidates are scored by llvm-mca
+    instead of timed."""
     from qcompiler.backends.tvm.targets import tvm_target
 
     tasks = conv_tasks(qdq_onnx, spec, batch)
     if not tasks:
         raise UsageError(f"nothing to tune: the model has no convolution, matmul or depthwise kernel on {spec.name}")
     todo = [t for t in tasks if not (resume and t.name() in db.records)]
-    measurer = Measurer(tvm_target(spec), rpc)
+    source = None if rpc else estimate
+    if db.records and db.estimated_for != source:
+        raise UsageError(f"the database holds {_source_text(db.estimated_for)}, and this run would add "
+                         f"{_source_text(source)}: give another --db")
+    measurer = _measurer(tvm_target(spec), rpc, estimate)
+    db.estimated_for = source
     start, done = time.perf_counter(), []
     for index, task in enumerate(todo, 1):
         if time_budget is not None and time.perf_counter() - start > time_budget:
@@ -330,18 +343,39 @@ def tune(qdq_onnx, spec, batch: int, db: TuningDatabase, rpc: str | None = None,
                f"{result.template_tile}), best {result.tuned_ms:.4f} ms (tile {result.tile}), "
                f"{len(result.points)} points; about {left:.0f} s left")
     if db.peak_gops is None and spec.dot_kernel in ("vnni", "sdot"):
-        db.peak_gops = peak_gops(measurer, spec.dot_kernel)
+        db.peak_gops = measurer.peak_gops(spec.dot_kernel)
     return done
 
 
-def table(results: list[TaskResult], peak_gops: float | None = None) -> str:
-    """The per-task table: template ms, tuned ms, speed-up, GOPS, % of the peak."""
-    lines = [f"{'kernel':<58} {'tile':>9} {'template ms':>11} {'tuned ms':>9} {'speed-up':>8} {'GOPS':>7}"
-             + (f" {'% peak':>6}" if peak_gops else "")]
+def _source_text(estimated_for: str | None) -> str:
+    return f"llvm-mca estimates for {estimated_for}" if estimated_for else "measured times"
+
+
+def _measurer(target, rpc: str | None, estimate: str | None):
+    """The device's timer; llvm-mca's estimate for a named core only where no device is given."""
+    if rpc is not None or estimate is None:
+        return Measurer(target, rpc)
+    from qcompiler.backends.tvm.mca_estimate import Estimator
+
+    return Estimator(target, estimate)
+
+
+def table(results: list[TaskResult], peak_gops: float | None = None, estimated_for: str | None = None) -> str:
+    """The per-task table: template ms, tuned ms, speed-up, GOPS, % of the peak; for llvm-mca
+    estimates also the tuned kernel's estimated cycles, under a line that says they are estimates."""
+    ghz = None
+    if estimated_for:
+        from qcompiler.backends.tvm.mca_estimate import get_core
+
+        ghz = get_core(estimated_for).ghz
+    lines = [f"llvm-mca estimates for {estimated_for} at a nominal {ghz} GHz, not measurements"] if ghz else []
+    lines.append(f"{'kernel':<58} {'tile':>9} {'template ms':>11} {'tuned ms':>9} {'speed-up':>8} {'GOPS':>7}"
+                 + (f" {'% peak':>6}" if peak_gops else "") + (f" {'Mcycles':>8}" if ghz else ""))
     for r in results:
         line = (f"{r.kernel[:58]:<58} {r.template_tile:>4} -> {r.tile:<2} {r.template_ms:>11.4f} {r.tuned_ms:>9.4f} "
                 f"{r.template_ms / r.tuned_ms:>7.2f}x {r.gops():>7.1f}")
-        lines.append(line + (f" {100 * r.gops() / peak_gops:>5.0f}%" if peak_gops else ""))
+        line += f" {100 * r.gops() / peak_gops:>5.0f}%" if peak_gops else ""
+        lines.append(line + (f" {r.tuned_ms * ghz:>8.3f}" if ghz else ""))
     template, tuned = sum(r.template_ms for r in results), sum(r.tuned_ms for r in results)
     if results:
         lines.append(f"{'all tuned kernels':<58} {'':>9} {template:>11.4f} {tuned:>9.4f} {template / tuned:>7.2f}x")
