@@ -2,6 +2,7 @@
 qcompiler library, one thread each, in one process, batch 1.
 
     python benchmarks/latency.py [--runs 50]     # writes benchmarks/results/latency.md
+    python benchmarks/latency.py --threads 1,2   # thread scaling: benchmarks/results/latency_threads.md
 
 Each runner gets 5 warm-up calls, then the median (and the 10th-90th percentile spread) of
 `--runs` timed calls on the same input, the runners taking turns (the order rotating every
@@ -9,6 +10,10 @@ turn; each timed call directly after an untimed call of the same runner: steady 
 ImageNet MobileNetV2 (1x3x224x224), quantized W8A8 (and W4A8 for the size column) with
 qcompiler's defaults; calibration data: 128 Fashion-MNIST subset images, or foolbox's 20
 ImageNet samples.
+
+With --threads, each thread count runs in a process of its own (TVM_NUM_THREADS is read once
+per process, when TVM's thread pool starts), with onnxruntime's sessions at the same count, and
+the table gives each runner's scaling against the first count. Sizes are not measured there.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import os
 os.environ.setdefault("TVM_NUM_THREADS", "1")  # before tvm starts its thread pool
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -36,6 +44,8 @@ from qcompiler.quant.presets import PRESETS, QuantConfig  # noqa: E402
 from qcompiler.runtime import load  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency.md"
+THREADS_RESULTS = RESULTS.with_name("latency_threads.md")
+RUNNERS = ("ort_fp32", "ort_int8", "ours")
 
 
 def timings(calls: dict, runs: int) -> dict:
@@ -81,7 +91,7 @@ def library_bytes(path: Path, calib: np.ndarray, config: QuantConfig, out: Path)
     return (out / "model.so").stat().st_size
 
 
-def measure(name: str, runs: int, workdir: Path) -> dict:
+def measure(name: str, runs: int, workdir: Path, threads: int = 1, sizes: bool = True) -> dict:
     path = models.path(f"{name}.onnx")
     calib, x = model_data(name)
     row = {"model": name, "input": "x".join(map(str, x.shape)), "fp32_bytes": path.stat().st_size}
@@ -89,6 +99,20 @@ def measure(name: str, runs: int, workdir: Path) -> dict:
     library = compile_qdq(qdq, "native", batch=1)
     out = workdir / name
     write_library(library, qdq, out)
+    if sizes:
+        row.update(measure_sizes(name, path, calib, out, workdir))
+    fp32 = session(qcompiler.load(path), threads=threads)
+    int8 = session(qdq, threads=threads)
+    ours = load(out)
+    feeds = {"input": x}
+    row.update(timings({"ort_fp32": lambda: fp32.run(None, feeds), "ort_int8": lambda: int8.run(None, feeds),
+                        "ours": lambda: ours.run(feeds)}, runs))
+    return row
+
+
+def measure_sizes(name: str, path: Path, calib: np.ndarray, out: Path, workdir: Path) -> dict:
+    """Bytes of the QDQ model and of the W8A8, W4A8 and all-low-bit libraries."""
+    row = {}
     row["qdq_bytes"] = (out / "model.qdq.onnx").stat().st_size
     row["so_bytes"] = (out / "model.so").stat().st_size
     row["so4_bytes"] = library_bytes(path, calib, QuantConfig(PRESETS["w4a8"]), workdir / f"{name}-w4a8")
@@ -98,13 +122,6 @@ def measure(name: str, runs: int, workdir: Path) -> dict:
                                         workdir / f"{name}-w4a8-all")
     row["so2all_bytes"] = library_bytes(path, calib, QuantConfig(PRESETS["w2a4"], keep_edge_layers_8bit=False),
                                         workdir / f"{name}-w2a4-all")
-
-    fp32 = session(qcompiler.load(path), threads=1)
-    int8 = session(qdq, threads=1)
-    ours = load(out)
-    feeds = {"input": x}
-    row.update(timings({"ort_fp32": lambda: fp32.run(None, feeds), "ort_int8": lambda: int8.run(None, feeds),
-                        "ours": lambda: ours.run(feeds)}, runs))
     return row
 
 
@@ -138,11 +155,62 @@ def table(rows: list[dict], runs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def thread_rows(counts: list[int], runs: int, models_arg: str) -> dict[int, list[dict]]:
+    """Each thread count's rows, measured by this script in a process of its own."""
+    rows = {}
+    for count in counts:
+        with tempfile.TemporaryDirectory() as workdir:
+            out = Path(workdir) / "rows.json"
+            subprocess.run([sys.executable, __file__, "--runs", str(runs), "--models", models_arg, "--threads",
+                            str(count), "--rows-json", str(out)], check=True,
+                           env={**os.environ, "TVM_NUM_THREADS": str(count)})
+            rows[count] = json.loads(out.read_text())
+    return rows
+
+
+def threads_table(rows: dict[int, list[dict]], runs: int) -> str:
+    def ms(t):
+        return f"{t[0]:.3f} ({t[1]:.3f}-{t[2]:.3f})"
+
+    counts = sorted(rows)
+    first = counts[0]
+    lines = ["# Latency by thread count (batch 1)", "",
+             f"Made by `python benchmarks/latency.py --threads {','.join(map(str, counts))} --runs {runs}` on "
+             f"{platform.machine()} ({platform.processor() or 'cpu'}, {os.cpu_count()} logical CPUs), Python "
+             f"{platform.python_version()}. Each thread count ran in a process of its own: qcompiler's library with "
+             "TVM_NUM_THREADS threads (its kernels split output rows over TVM's thread pool), onnxruntime's "
+             "sessions with intra_op_num_threads at the same count; within a process the runners took turns as in "
+             "latency.md. Median ms of the runs (10th-90th percentile). Scaling = the runner's median at "
+             f"{first} thread(s) / at this count, across the two processes.", "",
+             "| model | threads | onnxruntime FP32 ms | onnxruntime int8 ms | qcompiler ms | vs FP32 | vs int8 "
+             "| scaling FP32 | scaling int8 | scaling qcompiler |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for index in range(len(rows[first])):
+        for count in counts:
+            r = rows[count][index]
+            scale = [rows[first][index][k][0] / r[k][0] for k in RUNNERS]
+            lines.append(f"| {r['model']} | {count} | {ms(r['ort_fp32'])} | {ms(r['ort_int8'])} | {ms(r['ours'])} "
+                         f"| {r['ort_fp32'][0] / r['ours'][0]:.2f}x | {r['ort_int8'][0] / r['ours'][0]:.2f}x | "
+                         + " | ".join(f"{v:.2f}x" for v in scale) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--models", default="fashion_resnet8,fashion_mobilenetv2,mobilenet_v2_imagenet")
+    parser.add_argument("--threads", help="thread counts, comma-separated (1,2): the scaling table instead")
+    parser.add_argument("--rows-json", type=Path, help=argparse.SUPPRESS)   # one count's rows, for --threads
     args = parser.parse_args()
+    if args.rows_json:
+        with tempfile.TemporaryDirectory() as workdir:
+            rows = [measure(name, args.runs, Path(workdir), int(args.threads), sizes=False)
+                    for name in args.models.split(",")]
+        args.rows_json.write_text(json.dumps(rows))
+        return
+    if args.threads:
+        counts = [int(c) for c in args.threads.split(",")]
+        publish(threads_table(thread_rows(counts, args.runs, args.models), args.runs), THREADS_RESULTS)
+        return
     with tempfile.TemporaryDirectory() as workdir:
         rows = [measure(name, args.runs, Path(workdir)) for name in args.models.split(",")]
     publish(table(rows, args.runs), RESULTS)

@@ -112,10 +112,10 @@ def executed_blocks(func, target) -> list[tuple[int, list[str]]]:
         module.write_to_file(str(work / "kernel.o"))
         (work / "driver.c").write_text(driver_source(func))
         _run([f"{CROSS_PREFIX}gcc", "-O1", "-static", f"-I{C_RUNTIME}", "driver.c", str(C_RUNTIME / "qc_runtime.c"),
-              "kernel.o", "-lm", "-o", "kernel.elf"], work, "linking the kernel")
+              "kernel.o", "-lm", "-o", "kernel.elf", "-Wl,-Map=kernel.map"], work, "linking the kernel")
         _run(["qemu-aarch64", "-d", "in_asm,exec,nochain", "-D", "tb.log", "./kernel.elf"], work,
              "running it under qemu")
-        ranges = kernel_ranges(work / "kernel.o", work / "kernel.elf")
+        ranges = kernel_ranges(work / "kernel.map")
         counts, ends = block_counts(work / "tb.log", ranges)
         blocks = translation_blocks(work / "kernel.elf", ranges, ends, counts)
     return [(counts[pc], blocks[pc]) for pc in sorted(blocks)]
@@ -147,17 +147,14 @@ def driver_source(func) -> str:
     return "\n".join(lines)
 
 
-def kernel_ranges(obj: Path, elf: Path) -> list[tuple[int, int]]:
-    """[start, end) addresses in the linked binary of the functions the kernel object defines."""
-    defined = {line.split()[-1] for line in _run([f"{CROSS_PREFIX}nm", str(obj)], obj.parent, "reading symbols")
-               .splitlines() if re.match(r"^[0-9a-f]+ [Tt] ", line)}
-    ranges = []
-    for line in _run([f"{CROSS_PREFIX}nm", "-S", str(elf)], elf.parent, "reading symbols").splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[2] in "Tt" and parts[3] in defined:
-            start = int(parts[0], 16)
-            ranges.append((start, start + int(parts[1], 16)))
-    return sorted(ranges)
+def kernel_ranges(link_map: Path) -> list[tuple[int, int]]:
+    """[start, end) of the kernel object's code in the linked binary, from the linker's map: the
+    whole .text of kernel.o, since the parallel loop's body is a function without a symbol."""
+    ranges = [(int(m.group(1), 16), int(m.group(1), 16) + int(m.group(2), 16)) for m in
+              re.finditer(r"^ \.text\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+\S*kernel\.o$", link_map.read_text(), re.M)]
+    if not ranges:
+        raise QCompilerError(f"{link_map}: the linker's map shows no code of kernel.o")
+    return ranges
 
 
 def block_counts(log: Path, ranges: list[tuple[int, int]]) -> tuple[collections.Counter, dict[int, int]]:

@@ -316,3 +316,23 @@ def test_a_resize_tvm_would_compute_differently_is_refused_before_calibration(tm
     code, out, err = cli(capsys, "compile", tmp_path / "m.onnx", "--calib", tmp_path / "calib.npz", "-o", tmp_path / "lib")
     assert code == 4 and "Resize (scales that do not give whole output sizes)" in err, err
     assert "calibrating" not in err and not (tmp_path / "lib").exists()
+
+
+def test_the_library_splits_rows_over_threads_and_computes_the_same_bits(compiled, tmp_path):
+    """The kernels' output rows run on TVM's thread pool (TVM_NUM_THREADS threads); every
+    thread count gives the same integers."""
+    import os
+    import subprocess
+    import sys
+
+    assert b"__TVMBackendParallelLaunch" in (compiled / "model.so").read_bytes()
+    np.savez(tmp_path / "x.npz", input=np.load(SUBSET)["input"][:8])
+    outputs = {}
+    for threads in ("1", "2"):
+        out = tmp_path / f"y{threads}.npz"
+        done = subprocess.run([sys.executable, "-m", "qcompiler.runtime", str(compiled), "--input",
+                               str(tmp_path / "x.npz"), "-o", str(out)], capture_output=True, text=True,
+                              env={**os.environ, "TVM_NUM_THREADS": threads}, check=False)
+        assert done.returncode == 0, done.stderr
+        outputs[threads] = np.load(out)["logits"]
+    np.testing.assert_array_equal(outputs["1"], outputs["2"])

@@ -120,14 +120,30 @@ class VectorizeInjective(dl.ScheduleRule):
         return sch
 
 
+def parallel_rows(sch, outer: list) -> None:
+    """Split the kernel's work over the runtime's threads by output rows: `outer` are the loops
+    above the row tiles (batch, rows), fused into one parallel loop. Rows are independent, so
+    the results are the same bits whatever the thread count; with one thread (TVM_NUM_THREADS=1)
+    the launch runs the loop on the calling thread."""
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def threaded(target) -> bool:
+    """Whether kernels for `target` split their rows over threads: not on Hexagon, whose C
+    driver runs every kernel on one thread (and whose row split needs a division routine the
+    freestanding test binary lacks)."""
+    return target is None or target.kind.name != "hexagon"
+
+
 def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=None, lanes: int = LANES,
-                             tile=None) -> None:
+                             tile=None, parallel: bool = True) -> None:
     """Schedule an NHWC reduction block (`spatial` loops ending in pixels, channels): 16
     channels per vector, the reduction loops outside a tile of pixels along the row that shares
     each weight vector: tile x 16 accumulators in registers (a local cache), written back once
     per tile; the `epilogue` block (a requantization) computed from the registers on the way
     out (no int32 round trip). Channels that are not a multiple of `lanes` are vectorized as
-    `whole_vectors` says."""
+    `whole_vectors` says. `parallel`: output rows over the thread pool (parallel_rows)."""
     lanes = whole_vectors(_static(sch.get(spatial[-1]).extent), lanes)
     channel_outer, channel_inner = sch.split(spatial[-1], [None, lanes])
     width = sch.get(spatial[-2]).extent
@@ -135,6 +151,8 @@ def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=N
         tile = pixel_tile(int(width)) if hasattr(width, "value") or isinstance(width, int) else 1
     pixel_outer, pixel_inner = sch.split(spatial[-2], [None, tile])
     sch.reorder(*spatial[:-2], pixel_outer, channel_outer, *reduce, pixel_inner, channel_inner)
+    if parallel:
+        parallel_rows(sch, list(spatial[:-2]))
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, channel_outer)
     sch.vectorize(channel_inner)
@@ -177,7 +195,7 @@ class VectorizeChannels(dl.ScheduleRule):
         if len(spatial) < 2:
             return None
         tile_pixels_and_channels(sch, main.block_rv, spatial, reduce, epilogue[0].block_rv if epilogue else None,
-                                 self.lanes)
+                                 self.lanes, parallel=threaded(target))
         return sch
 
 

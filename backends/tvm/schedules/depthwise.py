@@ -49,16 +49,18 @@ def _unpacked_int4(tvm, te, packed, kh: int, kw: int, pairs: int):
 
 @functools.cache
 def depthwise_kernel(n: int, h: int, w: int, c: int, kh: int, kw: int, stride: tuple, dilation: tuple,
-                     padding: tuple, requantize: RequantizeCode, int4: bool = False):
+                     padding: tuple, requantize: RequantizeCode, int4: bool = False, parallel: bool = True):
     """The scheduled PrimFunc: x u8 NHWC, weight s8 [KH, KW, C] (`int4`: pack_weight_int4's
     uint8), requantize_table s32[2C + 4] (requantize.requantize_table) -> requantized NHWC.
     Padding is zero (the graph pads with a non-zero zero point itself). 4-bit weights are
     decoded where they are used (a loop decoding them once per call unrolled into 36 KiB of
     code for MobileNetV2's 10 kernels; decoded in place they cost no more than int8 weights).
-    The pixel tile is the template's unless a tuning database has a faster one."""
+    The pixel tile is the template's unless a tuning database has a faster one; `parallel`:
+    output rows over the thread pool (not for Hexagon: cpu_generic.threaded)."""
     from qcompiler.backends.tvm import tuning
 
-    return tuning.built_kernel(DepthwiseTask(n, h, w, c, kh, kw, stride, dilation, padding, requantize, int4))
+    return tuning.built_kernel(DepthwiseTask(n, h, w, c, kh, kw, stride, dilation, padding, requantize, int4,
+                                             parallel))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +78,7 @@ class DepthwiseTask(KernelGeometry):
     padding: tuple
     requantize: RequantizeCode
     int4: bool = False
+    parallel: bool = True
 
     def macs(self) -> int:
         ho, wo = self.output_hw()
@@ -120,4 +123,5 @@ class DepthwiseTask(KernelGeometry):
             sch.compute_inline(sch.get_sblock("unpack"))
         block = sch.get_sblock("depthwise")
         loops = sch.get_loops(block)
-        tile_pixels_and_channels(sch, block, loops[:4], loops[4:], sch.get_sblock("requantize"), tile=tile)
+        tile_pixels_and_channels(sch, block, loops[:4], loops[4:], sch.get_sblock("requantize"), tile=tile,
+                                 parallel=self.parallel)

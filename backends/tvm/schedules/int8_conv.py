@@ -223,6 +223,8 @@ class ConvTask(KernelGeometry):
 def schedule_conv(sch, task: ConvTask, tile) -> None:
     """The template schedule of a ConvTask's compute, `tile` output pixels per register tile
     (an int dividing the output width, or a sampled value while tuning)."""
+    from qcompiler.backends.tvm.schedules import cpu_generic
+
     isa, weight_bits = task.isa, task.weight_bits
     packed = weight_bits < 8
     cblock = channel_block(isa)
@@ -238,6 +240,8 @@ def schedule_conv(sch, task: ConvTask, tile) -> None:
     x_outer, x_inner = sch.split(xx, [None, tile])
     if packed:
         sch.reorder(b, o_outer, y, x_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
+        if isa != "vrmpy":   # Hexagon: one thread (cpu_generic.threaded)
+            cpu_generic.parallel_rows(sch, [y])   # weights unpacked per channel block, outside the rows
         tile_loop = x_outer
         unpack = sch.get_sblock("unpack")
         sch.compute_at(unpack, o_outer)
@@ -248,6 +252,8 @@ def schedule_conv(sch, task: ConvTask, tile) -> None:
             sch.vectorize(inner)
     else:
         sch.reorder(b, y, x_outer, o_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
+        if isa != "vrmpy":
+            cpu_generic.parallel_rows(sch, [b, y])
         tile_loop = o_outer
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, tile_loop)
