@@ -120,13 +120,26 @@ class VectorizeInjective(dl.ScheduleRule):
         return sch
 
 
-def parallel_rows(sch, outer: list) -> None:
+#: Kernels with fewer multiply-adds stay on one thread: waking a second thread costs more than
+#: it saves (measured: the Fashion-MNIST nets, whose kernels are all below this, ran 4-10%
+#: slower on 2 threads with every kernel split).
+MIN_PARALLEL_MACS = 1 << 20
+
+
+def parallel_rows(sch, outer: list, macs: int | None) -> None:
     """Split the kernel's work over the runtime's threads by output rows: `outer` are the loops
-    above the row tiles (batch, rows), fused into one parallel loop. Rows are independent, so
-    the results are the same bits whatever the thread count; with one thread (TVM_NUM_THREADS=1)
-    the launch runs the loop on the calling thread."""
-    if outer:
+    above the row tiles (batch, rows), fused into one parallel loop, for a kernel of `macs`
+    multiply-adds (None: unknown, split). Rows are independent, so the results are the same
+    bits whatever the thread count; with one thread (TVM_NUM_THREADS=1) the launch runs the loop
+    on the calling thread."""
+    if outer and (macs is None or macs >= MIN_PARALLEL_MACS):
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _work(sch, loops) -> int | None:
+    """The product of the loops' extents (None if one is not static)."""
+    extents = [_static(sch.get(loop).extent) for loop in loops]
+    return None if None in extents else math.prod(extents)
 
 
 def threaded(target) -> bool:
@@ -144,6 +157,7 @@ def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=N
     per tile; the `epilogue` block (a requantization) computed from the registers on the way
     out (no int32 round trip). Channels that are not a multiple of `lanes` are vectorized as
     `whole_vectors` says. `parallel`: output rows over the thread pool (parallel_rows)."""
+    work = _work(sch, [*spatial, *reduce])
     lanes = whole_vectors(_static(sch.get(spatial[-1]).extent), lanes)
     channel_outer, channel_inner = sch.split(spatial[-1], [None, lanes])
     width = sch.get(spatial[-2]).extent
@@ -152,7 +166,7 @@ def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=N
     pixel_outer, pixel_inner = sch.split(spatial[-2], [None, tile])
     sch.reorder(*spatial[:-2], pixel_outer, channel_outer, *reduce, pixel_inner, channel_inner)
     if parallel:
-        parallel_rows(sch, list(spatial[:-2]))
+        parallel_rows(sch, list(spatial[:-2]), work)
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, channel_outer)
     sch.vectorize(channel_inner)

@@ -241,7 +241,7 @@ def schedule_conv(sch, task: ConvTask, tile) -> None:
     if packed:
         sch.reorder(b, o_outer, y, x_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
         if isa != "vrmpy":   # Hexagon: one thread (cpu_generic.threaded)
-            cpu_generic.parallel_rows(sch, [y])   # weights unpacked per channel block, outside the rows
+            cpu_generic.parallel_rows(sch, [y], task.macs())   # weights unpacked per channel block, outside the rows
         tile_loop = x_outer
         unpack = sch.get_sblock("unpack")
         sch.compute_at(unpack, o_outer)
@@ -253,7 +253,7 @@ def schedule_conv(sch, task: ConvTask, tile) -> None:
     else:
         sch.reorder(b, y, x_outer, o_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
         if isa != "vrmpy":
-            cpu_generic.parallel_rows(sch, [b, y])
+            cpu_generic.parallel_rows(sch, [b, y], task.macs())
         tile_loop = o_outer
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, tile_loop)
