@@ -2,12 +2,18 @@
 the tuned library next to onnxruntime FP32 and onnxruntime int8, one thread, batch 1, same run.
 
     python benchmarks/tune.py [--runs 100] [--trials N]   # writes benchmarks/results/tune.md
+    python benchmarks/tune.py --estimate cortex-a76,cortex-a55 [--trials N]   # tune_arm.md
 
 For each model (W8A8, qcompiler's defaults, calibration data as in benchmarks/latency.py):
 every convolution kernel is tuned (all pixel tilings, or the `--trials` nearest the template's),
 the tuning time is reported, and the four runners are timed by latency.timings (taking turns,
 rotating order). Below the latency table, each model's per-kernel table: the template's tiling
 and time, the best, the speed-up and GOPS (2 x multiply-adds per second) of the kernel alone.
+
+With --estimate, no library is timed: each model is tuned for arm64-dotprod with llvm-mca's
+estimate for each named core (`qcompiler tune --estimate`), and tune_arm.md gives the estimated
+milliseconds of all tuned kernels, template against tuned, and their share of the core's sdot
+peak as llvm-mca models it. Estimates, not measurements.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from qcompiler.executor import session  # noqa: E402
 from qcompiler.runtime import load  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tune.md"
+ARM_RESULTS = RESULTS.with_name("tune_arm.md")
 
 
 def measure(name: str, runs: int, trials: int | None, workdir: Path) -> dict:
@@ -83,12 +90,59 @@ def table(rows: list[dict], runs: int, trials: int | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def estimate(name: str, core: str, trials: int | None) -> dict:
+    """The model's kernels tuned for arm64-dotprod by llvm-mca's estimate for `core`."""
+    from qcompiler.backends.tvm.targets import get_target
+
+    calib, _ = model_data(name)
+    qdq = qcompiler.quantize(qcompiler.load(models.path(f"{name}.onnx")), {"input": calib}, "w8a8", progress=False).qdq
+    db = tuning.TuningDatabase("arm64-dotprod")
+    start = time.perf_counter()
+    results = tuning.tune(qdq.to_onnx(), get_target("arm64-dotprod"), 1, db, trials=trials, estimate=core,
+                          report=lambda line: print(line, flush=True))
+    macs = sum(r.macs for r in results)
+    return {"model": name, "core": core, "tasks": len(results), "points": sum(len(r.points) for r in results),
+            "seconds": time.perf_counter() - start, "template": sum(r.template_ms for r in results),
+            "tuned": sum(r.tuned_ms for r in results), "gops": 2 * macs / (sum(r.tuned_ms for r in results) * 1e6),
+            "peak": db.peak_gops, "kernels": tuning.table(results, db.peak_gops, core)}
+
+
+def arm_table(rows: list[dict], trials: int | None) -> str:
+    from qcompiler.backends.tvm.mca_estimate import CORES
+
+    cores = ",".join(dict.fromkeys(r["core"] for r in rows))
+    command = f"python benchmarks/tune.py --estimate {cores}" + (f" --trials {trials}" if trials else "")
+    lines = ["# Autotuning for ARM without ARM hardware: llvm-mca estimates (arm64-dotprod, batch 1)", "",
+             f"Made by `{command}` on {platform.machine()}. **Estimates, not measurements**: each kernel tiling is "
+             "built for aarch64, run once under qemu-aarch64 to count how often each block of it runs, and each "
+             "block's cycles come from llvm-mca's scheduling model of the core (Debian's LLVM 14). Caches, memory "
+             "and branch prediction are left out; cycles become milliseconds at a nominal clock ("
+             + ", ".join(f"{c} {CORES[c].ghz} GHz" for c in dict.fromkeys(r["core"] for r in rows))
+             + "). The peak is llvm-mca's throughput of independent sdot instructions at that clock. Only the "
+             "convolution and depthwise kernels are tuned; the rest of the library is not in these sums.",
+             "", "| model | core | kernels (tilings estimated) | estimate s | template ms (est.) | tuned ms (est.) "
+             "| tuned vs template | tuned GOPS (est.) | sdot peak GOPS | % of peak |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['core']} | {r['tasks']} ({r['points']}) | {r['seconds']:.0f} "
+                     f"| {r['template']:.3f} | {r['tuned']:.3f} | {r['template'] / r['tuned']:.2f}x | {r['gops']:.1f} "
+                     f"| {r['peak']:.0f} | {100 * r['gops'] / r['peak']:.0f}% |")
+    for r in rows:
+        lines += ["", f"## {r['model']} on {r['core']}: each kernel alone", "", "```", r["kernels"], "```"]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--trials", type=int, default=None, help="tilings per kernel (default: all)")
     parser.add_argument("--models", default="fashion_resnet8,fashion_mobilenetv2,mobilenet_v2_imagenet")
+    parser.add_argument("--estimate", metavar="CORES", help="llvm-mca estimates for these ARM cores instead "
+                        "of timing here (comma-separated: cortex-a55,cortex-a76,neoverse-n1,neoverse-v1)")
     args = parser.parse_args()
+    if args.estimate:
+        rows = [estimate(name, core, args.trials) for name in args.models.split(",") for core in args.estimate.split(",")]
+        publish(arm_table(rows, args.trials), ARM_RESULTS)
+        return
     with tempfile.TemporaryDirectory() as workdir:
         rows = [measure(name, args.runs, args.trials, Path(workdir)) for name in args.models.split(",")]
     publish(table(rows, args.runs, args.trials), RESULTS)

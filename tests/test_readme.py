@@ -49,6 +49,13 @@ def test_latency_numbers_in_the_readme_come_from_the_benchmark_file():
         assert number in results, number
 
 
+def test_thread_numbers_in_the_readme_come_from_the_benchmark_file():
+    numbers, results = _paragraph_numbers("latency_threads.md", ("latency_threads.md",))
+    assert len(numbers) >= 6
+    for number in numbers:
+        assert number in results, number
+
+
 def test_lowbit_numbers_in_the_readme_come_from_the_benchmark_file():
     numbers, results = _paragraph_numbers("lowbit.md", ("lowbit.md",))
     assert len(numbers) >= 10
