@@ -212,6 +212,9 @@ def compile(model: Model | QuantizeRun | str | Path, calib=None, target: str = "
         _write(built, Path(output_dir), evaluation, evaluation_source)
         if run is not None and check_samples:
             _check_here_or_emulated(built, spec, run.calibration, check_samples)
+        elif check_samples:
+            built.unchecked = ("not checked: the check runs on the samples compile quantizes with, and this model "
+                               "came quantized (compile the float model with --calib to have the library checked)")
         if spec.host and run is not None and run.mixed is not None and run.mixed.whole is not None and batch == 1:
             # The budget was a prediction (kernels timed alone plus the rest of a reference
             # library): measure what was built against it.
