@@ -7,7 +7,8 @@ on (`-d in_asm,exec,nochain`). The log counts how often each straight-line block
 llvm-mca (Debian's llvm) gives each block's cycles per run on its scheduling model of the core.
 The kernel's cycles are the sum of count x cycles over its blocks.
 
-It leaves out caches and memory (llvm-mca assumes every load hits L1), branch prediction, and
+It is the time on one thread (the driver runs a parallel loop on the calling thread). It
+leaves out caches and memory (llvm-mca assumes every load hits L1), branch prediction, and
 the core's clock: a nominal clock per core turns cycles into milliseconds. So it ranks the
 tilings of one kernel on a core. To know how fast a kernel runs, measure it on a device
 through `--rpc`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import re
 import shutil
 import subprocess
@@ -67,7 +69,7 @@ class Estimator:
 
     def __init__(self, target, core_name: str):
         check_tools()
-        self.target, self.name, self.core = target, core_name, get_core(core_name)
+        self.target, self.core = target, get_core(core_name)
         self.last_error = ""
 
     def times_ms(self, funcs: list) -> list[float | None]:
@@ -136,9 +138,7 @@ def driver_source(func) -> str:
         dtype = str(info.dtype)
         code, bits = codes[re.match(r"[a-z]+", dtype).group()], int(re.search(r"\d+", dtype).group())
         shape = [int(d) for d in info.shape]
-        count = 1
-        for d in shape:
-            count *= d
+        count = math.prod(shape)
         lines.append(f"  static int64_t s{i}[] = {{{', '.join(map(str, shape))}}};")
         lines.append(f"  qc_tensor t{i} = QC_TENSOR(zeros({count * bits // 8}), {len(shape)}, {code}, {bits}, s{i});")
         lines.append(f"  t{i}.device.device_type = 1;")   # kDLCPU: the kernel checks it
