@@ -37,11 +37,11 @@ import numpy as np  # noqa: E402
 import qcompiler  # noqa: E402
 from qcompiler import models  # noqa: E402
 from qcompiler.models.datasets import load_foolbox_imagenet  # noqa: E402
+from qcompiler.backends.tvm.targets import native_target  # noqa: E402
 from qcompiler.compiler import compile_qdq, write_library  # noqa: E402
 from qcompiler.driver import quantize as driver_quantize  # noqa: E402
 from qcompiler.executor import session  # noqa: E402
 from qcompiler.quant.presets import PRESETS, QuantConfig  # noqa: E402
-from qcompiler.backends.tvm.targets import native_target  # noqa: E402
 from qcompiler.runtime import load  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency.md"

@@ -100,10 +100,10 @@ def estimate(name: str, core: str, trials: int | None) -> dict:
     start = time.perf_counter()
     results = tuning.tune(qdq.to_onnx(), get_target("arm64-dotprod"), 1, db, trials=trials, estimate=core,
                           report=lambda line: print(line, flush=True))
-    macs = sum(r.macs for r in results)
+    tuned = sum(r.tuned_ms for r in results)
     return {"model": name, "core": core, "tasks": len(results), "points": sum(len(r.points) for r in results),
             "seconds": time.perf_counter() - start, "template": sum(r.template_ms for r in results),
-            "tuned": sum(r.tuned_ms for r in results), "gops": 2 * macs / (sum(r.tuned_ms for r in results) * 1e6),
+            "tuned": tuned, "gops": 2 * sum(r.macs for r in results) / (tuned * 1e6),
             "peak": db.peak_gops, "kernels": tuning.table(results, db.peak_gops, core)}
 
 

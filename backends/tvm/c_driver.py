@@ -154,7 +154,7 @@ C_TYPES = {"float32": "float", "int8": "int8_t", "uint8": "uint8_t", "int16": "i
            "int32": "int32_t", "uint32": "uint32_t", "int64": "int64_t", "bool": "uint8_t"}
 
 
-def _dl_dtype(dtype: str) -> str:
+def dl_dtype(dtype: str) -> str:
     """DLPack's type code and bits, as QC_TENSOR's two arguments."""
     kind = re.match(r"[a-z]+", dtype).group()
     return f"{DL_CODES[kind]}, {int(dtype[len(kind):] or 8)}"   # bool: stored in 8 bits
@@ -212,7 +212,7 @@ def model_source(plan: Plan, description: str, prefix: str = "qc_model") -> str:
         data = "0" if tensor.base.startswith("(void*)") else f"(void*)({tensor.base} + {tensor.offset})"
         out.append(f"static int64_t {tensor.name}_shape[] = {{{dims}}};")
         out.append(f"static qc_tensor {tensor.name} = QC_TENSOR({data}, {len(tensor.shape)}, "
-                   f"{_dl_dtype(tensor.dtype)}, {tensor.name}_shape);")
+                   f"{dl_dtype(tensor.dtype)}, {tensor.name}_shape);")
     out.append("")
     for kernel in dict.fromkeys(k for k, _ in plan.calls):
         out.append(f"QC_KERNEL({kernel});")

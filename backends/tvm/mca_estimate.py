@@ -128,19 +128,18 @@ def driver_source(func) -> str:
     not depend on the data)."""
     from tvm.s_tir import meta_schedule as ms
 
-    codes = {"int": 0, "uint": 1, "float": 2}
+    from qcompiler.backends.tvm.c_driver import dl_dtype
+
     lines = ['#include <stdlib.h>', '#include <string.h>', '#include "qc_runtime.h"', "QC_KERNEL(main);",
              "void TVMFFIErrorSetRaisedFromCStrParts(const char* k, const char** p, int n) { (void)k, (void)p, (void)n; }",
              "static void* zeros(size_t n) { void* p = aligned_alloc(128, (n + 127) / 128 * 128); "
              "return memset(p, 0, n); }", "int main(void) {"]
     args = []
     for i, info in enumerate(ms.arg_info.ArgInfo.from_prim_func(func)):
-        dtype = str(info.dtype)
-        code, bits = codes[re.match(r"[a-z]+", dtype).group()], int(re.search(r"\d+", dtype).group())
         shape = [int(d) for d in info.shape]
-        count = math.prod(shape)
+        nbytes = math.prod(shape) * info.dtype.itemsize
         lines.append(f"  static int64_t s{i}[] = {{{', '.join(map(str, shape))}}};")
-        lines.append(f"  qc_tensor t{i} = QC_TENSOR(zeros({count * bits // 8}), {len(shape)}, {code}, {bits}, s{i});")
+        lines.append(f"  qc_tensor t{i} = QC_TENSOR(zeros({nbytes}), {len(shape)}, {dl_dtype(str(info.dtype))}, s{i});")
         lines.append(f"  t{i}.device.device_type = 1;")   # kDLCPU: the kernel checks it
         args.append(f"QC_ARG(t{i})")
     lines += [f"  qc_any args[] = {{{', '.join(args)}}};", "  return QC_CALL(main, args);", "}", ""]

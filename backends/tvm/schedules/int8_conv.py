@@ -51,6 +51,9 @@ DOT_INSTRUCTIONS = {
 #: Instructions whose LLVM intrinsic takes every vector as int32 words (HVX: <32 x i32>).
 WORD_OPERANDS = {"vrmpy"}
 
+#: Instructions of targets whose kernels run on one thread (Hexagon: cpu_generic.threaded).
+SINGLE_THREADED = {"vrmpy"}
+
 #: u8 x s8 instructions: no x - 128 shift and no correction by 128 * sum(w) (sdot is s8 x s8).
 UNSIGNED_ACTIVATIONS = {"vnni", "vnni8", "vrmpy"}
 
@@ -240,8 +243,7 @@ def schedule_conv(sch, task: ConvTask, tile) -> None:
     x_outer, x_inner = sch.split(xx, [None, tile])
     if packed:
         sch.reorder(b, o_outer, y, x_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
-        if isa != "vrmpy":   # Hexagon: one thread (cpu_generic.threaded)
-            cpu_generic.parallel_rows(sch, [y], task.macs())   # weights unpacked per channel block, outside the rows
+        rows = [y]   # the weights are unpacked per block of output channels, outside the rows
         tile_loop = x_outer
         unpack = sch.get_sblock("unpack")
         sch.compute_at(unpack, o_outer)
@@ -252,9 +254,10 @@ def schedule_conv(sch, task: ConvTask, tile) -> None:
             sch.vectorize(inner)
     else:
         sch.reorder(b, y, x_outer, o_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
-        if isa != "vrmpy":
-            cpu_generic.parallel_rows(sch, [b, y], task.macs())
+        rows = [b, y]
         tile_loop = o_outer
+    if isa not in SINGLE_THREADED:
+        cpu_generic.parallel_rows(sch, rows, task.macs())
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, tile_loop)
     init = sch.decompose_reduction(block, r_y)
