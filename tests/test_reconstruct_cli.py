@@ -57,7 +57,7 @@ def test_compile_with_brecq_builds_and_checks_the_library(tmp_path, capsys):
     assert "library vs QDQ model (onnxruntime): logits: max" in out
     from qcompiler.backends.tvm.targets import host_has_vnni
 
-    if host_has_vnni():   # 2-bit weights four to a byte in the VNNI kernels; AVX2 hosts run generic code
+    if host_has_vnni():   # 2-bit weights four to a byte in the VNNI kernels; the AVX2 ones take them as int8
         assert "int2" in out
     assert (tmp_path / "model.so").exists()
 

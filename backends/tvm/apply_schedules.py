@@ -83,8 +83,8 @@ def weight_layout(kind: str, ci: int, co: int, pixels: int) -> tuple[str, int, i
 
 def packed_bits(kind: str, on_4bit_grid: bool, fits_int2: bool) -> int:
     """Bits per stored weight: 4-bit grids two to a byte, four where each channel spans at most
-    4 values (smmla has no packed form)."""
-    return 8 if kind == "smmla" or not on_4bit_grid else 2 if fits_int2 else 4
+    4 values (smmla and avx2 have no packed form)."""
+    return 8 if kind in ("smmla", "avx2") or not on_4bit_grid else 2 if fits_int2 else 4
 
 
 def packed_weights(weight: np.ndarray, isa: str, bits: int) -> list[np.ndarray]:
@@ -97,6 +97,8 @@ def packed_weights(weight: np.ndarray, isa: str, bits: int) -> list[np.ndarray]:
         return list(packing.pack_weight_int2(weight, block))
     if bits == 4:
         return [packing.pack_weight_int4(weight, block)]
+    if isa in int8_conv.PAIRED_WEIGHTS:
+        return [packing.pack_weight_pairs(weight, block)]
     return [packing.pack_weight(weight, block)]
 
 

@@ -3,7 +3,8 @@ runner, each field read by the build, `model.json` and `qcompiler run`.
 
 `qcompiler targets` prints this table. The named x86 targets are portable (an x86-64-v3 library
 runs on any AVX2 CPU); `native` is this machine's CPU as LLVM names it, with the VNNI kernels
-when /proc/cpuinfo shows avx512_vnni (`x86`, the old name, means `native`). Every target gets the
+when /proc/cpuinfo shows avx512_vnni and the AVX2 ones (exact vpmaddwd) when it shows only avx2
+(`x86`, the old name, means `native`). Every target gets the
 NHWC layout and the generic vectorizing rules (schedules/cpu_generic.py) and the depthwise and
 residual-add kernels; `dot_kernels` lists the convolution kernels it may use, preferred first
 (smmla falls back to sdot where it cannot apply). `--target` also takes a TVM target string or
@@ -32,7 +33,7 @@ class TargetSpec:
     llvm: dict                       # the TVM target as a JSON dict (kind llvm)
     cross_compiler: str | None = None   # executable that links the library; None: the host compiler
     apt_package: str | None = None      # the Debian package that provides it
-    dot_kernels: tuple[str, ...] = ()   # "vnni", "smmla", "sdot", "vrmpy": convolution kernels, preferred first
+    dot_kernels: tuple[str, ...] = ()   # "vnni", "avx2", "smmla", "sdot", "vrmpy": convolution kernels, preferred first
     runner: str | None = None        # how this host runs the library when not in process (qemu-aarch64)
     cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo flags an x86 CPU needs to run the library here
     #: Elements per vector the generic rules split loops by (schedules/cpu_generic.py): 16 on
@@ -67,10 +68,10 @@ _V4 = (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
 TARGETS: dict[str, TargetSpec] = {t.name: t for t in (
     TargetSpec("native", "this machine's CPU (x86-64): AVX-512 VNNI kernels when it has them",
                {"kind": "llvm", "mcpu": "native"}),
-    TargetSpec("x86-64-v3", "any x86-64 CPU with AVX2 (Haswell, Zen 1 and later): generic int8 code",
-               {"kind": "llvm", "mcpu": "x86-64-v3"}, cpu_flags=_V3),
-    TargetSpec("x86-64-v4", "any x86-64 CPU with AVX-512 (Skylake-X, Zen 4 and later): generic int8 code",
-               {"kind": "llvm", "mcpu": "x86-64-v4"}, cpu_flags=_V4),
+    TargetSpec("x86-64-v3", "any x86-64 CPU with AVX2 (Haswell, Zen 1 and later): AVX2 kernels",
+               {"kind": "llvm", "mcpu": "x86-64-v3"}, dot_kernels=("avx2",), cpu_flags=_V3),
+    TargetSpec("x86-64-v4", "any x86-64 CPU with AVX-512 (Skylake-X, Zen 4 and later): AVX2 kernels",
+               {"kind": "llvm", "mcpu": "x86-64-v4"}, dot_kernels=("avx2",), cpu_flags=_V4),
     TargetSpec("x86-avx512-vnni", "x86-64 with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4 and later)",
                {"kind": "llvm", "mcpu": "x86-64-v4", "mattr": ["+avx512vnni"]}, dot_kernels=("vnni",),
                cpu_flags=(*_V4, "avx512_vnni")),
@@ -110,18 +111,20 @@ def get_target(name: str) -> TargetSpec:
 
 
 def native_target() -> TargetSpec:
-    """This host: its CPU by LLVM's name, the VNNI kernels where /proc/cpuinfo shows avx512_vnni."""
+    """This host: its CPU by LLVM's name, the VNNI kernels where /proc/cpuinfo shows avx512_vnni,
+    else the AVX2 ones where it shows avx2."""
     from tvm.target import codegen
 
-    vnni = host_has_vnni()
-    description = (f"this machine's CPU ({codegen.llvm_get_system_cpu()}, "
-                   + ("AVX-512 VNNI kernels)" if vnni else "no AVX-512 VNNI: generic int8 code)"))
-    return dataclasses.replace(TARGETS["native"], description=description, dot_kernels=("vnni",) if vnni else ())
+    kernels = host_dot_kernels()
+    kinds = {("vnni",): "AVX-512 VNNI kernels", ("avx2",): "no AVX-512 VNNI: AVX2 kernels"}
+    description = f"this machine's CPU ({codegen.llvm_get_system_cpu()}, {kinds.get(kernels, 'generic int8 code')})"
+    return dataclasses.replace(TARGETS["native"], description=description, dot_kernels=kernels)
 
 
 def from_tvm_target(text: str) -> TargetSpec:
     """A spec for a TVM target string or JSON dict: aarch64 triples get the cross compiler and
-    qemu; +avx512vnni, +i8mm and +dotprod in its features choose the dot-product kernels."""
+    qemu; +i8mm and +dotprod in its features choose the ARM dot-product kernels, AVX-512 VNNI
+    or else AVX2 among its CPU's features (mcpu and mattr, as LLVM knows them) the x86 ones."""
     import tvm
 
     try:
@@ -134,8 +137,9 @@ def from_tvm_target(text: str) -> TargetSpec:
     features = " ".join(llvm.get("mattr", []))
     arm = "aarch64" in str(llvm.get("mtriple", ""))
     kernels = (("smmla", "sdot") if "+i8mm" in features else ("sdot",) if "+dotprod" in features else ()) if arm \
-        else ("vnni",) if "+avx512vnni" in features else ()
-    flags = (*_V4, "avx512_vnni") if "vnni" in kernels else ()   # never run VNNI code on a CPU without it
+        else _x86_kernels(target)
+    # never run VNNI or AVX2 code on a CPU without it
+    flags = {("vnni",): (*_V4, "avx512_vnni"), ("avx2",): _V3}.get(kernels, ())
     return TargetSpec(json.dumps(llvm), "a TVM target given on the command line", llvm, dot_kernels=kernels,
                       cpu_flags=flags, **(_ARM if arm else {}))
 
@@ -178,6 +182,21 @@ def describe_target(spec: TargetSpec) -> str:
 
 def _host_has(flags: tuple[str, ...]) -> bool:
     return platform.machine() in ("x86_64", "AMD64") and set(flags) <= (cpu_flags() or frozenset())
+
+
+def _x86_kernels(target) -> tuple[str, ...]:
+    from tvm.target import codegen
+
+    for kernel, feature in (("vnni", "avx512vnni"), ("avx2", "avx2")):
+        if codegen.target_has_features(feature, target):
+            return (kernel,)
+    return ()
+
+
+def host_dot_kernels() -> tuple[str, ...]:
+    """The x86 convolution kernels this CPU runs, from /proc/cpuinfo: ("vnni",), ("avx2",) or ()."""
+    flags = cpu_flags() or frozenset()
+    return ("vnni",) if "avx512_vnni" in flags else ("avx2",) if set(_V3) <= flags else ()
 
 
 def host_has_vnni() -> bool:

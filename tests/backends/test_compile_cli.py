@@ -200,24 +200,38 @@ def test_bad_tvm_target_string_is_a_usage_error(compiled, tmp_path, capsys):
         assert not (tmp_path / "b" / "model.so").exists()
 
 
-def test_x86_library_uses_vnni_dot_products(compiled):
-    """With AVX-512 VNNI on the host, the convolutions run on vpdpbusd (disassembly checked);
-    without it, the build says it used no VNNI kernel."""
+def test_x86_library_uses_this_cpus_dot_products(compiled):
+    """With AVX-512 VNNI on the host the convolutions run on vpdpbusd, with AVX2 only on
+    vpmaddwd (disassembly checked); without either, the build says it used no such kernel."""
     import subprocess
 
-    from qcompiler.backends.tvm.targets import host_has_vnni
+    from qcompiler.backends.tvm.targets import host_dot_kernels
 
     meta = json.loads((compiled / "model.json").read_text())
     disassembly = subprocess.run(["objdump", "-d", str(compiled / "model.so")], capture_output=True, text=True,
                                  check=True).stdout
-    vnni_kernels = sum(n for kind, n in meta["kernels"].items() if kind.startswith("vnni"))
+    kernels = host_dot_kernels()
+    assert meta["target"]["dot_kernels"] == list(kernels)
     assert meta["kernels"]["residual add"] == 3      # on every target
-    if host_has_vnni():
-        assert meta["target"]["dot_kernels"] == ["vnni"]
-        assert vnni_kernels == 10       # every conv and the fc layer
-        assert "vpdpbusd" in disassembly
-    else:
-        assert meta["target"]["dot_kernels"] == [] and not vnni_kernels
+    dot_kernels = sum(n for kind, n in meta["kernels"].items() if kind.split()[0] in ("vnni", "avx2"))
+    assert dot_kernels == (10 if kernels else 0)     # every conv and the fc layer
+    if kernels:
+        assert {"vnni": "vpdpbusd", "avx2": "vpmaddwd"}[kernels[0]] in disassembly
+
+
+def test_x86_64_v3_target_builds_avx2_kernels(compiled, tmp_path, capsys):
+    """The portable AVX2 target: every conv and the fc layer on exact vpmaddwd kernels (the
+    16-bit vpmaddubsw, which saturates, nowhere)."""
+    import subprocess
+
+    code, _, err = cli(capsys, "compile", compiled / "model.qdq.onnx", "--target", "x86-64-v3", "-o", tmp_path / "v3")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "v3" / "model.json").read_text())
+    assert meta["target"]["dot_kernels"] == ["avx2"]
+    assert sum(n for kind, n in meta["kernels"].items() if kind.startswith("avx2")) == 10, meta["kernels"]
+    disassembly = subprocess.run(["objdump", "-d", str(tmp_path / "v3" / "model.so")], capture_output=True,
+                                 text=True, check=True).stdout
+    assert "vpmaddwd" in disassembly and "vpmaddubsw" not in disassembly
 
 
 def test_compile_checks_a_model_with_a_fixed_batch_sample_by_sample(tmp_path, capsys):

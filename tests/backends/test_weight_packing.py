@@ -75,3 +75,12 @@ def test_conv_weights_two_bits_four_quarter_blocks_per_byte_plus_channel_offsets
     fields = np.concatenate([(packed >> (2 * q)) & 3 for q in range(4)], axis=-1).astype(np.int8)
     decoded = fields + stored_offsets[np.broadcast_to(channel, fields.shape)]
     np.testing.assert_array_equal(decoded, blocks.reshape(*blocks.shape[:4], 4 * block))
+
+
+def test_avx2_weight_blocks_hold_two_input_pairs():
+    """[Co/16, KH, KW, Ci/4, 2, 16, 2]: pair p, lane i, k is input channel 4c + 2p + k."""
+    weight = np.random.default_rng(3).integers(-128, 128, (32, 3, 3, 8)).astype(np.int8)
+    pairs = packing.pack_weight_pairs(weight)
+    assert pairs.shape == (2, 3, 3, 2, 2, 16, 2) and pairs.flags.c_contiguous
+    assert pairs[1, 2, 0, 1, 1, 5, 0] == weight[16 + 5, 2, 0, 4 + 2]
+    assert pairs[0, 1, 1, 0, 0, 15, 1] == weight[15, 1, 1, 1]

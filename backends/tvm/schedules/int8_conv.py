@@ -14,6 +14,14 @@ input's zero point (`pad_value`). 1x1 convolutions and matmuls use the same kern
 layer with 8 (mod 16) outputs and few output pixels uses 8-channel blocks (`vnni8`: vpdpbusd on
 256-bit registers) rather than padded weights.
 
+On CPUs with AVX2 but no VNNI (`avx2`) the same 16 x 4 block is exact 16-bit arithmetic:
+`vpmaddwd` multiplies pairs of int16 and adds each pair into an int32 lane, so the 4 activation
+bytes become two pairs of zero-extended words (one `vpshufb` each, from one broadcast) and the
+weights are packed in pairs, [Co/16, KH, KW, Ci/4, 2, 16, 2], each half block sign-extended
+once (`vpmovsxbw`) and shared by the tile's pixels. The faster `vpmaddubsw` (u8 x s8 pairs into
+int16) saturates at 32767 where 255 * 127 * 2 does not fit; onnxruntime accepts that error on
+AVX2 (its `reduce_range` option), we do not.
+
 TVM 0.27's own `dot_16x4_vnni` intrinsic does not compile with its bundled LLVM 22 (operand
 vector types, docs/backend.md); ours broadcasts the 4 activation bytes as one int32 to 16 lanes
 and passes them as u8x64, the weight block as i8x64.
@@ -46,6 +54,7 @@ DOT_INSTRUCTIONS = {
     "vnni8": ("qcompiler_vnni_u8s8s32_8x4", "uint8", 8, "llvm.x86.avx512.vpdpbusd.256"),
     "sdot": (SDOT_INTRIN, "int8", 4, "llvm.aarch64.neon.sdot.v4i32.v16i8"),
     "vrmpy": ("qcompiler_vrmpy_u8s8s32_32x4", "uint8", 32, "llvm.hexagon.V6.vrmpybusv.acc.128B"),
+    "avx2": ("qcompiler_avx2_u8s8s32_16x4", "uint8", 16, "llvm.x86.avx2.pmadd.wd"),
 }
 
 #: Instructions whose LLVM intrinsic takes every vector as int32 words (HVX: <32 x i32>).
@@ -55,7 +64,10 @@ WORD_OPERANDS = {"vrmpy"}
 SINGLE_THREADED = {"vrmpy"}
 
 #: u8 x s8 instructions: no x - 128 shift and no correction by 128 * sum(w) (sdot is s8 x s8).
-UNSIGNED_ACTIVATIONS = {"vnni", "vnni8", "vrmpy"}
+UNSIGNED_ACTIVATIONS = {"vnni", "vnni8", "vrmpy", "avx2"}
+
+#: Instructions whose weight blocks are packed in pairs of input channels (packing.pack_weight_pairs).
+PAIRED_WEIGHTS = {"avx2"}
 
 
 def channel_block(isa: str) -> int:
@@ -92,6 +104,8 @@ def register_intrinsic(isa: str = "vnni", emulated: bool = False) -> str:
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
+    if isa in PAIRED_WEIGHTS:
+        return _register_pairs_intrinsic(isa, emulated)
     name, a_dtype, lanes, llvm_name = DOT_INSTRUCTIONS[isa]
     a_x4, a_all, b_all, c_all = f"{a_dtype}x4", f"{a_dtype}x{4 * lanes}", f"int8x{4 * lanes}", f"int32x{lanes}"
     a_as, b_as = (c_all, c_all) if isa in WORD_OPERANDS else (a_all, b_all)   # the intrinsic's operand types
@@ -123,6 +137,59 @@ def register_intrinsic(isa: str = "vnni", emulated: bool = False) -> str:
     if emulated:
         name += "_emulated"
     # emulated: the description's own loops are the implementation
+    TensorIntrin.register(name, desc, desc if emulated else impl, override=True)
+    return name
+
+
+#: vpshufb masks (one int32 per lane, little-endian bytes) that zero-extend bytes 0, 1 (2, 3)
+#: of each 32-bit lane to its two 16-bit halves: byte index, then 0x80 (a zero byte).
+_PAIR_MASKS = (-0x7FFE8000, -0x7FFC7FFE)   # bytes [0, 0x80, 1, 0x80] and [2, 0x80, 3, 0x80]
+
+
+def _register_pairs_intrinsic(isa: str, emulated: bool) -> str:
+    """The AVX2 16 x 4 block (module docstring): C[i] += sum_k A[k] * B[k // 2, i, k % 2]."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    name, a_dtype, lanes, llvm_name = DOT_INSTRUCTIONS[isa]
+    half = lanes // 2   # int32 lanes per 256-bit vpmaddwd
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:2, 0:lanes, 0:2])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vk // 2, vi, vk % 2], "int32")
+
+    def pairs(four, mask):   # the int8x32 broadcast bytes -> int16x16 words (a_2m, a_2m+1) per lane
+        shuffled = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pshuf.b"), four,
+                                           T.reinterpret(T.broadcast(T.int32(mask), half), dtype="int8x32"),
+                                           dtype="int8x32")
+        return T.reinterpret(shuffled, dtype="int16x16")
+
+    def madd(words, B, pair, h):   # 8 lanes: words . (sign-extended weight pairs of lanes 8h .. 8h + 7)
+        weights = T.cast(B.vload([pair, h * half, 0], dtype="int8x16"), "int16x16")
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(llvm_name), words, weights, dtype="int32x8")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:2, 0:lanes, 0:2])
+            T.writes(C[0:lanes])
+            four = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), half),
+                                 dtype="int8x32")
+            low, high = pairs(four, _PAIR_MASKS[0]), pairs(four, _PAIR_MASKS[1])
+            C[T.ramp(T.int32(0), 1, half)] = C.vload([0], "int32x8") + madd(low, B, 0, 0) + madd(high, B, 1, 0)
+            C[T.ramp(T.int32(half), 1, half)] = C.vload([half], "int32x8") + madd(low, B, 0, 1) + madd(high, B, 1, 1)
+
+    if emulated:
+        name += "_emulated"
     TensorIntrin.register(name, desc, desc if emulated else impl, override=True)
     return name
 
@@ -193,6 +260,8 @@ class ConvTask(KernelGeometry):
         n, h, w, ci, co, kh, kw = self.n, self.h, self.w, self.ci, self.co, self.kh, self.kw
         stride, dilation, padding, weight_bits = self.stride, self.dilation, self.padding, self.weight_bits
         cblock = channel_block(self.isa)
+        if self.isa in PAIRED_WEIGHTS and weight_bits < 8:
+            raise ValueError(f"{self.isa} kernels take 8-bit weights (apply_schedules.packed_bits)")
         x = te.placeholder((n, h, w, ci), "uint8", name="x")
         if weight_bits == 4:
             weights = [te.placeholder((co // cblock, kh, kw, ci // 4, 2 * cblock), "uint8", name="w4")]
@@ -201,6 +270,9 @@ class ConvTask(KernelGeometry):
             weights = [te.placeholder((co // cblock, kh, kw, ci // 4, cblock), "uint8", name="w2"),
                        te.placeholder((co,), "int8", name="w2_offsets")]
             wp = unpacked_int2(te, *weights, co, kh, kw, ci, cblock)
+        elif self.isa in PAIRED_WEIGHTS:
+            weights = [te.placeholder((co // cblock, kh, kw, ci // 4, 2, cblock, 2), "int8", name="w")]
+            wp = weights[0]
         else:
             weights = [te.placeholder((co // cblock, kh, kw, ci // 4, cblock, 4), "int8", name="w")]
             wp = weights[0]
@@ -214,13 +286,21 @@ class ConvTask(KernelGeometry):
             (n, ho, wo, co),
             lambda b, y, xx, o: te.sum(
                 padded[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], rc].astype("int32")
-                * wp[o // cblock, ry, rx, rc // 4, o % cblock, rc % 4].astype("int32"), axis=[ry, rx, rc]),
+                * self._weight(wp, o, ry, rx, rc).astype("int32"), axis=[ry, rx, rc]),
             name="conv")
         params = [x, *weights, out]
         if self.requantize is not None:
             requant, rq_inputs = requantized(tvm, te, out, co, self.requantize)
             params = [x, *weights, *rq_inputs, requant]
         return te.create_prim_func(params)
+
+
+    def _weight(self, wp, o, ry, rx, rc):
+        """The weight of output channel o, input channel rc at (ry, rx) in the packed layout."""
+        cblock = channel_block(self.isa)
+        if self.isa in PAIRED_WEIGHTS:
+            return wp[o // cblock, ry, rx, rc // 4, rc % 4 // 2, o % cblock, rc % 2]
+        return wp[o // cblock, ry, rx, rc // 4, o % cblock, rc % 4]
 
 
 def schedule_conv(sch, task: ConvTask, tile) -> None:

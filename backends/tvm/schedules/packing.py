@@ -63,3 +63,10 @@ def unpacked_int2(te, packed, offsets, co: int, kh: int, kw: int, ci: int, block
         return field.astype("int8") + offsets[a * block + i]
 
     return te.compute((co // block, kh, kw, ci // 4, block, 4), decode, name="unpack")
+
+
+def pack_weight_pairs(weight_ohwi: np.ndarray, block: int = 16) -> np.ndarray:
+    """[Co, KH, KW, Ci] int8 -> [Co/B, KH, KW, Ci/4, 2, B, 2]: each B x 4 block as two B x 2
+    halves (input channels 0-1, then 2-3), the layout of the AVX2 kernels' vpmaddwd pairs."""
+    blocks = pack_weight(weight_ohwi, block)
+    return np.ascontiguousarray(blocks.reshape(*blocks.shape[:5], 2, 2).transpose(0, 1, 2, 3, 5, 4, 6))

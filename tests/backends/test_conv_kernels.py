@@ -1,0 +1,74 @@
+"""The x86 convolution kernels (schedules/int8_conv.py) against numpy's integer convolution,
+one kernel at a time: u8 activations x s8 weights -> s32, full-range weights (-128..127:
+where u8 x s8 pairs overflow 16 bits), every geometry the networks use. The same schedule with
+its dot products emulated by loops runs on any CPU; the instructions themselves where this CPU
+has them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+
+from qcompiler.backends.tvm.schedules import int8_conv, packing
+from qcompiler.backends.tvm.targets import host_dot_kernels, native_target, tvm_target
+
+GEOMETRIES = [   # h, w, ci, co, kernel, stride, dilation, padding, pad value
+    (7, 7, 32, 48, 1, 1, 1, 0, 0),
+    (9, 11, 12, 16, 3, 1, 1, 1, 0),
+    (12, 12, 8, 32, 3, 2, 1, 1, 117),     # the first conv: strided, padded with the input's zero point
+    (10, 10, 4, 16, 3, 1, 2, 2, 0),
+]
+
+
+def _reference(x, weight, stride, dilation, padding, pad_value):
+    """int64 NHWC convolution of u8 x [N,H,W,Ci] by s8 weight [Co,KH,KW,Ci]."""
+    co, kh, kw, _ = weight.shape
+    padded = np.pad(x.astype(np.int64), ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+                    constant_values=pad_value)
+    ho = (padded.shape[1] - dilation * (kh - 1) - 1) // stride + 1
+    wo = (padded.shape[2] - dilation * (kw - 1) - 1) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, co), np.int64)
+    for dy in range(kh):
+        for dx in range(kw):
+            window = padded[:, dy * dilation:dy * dilation + stride * ho:stride,
+                            dx * dilation:dx * dilation + stride * wo:stride]
+            out += np.einsum("nhwc,oc->nhwo", window, weight[:, dy, dx].astype(np.int64))
+    return out
+
+
+def _run(isa: str, geometry, emulated: bool) -> None:
+    h, w, ci, co, k, stride, dilation, padding, pad_value = geometry
+    rng = np.random.default_rng(h * w + ci)
+    x = rng.integers(0, 256, (1, h, w, ci)).astype(np.uint8)
+    weight = rng.integers(-128, 128, (co, k, k, ci)).astype(np.int8)
+    weight[0] = -128   # the extremes: 255 * -128 products in every pair
+    x[0, 0, 0] = 255
+    task = int8_conv.ConvTask(1, h, w, ci, co, k, k, (stride,) * 2, (dilation,) * 2, (padding,) * 4, None, 8, isa,
+                              pad_value)
+    if emulated:
+        with int8_conv.emulated_dot_products():
+            func = int8_conv.conv2d_kernel(*task.__dict__.values())
+    else:
+        func = int8_conv.conv2d_kernel(*task.__dict__.values())
+    built = tvm.tirx.build(func, target=tvm.target.Target("llvm") if emulated else tvm_target(native_target()))
+    expected = _reference(x, weight, stride, dilation, padding, pad_value)
+    packed = (packing.pack_weight_pairs if isa in int8_conv.PAIRED_WEIGHTS else packing.pack_weight)(
+        weight, int8_conv.channel_block(isa))
+    out = tvm.runtime.tensor(np.zeros(expected.shape, np.int32))
+    built[task.name()](tvm.runtime.tensor(x), tvm.runtime.tensor(packed), out)
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("isa", ["avx2", "vnni"])
+def test_kernel_schedule_with_emulated_dot_products_is_exact(isa, geometry):
+    _run(isa, geometry, emulated=True)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_this_cpus_kernel_is_exact(geometry):
+    kernels = host_dot_kernels()
+    if not kernels:
+        pytest.skip("this CPU has neither AVX-512 VNNI nor AVX2: no x86 dot-product kernel to run")
+    _run(kernels[0], geometry, emulated=False)
