@@ -2,6 +2,7 @@
 qcompiler library, one thread each, in one process, batch 1.
 
     python benchmarks/latency.py [--runs 50]     # writes benchmarks/results/latency.md
+    python benchmarks/latency.py --results benchmarks/results/latency_avx2.md   # another host's table
     python benchmarks/latency.py --threads 1,2   # thread scaling: benchmarks/results/latency_threads.md
 
 Each runner gets 5 warm-up calls, then the median (and the 10th-90th percentile spread) of
@@ -146,13 +147,13 @@ def measure_sizes(name: str, path: Path, calib: np.ndarray, out: Path, workdir: 
     return row
 
 
-def table(rows: list[dict], runs: int) -> str:
+def table(rows: list[dict], runs: int, results: Path = RESULTS) -> str:
     def ms(t):
         return f"{t[0]:.3f} ({t[1]:.3f}-{t[2]:.3f})"
 
     lines = ["# Latency and size (batch 1, one thread)", "",
-             f"Made by `python benchmarks/latency.py --runs {runs}` on {platform.machine()} "
-             f"({platform.processor() or 'cpu'}), Python {platform.python_version()}: median ms of {runs} runs after 5 "
+             f"Made by `python benchmarks/latency.py --runs {runs}{_results_flag(results)}` on {platform.machine()} "
+             f"({native_target().description}), Python {platform.python_version()}: median ms of {runs} runs after 5 "
              "warm-up runs (10th-90th percentile in brackets), all runners in one process, one thread each, "
              "taking turns in a rotating order; each timed call directly follows an untimed call of the same runner "
              "(steady state, as when a model serves requests back to back). "
@@ -174,6 +175,11 @@ def table(rows: list[dict], runs: int) -> str:
             f"| {r['so4all_bytes'] / 1024:.0f} KiB ({r['fp32_bytes'] / r['so4all_bytes']:.2f}x) "
             f"| {r['so2all_bytes'] / 1024:.0f} KiB ({r['fp32_bytes'] / r['so2all_bytes']:.2f}x) |")
     return "\n".join(lines) + "\n"
+
+
+def _results_flag(results: Path) -> str:
+    """The --results argument that reproduces a table written to `results` (none for the default)."""
+    return "" if results == RESULTS else f" --results {results.resolve().relative_to(RESULTS.parents[2])}"
 
 
 def thread_rows(counts: list[int], runs: int, models_arg: str) -> dict[int, list[dict]]:
@@ -224,6 +230,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--models", default="fashion_resnet8,fashion_mobilenetv2,mobilenet_v2_imagenet")
     parser.add_argument("--threads", help="thread counts, comma-separated (1,2): the scaling table instead")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the table's file (default %(default)s)")
     parser.add_argument("--rows-json", type=Path, help=argparse.SUPPRESS)   # one count's rows, for --threads
     args = parser.parse_args()
     if args.rows_json:
@@ -238,7 +245,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as workdir:
         rows = [measure(name, args.runs, Path(workdir)) for name in args.models.split(",")]
-    publish(table(rows, args.runs), RESULTS)
+    publish(table(rows, args.runs, args.results), args.results)
 
 
 def publish(text: str, path: Path) -> None:

@@ -140,8 +140,6 @@ def built_kernel(task):
 
 def tuned_pixel_tile(task) -> int:
     """The pixel tile of a kernel being built: the applied database's, else the template's."""
-    from qcompiler.backends.tvm.schedules.geometry import pixel_tile
-
     if _SEEN is not None:
         _SEEN[task.name()] = task
     width = task.output_width()
@@ -149,7 +147,7 @@ def tuned_pixel_tile(task) -> int:
     if record is not None and width % record.tile == 0:
         _ACTIVE.used.add(task.name())
         return record.tile
-    return pixel_tile(width)
+    return task.template_tile()
 
 
 def conv_tasks(qdq_onnx, spec, batch: int) -> list:
@@ -235,9 +233,7 @@ def _module(func):
 def tune_task(task, measurer: Measurer, trials: int | None = None) -> TaskResult | None:
     """Every pixel tile of one kernel (at most `trials`, those nearest the template's first),
     measured; None if the template itself could not run."""
-    from qcompiler.backends.tvm.schedules.geometry import pixel_tile
-
-    template = pixel_tile(task.output_width())
+    template = task.template_tile()
     tiles = sorted(candidate_tiles(task.output_width()), key=lambda t: (abs(math.log(t / template)), t))[:trials]
     funcs = [scheduled(task, tile) for tile in tiles]
     points = {t: ms for t, ms in zip(tiles, measurer.times_ms(funcs)) if ms is not None}

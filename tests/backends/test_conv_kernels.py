@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tvm
 
+from qcompiler.backends.tvm import fixed_point
 from qcompiler.backends.tvm.schedules import int8_conv, packing
+from qcompiler.backends.tvm.schedules.requantize import Requantize, RequantizeCode, requantize_table
 from qcompiler.backends.tvm.targets import host_dot_kernels, native_target, tvm_target
 
 GEOMETRIES = [   # h, w, ci, co, kernel, stride, dilation, padding, pad value
@@ -37,6 +39,22 @@ def _reference(x, weight, stride, dilation, padding, pad_value):
     return out
 
 
+def _built(task, emulated: bool):
+    if emulated:
+        with int8_conv.emulated_dot_products():
+            func = int8_conv.conv2d_kernel(*task.__dict__.values())
+    else:
+        func = int8_conv.conv2d_kernel(*task.__dict__.values())
+    return tvm.tirx.build(func, target=tvm.target.Target("llvm") if emulated else tvm_target(native_target()))
+
+
+def _host_isa() -> str:
+    kernels = host_dot_kernels()
+    if not kernels:
+        pytest.skip("this CPU has neither AVX-512 VNNI nor AVX2: no x86 dot-product kernel to run")
+    return kernels[0]
+
+
 def _run(isa: str, geometry, emulated: bool) -> None:
     h, w, ci, co, k, stride, dilation, padding, pad_value = geometry
     rng = np.random.default_rng(h * w + ci)
@@ -46,12 +64,7 @@ def _run(isa: str, geometry, emulated: bool) -> None:
     x[0, 0, 0] = 255
     task = int8_conv.ConvTask(1, h, w, ci, co, k, k, (stride,) * 2, (dilation,) * 2, (padding,) * 4, None, 8, isa,
                               pad_value)
-    if emulated:
-        with int8_conv.emulated_dot_products():
-            func = int8_conv.conv2d_kernel(*task.__dict__.values())
-    else:
-        func = int8_conv.conv2d_kernel(*task.__dict__.values())
-    built = tvm.tirx.build(func, target=tvm.target.Target("llvm") if emulated else tvm_target(native_target()))
+    built = _built(task, emulated)
     expected = _reference(x, weight, stride, dilation, padding, pad_value)
     packed = (packing.pack_weight_pairs if isa in int8_conv.PAIRED_WEIGHTS else packing.pack_weight)(
         weight, int8_conv.channel_block(isa))
@@ -68,7 +81,50 @@ def test_kernel_schedule_with_emulated_dot_products_is_exact(isa, geometry):
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_this_cpus_kernel_is_exact(geometry):
-    kernels = host_dot_kernels()
-    if not kernels:
-        pytest.skip("this CPU has neither AVX-512 VNNI nor AVX2: no x86 dot-product kernel to run")
-    _run(kernels[0], geometry, emulated=False)
+    _run(_host_isa(), geometry, emulated=False)
+
+
+# code: (shift, accumulator magnitude, multipliers' bit range): each form of the fused
+# requantization, most outputs inside the clamp (up to +-256 around zero point 128)
+REQUANTIZATIONS = {
+    "int64 ties": (RequantizeCode("uint8", ties=True), 40, 2 ** 17, (30, 31)),
+    "int64 half up": (RequantizeCode("uint8", ties=False), 40, 2 ** 17, (30, 31)),
+    "int32 parts": (RequantizeCode("uint8", ties=False, int32=True), 43, 2 ** 20, (30, 31)),
+    "high word, shift 32": (RequantizeCode("uint8", ties=False, high_word=True), 32, 2 ** 24, (14, 15)),
+    "high word, shift 45": (RequantizeCode("uint8", ties=False, high_word=True), 45, 2 ** 22, (30, 31)),
+    # the largest products: every output rounds to -1, 0 or 1 (2^31 * 2^31 / 2^62)
+    "high word, shift 62": (RequantizeCode("int8", ties=False, high_word=True), 62, 2 ** 31, (30, 31)),
+}
+
+
+def _requantization_case(name: str, isa: str, emulated: bool) -> None:
+    """A 1x1 conv whose corrections spread the accumulators over +-`magnitude`, requantized with
+    the case's multipliers and shift, against fixed_point's int64 reference."""
+    code, shift, magnitude, (m_low, m_high) = REQUANTIZATIONS[name]
+    rng = np.random.default_rng(shift)
+    co, ci = 32, 8
+    x = rng.integers(0, 256, (1, 4, 4, ci)).astype(np.uint8)
+    weight = rng.integers(-8, 8, (co, 1, 1, ci)).astype(np.int8)
+    dots = np.einsum("nhwc,oc->nhwo", x.astype(np.int64), weight[:, 0, 0].astype(np.int64))
+    targets = np.rint(rng.uniform(-1, 1, co) * (magnitude - 2 * 255 * 8 * ci)).astype(np.int64)
+    corr = targets - dots[0, 0, 0]
+    m = rng.integers(2 ** m_low, 2 ** m_high, co)
+    zero_point, lo, hi = (0, -128, 127) if code.dtype == "int8" else (128, 0, 255)
+    rq = Requantize(zero_point, lo, hi, code.dtype, shift, code.ties)
+    task = int8_conv.ConvTask(1, 4, 4, ci, co, 1, 1, (1, 1), (1, 1), (0,) * 4, code, 8, isa)
+    packed = (packing.pack_weight_pairs if isa in int8_conv.PAIRED_WEIGHTS else packing.pack_weight)(weight)
+    out = tvm.runtime.tensor(np.zeros((1, 4, 4, co), code.dtype))
+    _built(task, emulated)[task.name()](tvm.runtime.tensor(x), tvm.runtime.tensor(packed),
+                                        tvm.runtime.tensor(requantize_table(corr, m, rq, co, co)), out)
+    acc = dots + corr
+    assert np.abs(acc).max() < magnitude and np.abs(acc).max() > magnitude / 2
+    rounded = (fixed_point.round_shift if code.ties else fixed_point.round_shift_half_up)(acc * m, np.int64(shift))
+    expected = np.clip(rounded + zero_point, lo, hi)
+    assert np.mean((expected > lo) & (expected < hi)) > 0.5 and len(np.unique(expected)) >= 3   # not all clamped
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+@pytest.mark.parametrize("name", list(REQUANTIZATIONS))
+def test_requantization_forms_match_the_int64_reference(name):
+    _requantization_case(name, "vnni", emulated=True)
+    _requantization_case(name, _host_isa(), emulated=False)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 
-def pixel_tile(width: int) -> int:
-    """Output pixels per register tile: the largest of 8, 7, 4, 2, 1 dividing the output width."""
-    return next(t for t in (8, 7, 6, 4, 2, 1) if width % t == 0)
+def pixel_tile(width: int, preferred: tuple[int, ...] = (8, 7, 6, 4, 2, 1)) -> int:
+    """Output pixels per register tile: the first of `preferred` dividing the output width (1 if none)."""
+    return next((t for t in preferred if width % t == 0), 1)
 
 
 def output_size(h: int, w: int, kh: int, kw: int, stride: tuple, dilation: tuple, padding: tuple) -> tuple[int, int]:
@@ -31,3 +31,7 @@ class KernelGeometry:
 
     def output_width(self) -> int:
         return self.output_hw()[1]
+
+    def template_tile(self) -> int:
+        """The template's pixel tile (a tuning database may choose another)."""
+        return pixel_tile(self.output_width())

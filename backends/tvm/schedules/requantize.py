@@ -20,10 +20,11 @@ class RequantizeCode:
     dtype: str
     ties: bool = True
     int32: bool = False   # the accumulator stays below 2**20: the product in three int32 parts
+    high_word: bool = False   # no ties, 32 <= shift <= 62: int64 products, then int32 from their high words
 
     @property
     def suffix(self) -> str:
-        return f"_rq_{self.dtype}{'_t' * self.ties}{'_i' * self.int32}"
+        return f"_rq_{self.dtype}{'_t' * self.ties}{'_i' * self.int32}{'_h' * self.high_word}"
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Requantize:
         accumulator reaches 2**20 (255 * sum|w| + |corr| per channel) and no tie can occur."""
         bound = accumulator_bound(weight, 0, corr, input_max)
         fits = not self.ties and 23 <= self.shift <= 53 and int(bound.max()) < 2 ** INT32_ACCUMULATOR_BITS
-        return RequantizeCode(self.dtype, self.ties, fits)
+        return RequantizeCode(self.dtype, self.ties, fits, not fits and not self.ties and 32 <= self.shift <= 62)
 
     @property
     def values(self) -> np.ndarray:
@@ -82,9 +83,12 @@ def requantized(tvm, te, acc, channels: int, code: RequantizeCode, shape=None, r
     if code.int32:
         return te.compute(shape or acc.shape, _int32_requantize(tvm, read, corr, m, params, code.dtype),
                           name="requantize"), [table]
+    if code.high_word:
+        return te.compute(shape or acc.shape, _high_word_requantize(tvm, read, corr, m, params, code.dtype),
+                          name="requantize"), [table]
 
     def compute(b, y, x, o):
-        product = (read(b, y, x, o) + corr(o)).astype("int64") * m(o).astype("int64")
+        product = _int32_sum(tvm, read(b, y, x, o), corr(o)).astype("int64") * m(o).astype("int64")
         return rounded_to_grid(tvm, product, params, code)
 
     return te.compute(shape or acc.shape, compute, name="requantize"), [table]
@@ -102,6 +106,31 @@ def rounded_to_grid(tvm, product, params, code: RequantizeCode):
     else:
         rounded = ((product + (one << (bits - one))) >> bits) + zero_point
     return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(code.dtype)
+
+
+def _high_word_requantize(tvm, read, corr, m, params, dtype: str):
+    """The half-up requantization for shifts 32 <= s <= 62: P = (acc + corr) * m + 2**(s-1) in
+    int64, then floor(P / 2**s) = floor(floor(P / 2**32) / 2**(s-32)), the rest in int32 (|P| <
+    2**62: its high word fits); AVX2 has no 64-bit arithmetic shift or min/max, and the product
+    of two sign-extended int32 is one vpmuldq per 4 lanes."""
+    zero_point, lo, hi, bits = params
+    one = tvm.tirx.const(1, "int64")
+
+    def compute(b, y, x, o):
+        product = _int32_sum(tvm, read(b, y, x, o), corr(o)).astype("int64") * m(o).astype("int64") \
+            + (one << (bits.astype("int64") - one))
+        high = (product >> tvm.tirx.const(32, "int64")).astype("int32")
+        rounded = (high >> (bits - 32)) + zero_point
+        return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(dtype)
+
+    return compute
+
+
+def _int32_sum(tvm, a, b):
+    """a + b as an int32 value that TVM's simplifier does not widen (it rewrites int64(a + b)
+    as int64(a) + int64(b), after which LLVM sees a 33-bit operand and emulates the 64-bit
+    product instead of one vpmuldq per 4 lanes)."""
+    return tvm.tirx.reinterpret("int32", tvm.tirx.reinterpret("uint32", a + b))
 
 
 INT32_ACCUMULATOR_BITS = 20   # |acc + corr| < 2**20: each 11-bit part of m times it fits int32
