@@ -127,8 +127,12 @@ def measure(name: str, runs: int, workdir: Path, threads: int = 1, sizes: bool =
     int8 = session(qdq, threads=threads)
     ours = load(out)
     feeds = {"input": x}
-    row.update(timer({"ort_fp32": lambda: fp32.run(None, feeds), "ort_int8": lambda: int8.run(None, feeds),
-                      "ours": lambda: ours.run(feeds)}, runs))
+    calls = {"ort_fp32": lambda: fp32.run(None, feeds), "ort_int8": lambda: int8.run(None, feeds),
+             "ours": lambda: ours.run(feeds)}
+    if sizes:   # the W4A8 library measure_sizes built: its 4-bit layers on their own kernels where the CPU has them
+        ours_w4 = load(workdir / f"{name}-w4a8")
+        calls["ours_w4a8"] = lambda: ours_w4.run(feeds)
+    row.update(timer(calls, runs))
     return row
 
 
@@ -157,19 +161,21 @@ def table(rows: list[dict], runs: int, results: Path = RESULTS) -> str:
              "warm-up runs (10th-90th percentile in brackets), all runners in one process, one thread each, "
              "taking turns in a rotating order; each timed call directly follows an untimed call of the same runner "
              "(steady state, as when a model serves requests back to back). "
-             "onnxruntime int8 = onnxruntime on the same QDQ model (its QLinear kernels). Speed-up = onnxruntime "
+             "onnxruntime int8 = onnxruntime on the same QDQ model (its QLinear kernels). qcompiler W4A8 = the "
+             "library of the W4A8 preset (first and last layer 8-bit). Speed-up = onnxruntime "
              "FP32 / runner; size ratio = FP32 .onnx bytes / library bytes (the .so holds code and constants). "
              "W4A8 = the preset (first and last layer 8-bit); W4A8 every layer = the same with "
              "`keep_edge_layers_8bit=False`, and W2A4 every layer the w2a4 preset so (size only: their accuracy "
              "is not measured here).",
              "", "| model | input | onnxruntime FP32 ms | onnxruntime int8 ms | qcompiler ms | speed-up vs FP32 "
-             "| vs onnxruntime int8 | FP32 .onnx | W8A8 .so (ratio) | W4A8 .so (ratio) | W4A8 every layer .so (ratio) "
-             "| W2A4 every layer .so (ratio) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| vs onnxruntime int8 | qcompiler W4A8 ms | W4A8 vs FP32 | FP32 .onnx | W8A8 .so (ratio) | W4A8 .so (ratio) "
+             "| W4A8 every layer .so (ratio) | W2A4 every layer .so (ratio) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['input']} | {ms(r['ort_fp32'])} | {ms(r['ort_int8'])} | {ms(r['ours'])} "
             f"| {r['ort_fp32'][0] / r['ours'][0]:.2f}x | {r['ort_int8'][0] / r['ours'][0]:.2f}x "
+            f"| {ms(r['ours_w4a8'])} | {r['ort_fp32'][0] / r['ours_w4a8'][0]:.2f}x "
             f"| {r['fp32_bytes'] / 1024:.0f} KiB | {r['so_bytes'] / 1024:.0f} KiB ({r['fp32_bytes'] / r['so_bytes']:.2f}x) "
             f"| {r['so4_bytes'] / 1024:.0f} KiB ({r['fp32_bytes'] / r['so4_bytes']:.2f}x) "
             f"| {r['so4all_bytes'] / 1024:.0f} KiB ({r['fp32_bytes'] / r['so4all_bytes']:.2f}x) "

@@ -58,11 +58,14 @@ def _term_source(uses: Bindings, v_product) -> tuple | None:
 
 def kernel_kind(isa: str | None, on_4bit_grid: bool, ci: int, wo: int, fused: bool) -> str | None:
     """Which kernel a conv or matmul gets on a target whose dot-product kernel is `isa`: the
-    target's; smmla falls back to sdot where it cannot apply (4-bit weights, odd output widths);
+    target's; smmla falls back to sdot where it cannot apply (4-bit weights, odd output widths),
+    avx2 takes weights on the 4-bit grid on the faster avx2ub;
     sdot and smmla need the fused correction (`fused`: a requantization follows); None: TVM's
     generic code."""
     if isa is None:
         return None
+    if isa == "avx2" and on_4bit_grid:   # |w| <= 8: vpmaddubsw's int16 pair sums cannot saturate
+        return "avx2ub"
     if isa in int8_conv.UNSIGNED_ACTIVATIONS:
         return isa
     if not fused:
@@ -83,7 +86,7 @@ def weight_layout(kind: str, ci: int, co: int, pixels: int) -> tuple[str, int, i
 
 def packed_bits(kind: str, on_4bit_grid: bool, fits_int2: bool) -> int:
     """Bits per stored weight: 4-bit grids two to a byte, four where each channel spans at most
-    4 values (smmla and avx2 have no packed form)."""
+    4 values (smmla and avx2, whose weights are off the 4-bit grid, have no packed form)."""
     return 8 if kind in ("smmla", "avx2") or not on_4bit_grid else 2 if fits_int2 else 4
 
 

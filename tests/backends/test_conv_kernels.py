@@ -11,7 +11,7 @@ import pytest
 import tvm
 
 from qcompiler.backends.tvm import fixed_point
-from qcompiler.backends.tvm.schedules import int8_conv, packing
+from qcompiler.backends.tvm.schedules import int8_conv
 from qcompiler.backends.tvm.schedules.requantize import Requantize, RequantizeCode, requantize_table
 from qcompiler.backends.tvm.targets import host_dot_kernels, native_target, tvm_target
 
@@ -55,21 +55,32 @@ def _host_isa() -> str:
     return kernels[0]
 
 
-def _run(isa: str, geometry, emulated: bool) -> None:
+def _packed(weight: np.ndarray, isa: str, bits: int) -> list[np.ndarray]:
+    from qcompiler.backends.tvm.apply_schedules import packed_weights
+
+    return packed_weights(weight, isa, bits)
+
+
+def _run(isa: str, geometry, emulated: bool, bits: int = 8, grid: bool = False) -> None:
+    """One kernel against numpy: full-range weights, or with `grid` weights in [-8, 7] stored
+    at `bits` (2: each channel spanning 4 values, as the 2-bit presets leave them)."""
     h, w, ci, co, k, stride, dilation, padding, pad_value = geometry
     rng = np.random.default_rng(h * w + ci)
     x = rng.integers(0, 256, (1, h, w, ci)).astype(np.uint8)
-    weight = rng.integers(-128, 128, (co, k, k, ci)).astype(np.int8)
-    weight[0] = -128   # the extremes: 255 * -128 products in every pair
+    if grid:
+        low = rng.integers(-8, 5, (co, 1, 1, 1)) if bits == 2 else -8
+        weight = (low + rng.integers(0, 4 if bits == 2 else 16, (co, k, k, ci))).astype(np.int8)
+        weight[0] = -8 if bits < 8 else 7
+    else:
+        weight = rng.integers(-128, 128, (co, k, k, ci)).astype(np.int8)
+        weight[0] = -128   # the extremes: 255 * -128 products in every pair
     x[0, 0, 0] = 255
-    task = int8_conv.ConvTask(1, h, w, ci, co, k, k, (stride,) * 2, (dilation,) * 2, (padding,) * 4, None, 8, isa,
+    task = int8_conv.ConvTask(1, h, w, ci, co, k, k, (stride,) * 2, (dilation,) * 2, (padding,) * 4, None, bits, isa,
                               pad_value)
     built = _built(task, emulated)
     expected = _reference(x, weight, stride, dilation, padding, pad_value)
-    packed = (packing.pack_weight_pairs if isa in int8_conv.PAIRED_WEIGHTS else packing.pack_weight)(
-        weight, int8_conv.channel_block(isa))
     out = tvm.runtime.tensor(np.zeros(expected.shape, np.int32))
-    built[task.name()](tvm.runtime.tensor(x), tvm.runtime.tensor(packed), out)
+    built[task.name()](tvm.runtime.tensor(x), *(tvm.runtime.tensor(p) for p in _packed(weight, isa, bits)), out)
     np.testing.assert_array_equal(out.numpy(), expected)
 
 
@@ -82,6 +93,16 @@ def test_kernel_schedule_with_emulated_dot_products_is_exact(isa, geometry):
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_this_cpus_kernel_is_exact(geometry):
     _run(_host_isa(), geometry, emulated=False)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("geometry", GEOMETRIES[:3])
+def test_avx2_kernel_for_the_4bit_grid_is_exact(geometry, bits):
+    """avx2ub (vpmaddubsw: u8 x s8 pairs into int16, exact for |w| <= 8) with the weights
+    stored as int8, two to a byte and four to a byte: emulated, and on this CPU with AVX2."""
+    _run("avx2ub", geometry, emulated=True, bits=bits, grid=True)
+    if "avx2" in host_dot_kernels():
+        _run("avx2ub", geometry, emulated=False, bits=bits, grid=True)
 
 
 # code: (shift, accumulator magnitude, multipliers' bit range): each form of the fused
@@ -112,7 +133,7 @@ def _requantization_case(name: str, isa: str, emulated: bool) -> None:
     zero_point, lo, hi = (0, -128, 127) if code.dtype == "int8" else (128, 0, 255)
     rq = Requantize(zero_point, lo, hi, code.dtype, shift, code.ties)
     task = int8_conv.ConvTask(1, 4, 4, ci, co, 1, 1, (1, 1), (1, 1), (0,) * 4, code, 8, isa)
-    packed = (packing.pack_weight_pairs if isa in int8_conv.PAIRED_WEIGHTS else packing.pack_weight)(weight)
+    (packed,) = _packed(weight, isa, 8)
     out = tvm.runtime.tensor(np.zeros((1, 4, 4, co), code.dtype))
     _built(task, emulated)[task.name()](tvm.runtime.tensor(x), tvm.runtime.tensor(packed),
                                         tvm.runtime.tensor(requantize_table(corr, m, rq, co, co)), out)

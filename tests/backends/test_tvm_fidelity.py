@@ -227,9 +227,9 @@ def test_fashion_models_follow_the_qdq_model(name, preset, tmp_path):
     ours = load(tmp_path).run(feeds)["logits"]
     assert np.mean(ours.argmax(1) == reference.argmax(1)) >= 0.99
     assert not library.float_ops
-    from qcompiler.backends.tvm.targets import host_has_vnni
+    from qcompiler.backends.tvm.targets import host_dot_kernels
 
-    if host_has_vnni():   # 4-bit weights stay packed two to a byte in the VNNI kernels, 2-bit four
+    if host_dot_kernels():   # 4-bit weights stay packed two to a byte in the VNNI and AVX2 kernels, 2-bit four
         packed = {bits: sum(n for kind, n in library.kernels.items() if f"int{bits}" in kind) for bits in (4, 2)}
         assert (packed[4] + packed[2] > 0) == (preset != "w8a8"), dict(library.kernels)
         assert (packed[2] > 0) == (preset == "w2a4"), dict(library.kernels)
@@ -247,9 +247,9 @@ def test_every_layer_at_two_bits_compiles_four_weights_a_byte(tmp_path):
     library, (fidelity,) = _compile_and_compare(qdq, {"input": data["input"][128:192]}, tmp_path, batch=16)
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
     assert not library.float_ops, dict(library.float_ops)
-    from qcompiler.backends.tvm.targets import host_has_vnni
+    from qcompiler.backends.tvm.targets import host_dot_kernels
 
-    if host_has_vnni():
+    if host_dot_kernels():
         assert sum(n for kind, n in library.kernels.items() if "int2" in kind) == 10, dict(library.kernels)
 
 
@@ -308,9 +308,11 @@ def test_imagenet_mobilenetv2_as_close_as_onnxruntime_is_to_itself(tmp_path):
     assert fidelity.max_lsb <= max(spread, 1.0) + 1e-4
     ours = load(tmp_path).run(feeds)["logits"]
     assert np.array_equal(ours.argmax(1), session(qdq.to_onnx(), optimize=False).run(None, feeds)[0].argmax(1))
-    from qcompiler.backends.tvm.targets import host_has_vnni
+    from qcompiler.backends.tvm.targets import host_dot_kernels
 
-    if host_has_vnni():   # the size target (benchmarks/results/latency.md measures it)
+    # the size target (benchmarks/results/latency.md measures it) with the VNNI kernels;
+    # the AVX2 ones pad the 1000-class classifier to 1008 outputs (no 8-channel blocks yet): 3.79x
+    if host_dot_kernels() == ("vnni",):
         fp32_bytes = (ROOT / "models" / "mobilenet_v2_imagenet.onnx").stat().st_size
         assert (tmp_path / "model.so").stat().st_size * 3.8 <= fp32_bytes
 
@@ -329,9 +331,9 @@ def test_reconstructed_models_compile_and_follow_their_qdq_model(preset, tmp_pat
     library, (fidelity,) = _compile_and_compare(qdq, feeds, tmp_path, batch=16)
     print(f"resnet8 {preset} + BRECQ: {fidelity.line()}; kernels {dict(library.kernels)}")
     assert not library.float_ops, dict(library.float_ops)
-    from qcompiler.backends.tvm.targets import host_has_vnni
+    from qcompiler.backends.tvm.targets import host_dot_kernels
 
-    if host_has_vnni():
+    if host_dot_kernels():
         assert any("int4" in k or "int2" in k for k in library.kernels), dict(library.kernels)
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
 
@@ -375,7 +377,7 @@ def test_onnx_zoo_light_models_compile_all_integer(name, tmp_path):
     from qcompiler.backends.tvm.targets import host_dot_kernels
 
     if host_dot_kernels():   # a host with neither VNNI nor AVX2 builds the same integer graph on generic schedules
-        assert sum(n for kind, n in library.kernels.items() if kind.split()[0] in ("vnni", "avx2")) >= 20
+        assert sum(n for kind, n in library.kernels.items() if kind.split()[0] in ("vnni", "avx2", "avx2ub")) >= 20
     if name == "resnet50":
         assert library.lowered["residual_add"] == 16
     if name == "densenet121":

@@ -20,7 +20,10 @@ bytes become two pairs of zero-extended words (one `vpshufb` each, from one broa
 weights are packed in pairs, [Co/16, KH, KW, Ci/4, 2, 16, 2], each half block sign-extended
 once (`vpmovsxbw`) and shared by the tile's pixels. The faster `vpmaddubsw` (u8 x s8 pairs into
 int16) saturates at 32767 where 255 * 127 * 2 does not fit; onnxruntime accepts that error on
-AVX2 (its `reduce_range` option), we do not.
+AVX2 (its `reduce_range` option), we do not. Where every weight lies on the 4-bit grid (the
+4-bit and 2-bit presets: |w| <= 8), a pair sum is at most 255 * 8 * 2 and `vpmaddubsw` is exact:
+those layers use `avx2ub`, the VNNI layout and its packed 4-bit and 2-bit weights, each 16 x 4
+block two vpmaddubsw and two vpmaddwd by ones (the int16 pair sums into int32 lanes).
 
 TVM 0.27's own `dot_16x4_vnni` intrinsic does not compile with its bundled LLVM 22 (operand
 vector types, docs/backend.md); ours broadcasts the 4 activation bytes as one int32 to 16 lanes
@@ -55,6 +58,7 @@ DOT_INSTRUCTIONS = {
     "sdot": (SDOT_INTRIN, "int8", 4, "llvm.aarch64.neon.sdot.v4i32.v16i8"),
     "vrmpy": ("qcompiler_vrmpy_u8s8s32_32x4", "uint8", 32, "llvm.hexagon.V6.vrmpybusv.acc.128B"),
     "avx2": ("qcompiler_avx2_u8s8s32_16x4", "uint8", 16, "llvm.x86.avx2.pmadd.wd"),
+    "avx2ub": ("qcompiler_avx2ub_u8s4s32_16x4", "uint8", 16, "llvm.x86.avx2.pmadd.ub.sw"),
 }
 
 #: Instructions whose LLVM intrinsic takes every vector as int32 words (HVX: <32 x i32>).
@@ -64,10 +68,13 @@ WORD_OPERANDS = {"vrmpy"}
 SINGLE_THREADED = {"vrmpy"}
 
 #: u8 x s8 instructions: no x - 128 shift and no correction by 128 * sum(w) (sdot is s8 x s8).
-UNSIGNED_ACTIVATIONS = {"vnni", "vnni8", "vrmpy", "avx2"}
+UNSIGNED_ACTIVATIONS = {"vnni", "vnni8", "vrmpy", "avx2", "avx2ub"}
 
 #: Instructions whose weight blocks are packed in pairs of input channels (packing.pack_weight_pairs).
 PAIRED_WEIGHTS = {"avx2"}
+
+#: Instructions on AVX2's 16 vector registers (the others have 32).
+SIXTEEN_REGISTERS = {"avx2", "avx2ub"}
 
 
 def channel_block(isa: str) -> int:
@@ -134,11 +141,101 @@ def register_intrinsic(isa: str = "vnni", emulated: bool = False) -> str:
                 T.reinterpret(T.broadcast(four, lanes), dtype=a_as), T.reinterpret(B.vload([0, 0], dtype=b_all), dtype=b_as),
                 dtype=c_all)
 
+    if isa == "avx2ub":
+        impl = _avx2ub_impl(lanes)
     if emulated:
         name += "_emulated"
     # emulated: the description's own loops are the implementation
     TensorIntrin.register(name, desc, desc if emulated else impl, override=True)
     return name
+
+
+def int16_steps(task) -> int:
+    """Blocks of 4 input channels whose avx2ub products are summed in int16 before widening:
+    each vpmaddubsw lane is at most 255 * 8 * 2 = 4080 in magnitude, so 8 sum to at most
+    32640; the most of 8, 6, 4, 3, 2 that divides the blocks (1: one block, _avx2ub_impl)."""
+    if task.isa != "avx2ub":
+        return 1
+    return next((s for s in (8, 6, 4, 3, 2) if task.ci // 4 % s == 0), 1)
+
+
+@functools.cache
+def _avx2ub_steps(steps: int, emulated: bool) -> str:
+    """The avx2ub intrinsic over `steps` consecutive blocks of 4 input channels: per 8 lanes
+    `steps` vpmaddubsw summed in int16 (exact: int16_steps) and one vpmaddwd by ones, where
+    one block at a time takes a vpmaddwd each."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    lanes, half = 16, 8
+    name = f"qcompiler_avx2ub_u8s4s32_16x4x{steps}" + ("_emulated" if emulated else "")
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4 * steps,), "uint8", offset_factor=1),
+             B: T.Buffer((steps, lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4 * steps], B[0:steps, 0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for j, i, k in T.grid(steps, lanes, 4):
+                with T.sblock("update"):
+                    vi = T.axis.spatial(lanes, i)
+                    vr = T.axis.reduce(4 * steps, j * 4 + k)
+                    C[vi] = C[vi] + T.cast(A[vr], "int32") * T.cast(B[vr // 4, vi, vr % 4], "int32")
+
+    def pairs(A, B, j, h):   # int16x16: block j's pair sums of lanes 8h .. 8h + 7
+        four = T.reinterpret(T.broadcast(T.reinterpret(A.vload([4 * j], "uint8x4"), dtype="int32"), half),
+                             dtype="int8x32")
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), four,
+                                       B.vload([j, h * half, 0], dtype="int8x32"), dtype="int16x16")
+
+    def widened(A, B, h):   # int32x8: the int16 sums of all blocks, each lane's two pairs added
+        total = pairs(A, B, 0, h)
+        for j in range(1, steps):
+            total = total + pairs(A, B, j, h)
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), total,
+                                       T.broadcast(T.int16(1), 16), dtype="int32x8")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4 * steps,), "uint8", offset_factor=1),
+             B: T.Buffer((steps, lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4 * steps], B[0:steps, 0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, half)] = C.vload([0], "int32x8") + widened(A, B, 0)
+            C[T.ramp(T.int32(half), 1, half)] = C.vload([half], "int32x8") + widened(A, B, 1)
+
+    TensorIntrin.register(name, desc, desc if emulated else impl, override=True)
+    return name
+
+
+def _avx2ub_impl(lanes: int):
+    """The 16 x 4 block on AVX2 for weights on the 4-bit grid: per 8 lanes one vpmaddubsw (the
+    broadcast activation bytes times the lanes' weight bytes, adjacent pairs summed into int16,
+    exact for |w| <= 8) and one vpmaddwd by ones (the two pair sums of a lane into its int32)."""
+    from tvm.script import tirx as T
+
+    half = lanes // 2
+
+    def dots(four, B, h):   # int32x8: lanes 8h .. 8h + 7
+        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), four,
+                                        B.vload([h * half, 0], dtype="int8x32"), dtype="int16x16")
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs,
+                                       T.broadcast(T.int16(1), 16), dtype="int32x8")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            four = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), half),
+                                 dtype="int8x32")
+            C[T.ramp(T.int32(0), 1, half)] = C.vload([0], "int32x8") + dots(four, B, 0)
+            C[T.ramp(T.int32(half), 1, half)] = C.vload([half], "int32x8") + dots(four, B, 1)
+
+    return impl
 
 
 #: vpshufb masks (one int32 per lane, little-endian bytes) that zero-extend bytes 0, 1 (2, 3)
@@ -245,7 +342,7 @@ class ConvTask(KernelGeometry):
         """AVX2 has 16 vector registers, not 32: 2 pixels (4 accumulators) measured fastest on
         3 of MobileNetV2's 4 shapes that allow 2 to 8 (Zen 2: 56x56x24->144 0.229 ms, 0.355
         with 8)."""
-        if self.isa in PAIRED_WEIGHTS:
+        if self.isa in SIXTEEN_REGISTERS:
             return pixel_tile(self.output_width(), (2, 7, 1))
         return super().template_tile()
 
@@ -269,7 +366,7 @@ class ConvTask(KernelGeometry):
         stride, dilation, padding, weight_bits = self.stride, self.dilation, self.padding, self.weight_bits
         cblock = channel_block(self.isa)
         if self.isa in PAIRED_WEIGHTS and weight_bits < 8:
-            raise ValueError(f"{self.isa} kernels take 8-bit weights (apply_schedules.packed_bits)")
+            raise ValueError(f"{self.isa} kernels take 8-bit weights (4-bit grids use avx2ub)")
         x = te.placeholder((n, h, w, ci), "uint8", name="x")
         if weight_bits == 4:
             weights = [te.placeholder((co // cblock, kh, kw, ci // 4, 2 * cblock), "uint8", name="w4")]
@@ -328,6 +425,10 @@ def schedule_conv(sch, task: ConvTask, tile) -> None:
         o_block = None
     c_outer, c_inner = sch.split(r_c, [None, 4])
     inner_loops = [o_inner, c_inner] if o_block is None else [o_block, o_inner, c_inner]
+    steps = int16_steps(task)
+    if steps > 1:   # `steps` blocks of 4 input channels summed in int16 (_avx2ub_steps)
+        c_outer, c_step = sch.split(c_outer, [None, steps])
+        inner_loops = [c_step, *inner_loops]
     x_outer, x_inner = sch.split(xx, [None, tile])
     if packed:
         sch.reorder(b, o_outer, y, x_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
@@ -349,7 +450,10 @@ def schedule_conv(sch, task: ConvTask, tile) -> None:
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, tile_loop)
     init = sch.decompose_reduction(block, r_y)
-    sch.tensorize(o_inner, register_intrinsic(isa, _EMULATED))
+    if steps > 1:
+        sch.tensorize(c_step, _avx2ub_steps(steps, _EMULATED))
+    else:
+        sch.tensorize(o_inner, register_intrinsic(isa, _EMULATED))
     if o_block is not None:
         sch.unroll(o_block)
     sch.vectorize(sch.get_loops(init)[-1])
