@@ -80,7 +80,8 @@ def weight_layout(kind: str, ci: int, co: int, pixels: int) -> tuple[str, int, i
     blocks where the weights outweigh the pixels (the classifier, batch <= 16: its padding to
     16 was 10 KiB); over many pixels each block re-broadcasts the activations: 3 blocks of 8 for
     24 channels cost MobileNetV2 95 us more than 2 blocks of 16 and a slice."""
-    isa = "vnni8" if kind == "vnni" and co % 16 and pixels <= 16 else kind
+    narrow = {"vnni": "vnni8", "avx2": "avx2_8"}   # 8-channel forms
+    isa = narrow[kind] if kind in narrow and co % 16 and pixels <= 16 else kind
     return isa, _round_up(ci, 8 if kind == "smmla" else 4), _round_up(co, int8_conv.channel_block(isa))
 
 

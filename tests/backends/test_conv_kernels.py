@@ -85,9 +85,17 @@ def _run(isa: str, geometry, emulated: bool, bits: int = 8, grid: bool = False) 
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-@pytest.mark.parametrize("isa", ["avx2", "vnni"])
+@pytest.mark.parametrize("isa", ["avx2", "avx2_8", "vnni"])
 def test_kernel_schedule_with_emulated_dot_products_is_exact(isa, geometry):
     _run(isa, geometry, emulated=True)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES[:2])
+def test_avx2_kernel_on_8_channel_blocks_is_exact(geometry):
+    """avx2_8: the classifier's form (1000 outputs, 8 (mod 16), few pixels: no padding to 16)."""
+    if "avx2" not in host_dot_kernels():
+        pytest.skip("needs a CPU with AVX2 and without AVX-512 VNNI (whose builds use vnni8)")
+    _run("avx2_8", geometry, emulated=False)
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)

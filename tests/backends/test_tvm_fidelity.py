@@ -310,9 +310,7 @@ def test_imagenet_mobilenetv2_as_close_as_onnxruntime_is_to_itself(tmp_path):
     assert np.array_equal(ours.argmax(1), session(qdq.to_onnx(), optimize=False).run(None, feeds)[0].argmax(1))
     from qcompiler.backends.tvm.targets import host_dot_kernels
 
-    # the size target (benchmarks/results/latency.md measures it) with the VNNI kernels;
-    # the AVX2 ones pad the 1000-class classifier to 1008 outputs (no 8-channel blocks yet): 3.79x
-    if host_dot_kernels() == ("vnni",):
+    if host_dot_kernels():   # the size target (benchmarks/results/latency.md measures it)
         fp32_bytes = (ROOT / "models" / "mobilenet_v2_imagenet.onnx").stat().st_size
         assert (tmp_path / "model.so").stat().st_size * 3.8 <= fp32_bytes
 

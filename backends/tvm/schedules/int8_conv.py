@@ -58,6 +58,7 @@ DOT_INSTRUCTIONS = {
     "sdot": (SDOT_INTRIN, "int8", 4, "llvm.aarch64.neon.sdot.v4i32.v16i8"),
     "vrmpy": ("qcompiler_vrmpy_u8s8s32_32x4", "uint8", 32, "llvm.hexagon.V6.vrmpybusv.acc.128B"),
     "avx2": ("qcompiler_avx2_u8s8s32_16x4", "uint8", 16, "llvm.x86.avx2.pmadd.wd"),
+    "avx2_8": ("qcompiler_avx2_u8s8s32_8x4", "uint8", 8, "llvm.x86.avx2.pmadd.wd"),
     "avx2ub": ("qcompiler_avx2ub_u8s4s32_16x4", "uint8", 16, "llvm.x86.avx2.pmadd.ub.sw"),
 }
 
@@ -68,18 +69,18 @@ WORD_OPERANDS = {"vrmpy"}
 SINGLE_THREADED = {"vrmpy"}
 
 #: u8 x s8 instructions: no x - 128 shift and no correction by 128 * sum(w) (sdot is s8 x s8).
-UNSIGNED_ACTIVATIONS = {"vnni", "vnni8", "vrmpy", "avx2", "avx2ub"}
+UNSIGNED_ACTIVATIONS = {"vnni", "vnni8", "vrmpy", "avx2", "avx2_8", "avx2ub"}
 
 #: Instructions whose weight blocks are packed in pairs of input channels (packing.pack_weight_pairs).
-PAIRED_WEIGHTS = {"avx2"}
+PAIRED_WEIGHTS = {"avx2", "avx2_8"}
 
 #: Instructions on AVX2's 16 vector registers (the others have 32).
-SIXTEEN_REGISTERS = {"avx2", "avx2ub"}
+SIXTEEN_REGISTERS = {"avx2", "avx2_8", "avx2ub"}
 
 
 def channel_block(isa: str) -> int:
     """Output channels per packed weight block (the kernel's channel multiple)."""
-    return {"vnni8": 8, "vrmpy": 32}.get(isa, 16)
+    return {"vnni8": 8, "avx2_8": 8, "vrmpy": 32}.get(isa, 16)
 
 
 #: Set inside `emulated_dot_products()`.
@@ -244,12 +245,13 @@ _PAIR_MASKS = (-0x7FFE8000, -0x7FFC7FFE)   # bytes [0, 0x80, 1, 0x80] and [2, 0x
 
 
 def _register_pairs_intrinsic(isa: str, emulated: bool) -> str:
-    """The AVX2 16 x 4 block (module docstring): C[i] += sum_k A[k] * B[k // 2, i, k % 2]."""
+    """The AVX2 16 x 4 block (module docstring), or 8 x 4 (avx2_8: one vpmaddwd per pair):
+    C[i] += sum_k A[k] * B[k // 2, i, k % 2]."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
     name, a_dtype, lanes, llvm_name = DOT_INSTRUCTIONS[isa]
-    half = lanes // 2   # int32 lanes per 256-bit vpmaddwd
+    half = 8   # int32 lanes per 256-bit vpmaddwd
 
     @T.prim_func(s_tir=True)
     def desc(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
@@ -285,6 +287,19 @@ def _register_pairs_intrinsic(isa: str, emulated: bool) -> str:
             C[T.ramp(T.int32(0), 1, half)] = C.vload([0], "int32x8") + madd(low, B, 0, 0) + madd(high, B, 1, 0)
             C[T.ramp(T.int32(half), 1, half)] = C.vload([half], "int32x8") + madd(low, B, 0, 1) + madd(high, B, 1, 1)
 
+    @T.prim_func(s_tir=True)
+    def impl8(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
+              C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:2, 0:lanes, 0:2])
+            T.writes(C[0:lanes])
+            four = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), half),
+                                 dtype="int8x32")
+            C[T.ramp(T.int32(0), 1, half)] = C.vload([0], "int32x8") + madd(pairs(four, _PAIR_MASKS[0]), B, 0, 0) \
+                + madd(pairs(four, _PAIR_MASKS[1]), B, 1, 0)
+
+    if lanes == 8:
+        impl = impl8
     if emulated:
         name += "_emulated"
     TensorIntrin.register(name, desc, desc if emulated else impl, override=True)
