@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -39,9 +40,14 @@ def _main(argv: list[str] | None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()   # here, where a closed pipe is caught below, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         return _interrupted()
+    except BrokenPipeError:   # the reader stopped (`qcompiler targets | head`): its choice, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so that the exit flush is quiet
+        return 0
     except QCompilerError as exc:
         if supervise.interrupted():
             return _interrupted()

@@ -115,6 +115,14 @@ def test_entry_point_exit_code_and_no_traceback(tmp_path):
     assert proc.stderr.strip() == f"qcompiler: error: {empty}: the file is empty (0 bytes); re-export the model"
 
 
+def test_output_piped_to_a_reader_that_stops_early_is_not_an_error():
+    """`qcompiler passes | head -1` where head is gone before qcompiler writes (`true` reads
+    nothing): no 'internal error' and no 'Exception ignored' at exit; exit code 0."""
+    proc = subprocess.run(f"set -o pipefail; '{sys.executable}' -m qcompiler passes | true", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
 def test_demo(tmp_path, capsys):
     code, out, err = cli(capsys, "demo", "-o", tmp_path)
     assert code == 0, err
