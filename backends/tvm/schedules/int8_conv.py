@@ -14,16 +14,8 @@ input's zero point (`pad_value`). 1x1 convolutions and matmuls use the same kern
 layer with 8 (mod 16) outputs and few output pixels uses 8-channel blocks (`vnni8`: vpdpbusd on
 256-bit registers) rather than padded weights.
 
-On CPUs with AVX2 but no VNNI (`avx2`) the same 16 x 4 block is exact 16-bit arithmetic:
-`vpmaddwd` multiplies pairs of int16 and adds each pair into an int32 lane, so the 4 activation
-bytes become two pairs of zero-extended words (one `vpshufb` each, from one broadcast) and the
-weights are packed in pairs, [Co/16, KH, KW, Ci/4, 2, 16, 2], each half block sign-extended
-once (`vpmovsxbw`) and shared by the tile's pixels. The faster `vpmaddubsw` (u8 x s8 pairs into
-int16) saturates at 32767 where 255 * 127 * 2 does not fit; onnxruntime accepts that error on
-AVX2 (its `reduce_range` option), we do not. Where every weight lies on the 4-bit grid (the
-4-bit and 2-bit presets: |w| <= 8), a pair sum is at most 255 * 8 * 2 and `vpmaddubsw` is exact:
-those layers use `avx2ub`, the VNNI layout and its packed 4-bit and 2-bit weights, each 16 x 4
-block two vpmaddubsw and two vpmaddwd by ones (the int16 pair sums into int32 lanes).
+On CPUs with AVX2 but no VNNI the blocks are exact 16-bit arithmetic instead (`avx2`,
+`avx2_8`, `avx2ub`: avx2.py).
 
 TVM 0.27's own `dot_16x4_vnni` intrinsic does not compile with its bundled LLVM 22 (operand
 vector types, docs/backend.md); ours broadcasts the 4 activation bytes as one int32 to 16 lanes
@@ -40,6 +32,7 @@ import contextlib
 import dataclasses
 import functools
 
+from qcompiler.backends.tvm.schedules import avx2
 from qcompiler.backends.tvm.schedules.geometry import KernelGeometry, output_size, padded_input, pixel_tile
 from qcompiler.backends.tvm.schedules.packing import unpacked_int2, unpacked_int4
 from qcompiler.backends.tvm.schedules.requantize import RequantizeCode, requantized
@@ -113,7 +106,7 @@ def register_intrinsic(isa: str = "vnni", emulated: bool = False) -> str:
     from tvm.script import tirx as T
 
     if isa in PAIRED_WEIGHTS:
-        return _register_pairs_intrinsic(isa, emulated)
+        return avx2.pairs_intrinsic(*DOT_INSTRUCTIONS[isa], emulated)
     name, a_dtype, lanes, llvm_name = DOT_INSTRUCTIONS[isa]
     a_x4, a_all, b_all, c_all = f"{a_dtype}x4", f"{a_dtype}x{4 * lanes}", f"int8x{4 * lanes}", f"int32x{lanes}"
     a_as, b_as = (c_all, c_all) if isa in WORD_OPERANDS else (a_all, b_all)   # the intrinsic's operand types
@@ -143,165 +136,10 @@ def register_intrinsic(isa: str = "vnni", emulated: bool = False) -> str:
                 dtype=c_all)
 
     if isa == "avx2ub":
-        impl = _avx2ub_impl(lanes)
+        impl = avx2.ub_impl(lanes)
     if emulated:
         name += "_emulated"
     # emulated: the description's own loops are the implementation
-    TensorIntrin.register(name, desc, desc if emulated else impl, override=True)
-    return name
-
-
-def int16_steps(task) -> int:
-    """Blocks of 4 input channels whose avx2ub products are summed in int16 before widening:
-    each vpmaddubsw lane is at most 255 * 8 * 2 = 4080 in magnitude, so 8 sum to at most
-    32640; the most of 8, 6, 4, 3, 2 that divides the blocks (1: one block, _avx2ub_impl)."""
-    if task.isa != "avx2ub":
-        return 1
-    return next((s for s in (8, 6, 4, 3, 2) if task.ci // 4 % s == 0), 1)
-
-
-@functools.cache
-def _avx2ub_steps(steps: int, emulated: bool) -> str:
-    """The avx2ub intrinsic over `steps` consecutive blocks of 4 input channels: per 8 lanes
-    `steps` vpmaddubsw summed in int16 (exact: int16_steps) and one vpmaddwd by ones, where
-    one block at a time takes a vpmaddwd each."""
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    lanes, half = 16, 8
-    name = f"qcompiler_avx2ub_u8s4s32_16x4x{steps}" + ("_emulated" if emulated else "")
-
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4 * steps,), "uint8", offset_factor=1),
-             B: T.Buffer((steps, lanes, 4), "int8", offset_factor=1),
-             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4 * steps], B[0:steps, 0:lanes, 0:4])
-            T.writes(C[0:lanes])
-            for j, i, k in T.grid(steps, lanes, 4):
-                with T.sblock("update"):
-                    vi = T.axis.spatial(lanes, i)
-                    vr = T.axis.reduce(4 * steps, j * 4 + k)
-                    C[vi] = C[vi] + T.cast(A[vr], "int32") * T.cast(B[vr // 4, vi, vr % 4], "int32")
-
-    def pairs(A, B, j, h):   # int16x16: block j's pair sums of lanes 8h .. 8h + 7
-        four = T.reinterpret(T.broadcast(T.reinterpret(A.vload([4 * j], "uint8x4"), dtype="int32"), half),
-                             dtype="int8x32")
-        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), four,
-                                       B.vload([j, h * half, 0], dtype="int8x32"), dtype="int16x16")
-
-    def widened(A, B, h):   # int32x8: the int16 sums of all blocks, each lane's two pairs added
-        total = pairs(A, B, 0, h)
-        for j in range(1, steps):
-            total = total + pairs(A, B, j, h)
-        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), total,
-                                       T.broadcast(T.int16(1), 16), dtype="int32x8")
-
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4 * steps,), "uint8", offset_factor=1),
-             B: T.Buffer((steps, lanes, 4), "int8", offset_factor=1),
-             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4 * steps], B[0:steps, 0:lanes, 0:4])
-            T.writes(C[0:lanes])
-            C[T.ramp(T.int32(0), 1, half)] = C.vload([0], "int32x8") + widened(A, B, 0)
-            C[T.ramp(T.int32(half), 1, half)] = C.vload([half], "int32x8") + widened(A, B, 1)
-
-    TensorIntrin.register(name, desc, desc if emulated else impl, override=True)
-    return name
-
-
-def _avx2ub_impl(lanes: int):
-    """The 16 x 4 block on AVX2 for weights on the 4-bit grid: per 8 lanes one vpmaddubsw (the
-    broadcast activation bytes times the lanes' weight bytes, adjacent pairs summed into int16,
-    exact for |w| <= 8) and one vpmaddwd by ones (the two pair sums of a lane into its int32)."""
-    from tvm.script import tirx as T
-
-    half = lanes // 2
-
-    def dots(four, B, h):   # int32x8: lanes 8h .. 8h + 7
-        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), four,
-                                        B.vload([h * half, 0], dtype="int8x32"), dtype="int16x16")
-        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs,
-                                       T.broadcast(T.int16(1), 16), dtype="int32x8")
-
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
-             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
-            T.writes(C[0:lanes])
-            four = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), half),
-                                 dtype="int8x32")
-            C[T.ramp(T.int32(0), 1, half)] = C.vload([0], "int32x8") + dots(four, B, 0)
-            C[T.ramp(T.int32(half), 1, half)] = C.vload([half], "int32x8") + dots(four, B, 1)
-
-    return impl
-
-
-#: vpshufb masks (one int32 per lane, little-endian bytes) that zero-extend bytes 0, 1 (2, 3)
-#: of each 32-bit lane to its two 16-bit halves: byte index, then 0x80 (a zero byte).
-_PAIR_MASKS = (-0x7FFE8000, -0x7FFC7FFE)   # bytes [0, 0x80, 1, 0x80] and [2, 0x80, 3, 0x80]
-
-
-def _register_pairs_intrinsic(isa: str, emulated: bool) -> str:
-    """The AVX2 16 x 4 block (module docstring), or 8 x 4 (avx2_8: one vpmaddwd per pair):
-    C[i] += sum_k A[k] * B[k // 2, i, k % 2]."""
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    name, a_dtype, lanes, llvm_name = DOT_INSTRUCTIONS[isa]
-    half = 8   # int32 lanes per 256-bit vpmaddwd
-
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
-             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:2, 0:lanes, 0:2])
-            T.writes(C[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vk // 2, vi, vk % 2], "int32")
-
-    def pairs(four, mask):   # the int8x32 broadcast bytes -> int16x16 words (a_2m, a_2m+1) per lane
-        shuffled = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pshuf.b"), four,
-                                           T.reinterpret(T.broadcast(T.int32(mask), half), dtype="int8x32"),
-                                           dtype="int8x32")
-        return T.reinterpret(shuffled, dtype="int16x16")
-
-    def madd(words, B, pair, h):   # 8 lanes: words . (sign-extended weight pairs of lanes 8h .. 8h + 7)
-        weights = T.cast(B.vload([pair, h * half, 0], dtype="int8x16"), "int16x16")
-        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(llvm_name), words, weights, dtype="int32x8")
-
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
-             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:2, 0:lanes, 0:2])
-            T.writes(C[0:lanes])
-            four = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), half),
-                                 dtype="int8x32")
-            low, high = pairs(four, _PAIR_MASKS[0]), pairs(four, _PAIR_MASKS[1])
-            C[T.ramp(T.int32(0), 1, half)] = C.vload([0], "int32x8") + madd(low, B, 0, 0) + madd(high, B, 1, 0)
-            C[T.ramp(T.int32(half), 1, half)] = C.vload([half], "int32x8") + madd(low, B, 0, 1) + madd(high, B, 1, 1)
-
-    @T.prim_func(s_tir=True)
-    def impl8(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
-              C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:2, 0:lanes, 0:2])
-            T.writes(C[0:lanes])
-            four = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), half),
-                                 dtype="int8x32")
-            C[T.ramp(T.int32(0), 1, half)] = C.vload([0], "int32x8") + madd(pairs(four, _PAIR_MASKS[0]), B, 0, 0) \
-                + madd(pairs(four, _PAIR_MASKS[1]), B, 1, 0)
-
-    if lanes == 8:
-        impl = impl8
-    if emulated:
-        name += "_emulated"
     TensorIntrin.register(name, desc, desc if emulated else impl, override=True)
     return name
 
@@ -440,8 +278,8 @@ def schedule_conv(sch, task: ConvTask, tile) -> None:
         o_block = None
     c_outer, c_inner = sch.split(r_c, [None, 4])
     inner_loops = [o_inner, c_inner] if o_block is None else [o_block, o_inner, c_inner]
-    steps = int16_steps(task)
-    if steps > 1:   # `steps` blocks of 4 input channels summed in int16 (_avx2ub_steps)
+    steps = avx2.int16_steps(task.ci) if isa == "avx2ub" else 1
+    if steps > 1:   # `steps` blocks of 4 input channels summed in int16 (avx2.ub_steps_intrinsic)
         c_outer, c_step = sch.split(c_outer, [None, steps])
         inner_loops = [c_step, *inner_loops]
     x_outer, x_inner = sch.split(xx, [None, tile])
@@ -466,7 +304,7 @@ def schedule_conv(sch, task: ConvTask, tile) -> None:
     sch.reverse_compute_at(write_back, tile_loop)
     init = sch.decompose_reduction(block, r_y)
     if steps > 1:
-        sch.tensorize(c_step, _avx2ub_steps(steps, _EMULATED))
+        sch.tensorize(c_step, avx2.ub_steps_intrinsic(steps, _EMULATED))
     else:
         sch.tensorize(o_inner, register_intrinsic(isa, _EMULATED))
     if o_block is not None:
