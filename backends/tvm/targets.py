@@ -64,9 +64,13 @@ _HEXAGON = dict(cross_compiler="ld.lld-14", apt_package="lld-14", runner="qemu-h
                 dot_kernels=("vrmpy",))
 _V3 = ("avx2", "fma", "bmi2", "movbe")
 _V4 = (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
+#: The x86 convolution kernels, preferred first: the /proc/cpuinfo flags a CPU needs to run each.
+_X86_KERNEL_FLAGS = {"vnni": (*_V4, "avx512_vnni"), "avx2": _V3}
+#: ... and the LLVM feature that tells a target's CPU has the kernel's instruction.
+_X86_KERNEL_FEATURES = {"vnni": "avx512vnni", "avx2": "avx2"}
 
 TARGETS: dict[str, TargetSpec] = {t.name: t for t in (
-    TargetSpec("native", "this machine's CPU (x86-64): AVX-512 VNNI kernels when it has them",
+    TargetSpec("native", "this machine's CPU (x86-64): AVX-512 VNNI kernels when it has them, else AVX2 ones",
                {"kind": "llvm", "mcpu": "native"}),
     TargetSpec("x86-64-v3", "any x86-64 CPU with AVX2 (Haswell, Zen 1 and later): AVX2 kernels",
                {"kind": "llvm", "mcpu": "x86-64-v3"}, dot_kernels=("avx2",), cpu_flags=_V3),
@@ -74,7 +78,7 @@ TARGETS: dict[str, TargetSpec] = {t.name: t for t in (
                {"kind": "llvm", "mcpu": "x86-64-v4"}, dot_kernels=("avx2",), cpu_flags=_V4),
     TargetSpec("x86-avx512-vnni", "x86-64 with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4 and later)",
                {"kind": "llvm", "mcpu": "x86-64-v4", "mattr": ["+avx512vnni"]}, dot_kernels=("vnni",),
-               cpu_flags=(*_V4, "avx512_vnni")),
+               cpu_flags=_X86_KERNEL_FLAGS["vnni"]),
     TargetSpec("arm64", "AArch64 with NEON (Cortex-A53/A72 class)",
                {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, **_ARM),
     TargetSpec("arm64-dotprod", "AArch64 v8.2 with sdot (Cortex-A76 / Neoverse-N1 class)",
@@ -138,8 +142,7 @@ def from_tvm_target(text: str) -> TargetSpec:
     arm = "aarch64" in str(llvm.get("mtriple", ""))
     kernels = (("smmla", "sdot") if "+i8mm" in features else ("sdot",) if "+dotprod" in features else ()) if arm \
         else _x86_kernels(target)
-    # never run VNNI or AVX2 code on a CPU without it
-    flags = {("vnni",): (*_V4, "avx512_vnni"), ("avx2",): _V3}.get(kernels, ())
+    flags = _X86_KERNEL_FLAGS[kernels[0]] if kernels and not arm else ()   # never run them on a CPU without them
     return TargetSpec(json.dumps(llvm), "a TVM target given on the command line", llvm, dot_kernels=kernels,
                       cpu_flags=flags, **(_ARM if arm else {}))
 
@@ -185,20 +188,14 @@ def _host_has(flags: tuple[str, ...]) -> bool:
 
 
 def _x86_kernels(target) -> tuple[str, ...]:
+    """The preferred x86 kernel whose instruction the target's CPU and -mattr have, or ()."""
     from tvm.target import codegen
 
-    for kernel, feature in (("vnni", "avx512vnni"), ("avx2", "avx2")):
-        if codegen.target_has_features(feature, target):
-            return (kernel,)
-    return ()
+    return next(((k,) for k, feature in _X86_KERNEL_FEATURES.items() if codegen.target_has_features(feature, target)),
+                ())
 
 
 def host_dot_kernels() -> tuple[str, ...]:
     """The x86 convolution kernels this CPU runs, from /proc/cpuinfo: ("vnni",), ("avx2",) or ()."""
     flags = cpu_flags() or frozenset()
-    return ("vnni",) if "avx512_vnni" in flags else ("avx2",) if set(_V3) <= flags else ()
-
-
-def host_has_vnni() -> bool:
-    """Whether this x86 CPU has AVX-512 VNNI (vpdpbusd), from /proc/cpuinfo."""
-    return "avx512_vnni" in (cpu_flags() or frozenset())
+    return next(((k,) for k, needed in _X86_KERNEL_FLAGS.items() if set(needed) <= flags), ())

@@ -162,7 +162,7 @@ def test_avx512_vnni_target_builds_vnni_kernels_on_any_x86_host(compiled, tmp_pa
     its convolutions on vpdpbusd (disassembly checked)."""
     import subprocess
 
-    from qcompiler.backends.tvm.targets import host_has_vnni
+    from qcompiler.backends.tvm.targets import host_dot_kernels
 
     code, out, err = cli(capsys, "compile", compiled / "model.qdq.onnx", "--target", "x86-avx512-vnni",
                          "-o", tmp_path / "v")
@@ -174,7 +174,7 @@ def test_avx512_vnni_target_builds_vnni_kernels_on_any_x86_host(compiled, tmp_pa
     disassembly = subprocess.run(["objdump", "-d", str(tmp_path / "v" / "model.so")], capture_output=True,
                                  text=True, check=True).stdout
     assert "vpdpbusd" in disassembly
-    if not host_has_vnni():
+    if host_dot_kernels() != ("vnni",):
         np.savez(tmp_path / "x.npz", input=np.load(SUBSET)["input"][:4])
         code, _, err = cli(capsys, "run", tmp_path / "v", "--input", tmp_path / "x.npz")
         assert code == 3 and "x86-avx512-vnni" in err and "cannot run on this CPU" in err
