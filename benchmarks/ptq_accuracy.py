@@ -52,14 +52,29 @@ def imagenet_data(count: int = 512):
     """512 random resized crops (scale 0.25-1, flips) of the opencv-doc photos; eval: foolbox + skimage."""
     from PIL import Image
 
+    calib = {"input": calibration_crops(count)[0]}
+    photos = unlabelled_photos()
+    labelled_x, labelled_y = load_foolbox_imagenet()
+    preprocess = ImagePreprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)
+    held_out = photos["opencv-doc"][1::2] + photos["scikit-image"]
+    photos = np.stack([preprocess.apply(Image.open(p), (224, 224)) for p in held_out]).astype(np.float32)
+    return calib, {"input": labelled_x, "labels": labelled_y}, {"input": np.concatenate([labelled_x, photos])}
+
+
+def calibration_crops(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` random resized crops (scale 0.25-1, flips) of every other opencv-doc photo, NCHW
+    normalised, and the index of the photo each comes from."""
+    from PIL import Image
+
     photos = unlabelled_photos()
     if not photos["opencv-doc"] or not photos["scikit-image"]:
         sys.exit("needs Debian's opencv-doc and `pip install --no-deps scikit-image` (for their photos)")
     rng = np.random.default_rng(0)
     images = [Image.open(p).convert("RGB") for p in photos["opencv-doc"][0::2]]
-    crops = []
+    crops, sources = [], []
     for _ in range(count):
-        image = images[rng.integers(len(images))]
+        sources.append(rng.integers(len(images)))
+        image = images[sources[-1]]
         w, h = image.size
         side = int(min(w, h) * np.sqrt(rng.uniform(0.25, 1.0)))
         left, top = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
@@ -68,11 +83,7 @@ def imagenet_data(count: int = 512):
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         crops.append(np.asarray(crop, np.float32) / 255)
     calib = ((np.stack(crops) - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2).astype(np.float32)
-    labelled_x, labelled_y = load_foolbox_imagenet()
-    preprocess = ImagePreprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)
-    held_out = photos["opencv-doc"][1::2] + photos["scikit-image"]
-    photos = np.stack([preprocess.apply(Image.open(p), (224, 224)) for p in held_out]).astype(np.float32)
-    return {"input": calib}, {"input": labelled_x, "labels": labelled_y}, {"input": np.concatenate([labelled_x, photos])}
+    return calib, np.asarray(sources)
 
 
 def ours(model: ir.Model, calib, evals, config: QuantConfig) -> dict:

@@ -11,6 +11,8 @@ GRANULARITIES = ("layer", "block", "stage", "net")
 LEARNED_BIAS_LR = 1e-3
 #: crop="auto": the output side trained on, where cropping at least halves a block's input area.
 AUTO_CROP = 64
+#: The largest share of the calibration samples the held-out guard may take from training.
+MAX_HOLDOUT = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,25 +57,37 @@ class ReconstructConfig:
     #: region compared (the inputs carry the halo it reads); "auto": AUTO_CROP where that at least halves
     #: a block's input area; None: whole samples (qcompiler.sim.crops, docs/brecq.md).
     crop: int | str | None = "auto"
+    #: > 0: hold out this share of the calibration samples, the last in file order: a block keeps
+    #: what a phase learned only where it lowers the block's error on them, so that a small or
+    #: narrow calibration set is not fitted at the expense of other inputs (0: no guard).
+    holdout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.act_iters is None:
             object.__setattr__(self, "act_iters", self.iters // 4)
+        if not 0.0 <= self.holdout <= MAX_HOLDOUT:
+            raise ValueError(f"holdout must be a share from 0 to {MAX_HOLDOUT}, not {self.holdout!r}")
         if not (self.crop is None or self.crop == "auto" or (isinstance(self.crop, int) and self.crop > 0)):
             raise ValueError(f"crop must be a positive int, 'auto' or None, not {self.crop!r}")
 
     def describe(self) -> str:
         extras = (", Fisher" if self.fisher else "") + (f", QDrop {self.qdrop}" if self.qdrop else "") + \
-            (", biases learned" if self.bias_lr else "")
+            (", biases learned" if self.bias_lr else "") + \
+            (f", {self.holdout:.0%} of the samples held out as a guard" if self.holdout else "")
         return f"BRECQ {self.granularity}, {self.iters}+{self.act_iters} iterations per block{extras}"
 
 
 @dataclasses.dataclass
 class BlockReport:
-    """What reconstruction did to one block: its loss before (nearest rounding) and after, and time."""
+    """What reconstruction did to one block: its loss before (nearest rounding) and after, and time;
+    with a held-out guard (ReconstructConfig.holdout) the losses on the held-out samples and the
+    phases whose result was dropped because it raised them."""
 
     block: Block
     loss_nearest: float
     loss_learned: float
     seconds: float
     curve: list[float]
+    held_nearest: float | None = None
+    held_learned: float | None = None
+    dropped: tuple[str, ...] = ()

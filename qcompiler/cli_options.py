@@ -8,7 +8,7 @@ import functools
 from pathlib import Path
 
 from qcompiler import __version__
-from qcompiler.blocks import AUTO_CROP, GRANULARITIES, LEARNED_BIAS_LR, ReconstructConfig
+from qcompiler.blocks import AUTO_CROP, GRANULARITIES, LEARNED_BIAS_LR, MAX_HOLDOUT, ReconstructConfig
 from qcompiler.errors import UsageError
 
 # Names for --help only (the modules that own them are imported when a command runs).
@@ -159,6 +159,14 @@ def probability(text: str) -> float:
     return value
 
 
+def holdout_share(text: str) -> float:
+    """argparse type of --holdout: a share in (0, MAX_HOLDOUT]."""
+    value = probability(text)
+    if not 0.0 < value <= MAX_HOLDOUT:
+        raise argparse.ArgumentTypeError(f"{value}: a share above 0 and at most {MAX_HOLDOUT}")
+    return value
+
+
 def crop_option(text: str) -> int | str:
     """argparse type of --crop: auto, off or a positive number of output positions."""
     if text in ("auto", "off"):
@@ -247,6 +255,9 @@ def _reconstruct_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--learn-bias", action="store_true", help="also learn the quantized layers' biases, block by "
                    "block, instead of correcting them after (helps short runs and depthwise nets whose calibration "
                    "data is like their inputs; docs/brecq.md)")
+    g.add_argument("--holdout", type=holdout_share, metavar="SHARE", help="hold out this share of the calibration "
+                   "samples, the last in the file, and keep what a block learned only where it lowers the block's "
+                   "error on them (guards a small or narrow calibration set against overfitting; docs/brecq.md)")
     g.add_argument("--reconstruct-samples", type=positive_int, default=defaults.samples,
                    help="calibration samples reconstruction uses at most (default: %(default)s)")
     g.add_argument("--crop", type=crop_option, metavar="N|auto|off", help="train convolutional blocks on random "
@@ -289,13 +300,13 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig | None:
     """The ReconstructConfig the options ask for (None without --reconstruct); bad values are usage errors."""
     if not args.reconstruct:
         for flag, value in (("--fisher", args.fisher), ("--qdrop", args.qdrop), ("--crop", args.crop is not None),
-                            ("--learn-bias", args.learn_bias)):
+                            ("--learn-bias", args.learn_bias), ("--holdout", args.holdout)):
             if value:
                 raise UsageError(f"{flag} needs --reconstruct brecq")
         return None
     return ReconstructConfig(granularity=args.granularity, iters=args.iters, act_iters=args.act_iters, fisher=args.fisher,
                              qdrop=args.qdrop, samples=args.reconstruct_samples, seed=args.seed,
-                             bias_lr=LEARNED_BIAS_LR if args.learn_bias else 0.0,
+                             bias_lr=LEARNED_BIAS_LR if args.learn_bias else 0.0, holdout=args.holdout or 0.0,
                              crop={None: "auto", "off": None}.get(args.crop, args.crop))
 
 

@@ -67,6 +67,13 @@ def summary_table(r: ReportData) -> str:
         rows.append(("reconstruction", f"{r.reconstruction_setting}: {len(r.reconstruction)} blocks, block output "
                      f"error {before:.4g} -> {after:.4g} (sum, nearest rounding -> learned), "
                      f"{sum(b.seconds for b in r.reconstruction):.1f} s"))
+        guarded = [b for b in r.reconstruction if b.held_nearest is not None]
+        if guarded:
+            dropped = sum(len(b.dropped) for b in guarded)
+            rows.append(("held-out guard", f"block output error on the held-out samples "
+                         f"{sum(b.held_nearest for b in guarded):.4g} -> {sum(b.held_learned for b in guarded):.4g}; "
+                         f"{dropped} learned phase{'s' * (dropped != 1)} dropped for raising it "
+                         f"(in {sum(bool(b.dropped) for b in guarded)} of {len(guarded)} blocks)"))
     if r.bias_correction:  # after reconstruction, as the passes run
         rows.append(("bias correction", r.bias_correction))
     if r.mixed is not None and r.mixed.assignment is not None:
@@ -81,6 +88,26 @@ def summary_table(r: ReportData) -> str:
     rows.append(("time", f"{r.seconds:.1f} s"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _blocks_html(reports: list) -> str:
+    """The block reconstruction table (BlockReports), with the held-out columns when guarded."""
+    if not reports:
+        return ""
+    guarded = reports[0].held_nearest is not None
+    rows = "".join(
+        f"<tr><td>{html.escape(b.block.name)}</td><td>{html.escape(', '.join(b.block.layers))}</td>"
+        f"<td>{b.loss_nearest:.4g}</td><td>{b.loss_learned:.4g}</td>"
+        + (f"<td>{b.held_nearest:.4g}</td><td>{b.held_learned:.4g}</td><td>{', '.join(b.dropped)}</td>"
+           if guarded else "") + f"<td>{b.seconds:.1f}</td></tr>" for b in reports)
+    held = ("<th>held-out: nearest</th><th>held-out: kept</th><th>dropped phases</th>" if guarded else "")
+    return ("<h2>Block reconstruction</h2><p>Block output error (squared error summed over channels, "
+            "mean over samples and positions; Fisher-weighted when chosen) on the cached calibration "
+            "samples, with nearest rounding and calibrated ranges, then with the learned rounding and "
+            "step sizes" + ("; with the held-out guard, the same on the held-out samples, and the phases "
+                            "whose result was dropped because it raised that error" if guarded else "")
+            + f".</p><table><tr><th>block</th><th>layers</th><th>nearest</th><th>learned</th>{held}"
+            f"<th>seconds</th></tr>{rows}</table>")
 
 
 def write_html(r: ReportData) -> str:
@@ -100,16 +127,7 @@ def write_html(r: ReportData) -> str:
     table = "".join(
         f"<tr><td>{html.escape(t.name)}</td><td>{t.role}</td><td>{html.escape(t.spec)}</td>"
         f"<td>{t.sqnr_db:.1f}</td><td>{t.lo:.4g}</td><td>{t.hi:.4g}</td></tr>" for t in r.tensors)
-    blocks = "".join(
-        f"<tr><td>{html.escape(b.block.name)}</td><td>{html.escape(', '.join(b.block.layers))}</td>"
-        f"<td>{b.loss_nearest:.4g}</td><td>{b.loss_learned:.4g}</td><td>{b.seconds:.1f}</td></tr>"
-        for b in r.reconstruction)
-    if blocks:
-        blocks = ("<h2>Block reconstruction</h2><p>Block output error (squared error summed over channels, "
-                  "mean over samples and positions; Fisher-weighted when chosen) on the cached calibration "
-                  "samples, with nearest rounding and calibrated ranges, then with the learned rounding and "
-                  "step sizes.</p><table><tr><th>block</th><th>layers</th><th>nearest</th><th>learned</th>"
-                  f"<th>seconds</th></tr>{blocks}</table>")
+    blocks = _blocks_html(r.reconstruction)
     blocks += training_html(r.training)
     figures = "".join(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{png}'>"
                       for title, png in plots if png)

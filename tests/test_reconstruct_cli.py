@@ -50,6 +50,25 @@ def test_learn_bias_reaches_the_reconstruction_and_the_summary(tmp_path, capsys)
     assert "not run: reconstruction learned the biases (--learn-bias)" in line, line
 
 
+def test_holdout_guards_the_reconstruction_and_reaches_the_summary(tmp_path, capsys):
+    code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "--preset", "w2a4", "--reconstruct", "brecq",
+                         "--iters", "20", "--act-iters", "5", "--calib-count", "64", "--holdout", "0.25",
+                         "--no-progress", "-o", tmp_path)
+    assert code == 0, err
+    assert "BRECQ block, 20+5 iterations per block, 25% of the samples held out as a guard" in out
+    line = next(line for line in out.splitlines() if line.startswith("held-out guard"))
+    match = re.search(r"error on the held-out samples ([\d.]+) -> ([\d.]+); \d+ learned phases? dropped", line)
+    assert match and float(match[2]) <= float(match[1]), line
+    assert "<th>held-out: kept</th>" in (tmp_path / "report.html").read_text()
+
+
+def test_holdout_that_leaves_no_sample_out_is_a_clear_error(tmp_path, capsys):
+    code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "--preset", "w4a4", "--reconstruct", "brecq",
+                         "--iters", "5", "--calib-count", "4", "--holdout", "0.1", "--no-progress", "-o", tmp_path / "out")
+    assert code != 0 and "holding out 10% of 4 calibration samples leaves 0" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_compile_with_brecq_builds_and_checks_the_library(tmp_path, capsys):
     code, out, err = cli(capsys, "compile", RESNET, "--calib", SUBSET, "--preset", "w2a4", "--reconstruct", "brecq",
                          "--iters", "20", "--calib-count", "64", "--no-progress", "-o", tmp_path)
@@ -71,6 +90,8 @@ def test_compile_with_brecq_builds_and_checks_the_library(tmp_path, capsys):
     (["--reconstruct", "brecq", "--crop", "big"], "argument --crop: 'big': expected auto, off or a positive whole"),
     (["--crop", "32"], "--crop needs --reconstruct brecq"),
     (["--learn-bias"], "--learn-bias needs --reconstruct brecq"),
+    (["--holdout", "0.2"], "--holdout needs --reconstruct brecq"),
+    (["--reconstruct", "brecq", "--holdout", "0.7"], "argument --holdout: 0.7: a share above 0 and at most 0.5"),
 ])
 def test_bad_options_are_usage_errors(args, message, tmp_path, capsys):
     code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "-o", tmp_path / "out", *args)

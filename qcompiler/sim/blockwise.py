@@ -16,6 +16,7 @@ import numpy as np
 
 from qcompiler.blocks import Block, BlockReport, ReconstructConfig
 from qcompiler.data import Dataset, sample_bytes
+from qcompiler.errors import PassError
 from qcompiler.ir import Model
 from qcompiler.sim.crop_reach import block_reach
 from qcompiler.sim.crops import Crops, plan_crops
@@ -63,6 +64,7 @@ class Reconstruction:
                         self.config.cache_bytes >> 20, min(self.config.samples, data.count))
         self.cache_bytes = count * per_sample
         chosen = np.sort(np.random.default_rng(self.config.seed).permutation(data.count)[:count])
+        self.fit_rows, self.held_rows = _held_out_split(chosen, data.count, self.config.holdout)
         return {name: np.asarray(values)[chosen] for name, values in data.arrays.items()
                 if name in self.sim.graph_inputs}
 
@@ -98,10 +100,14 @@ class Reconstruction:
         owned |= {t.name for n in nodes.values() for t in n.inputs if self.model.const_value(t) is not None}
         return owned | (set(block.inputs) & set(self.sim.graph_inputs))
 
-    def _problem(self, block: Block, owned: set[str], state: QuantState, targets, fisher) -> BlockProblem:
+    def _problem(self, block: Block, owned: set[str], state: QuantState, targets, fisher,
+                 held: bool = False) -> BlockProblem:
+        """The block's problem on the samples it trains on, or (held) on the held-out ones, uncropped."""
         forward = self.sim.function(block.inputs, block.outputs, quant_hooks(self.model, state, owned))
-        crops = self.crops[self.blocks.index(block)]
-        return BlockProblem(forward, _pick(self.q_state, block.inputs), targets, fisher, crops)
+        rows = self.held_rows if held else self.fit_rows
+        crops = None if held else self.crops[self.blocks.index(block)]
+        return BlockProblem(forward, _rows(_pick(self.q_state, block.inputs), rows), _rows(targets, rows),
+                            None if fisher is None else _rows(fisher, rows), crops)
 
     def _phase(self, label: str, iters: int, rounding: bool, steps: bool) -> Phase:
         c = self.config
@@ -126,6 +132,8 @@ class Reconstruction:
         fisher = self._fisher(index, block, owned) if c.fisher else None
         final = self._problem(block, owned, QuantState("hard", True), targets, fisher)
         loss_nearest = block_loss(final, self.params)
+        guard = None if self.held_rows is None else \
+            _Guard(self._problem(block, owned, QuantState("hard", True), targets, fisher, held=True), self.params)
         weights = sorted(w for w in owned if w in self.params["weight_q"])
         groups = sorted({self.model.quant[t].group or t for t in owned
                          if t in self.model.quant and self.model.quant[t].role == "activation"})
@@ -137,30 +145,34 @@ class Reconstruction:
             learned = {k: v for k, v in (("rounding", rounding), ("steps", steps), ("bias", biases)) if v}
             phase = self._phase(f"{tag} rounding+steps, QDrop {c.qdrop}", c.iters, bool(rounding), bool(steps))
             problem = self._problem(block, owned, QuantState("soft", True, c.qdrop), targets, fisher)
-            curve = self._learn(problem, learned, phase, index) if learned and c.iters else []
+            curve = self._learn(problem, learned, phase, index, guard) if learned and c.iters else []
         else:
             if rounding:
                 problem = self._problem(block, owned, QuantState("soft", False), targets, fisher)
                 curve = self._learn(problem, {"rounding": rounding, **({"bias": biases} if biases else {})},
-                                    self._phase(f"{tag} rounding", c.iters, True, False), index)
+                                    self._phase(f"{tag} rounding", c.iters, True, False), index, guard)
             if steps and c.act_iters:
                 extra = {"bias": self._biases(owned)} if biases else {}   # as the rounding phase left them
-                curve += self._learn(final, {"steps": steps, **extra}, self._phase(f"{tag} steps", c.act_iters, False, True),
-                                     index)
+                curve += self._learn(final, {"steps": steps, **extra},
+                                     self._phase(f"{tag} steps", c.act_iters, False, True), index, guard)
         loss_learned = block_loss(final, self.params)
         q_block = jax.jit(final.forward)
-        outputs = _map(lambda p, x: dict(zip(block.outputs, q_block(p, x))), self.params, final.inputs)
+        outputs = _map(lambda p, x: dict(zip(block.outputs, q_block(p, x))), self.params,
+                       _pick(self.q_state, block.inputs))
         self.fp_state.update(targets)
         self.q_state.update(outputs)
         keep = self.needed_after[index]
         self.fp_state = {k: v for k, v in self.fp_state.items() if k in keep}
         self.q_state = {k: v for k, v in self.q_state.items() if k in keep}
-        self.reports.append(BlockReport(block, loss_nearest, loss_learned, time.perf_counter() - start, curve))
+        held = (None, None, ()) if guard is None else (guard.nearest, guard.loss, tuple(guard.dropped))
+        self.reports.append(BlockReport(block, loss_nearest, loss_learned, time.perf_counter() - start, curve, *held))
         log.info("%s: loss %.4g with nearest rounding -> %.4g learned", tag, loss_nearest, loss_learned)
 
-    def _learn(self, problem: BlockProblem, learned: dict, phase: Phase, index: int) -> list[float]:
+    def _learn(self, problem: BlockProblem, learned: dict, phase: Phase, index: int,
+               guard: _Guard | None) -> list[float]:
         learned, curve = learn(problem, self.params, learned, phase, self.config.seed + index, self.progress)
-        self.params = merge_learned(self.params, learned)
+        merged = merge_learned(self.params, learned)
+        self.params = merged if guard is None else guard.keep(self.params, merged, phase)
         return curve
 
     def _fisher(self, index: int, block: Block, owned: set[str]) -> dict[str, np.ndarray]:
@@ -185,6 +197,41 @@ class Reconstruction:
 
         feeds = {**_pick(self.q_state, list(block.inputs) + others), "<fp logits>": self.fp_logits}
         return _map(grads, self.params, feeds, self.config.batch_size)
+
+
+class _Guard:
+    """The held-out guard of one block: a phase's result is kept only where it does not raise the
+    block's error on the held-out samples (ReconstructConfig.holdout)."""
+
+    def __init__(self, problem: BlockProblem, params: dict) -> None:
+        self.problem = problem
+        self.nearest = self.loss = block_loss(problem, params)
+        self.dropped: list[str] = []
+
+    def keep(self, before: dict, after: dict, phase: Phase) -> dict:
+        loss = block_loss(self.problem, after)
+        if loss > self.loss:
+            log.info("%s: dropped, held-out error %.4g -> %.4g", phase.label, self.loss, loss)
+            self.dropped.append("+".join(k for k, on in (("rounding", phase.rounding), ("steps", phase.steps)) if on))
+            return before
+        self.loss = loss
+        return after
+
+
+def _held_out_split(chosen: np.ndarray, count: int, share: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Rows of the cached samples (file positions `chosen`) trained on and held out: those in the
+    last `share` of the file; (None, None) without a guard. Both must be non-empty."""
+    if not share:
+        return None, None
+    held = chosen >= count - round(share * count)
+    if held.all() or not held.any():
+        raise PassError(f"reconstruction: holding out {share:.0%} of {count} calibration samples leaves "
+                        f"{int(held.sum())} of the {len(chosen)} cached ones held out: give more samples or another share")
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def _rows(arrays: dict[str, np.ndarray], rows: np.ndarray | None) -> dict[str, np.ndarray]:
+    return arrays if rows is None else {k: v[rows] for k, v in arrays.items()}
 
 
 def _pick(state: dict[str, np.ndarray], names) -> dict[str, np.ndarray]:

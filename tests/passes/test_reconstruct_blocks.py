@@ -118,3 +118,29 @@ def test_learned_biases_reach_the_qdq_model_and_replace_bias_correction():
     moved = [name for name in after if np.abs(after[name] - before[name]).max() > 1e-3]
     assert len(moved) >= 8, moved   # most layers' biases moved (the rest within int32 rounding)
     assert sum(r.loss_learned for r in learned.reconstruction) < sum(r.loss_learned for r in plain.reconstruction)
+
+
+def test_held_out_guard_drops_what_raises_the_held_out_error():
+    """The last quarter of the calibration data is noise, unlike the images the blocks train on: the
+    guard keeps each block's held-out error at or below nearest rounding's, and where it drops a
+    block's learned rounding the QDQ model holds that block's nearest integers."""
+    images = DATA["input"][:72]
+    noise = np.random.default_rng(0).normal(0.0, 1.0, (24, *images.shape[1:])).astype(np.float32)
+    model = qcompiler.load(ROOT / "models" / "fashion_resnet8.onnx")
+    result = qcompiler.quantize(model, {"input": np.concatenate([images, noise])}, "w2a4", progress=False,
+                                reconstruct=dataclasses.replace(SHORT, holdout=0.25))
+    reports = result.reconstruction
+    assert all(r.held_learned <= r.held_nearest for r in reports), reports
+    dropped = [r for r in reports if "rounding" in r.dropped]
+    assert dropped and len(dropped) < len(reports), [r.dropped for r in reports]
+    annotated = result.annotated
+    for report in dropped:
+        for name, tq in annotated.quant.items():
+            if tq.role == "weight" and tq.layer in report.block.layers:
+                nearest = quantize(annotated.const_value(annotated.tensor(name)), tq.params, tq.spec)
+                assert tq.rounded is None or np.array_equal(tq.rounded, nearest), name
+    assert any(r.held_learned < r.held_nearest for r in reports)   # and keeps what generalises
+
+
+def test_without_holdout_reports_carry_no_held_out_error(reconstructed):
+    assert all(r.held_nearest is None and r.held_learned is None and r.dropped == () for r in reconstructed.reconstruction)
