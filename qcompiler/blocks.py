@@ -58,8 +58,8 @@ class ReconstructConfig:
     #: a block's input area; None: whole samples (qcompiler.sim.crops, docs/brecq.md).
     crop: int | str | None = "auto"
     #: > 0: hold out this share of the calibration samples, the last in file order: a block keeps
-    #: what a phase learned only where it lowers the block's error on them, so that a small or
-    #: narrow calibration set is not fitted at the expense of other inputs (0: no guard).
+    #: what a phase learned only where it does not raise the network's output error on them, so
+    #: that a small or narrow calibration set is not fitted at the expense of other inputs (0: no guard).
     holdout: float = 0.0
 
     def __post_init__(self) -> None:
@@ -80,8 +80,8 @@ class ReconstructConfig:
 @dataclasses.dataclass
 class BlockReport:
     """What reconstruction did to one block: its loss before (nearest rounding) and after, and time;
-    with a held-out guard (ReconstructConfig.holdout) the losses on the held-out samples and the
-    phases whose result was dropped because it raised them."""
+    with a held-out guard (ReconstructConfig.holdout) the network's output error on the held-out
+    samples before and after the block, and the phases whose result was dropped because it raised it."""
 
     block: Block
     loss_nearest: float

@@ -256,8 +256,8 @@ def _reconstruct_options(p: argparse.ArgumentParser) -> None:
                    "block, instead of correcting them after (helps short runs and depthwise nets whose calibration "
                    "data is like their inputs; docs/brecq.md)")
     g.add_argument("--holdout", type=holdout_share, metavar="SHARE", help="hold out this share of the calibration "
-                   "samples, the last in the file, and keep what a block learned only where it lowers the block's "
-                   "error on them (guards a small or narrow calibration set against overfitting; docs/brecq.md)")
+                   "samples, the last in the file, and keep what a block learned only where it does not raise the "
+                   "network's output error on them (guards a small or narrow calibration set against overfitting; docs/brecq.md)")
     g.add_argument("--reconstruct-samples", type=positive_int, default=defaults.samples,
                    help="calibration samples reconstruction uses at most (default: %(default)s)")
     g.add_argument("--crop", type=crop_option, metavar="N|auto|off", help="train convolutional blocks on random "

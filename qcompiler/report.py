@@ -70,8 +70,9 @@ def summary_table(r: ReportData) -> str:
         guarded = [b for b in r.reconstruction if b.held_nearest is not None]
         if guarded:
             dropped = sum(len(b.dropped) for b in guarded)
-            rows.append(("held-out guard", f"block output error on the held-out samples "
-                         f"{sum(b.held_nearest for b in guarded):.4g} -> {sum(b.held_learned for b in guarded):.4g}; "
+            rows.append(("held-out guard", f"network output error on the held-out samples "
+                         f"{guarded[0].held_nearest:.4g} -> {guarded[-1].held_learned:.4g} (before the first block, "
+                         f"after the last); "
                          f"{dropped} learned phase{'s' * (dropped != 1)} dropped for raising it "
                          f"(in {sum(bool(b.dropped) for b in guarded)} of {len(guarded)} blocks)"))
     if r.bias_correction:  # after reconstruction, as the passes run
@@ -100,12 +101,13 @@ def _blocks_html(reports: list) -> str:
         f"<td>{b.loss_nearest:.4g}</td><td>{b.loss_learned:.4g}</td>"
         + (f"<td>{b.held_nearest:.4g}</td><td>{b.held_learned:.4g}</td><td>{', '.join(b.dropped)}</td>"
            if guarded else "") + f"<td>{b.seconds:.1f}</td></tr>" for b in reports)
-    held = ("<th>held-out: nearest</th><th>held-out: kept</th><th>dropped phases</th>" if guarded else "")
+    held = ("<th>held-out: before</th><th>held-out: after</th><th>dropped phases</th>" if guarded else "")
     return ("<h2>Block reconstruction</h2><p>Block output error (squared error summed over channels, "
             "mean over samples and positions; Fisher-weighted when chosen) on the cached calibration "
             "samples, with nearest rounding and calibrated ranges, then with the learned rounding and "
-            "step sizes" + ("; with the held-out guard, the same on the held-out samples, and the phases "
-                            "whose result was dropped because it raised that error" if guarded else "")
+            "step sizes" + ("; with the held-out guard, the network's output error on the held-out samples "
+                            "(squared error against the float network, per sample) before and after the block, and "
+                            "the phases whose result was dropped because they raised it" if guarded else "")
             + f".</p><table><tr><th>block</th><th>layers</th><th>nearest</th><th>learned</th>{held}"
             f"<th>seconds</th></tr>{rows}</table>")
 
