@@ -146,3 +146,9 @@ def test_held_out_guard_drops_what_raises_the_held_out_error():
 
 def test_without_holdout_reports_carry_no_held_out_error(reconstructed):
     assert all(r.held_nearest is None and r.held_learned is None and r.dropped == () for r in reconstructed.reconstruction)
+
+
+@pytest.mark.parametrize("share", [-0.1, 0.6, 1.0])
+def test_holdout_outside_its_range_is_refused(share):
+    with pytest.raises(ValueError, match="holdout must be a share from 0 to 0.5"):
+        ReconstructConfig(holdout=share)
