@@ -34,7 +34,7 @@ from qcompiler.evaluation import evaluate  # noqa: E402
 from qcompiler.quant.presets import load_config  # noqa: E402
 
 from latency import publish  # noqa: E402
-from ptq_accuracy import calibration_crops, imagenet_data  # noqa: E402
+from ptq_accuracy import calibration_crops, imagenet_evaluation  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "imagenet_generalization.json"
@@ -100,8 +100,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args()
-    calib, _, held_out = imagenet_data(512)
     crops, photos = calibration_crops(512)
+    calib, (_, held_out) = {"input": crops}, imagenet_evaluation()
     last = photos >= photos.max() + 1 - GUARD_PHOTOS   # whole photos held out: their crops are not in the rest
     grouped = {"input": np.concatenate([crops[~last], crops[last]])}
     for method in args.methods:

@@ -441,9 +441,9 @@ def searches_part(args, calib) -> None:
     for name in [*args.models, "mobilenet_v2_imagenet"]:
         model = PassManager(float_pipeline(None))(ir.load(models.path(f"{name}.onnx"))).model
         if name == "mobilenet_v2_imagenet":   # the calibration crops of --part imagenet
-            from ptq_accuracy import imagenet_data
+            from ptq_accuracy import calibration_crops
 
-            calib = imagenet_data(512)[0]
+            calib = {"input": calibration_crops(512)[0]}
         data = load_data(calib, model, what="calibration")
         for label, size, _ in budgets(model, calib, "w4a8"):
             if label != "mixed":

@@ -50,15 +50,20 @@ def fashion_data(count: int = 512):
 
 def imagenet_data(count: int = 512):
     """512 random resized crops (scale 0.25-1, flips) of the opencv-doc photos; eval: foolbox + skimage."""
+    return ({"input": calibration_crops(count)[0]}, *imagenet_evaluation())
+
+
+def imagenet_evaluation() -> tuple[dict, dict]:
+    """The labelled foolbox images, and those with the held-out photos (other opencv-doc photos and
+    scikit-image's) for agreement with the float model."""
     from PIL import Image
 
-    calib = {"input": calibration_crops(count)[0]}
     photos = unlabelled_photos()
     labelled_x, labelled_y = load_foolbox_imagenet()
     preprocess = ImagePreprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)
     held_out = photos["opencv-doc"][1::2] + photos["scikit-image"]
     photos = np.stack([preprocess.apply(Image.open(p), (224, 224)) for p in held_out]).astype(np.float32)
-    return calib, {"input": labelled_x, "labels": labelled_y}, {"input": np.concatenate([labelled_x, photos])}
+    return {"input": labelled_x, "labels": labelled_y}, {"input": np.concatenate([labelled_x, photos])}
 
 
 def calibration_crops(count: int) -> tuple[np.ndarray, np.ndarray]:

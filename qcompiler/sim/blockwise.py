@@ -50,10 +50,13 @@ class Reconstruction:
         self.estimate = None
         self.fp_logits = self.held_reference = None
         if config.fisher or self.held_rows is not None:
-            full = jax.jit(self.sim.function(self.sim.graph_inputs, self.sim.graph_outputs))
-            fp_outputs = _map(lambda p, x: dict(zip(self.sim.graph_outputs, full(p, x))), self.params, arrays)
-            self.fp_logits = fp_outputs[self.sim.graph_outputs[0]] if config.fisher else None
-            self.held_reference = None if self.held_rows is None else _rows(fp_outputs, self.held_rows)
+            names = self.sim.graph_outputs
+            full = jax.jit(self.sim.function(self.sim.graph_inputs, names))
+            float_outputs = lambda x: _map(lambda p, b: dict(zip(names, full(p, b))), self.params, x)  # noqa: E731
+            # Fisher needs the float logits of every sample, the guard the outputs of the held-out ones
+            self.fp_logits = float_outputs(arrays)[names[0]] if config.fisher else None
+            if self.held_rows is not None:
+                self.held_reference = float_outputs(_rows(arrays, self.held_rows))
 
     def _samples(self, data: Dataset) -> dict[str, np.ndarray]:
         """At most `samples` calibration samples (a seeded random subset), fewer if the caches would
