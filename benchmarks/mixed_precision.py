@@ -378,9 +378,9 @@ def imagenet_part(args) -> None:
 
 def imagenet_brecq_part(args) -> None:
     """The ImageNet MobileNetV2 at the uniform preset's size, nearest and with BRECQ at `--iters`
-    iterations per block (the authors' 20,000 take days on a 2-core CPU): the uniform library and,
-    for w4a8, the GA's mix (with 4-bit activations nearest rounding leaves nothing of either,
-    mixed_imagenet.md, and a run costs about 20 minutes here)."""
+    iterations per block (the authors' 20,000 take days on a 2-core CPU): the uniform library and
+    the GA's mix at its size (with 4-bit activations nearest rounding leaves nothing of either,
+    mixed_imagenet.md; each BRECQ run costs about 20 minutes here)."""
     from ptq_accuracy import imagenet_data
 
     calib, labelled, agreement = imagenet_data(args.calib)
@@ -388,7 +388,7 @@ def imagenet_brecq_part(args) -> None:
     preset = args.scheme
     size = uniform_size(model, preset, calib)
     reconstruct = ReconstructConfig(iters=args.iters, reg_weight=0.1, samples=args.calib)
-    lines = [f"# BRECQ{' and the GA' if preset == 'w4a8' else ''} on the ImageNet MobileNetV2 at uniform "
+    lines = [f"# BRECQ and the GA on the ImageNet MobileNetV2 at uniform "
              f"{preset.upper()}'s size", "",
              f"`python benchmarks/mixed_precision.py --part imagenet-brecq --scheme {preset} --iters {args.iters} "
              f"--calib {args.calib}`; {platform.processor() or platform.machine()}, {os.cpu_count()} cores. As in "
@@ -400,9 +400,7 @@ def imagenet_brecq_part(args) -> None:
              "| library | rounding | top-1 (20) | agreement (54) | KL | size | seconds | block output error on the "
              "calibration crops, nearest -> learned (sum) | bias correction after it: output SQNR without -> with "
              "(dB) | bits (graph order) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    libraries = [(f"uniform {preset.upper()}", None)]
-    if preset == "w4a8":
-        libraries.append(("GA", BitBudget(max_size=size, target=TARGET)))
+    libraries = [(f"uniform {preset.upper()}", None), ("GA", BitBudget(max_size=size, target=TARGET))]
     for library, budget in libraries:
         for rounding, chosen in (("nearest", None), (f"BRECQ {args.iters}", reconstruct)):
             row, seconds, result = imagenet_run(model, calib, [labelled, agreement], preset, budget, chosen)
