@@ -23,7 +23,7 @@ from qcompiler.sim.crop_reach import block_reach
 from qcompiler.sim.crops import Crops, plan_crops
 from qcompiler.sim.estimate import estimate
 from qcompiler.sim.interpreter import Interpreter
-from qcompiler.sim.quantized import QuantState, quant_hooks, quant_params, quantized_biases
+from qcompiler.sim.quantized import QuantState, nearest_rounding, quant_hooks, quant_params, quantized_biases
 from qcompiler.sim.reconstruction import BlockProblem, Phase, block_loss, initial_rounding, learn, merge_learned
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Reconstruction:
         self.fp_state, self.q_state = dict(arrays), dict(arrays)
         self.crops = [self._crops(block) for block in blocks]
         self.estimate = None
-        self.fp_logits = self.held_reference = None
+        self.fp_logits = self.held_reference = self.reference_seconds = None
         if config.fisher or self.held_rows is not None:
             names = self.sim.graph_outputs
             full = jax.jit(self.sim.function(self.sim.graph_inputs, names))
@@ -56,7 +56,9 @@ class Reconstruction:
             # Fisher needs the float logits of every sample, the guard the outputs of the held-out ones
             self.fp_logits = float_outputs(arrays)[names[0]] if config.fisher else None
             if self.held_rows is not None:
+                start = time.perf_counter()
                 self.held_reference = float_outputs(_rows(arrays, self.held_rows))
+                self.reference_seconds = time.perf_counter() - start  # the estimate scales the guard from it
 
     def _samples(self, data: Dataset) -> dict[str, np.ndarray]:
         """At most `samples` calibration samples (a seeded random subset), fewer if the caches would
@@ -202,7 +204,16 @@ class Reconstruction:
 
         feeds = {**_rows(_pick(self.q_state, list(block.inputs) + others), self.held_rows),
                  **{f"<float {n}>": v for n, v in self.held_reference.items()}}
-        return lambda params: float(np.sum(_map(error, params, feeds, self.config.batch_size))) / len(self.held_rows)
+        # the block's roundings and biases present from the start: the phases add none, so `error`
+        # compiles once per block, not once per phase (most of the guard's time)
+        weights = sorted(w for w in owned if w in self.params["weight_q"])
+        nearest, biases = nearest_rounding(self.params, self.model.quant, weights), self._biases(owned)
+
+        def fixed(params: dict) -> dict:
+            return {**params, "rounding": {**nearest, **params["rounding"]},
+                    "weights": {**biases, **params["weights"]}}
+
+        return lambda params: float(np.sum(_map(error, fixed(params), feeds, self.config.batch_size))) / len(self.held_rows)
 
     def _fisher(self, index: int, block: Block, owned: set[str]) -> dict[str, np.ndarray]:
         """|d KL(float || quantized network outputs) / d block output| + 1 per element (the BRECQ

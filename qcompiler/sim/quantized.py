@@ -63,6 +63,22 @@ def _rounding_as_v(weight: np.ndarray, tq: TensorQuant) -> jnp.ndarray:
     return jnp.where(up, 10.0, -10.0).astype(jnp.float32)
 
 
+def nearest_rounding(params: dict, quant: dict[str, TensorQuant], names) -> dict[str, jnp.ndarray]:
+    """Round-to-nearest of weights `names` as AdaRound V (+/-10), so that the "hard" hook computes
+    with them what it computes without: a jitted function then sees one parameter structure
+    before and after AdaRound learns them (a new key would retrace it)."""
+    return {name: _nearest_v(params["weights"][name], broadcast_channels(
+        params["weight_q"][name][0], params["weights"][name].ndim, quant[name].spec.axis)) for name in names}
+
+
+@jax.jit
+def _nearest_v(w, scale):
+    # XLA's division, as the hooks compute it: numpy's differs in the last bit now and then, and a
+    # channel's largest weight over its scale is an integer, where that bit moves the floor
+    scaled = w / scale
+    return jnp.where(jnp.round(scaled) - jnp.floor(scaled) >= 1, 10.0, -10.0).astype(jnp.float32)
+
+
 def quant_hooks(model, state: QuantState, only: set[str] | None = None) -> dict[str, Hook]:
     """A hook per quantized tensor of an annotated model (restricted to `only` when given),
     behaving as `state` says; biases are rounded to int32 at scale s_x * s_w, as insert-qdq does."""

@@ -115,3 +115,26 @@ def test_a_learned_step_driven_below_zero_stays_a_finite_share_of_its_start():
     for step in (-0.2, 0.0, 1e-30, 0.04):
         value, grad = jax.value_and_grad(loss)(jnp.float32(step))
         assert np.isfinite(float(value)) and np.isfinite(float(grad)), step
+
+
+def test_nearest_rounding_as_v_computes_round_to_nearest_through_the_hard_hook():
+    """The held-out guard gives each block's weights this V before AdaRound learns one (one jitted
+    structure for every phase): the hard hook must then compute exactly round-to-nearest, with
+    ties (x.5, which jnp.round sends to even), clipped values, and each channel's largest weight
+    over its max/qmax scale, an integer quotient where numpy's and XLA's divisions can differ."""
+    from types import SimpleNamespace
+
+    from qcompiler.sim.quantized import nearest_rounding
+
+    w = RNG.normal(0.0, 1.0, (64, 4, 3, 3)).astype(np.float32)
+    scale = (np.abs(w).max(axis=(1, 2, 3)) / 7).astype(np.float32)
+    w[0, 0, 0, :2] = scale[0] * np.float32(2.5), scale[0] * np.float32(-3.5)   # ties
+    w[1, 0, 0, 0] = scale[1] * -40                                            # clipped at qmin
+    params = {"weights": {"w": jnp.asarray(w)}, "weight_q": {"w": (jnp.asarray(scale), jnp.zeros(64))}}
+    quant = {"w": SimpleNamespace(spec=SimpleNamespace(axis=0))}
+    v = nearest_rounding(params, quant, ["w"])["w"]
+    hook = jax.jit(lambda w, v, s: adaround_weight(w, v, s, jnp.zeros(64), -8, 7, 0, hard=True))
+    nearest = jax.jit(lambda w, s: fake_quant(w, s, jnp.zeros(64), -8, 7, 0))
+    np.testing.assert_array_equal(np.asarray(hook(jnp.asarray(w), v, jnp.asarray(scale))),
+                                  np.asarray(nearest(jnp.asarray(w), jnp.asarray(scale))))
+    assert np.asarray(v).dtype == np.float32 and set(np.unique(np.asarray(v))) == {-10.0, 10.0}
