@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import time
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def render(runs: list[dict], args) -> str:
              "differ in --presets, --methods, --train-count, --epochs and --progressive (each run's samples, epochs and "
              "stages are in its "
              "column); the latest: `python benchmarks/train_accuracy.py "
-             f"{' '.join(args.argv)}`. Raw numbers in train.<model>.json next to this file.", ""]
+             f"{shlex.join(args.argv)}`. Raw numbers in train.<model>.json next to this file.", ""]
     for name in sorted({r["model"] for r in runs}):
         mine = [r for r in runs if r["model"] == name]
         float_top1 = next((r["top1"] for r in mine if r["method"] == "float"), None)
