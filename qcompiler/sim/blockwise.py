@@ -205,7 +205,7 @@ class Reconstruction:
         feeds = {**_rows(_pick(self.q_state, list(block.inputs) + others), self.held_rows),
                  **{f"<float {n}>": v for n, v in self.held_reference.items()}}
         # the block's roundings and biases present from the start: the phases add none, so `error`
-        # compiles once per block, not once per phase (most of the guard's time)
+        # compiles once per block (per batch shape), not once per phase (most of the guard's time)
         weights = sorted(w for w in owned if w in self.params["weight_q"])
         nearest, biases = nearest_rounding(self.params, self.model.quant, weights), self._biases(owned)
 
