@@ -29,6 +29,9 @@ from qcompiler.ops import QUANTIZED_LAYERS
 
 
 LATENCY_FORMAT = "qcompiler-latency/1"
+#: Part of the cache key: raised whenever a kernel's code or template tile changes, so that times
+#: measured on older kernels are not reused (2: AVX2's depthwise tile).
+KERNELS_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +119,7 @@ def kernel_task(layer: LayerShape, bits: int, spec: TargetSpec):
     """The tuning task (int8_conv.ConvTask, depthwise.DepthwiseTask) of the kernel a build makes
     for the layer at `bits`; None where the layer has none (TVM's generic code: not timed per bit
     width, its time does not depend on the bits)."""
-    from qcompiler.backends.tvm.schedules.int8_conv import ConvTask
+    from qcompiler.backends.tvm.schedules.int8_conv import SIXTEEN_REGISTERS, ConvTask
 
     on_grid, fits2 = _grid(bits)
     code = RequantizeCode("uint8", True, False)
@@ -130,7 +133,8 @@ def kernel_task(layer: LayerShape, bits: int, spec: TargetSpec):
                         layer.padding, code, packed_bits(kind, on_grid, fits2), isa)
     if layer.kind == "depthwise" and depthwise.applies(layer.co):
         return depthwise.DepthwiseTask(layer.n, layer.h, layer.w, layer.co, layer.kh, layer.kw, layer.stride,
-                                       layer.dilation, layer.padding, code, on_grid)
+                                       layer.dilation, layer.padding, code, on_grid,
+                                       sixteen_registers=spec.dot_kernel in SIXTEEN_REGISTERS)
     return None
 
 
@@ -158,7 +162,7 @@ class LatencyTable:
 
 
 def latency_cache_path(layers: dict[str, LayerShape], choices, spec: TargetSpec, device: str) -> Path:
-    digest = hashlib.sha256(repr((LATENCY_FORMAT, spec.name, device, sorted(choices),
+    digest = hashlib.sha256(repr((LATENCY_FORMAT, KERNELS_VERSION, spec.name, device, sorted(choices),
                                   sorted(dataclasses.astuple(s) for s in layers.values()))).encode()).hexdigest()[:32]
     return cache_root() / "latency" / f"{spec.name}-{digest}.json"
 

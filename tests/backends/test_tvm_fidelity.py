@@ -182,6 +182,30 @@ def test_generated_graph_within_one_lsb(kind, preset, tmp_path):
         assert library.kernels[f"depthwise conv2d{packed} + requantize"] == 1, dict(library.kernels)
 
 
+@pytest.mark.parametrize("preset", ["w8a8", "w4a4"])
+def test_avx2_depthwise_kernels_take_the_sixteen_register_tile(preset, tmp_path):
+    """On AVX2's 16 vector registers a depthwise pixel's 16 int32 accumulators take two, so its
+    template tile is smaller there (2 pixels of this 6-wide output, 6 elsewhere), named apart
+    from the 32-register kernel; and the library built so stays within 1 LSB of the QDQ model."""
+    from qcompiler.backends.tvm.schedules.depthwise import DepthwiseTask
+    from qcompiler.backends.tvm.targets import TARGETS, host_dot_kernels
+    from qcompiler.backends.tvm.tuning import conv_tasks
+
+    rng = np.random.default_rng(0)
+    qdq = quantized_graph("depthwise48-stride2", preset, rng)
+    (avx2,), (vnni,) = ([t for t in conv_tasks(qdq.to_onnx(), TARGETS[target], 4) if isinstance(t, DepthwiseTask)]
+                        for target in ("x86-64-v3", "x86-avx512-vnni"))
+    assert avx2.sixteen_registers and avx2.template_tile() == 2 and "_r16" in avx2.name()
+    assert not vnni.sixteen_registers and vnni.template_tile() == 6 and "_r16" not in vnni.name()
+    if "avx2" not in host_dot_kernels() and "vnni" not in host_dot_kernels():
+        pytest.skip("the x86-64-v3 library runs on a CPU with AVX2")
+    library = compile_qdq(qdq, "x86-64-v3", 4)
+    write_library(library, qdq, tmp_path)
+    feeds = {"x": rng.normal(0, 1, (8, C, 12, 12)).astype(np.float32)}
+    (fidelity,) = compare(qdq.to_onnx(), load(tmp_path), feeds)
+    assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
+
+
 @pytest.mark.parametrize("kind,preset", [("squeeze-excitation", "w8a8"), ("preactivation-bn", "w8a8"),
                                          ("sequence-linear-gelu", "w8a8"), ("sequence-linear-gelu", "w4a4")])
 def test_new_lowerings_are_within_one_lsb_layer_by_layer(kind, preset, tmp_path):

@@ -16,8 +16,12 @@ import functools
 
 import numpy as np
 
-from qcompiler.backends.tvm.schedules.geometry import KernelGeometry, output_size, padded_input
+from qcompiler.backends.tvm.schedules.geometry import KernelGeometry, output_size, padded_input, pixel_tile
 from qcompiler.backends.tvm.schedules.requantize import RequantizeCode, requantized
+
+
+#: The template's pixel tiles, in order of preference, on a CPU with 16 vector registers.
+SIXTEEN_REGISTER_TILES = (2, 1)
 
 
 def applies(channels: int) -> bool:
@@ -49,18 +53,20 @@ def _unpacked_int4(tvm, te, packed, kh: int, kw: int, pairs: int):
 
 @functools.cache
 def depthwise_kernel(n: int, h: int, w: int, c: int, kh: int, kw: int, stride: tuple, dilation: tuple,
-                     padding: tuple, requantize: RequantizeCode, int4: bool = False, parallel: bool = True):
+                     padding: tuple, requantize: RequantizeCode, int4: bool = False, parallel: bool = True,
+                     sixteen_registers: bool = False):
     """The scheduled PrimFunc: x u8 NHWC, weight s8 [KH, KW, C] (`int4`: pack_weight_int4's
     uint8), requantize_table s32[2C + 4] (requantize.requantize_table) -> requantized NHWC.
     Padding is zero (the graph pads with a non-zero zero point itself). 4-bit weights are
     decoded where they are used (a loop decoding them once per call unrolled into 36 KiB of
     code for MobileNetV2's 10 kernels; decoded in place they cost no more than int8 weights).
     The pixel tile is the template's unless a tuning database has a faster one; `parallel`:
-    output rows over the thread pool (not for Hexagon: cpu_generic.threaded)."""
+    output rows over the thread pool (not for Hexagon: cpu_generic.threaded); `sixteen_registers`:
+    a CPU with 16 vector registers (AVX2), which takes a smaller template tile."""
     from qcompiler.backends.tvm import tuning
 
     return tuning.built_kernel(DepthwiseTask(n, h, w, c, kh, kw, stride, dilation, padding, requantize, int4,
-                                             parallel))
+                                             parallel, sixteen_registers))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,15 +85,23 @@ class DepthwiseTask(KernelGeometry):
     requantize: RequantizeCode
     int4: bool = False
     parallel: bool = True
+    sixteen_registers: bool = False
 
     def macs(self) -> int:
         ho, wo = self.output_hw()
         return self.n * ho * wo * self.c * self.kh * self.kw
 
+    def template_tile(self) -> int:
+        """A pixel holds 16 int32 accumulators: two of AVX2's 16 vector registers, so 8 pixels
+        spill there; SIXTEEN_REGISTER_TILES measured fastest on Zen 2 (docs/backend.md)."""
+        if self.sixteen_registers:
+            return pixel_tile(self.output_width(), SIXTEEN_REGISTER_TILES)
+        return super().template_tile()
+
     def name(self) -> str:
         return (f"qdepthwise_{self.n}x{self.h}x{self.w}x{self.c}_{self.kh}x{self.kw}_s{self.stride[0]}"
                 f"d{self.dilation[0]}p{'_'.join(map(str, self.padding))}" + ("_w4" if self.int4 else "")
-                + self.requantize.suffix)
+                + ("_r16" if self.sixteen_registers else "") + self.requantize.suffix)
 
     def compute(self):
         import tvm
