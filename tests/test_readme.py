@@ -63,6 +63,13 @@ def test_avx2_latency_numbers_in_the_readme_come_from_the_benchmark_file():
         assert number in results, number
 
 
+def test_depthwise_tile_numbers_in_the_readme_come_from_the_benchmark_file():
+    numbers, results = _paragraph_numbers("depthwise_tiles_avx2.md", ("depthwise_tiles_avx2.md",))
+    assert len(numbers) >= 2
+    for number in numbers:
+        assert number in results, number
+
+
 def test_lowbit_numbers_in_the_readme_come_from_the_benchmark_file():
     numbers, results = _paragraph_numbers("lowbit.md", ("lowbit.md",))
     assert len(numbers) >= 10

@@ -93,7 +93,7 @@ class DepthwiseTask(KernelGeometry):
 
     def template_tile(self) -> int:
         """A pixel holds 16 int32 accumulators: two of AVX2's 16 vector registers, so 8 pixels
-        spill there; SIXTEEN_REGISTER_TILES measured fastest on Zen 2 (docs/backend.md)."""
+        spill there; SIXTEEN_REGISTER_TILES measured fastest on Zen 2 (benchmarks/depthwise_tiles.py)."""
         if self.sixteen_registers:
             return pixel_tile(self.output_width(), SIXTEEN_REGISTER_TILES)
         return super().template_tile()
