@@ -34,7 +34,7 @@ from qcompiler.backends.tvm.targets import native_target, tvm_target  # noqa: E4
 
 TILES = (1, 2, 4, 7, 8)
 ORDERS = {"32 registers (8, 7, 6, 4, 2, 1)": (8, 7, 6, 4, 2, 1), f"16 registers {SIXTEEN_REGISTER_TILES}":
-          SIXTEEN_REGISTER_TILES, "(4, 2, 1)": (4, 2, 1), "(2, 1)": (2, 1)}
+          SIXTEEN_REGISTER_TILES, "(4, 2, 1)": (4, 2, 1)}
 
 
 def main() -> None:

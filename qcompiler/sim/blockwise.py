@@ -108,6 +108,10 @@ class Reconstruction:
         owned |= {t.name for n in nodes.values() for t in n.inputs if self.model.const_value(t) is not None}
         return owned | (set(block.inputs) & set(self.sim.graph_inputs))
 
+    def _learned_weights(self, owned: set[str]) -> list[str]:
+        """The quantized weights among a block's quantizers: those AdaRound learns, in a fixed order."""
+        return sorted(w for w in owned if w in self.params["weight_q"])
+
     def _problem(self, block: Block, owned: set[str], state: QuantState, targets, fisher) -> BlockProblem:
         """The block's problem on the samples it trains on (all but the held-out ones)."""
         forward = self.sim.function(block.inputs, block.outputs, quant_hooks(self.model, state, owned))
@@ -139,7 +143,7 @@ class Reconstruction:
         final = self._problem(block, owned, QuantState("hard", True), targets, fisher)
         loss_nearest = block_loss(final, self.params)
         guard = None if self.held_rows is None else _Guard(self._held_out_error(index, block, owned), self.params)
-        weights = sorted(w for w in owned if w in self.params["weight_q"])
+        weights = self._learned_weights(owned)
         groups = sorted({self.model.quant[t].group or t for t in owned
                          if t in self.model.quant and self.model.quant[t].role == "activation"})
         steps = {g: self.params["act"][g][0] for g in groups if g in self.params["act"]}
@@ -206,7 +210,7 @@ class Reconstruction:
                  **{f"<float {n}>": v for n, v in self.held_reference.items()}}
         # the block's roundings and biases present from the start: the phases add none, so `error`
         # compiles once per block (per batch shape), not once per phase (most of the guard's time)
-        weights = sorted(w for w in owned if w in self.params["weight_q"])
+        weights = self._learned_weights(owned)
         nearest, biases = nearest_rounding(self.params, self.model.quant, weights), self._biases(owned)
 
         def fixed(params: dict) -> dict:

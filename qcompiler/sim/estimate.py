@@ -130,7 +130,7 @@ def probe(run, index: int) -> tuple[float, float] | None:
     shapes = jax.eval_shape(forward, {**run.params, "rng": jax.random.PRNGKey(0)}, feeds)
     targets = {name: np.zeros(s.shape, np.float32) for name, s in zip(block.outputs, shapes)}
     problem = BlockProblem(forward, feeds, targets, dict(targets) if c.fisher else None, run.crops[index])
-    weights = sorted(w for w in owned if w in run.params["weight_q"])
+    weights = run._learned_weights(owned)
     learned = ({"rounding": initial_rounding(run.params, run.model.quant, weights)} if weights
                else {"steps": {g: v[0] for g, v in run.params["act"].items()}})
     step, states = make_step(problem, run._phase("probe", max(c.iters, 1), bool(weights), not weights), learned)

@@ -59,7 +59,7 @@ def _rounding_as_v(weight: np.ndarray, tq: TensorQuant) -> jnp.ndarray:
     """Learned integers as AdaRound V (+/-10: h(V) saturates), so the "hard" hook reproduces them."""
     scale = broadcast_channels(tq.params.scale, weight.ndim, tq.spec.axis)
     zero = broadcast_channels(tq.params.zero_point, weight.ndim, tq.spec.axis)
-    up = np.asarray(tq.rounded) - np.asarray(zero) - np.floor(weight / np.asarray(scale)) >= 1
+    up = np.asarray(tq.rounded) - np.asarray(zero) - np.floor(np.asarray(_quotient(weight, scale))) >= 1
     return jnp.where(up, 10.0, -10.0).astype(jnp.float32)
 
 
@@ -72,10 +72,15 @@ def nearest_rounding(params: dict, quant: dict[str, TensorQuant], names) -> dict
 
 
 @jax.jit
-def _nearest_v(w, scale):
+def _quotient(w, scale):
     # XLA's division, as the hooks compute it: numpy's differs in the last bit now and then, and a
     # channel's largest weight over its scale is an integer, where that bit moves the floor
-    scaled = w / scale
+    return w / scale
+
+
+@jax.jit
+def _nearest_v(w, scale):
+    scaled = _quotient(w, scale)
     return jnp.where(jnp.round(scaled) - jnp.floor(scaled) >= 1, 10.0, -10.0).astype(jnp.float32)
 
 
@@ -155,6 +160,6 @@ def learned_integers(params: dict, quant: dict[str, TensorQuant]) -> dict[str, n
         spec = quant[name].spec
         w = np.asarray(params["weights"][name])
         scale, zero = (np.asarray(broadcast_channels(p, w.ndim, spec.axis)) for p in params["weight_q"][name])
-        q = np.floor(w / scale) + (np.asarray(v) >= 0) + zero
+        q = np.floor(np.asarray(_quotient(w, scale))) + (np.asarray(v) >= 0) + zero
         out[name] = np.clip(q, spec.qmin, spec.qmax).astype(np.int32)
     return out

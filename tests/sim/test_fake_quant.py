@@ -138,3 +138,28 @@ def test_nearest_rounding_as_v_computes_round_to_nearest_through_the_hard_hook()
     np.testing.assert_array_equal(np.asarray(hook(jnp.asarray(w), v, jnp.asarray(scale))),
                                   np.asarray(nearest(jnp.asarray(w), jnp.asarray(scale))))
     assert np.asarray(v).dtype == np.float32 and set(np.unique(np.asarray(v))) == {-10.0, 10.0}
+
+
+def test_learned_integers_and_their_v_agree_with_the_hard_hook_at_integer_quotients():
+    """The exported integers (learned_integers) and the V read back from them (_rounding_as_v)
+    must be the ones the hard hook simulated, also at each channel's largest weight over its
+    max/qmax scale: an integer quotient, whose floor moves if the division's last bit differs."""
+    from types import SimpleNamespace
+
+    from qcompiler.sim.quantized import _rounding_as_v, learned_integers
+
+    w = RNG.normal(0.0, 1.0, (256, 4, 3, 3)).astype(np.float32)
+    scale = (np.abs(w).max(axis=(1, 2, 3)) / 7).astype(np.float32)
+    v = jnp.asarray(np.where(RNG.random(w.shape) < 0.5, 10.0, -10.0).astype(np.float32))
+    zero = jnp.zeros(256)
+    params = {"weights": {"w": jnp.asarray(w)}, "weight_q": {"w": (jnp.asarray(scale), zero)}, "rounding": {"w": v}}
+    spec = SimpleNamespace(axis=0, qmin=-8, qmax=7)
+    simulated = jax.jit(lambda w, v, s: adaround_weight(w, v, s, zero, -8, 7, 0, hard=True))(
+        jnp.asarray(w), v, jnp.asarray(scale))
+    expected = np.rint(np.asarray(simulated) / scale[:, None, None, None]).astype(np.int32)
+    integers = learned_integers(params, {"w": SimpleNamespace(spec=spec)})["w"]
+    np.testing.assert_array_equal(integers, expected)
+    tq = SimpleNamespace(spec=spec, rounded=integers, params=SimpleNamespace(scale=scale, zero_point=np.zeros(256)))
+    again = jax.jit(lambda w, v, s: adaround_weight(w, v, s, zero, -8, 7, 0, hard=True))(
+        jnp.asarray(w), _rounding_as_v(w, tq), jnp.asarray(scale))
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(simulated))
