@@ -233,3 +233,27 @@ def test_a_4bit_activation_lowers_with_its_clamp_in_the_requantization():
     text = after["main"].script()
     assert text.count("R.maximum(") == 1 and text.count("R.minimum(") == 1, text
     assert 'R.const(15, "int64"))' in text, text
+
+
+@pytest.mark.parametrize("attrs,integer", [
+    ({"kernel_shape": [2, 2], "strides": [2, 2]}, True),                        # tiles its output: a 1x1 conv
+    ({"kernel_shape": [4, 4], "strides": [2, 2], "pads": [1, 1, 1, 1]}, False),  # overlapping: left float
+    ({"kernel_shape": [2, 2], "strides": [2, 2], "group": 2}, False),
+    ({"kernel_shape": [2, 2], "strides": [2, 2], "output_padding": [1, 1]}, False)])
+def test_a_conv_transpose_is_integer_only_where_its_kernel_tiles_the_output(attrs, integer):
+    """kernel = stride, no padding, one group: each output pixel takes exactly one kernel tap,
+    so the layer is a 1x1 conv to (o, a, b) channels and a depth-to-space; the rest stays float
+    between its DQ and Q (correct, measured by the fidelity tests, only not integer)."""
+    import qcompiler
+    from graphs import make_model
+
+    rng = np.random.default_rng(0)
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)
+    model = make_model([node], [("x", [1, 4, 5, 5])], [("y", None)],
+                       {"w": rng.normal(0, 0.3, (4, 6 // attrs.get("group", 1), *attrs["kernel_shape"])).astype(np.float32),
+                        "b": rng.normal(0, 0.1, 6).astype(np.float32)}, opset=13)
+    qdq = qcompiler.quantize(model, {"x": rng.normal(0, 1, (8, 4, 5, 5)).astype(np.float32)}, "w8a8", progress=False).qdq
+    after, lowered = rewrite_to_integer(import_qdq(qdq.to_onnx(), 1))
+    text = after["main"].script()
+    assert ("R.nn.conv2d_transpose" not in text) == integer, text
+    assert (lowered.get("linear", 0) == 1) == integer, dict(lowered)

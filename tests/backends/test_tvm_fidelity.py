@@ -131,13 +131,17 @@ def _graph(kind: str):
         nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "mm_w"], ["m"]),
                  helper.make_node("Add", ["m", "mm_b"], ["y"])]
         return nodes, {"mm_w": _w(C * 144, 10, scale=0.05), "mm_b": _w(10, scale=0.1)}
+    if kind == "conv-transpose-upsample":   # an FPN's or U-Net's: kernel = stride, lowered as a 1x1 conv
+        n1, i1 = _conv("conv", "x", "a", C, 6, k=1)
+        up = helper.make_node("ConvTranspose", ["a", "up_w", "up_b"], ["u"], kernel_shape=[2, 3], strides=[2, 3])
+        return n1 + [up, helper.make_node("Relu", ["u"], ["y"])], {**i1, "up_w": _w(6, 5, 2, 3), "up_b": _w(5, scale=0.1)}
     raise ValueError(kind)
 
 
 GRAPHS = ["conv-relu", "conv-stride2-asymmetric-pads", "grouped-conv", "depthwise-relu6", "depthwise48-stride2",
           "channel-shuffle", "dilated-conv",
           "residual-add", "concat", "maxpool-conv", "conv-avgpool", "global-pool-flatten-gemm", "matmul-add",
-          "squeeze-excitation", "swish", "preactivation-bn"]
+          "squeeze-excitation", "swish", "preactivation-bn", "conv-transpose-upsample"]
 
 
 def _compile_and_compare(qdq, feeds, tmp_path, batch):
@@ -175,6 +179,8 @@ def test_generated_graph_within_one_lsb(kind, preset, tmp_path):
         assert library.lowered["product"] == 1 and library.lowered["lookup_table"] == 1, dict(library.lowered)
     if kind == "preactivation-bn":
         assert library.lowered["channel_affine"] == 1, dict(library.lowered)
+    if kind == "conv-transpose-upsample":
+        assert library.lowered["linear"] == 2, dict(library.lowered)
     if kind == "swish":
         assert library.lowered["lookup_table"] == 1 and not library.lowered["product"], dict(library.lowered)
     if kind == "depthwise48-stride2":

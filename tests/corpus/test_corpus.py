@@ -21,11 +21,12 @@ COMPILED = {"resnet": 11, "mobilenet_v2": 18, "mobilenet_v3": 17, "efficientnet_
             "densenet": 9, "inception": 9, "squeezenet": 21, "fpn_detector": 17, "text_recognizer": 20,
             "tflite_net": 13, "lcnet_paddle": 11}
 #: What may stay float in the library, and why: attention (activation x activation MatMul, its
-#: scale, softmax), layer norm, the detector's upsampling and transposed conv, the untied
+#: scale, softmax), layer norm, the detector's Resize upsampling (its ConvTranspose, kernel =
+#: stride, is integer) and sigmoid, the untied
 #: Concat of the tflite net's two heads.
 FLOAT_ALLOWED = {
     "text_recognizer": {"divide", "matmul", "nn.layer_norm", "nn.log_softmax", "nn.softmax"},
-    "fpn_detector": {"add", "image.resize2d", "nn.conv2d_transpose", "reshape", "sigmoid"},
+    "fpn_detector": {"image.resize2d", "reshape", "sigmoid"},
     "tflite_net": {"concat", "multiply", "reshape"},  # untied (quant/ties.py)
 }
 #: Each layer is within 1 LSB of its QDQ model when fed the same inputs. End to end, 1-LSB
