@@ -156,7 +156,7 @@ def table(rows: list[dict], runs: int, results: Path = RESULTS) -> str:
         return f"{t[0]:.3f} ({t[1]:.3f}-{t[2]:.3f})"
 
     lines = ["# Latency and size (batch 1, one thread)", "",
-             f"Made by `python benchmarks/latency.py --runs {runs}{_results_flag(results)}` on {platform.machine()} "
+             f"Made by `python benchmarks/latency.py --runs {runs}{results_flag(results)}` on {platform.machine()} "
              f"({native_target().description}), Python {platform.python_version()}: median ms of {runs} runs after 5 "
              "warm-up runs (10th-90th percentile in brackets), all runners in one process, one thread each, "
              "taking turns in a rotating order; each timed call directly follows an untimed call of the same runner "
@@ -183,9 +183,9 @@ def table(rows: list[dict], runs: int, results: Path = RESULTS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _results_flag(results: Path) -> str:
+def results_flag(results: Path, default: Path = RESULTS) -> str:
     """The --results argument that reproduces a table written to `results` (none for the default)."""
-    return "" if results == RESULTS else f" --results {results.resolve().relative_to(RESULTS.parents[2])}"
+    return "" if results == default else f" --results {results.resolve().relative_to(default.parents[2])}"
 
 
 def thread_rows(counts: list[int], runs: int, models_arg: str) -> dict[int, list[dict]]:

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
 import qcompiler  # noqa: E402
+from qcompiler.backends.tvm.targets import native_target  # noqa: E402
 from qcompiler.compiler import compile_qdq, write_library  # noqa: E402
 from qcompiler.executor import session  # noqa: E402
 from qcompiler.fidelity import compare, output_scales, reference_spread, run_reference  # noqa: E402
@@ -38,7 +39,7 @@ from qcompiler.models.recipes import corpus  # noqa: E402
 from qcompiler.runtime import load  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import timings  # noqa: E402  (benchmarks/latency.py: runners taking turns)
+from latency import results_flag, timings  # noqa: E402  (benchmarks/latency.py: runners taking turns)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "wild.md"
 LINEAR = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -164,6 +165,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50, help="timed calls per runner (0: no timing)")
     parser.add_argument("--only", help="only corpus models whose name contains this")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the table's file (default %(default)s; "
+                        "another host's: benchmarks/results/wild_avx2.md)")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,8 +175,9 @@ def main() -> None:
                 continue
             results.append(measure(name, opset, Path(tmp), runs=args.runs))
             print(table(results[-1:]).splitlines()[-1], flush=True)
-    text = (f"# Models from the wild\n\n`python benchmarks/wild.py --runs {args.runs}` on {platform.processor() or platform.machine()}"
-            f" ({os.cpu_count()} cores; one thread per runner), qcompiler {qcompiler.__version__}. W8A8 defaults, 32 "
+    text = (f"# Models from the wild\n\n`python benchmarks/wild.py --runs {args.runs}{results_flag(args.results, RESULTS)}` "
+            f"on {platform.processor() or platform.machine()} ({native_target().description}; {os.cpu_count()} cores; "
+            "one thread per runner), qcompiler {qcompiler.__version__}. W8A8 defaults, 32 "
             f"random calibration inputs, {HELD_OUT} held-out random inputs for the comparison, batch 1. Random weights: "
             "these numbers are about the compiler, not accuracy. worst layer LSB: the largest difference of any "
             "quantized tensor, each layer fed the QDQ model's own inputs (the model cut at its quantizers); max LSB: "
@@ -182,8 +186,8 @@ def main() -> None:
             "against the model as written, the same measures: how far near-ties carry the reference itself. MACs in "
             "integer counts Conv/Gemm/MatMul reading a dequantized activation and a dequantized constant weight.\n\n"
             + table(results) + "\n")
-    RESULTS.write_text(text)
-    print(f"wrote {RESULTS}")
+    args.results.write_text(text)
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":
