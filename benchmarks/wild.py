@@ -177,7 +177,7 @@ def main() -> None:
             print(table(results[-1:]).splitlines()[-1], flush=True)
     text = (f"# Models from the wild\n\n`python benchmarks/wild.py --runs {args.runs}{results_flag(args.results, RESULTS)}` "
             f"on {platform.processor() or platform.machine()} ({native_target().description}; {os.cpu_count()} cores; "
-            "one thread per runner), qcompiler {qcompiler.__version__}. W8A8 defaults, 32 "
+            f"one thread per runner), qcompiler {qcompiler.__version__}. W8A8 defaults, 32 "
             f"random calibration inputs, {HELD_OUT} held-out random inputs for the comparison, batch 1. Random weights: "
             "these numbers are about the compiler, not accuracy. worst layer LSB: the largest difference of any "
             "quantized tensor, each layer fed the QDQ model's own inputs (the model cut at its quantizers); max LSB: "
