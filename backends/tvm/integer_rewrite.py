@@ -200,7 +200,8 @@ class _IntegerRewriter(relax.PyExprMutator):
         """A conv2d_transpose whose kernel tiles its output (kernel = stride, no padding, one
         group): y[o, i*kh + a, j*kw + b] = sum_c x[c, i, j] w[c, o, a, b] is a 1x1 conv to
         channels (o, a, b), whose output depth-to-space puts in place after requantization:
-        integer and exact, where the float op runs TVM's unscheduled loops (10x slower)."""
+        integer and exact, where the float op runs TVM's unscheduled loops (the FPN detector's
+        library took 4.4x as long with it, benchmarks/results/wild_avx2.md)."""
         attrs = call.attrs
         x, w = self.b.qtensor(call.args[0]), self.b.qweight(call.args[1])
         if x is None or w is None or w.values.ndim != 4 or w.axis != 1 or attrs.kernel_layout != "IOHW":
@@ -214,6 +215,7 @@ class _IntegerRewriter(relax.PyExprMutator):
         scale = np.repeat(w.scale, kh * kw) if w.scale.size > 1 else w.scale
         n, _, height, width = (int(d) for d in call.ty.shape)
         self._after = lambda y: self._depth_to_space(y, (n, channels, kh, kw, height // kh, width // kw))
+        # what _linear and _int_conv2d read from a conv2d call: a 1x1 conv's attributes
         conv = SimpleNamespace(attrs=SimpleNamespace(strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1),
                                ty=call.ty)
         return "conv2d", conv, x, type(w)(values, scale, 0), 0
