@@ -27,6 +27,7 @@ import contextlib
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -143,6 +144,8 @@ def _child(command: Callable[[], int], read_end: int, write_end: int) -> None:
         code = command()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:   # noqa: BLE001 - re-raised by `--debug`: os._exit below would swallow it unprinted
+        traceback.print_exc()
     finally:
         _send(f"done {code}")
         # The child never returns into its caller's code (under pytest that would run the rest

@@ -79,10 +79,11 @@ def plan(mod) -> Plan:
         for binding in block.bindings:
             _bind(result, planned, binding, relax)
     body = main.body.body
-    for k, var in enumerate(body.fields if hasattr(body, "fields") else [body]):
-        tensor = planned.tensors.get(var)
+    # several outputs: a Tuple, or a var bound to one (planned as a list of its tensors)
+    outputs = [planned.tensors.get(v) for v in body.fields] if hasattr(body, "fields") else planned.tensors.get(body)
+    for k, tensor in enumerate(outputs if isinstance(outputs, list) else [outputs]):
         if tensor is None or not tensor.base.startswith("(void*)out"):
-            raise UnsupportedModelError(f"the C driver cannot return {var}: only tensors a kernel writes "
+            raise UnsupportedModelError(f"the C driver cannot return output {k}: only tensors a kernel writes "
                                         "(an input or a constant passed through to an output is not supported)")
         tensor.base = f"(void*)out{k}"
         result.outputs.append(tensor)

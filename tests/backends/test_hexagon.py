@@ -161,7 +161,7 @@ def test_library_files_are_hexagon_code_with_hvx_and_a_complete_driver(tmp_path)
     ("global-pool-flatten-gemm", "w4a4"), ("depthwise48-stride2", "w2a4"), ("residual-add", "w2a4"),
     ("grouped-conv", "w8a8"), ("channel-shuffle", "w8a8"), ("maxpool-conv", "w4a4"), ("conv-avgpool", "w8a8"),
     ("dilated-conv", "w2a4"), ("matmul-add", "w8a8"), ("squeeze-excitation", "w8a8"), ("swish", "w4a4"),
-    ("preactivation-bn", "w8a8")])
+    ("preactivation-bn", "w8a8"), ("conv-transpose-upsample", "w8a8")])
 def test_generated_graphs_under_qemu_hexagon(kind, preset, tmp_path):
     rng = np.random.default_rng(0)
     qdq = quantized_graph(kind, preset, rng)
@@ -171,6 +171,24 @@ def test_generated_graphs_under_qemu_hexagon(kind, preset, tmp_path):
     (fidelity,) = compare(qdq.to_onnx(), QemuHexagonLibrary(tmp_path), feeds)
     print(f"{kind} {preset} hexagon-v68 (qemu-hexagon): {fidelity.line()}")
     assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
+
+
+def test_a_model_with_two_outputs_runs_under_qemu_hexagon(tmp_path):
+    """The driver returns every output (a detector's boxes and scores): main's body is then a
+    var bound to a tuple, which the plan takes apart."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[1, 1]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["b"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [("x", ["N", C, 12, 12])], [("r", None), ("b", None)],
+                       {"w1": rng.normal(0, 0.3, (16, C, 1, 1)).astype(np.float32),
+                        "w2": rng.normal(0, 0.3, (4, 16, 3, 3)).astype(np.float32)}, opset=13)
+    qdq = qcompiler.quantize(model, {"x": rng.normal(0, 1, (16, C, 12, 12)).astype(np.float32)}, "w8a8",
+                             progress=False).qdq
+    library = compile_qdq(qdq, "hexagon-v68", batch=2)
+    write_library(library, qdq, tmp_path)
+    fidelities = compare(qdq.to_onnx(), QemuHexagonLibrary(tmp_path), {"x": rng.normal(0, 1, (4, C, 12, 12)).astype(np.float32)})
+    assert [f.output for f in fidelities] == ["r", "b"]
+    assert all(f.max_lsb <= 1.0 + 1e-4 for f in fidelities), [f.line() for f in fidelities]
 
 
 def test_float_fallback_is_refused_unless_allowed():

@@ -53,3 +53,16 @@ def test_the_supervisor_reports_the_stage_and_removes_the_staging_folder(tmp_pat
 def test_the_supervisor_passes_the_exit_code_through(tmp_path):
     assert supervise.run_supervised(lambda: 6) == 6
     assert supervise.run_supervised(lambda: 0) == 0
+
+
+def _bug():
+    raise ValueError("a bug of ours")
+
+
+def test_a_traceback_raised_in_the_child_is_printed(capfd):
+    """`--debug` re-raises an internal error for its traceback: the child must print it before
+    os._exit, which would otherwise end the process silently with exit code 70."""
+    code = supervise.run_supervised(_bug)
+    err = capfd.readouterr().err
+    assert code == 70
+    assert "Traceback" in err and "ValueError: a bug of ours" in err, err
