@@ -3,8 +3,8 @@
 Each `R.quantize(f(...), s_y, zp_y)` whose float computation f is one of
 
     conv2d / matmul of DQ(activation) and DQ(constant weight) [+ bias] [+ ReLU/Clip]
-    conv2d_transpose with kernel = stride (no padding, no groups): a 1x1 conv to O*kh*kw
-      channels, then depth-to-space on the 8-bit output (an FPN's or a U-Net's upsampling)
+    conv2d_transpose (one group): a stride-1 conv onto stride x stride phase channels, then a
+      depth-to-space and a crop of the 8-bit output (transposed_conv.py)
     DQ(a) + DQ(b) [+ ReLU/Clip]                                  (residual add)
     DQ(a) * DQ(b), broadcasting                                  (a squeeze-excitation gate)
     DQ(x) * s + t, constants per channel or scalar [+ ReLU/Clip]  (a BatchNorm left unfolded)
@@ -35,6 +35,7 @@ from qcompiler.backends.tvm.fixed_point import (accumulator_bound, multiplier_an
 from qcompiler.backends.tvm.qdq_patterns import QUANTIZE, Bindings, QTensor, op_name
 from qcompiler.backends.tvm.requantization import LayerRequantization
 from qcompiler.backends.tvm.schedules.requantize import Requantize
+from qcompiler.backends.tvm.transposed_conv import PhaseConv, phase_conv
 
 #: The Relax ops that move onto the integers unchanged (qcompiler.ops.PASS_THROUGH, the table
 #: annotate-quant reads too).
@@ -197,35 +198,41 @@ class _IntegerRewriter(relax.PyExprMutator):
         return "matmul", matmul, x, type(w)(w.values, w.scale, 1), 1
 
     def _transposed_as_conv(self, call: relax.Call):
-        """A conv2d_transpose whose kernel tiles its output (kernel = stride, no padding, one
-        group): y[o, i*kh + a, j*kw + b] = sum_c x[c, i, j] w[c, o, a, b] is a 1x1 conv to
-        channels (o, a, b), whose output depth-to-space puts in place after requantization:
-        integer and exact, where the float op runs TVM's unscheduled loops (the FPN detector's
-        library took 4.4x as long with it, benchmarks/results/wild_avx2.md)."""
+        """A conv2d_transpose (one group, no dilation) as a stride-1 conv onto stride x stride
+        phase channels (transposed_conv.py), requantized like any conv, whose 8-bit output a
+        depth-to-space and a crop put in place: integer and exact, where the float op runs TVM's
+        unscheduled loops (the FPN detector's library took 4.4x as long with it,
+        benchmarks/results/wild_avx2.md)."""
         attrs = call.attrs
         x, w = self.b.qtensor(call.args[0]), self.b.qweight(call.args[1])
-        if x is None or w is None or w.values.ndim != 4 or w.axis != 1 or attrs.kernel_layout != "IOHW":
+        if (x is None or w is None or w.values.ndim != 4 or w.axis != 1 or attrs.kernel_layout != "IOHW"
+                or attrs.data_layout != "NCHW" or int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation)):
             return None
-        channels, kh, kw = w.values.shape[1:]
-        if (attrs.data_layout != "NCHW" or int(attrs.groups) != 1 or list(map(int, attrs.strides)) != [kh, kw]
-                or any(int(p) for p in (*attrs.padding, *attrs.output_padding))
-                or any(int(d) != 1 for d in attrs.dilation)):
+        out_shape = [int(d) for d in call.ty.shape]
+        strides = [int(s) for s in attrs.strides]
+        phase = phase_conv(w.values, strides, [int(p) for p in list(attrs.padding)[:2]],
+                           [int(d) for d in call.args[0].ty.shape][2:], out_shape[2:])
+        if phase is None:
             return None
-        values = w.values.transpose(1, 2, 3, 0).reshape(channels * kh * kw, -1, 1, 1)
-        scale = np.repeat(w.scale, kh * kw) if w.scale.size > 1 else w.scale
-        n, _, height, width = (int(d) for d in call.ty.shape)
-        self._after = lambda y: self._depth_to_space(y, (n, channels, kh, kw, height // kh, width // kw))
-        # what _linear and _int_conv2d read from a conv2d call: a 1x1 conv's attributes
-        conv = SimpleNamespace(attrs=SimpleNamespace(strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1),
+        scale = np.repeat(w.scale, strides[0] * strides[1]) if w.scale.size > 1 else w.scale
+        self._after = lambda y: self._depth_to_space(y, phase, out_shape)
+        # what _linear and _int_conv2d read from a conv2d call: the phase conv's attributes
+        conv = SimpleNamespace(attrs=SimpleNamespace(strides=(1, 1), padding=phase.padding, dilation=(1, 1), groups=1),
                                ty=call.ty)
-        return "conv2d", conv, x, type(w)(values, scale, 0), 0
+        return "conv2d", conv, x, type(w)(phase.weight, scale, 0), 0
 
-    def _depth_to_space(self, y: relax.Expr, split: tuple[int, ...]) -> relax.Expr:
-        """[N, O*kh*kw, H, W] -> [N, O, H*kh, W*kw], channel (o, a, b) to pixel (i*kh + a, j*kw + b)."""
-        n, channels, kh, kw, height, width = split
-        blocks = self.builder_.emit(relax.op.reshape(y, split))
+    def _depth_to_space(self, y: relax.Expr, phase: PhaseConv, out_shape: list[int]) -> relax.Expr:
+        """[N, O*sh*sw, Qh, Qw] -> [N, O, Qh*sh, Qw*sw], channel (o, a, b) to pixel (q*sh + a, q'*sw + b),
+        then the output's rows and columns from the crop on."""
+        n, channels, height, width = out_shape
+        (sh, sw), (qh, qw), (top, left) = phase.strides, phase.size, phase.crop
+        blocks = self.builder_.emit(relax.op.reshape(y, (n, channels, sh, sw, qh, qw)))
         moved = self.builder_.emit(relax.op.permute_dims(blocks, [0, 1, 4, 2, 5, 3]))
-        return self.builder_.emit(relax.op.reshape(moved, (n, channels, height * kh, width * kw)))
+        placed = self.builder_.emit(relax.op.reshape(moved, (n, channels, qh * sh, qw * sw)))
+        if (top, left, qh * sh, qw * sw) == (0, 0, height, width):
+            return placed
+        return self.builder_.emit(relax.op.strided_slice(placed, axes=[2, 3], begin=[top, left],
+                                                         end=[top + height, left + width]))
 
     def _int_conv2d(self, conv: relax.Call, x: QTensor, w, tag: str) -> relax.Expr:
         attrs = conv.attrs

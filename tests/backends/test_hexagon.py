@@ -161,7 +161,7 @@ def test_library_files_are_hexagon_code_with_hvx_and_a_complete_driver(tmp_path)
     ("global-pool-flatten-gemm", "w4a4"), ("depthwise48-stride2", "w2a4"), ("residual-add", "w2a4"),
     ("grouped-conv", "w8a8"), ("channel-shuffle", "w8a8"), ("maxpool-conv", "w4a4"), ("conv-avgpool", "w8a8"),
     ("dilated-conv", "w2a4"), ("matmul-add", "w8a8"), ("squeeze-excitation", "w8a8"), ("swish", "w4a4"),
-    ("preactivation-bn", "w8a8"), ("conv-transpose-upsample", "w8a8")])
+    ("preactivation-bn", "w8a8"), ("conv-transpose-upsample", "w8a8"), ("conv-transpose-overlapping", "w4a4")])
 def test_generated_graphs_under_qemu_hexagon(kind, preset, tmp_path):
     rng = np.random.default_rng(0)
     qdq = quantized_graph(kind, preset, rng)

@@ -237,13 +237,14 @@ def test_a_4bit_activation_lowers_with_its_clamp_in_the_requantization():
 
 @pytest.mark.parametrize("attrs,integer", [
     ({"kernel_shape": [2, 2], "strides": [2, 2]}, True),                        # tiles its output: a 1x1 conv
-    ({"kernel_shape": [4, 4], "strides": [2, 2], "pads": [1, 1, 1, 1]}, False),  # overlapping: left float
+    ({"kernel_shape": [4, 4], "strides": [2, 2], "pads": [1, 1, 1, 1]}, True),   # overlapping: a 2x2 phase conv
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}, True),
     ({"kernel_shape": [2, 2], "strides": [2, 2], "group": 2}, False),
-    ({"kernel_shape": [2, 2], "strides": [2, 2], "output_padding": [1, 1]}, False)])
-def test_a_conv_transpose_is_integer_only_where_its_kernel_tiles_the_output(attrs, integer):
-    """kernel = stride, no padding, one group: each output pixel takes exactly one kernel tap,
-    so the layer is a 1x1 conv to (o, a, b) channels and a depth-to-space; the rest stays float
-    between its DQ and Q (correct, measured by the fidelity tests, only not integer)."""
+    ({"kernel_shape": [1, 1], "strides": [1, 1], "pads": [1, 1, 1, 1]}, False)])  # would crop the input
+def test_a_conv_transpose_is_integer_but_where_grouped_or_cropping_its_input(attrs, integer):
+    """A transposed conv is a stride-1 conv onto stride x stride phase channels, a depth-to-space
+    and a crop (transposed_conv.py); a grouped one, or one whose padding reaches past the phases,
+    stays float between its DQ and Q (correct, measured by the fidelity tests, only not integer)."""
     import qcompiler
     from graphs import make_model
 

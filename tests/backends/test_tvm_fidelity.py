@@ -135,13 +135,22 @@ def _graph(kind: str):
         n1, i1 = _conv("conv", "x", "a", C, 6, k=1)
         up = helper.make_node("ConvTranspose", ["a", "up_w", "up_b"], ["u"], kernel_shape=[2, 3], strides=[2, 3])
         return n1 + [up, helper.make_node("Relu", ["u"], ["y"])], {**i1, "up_w": _w(6, 5, 2, 3), "up_b": _w(5, scale=0.1)}
+    if kind == "conv-transpose-overlapping":   # a DCGAN's or pix2pix's 4x4 stride 2 pad 1, and a 3x3 with output padding
+        n1, i1 = _conv("conv", "x", "a", C, 6, k=1)
+        up1 = helper.make_node("ConvTranspose", ["a", "up1_w", "up1_b"], ["u"], kernel_shape=[4, 4], strides=[2, 2],
+                               pads=[1, 1, 1, 1])
+        up2 = helper.make_node("ConvTranspose", ["r", "up2_w"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                               pads=[1, 0, 1, 1], output_padding=[1, 0])
+        return n1 + [up1, helper.make_node("Relu", ["u"], ["r"]), up2], \
+            {**i1, "up1_w": _w(6, 5, 4, 4), "up1_b": _w(5, scale=0.1), "up2_w": _w(5, 4, 3, 3)}
     raise ValueError(kind)
 
 
 GRAPHS = ["conv-relu", "conv-stride2-asymmetric-pads", "grouped-conv", "depthwise-relu6", "depthwise48-stride2",
           "channel-shuffle", "dilated-conv",
           "residual-add", "concat", "maxpool-conv", "conv-avgpool", "global-pool-flatten-gemm", "matmul-add",
-          "squeeze-excitation", "swish", "preactivation-bn", "conv-transpose-upsample"]
+          "squeeze-excitation", "swish", "preactivation-bn", "conv-transpose-upsample",
+          "conv-transpose-overlapping"]
 
 
 def _compile_and_compare(qdq, feeds, tmp_path, batch):
@@ -181,6 +190,8 @@ def test_generated_graph_within_one_lsb(kind, preset, tmp_path):
         assert library.lowered["channel_affine"] == 1, dict(library.lowered)
     if kind == "conv-transpose-upsample":
         assert library.lowered["linear"] == 2, dict(library.lowered)
+    if kind == "conv-transpose-overlapping":
+        assert library.lowered["linear"] == 3, dict(library.lowered)
     if kind == "swish":
         assert library.lowered["lookup_table"] == 1 and not library.lowered["product"], dict(library.lowered)
     if kind == "depthwise48-stride2":
