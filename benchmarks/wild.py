@@ -31,6 +31,7 @@ import onnx  # noqa: E402
 
 import qcompiler  # noqa: E402
 from qcompiler.backends.tvm.targets import native_target  # noqa: E402
+from qcompiler.backends.tvm.transposed_conv import phase_conv  # noqa: E402
 from qcompiler.compiler import compile_qdq, write_library  # noqa: E402
 from qcompiler.executor import session  # noqa: E402
 from qcompiler.fidelity import compare, output_scales, reference_spread, run_reference  # noqa: E402
@@ -67,8 +68,9 @@ class WildResult:
 
 def multiply_accumulates(qdq: onnx.ModelProto) -> tuple[int, int]:
     """(MACs of the layers the backend lowers to integer kernels, MACs of all linear layers): a
-    Conv, Gemm or MatMul reading a dequantized activation and a dequantized constant weight
-    (ConvTranspose, and MatMul of two activations, run in float between their DQ and Q)."""
+    Conv, ConvTranspose (one group, unless its padding would crop its input), Gemm or MatMul
+    reading a dequantized activation and a dequantized constant weight (a MatMul of two
+    activations runs in float between its DQ and Q)."""
     inferred = onnx.shape_inference.infer_shapes(qdq)
     shapes = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
               for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
@@ -82,15 +84,25 @@ def multiply_accumulates(qdq: onnx.ModelProto) -> tuple[int, int]:
         out, weight = shapes[node.output[0]], shapes[node.input[1]]
         reduced = int(np.prod(weight[1:])) if node.op_type == "Conv" else weight[0] if node.op_type != "Gemm" \
             else weight[1] if any(a.name == "transB" and a.i for a in node.attribute) else weight[0]
-        if node.op_type == "ConvTranspose":
-            reduced = int(np.prod(weight[2:])) * weight[0] // max(out[1], 1)
         macs = int(np.prod(out)) * int(reduced)
+        if node.op_type == "ConvTranspose":   # every input pixel times every weight
+            macs = int(np.prod([shapes[node.input[0]][0], *shapes[node.input[0]][2:]])) * int(np.prod(weight))
         total += macs
         dequantized = [producers.get(name) for name in node.input[:2]]
-        if node.op_type != "ConvTranspose" and all(p is not None and p.op_type == "DequantizeLinear" for p in dequantized) \
-                and dequantized[1].input[0] in inits:
+        if all(p is not None and p.op_type == "DequantizeLinear" for p in dequantized) \
+                and dequantized[1].input[0] in inits and _lowered_if_transposed(node, shapes):
             integer += macs
     return integer, total
+
+
+def _lowered_if_transposed(node, shapes) -> bool:
+    """A ConvTranspose lowers where the backend's phase decomposition takes it; other layers: True."""
+    if node.op_type != "ConvTranspose":
+        return True
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    weight, size_in, size_out = shapes[node.input[1]], shapes[node.input[0]][2:], shapes[node.output[0]][2:]
+    return attrs.get("group", 1) == 1 and phase_conv(
+        np.zeros(weight), attrs.get("strides", [1, 1]), attrs.get("pads", [0, 0, 0, 0])[:2], size_in, size_out) is not None
 
 
 def measure(name: str, opset: int, folder: Path, calib_count: int = 32, runs: int = 0,

@@ -370,6 +370,29 @@ def fpn_detector(e: Exporter) -> None:
     e.output(e.op("Sigmoid", [e.op("Concat", scores, axis=1)]), "scores")
 
 
+def unet(e: Exporter) -> None:
+    """A segmentation U-Net: strided encoder, decoder upsampling by ConvTranspose 4x4 stride 2
+    pad 1 (DCGAN's and pix2pix's, with a BatchNorm after it) and 2x2 stride 2 (with a bias),
+    skip connections by Concat, per-pixel class scores."""
+    x = e.input("input", IMAGE)
+    f1 = e.conv(x, 3, 16)
+    f2 = e.conv(f1, 16, 32, stride=2)
+    f3 = e.conv(f2, 32, 48, stride=2)
+    up = _conv_transpose(e, f3, 48, 32, k=4, pad=1, bn=True)
+    d2 = e.conv(e.op("Concat", [up, f2], axis=1), 64, 32)
+    up = _conv_transpose(e, d2, 32, 16, k=2, pad=0, bn=False)
+    d1 = e.conv(e.op("Concat", [up, f1], axis=1), 32, 16)
+    e.output(e.conv(d1, 16, 4, k=1, pad=0, bn=False, bias=True, act=None), "mask")
+
+
+def _conv_transpose(e: Exporter, x: str, cin: int, cout: int, k: int, pad: int, bn: bool) -> str:
+    """A 2x upsampling ConvTranspose [+ BatchNorm], ReLU."""
+    w = e.const(e.rng.normal(0, np.sqrt(2.0 / (cin * k * k / 4)), (cin, cout, k, k)).astype(np.float32), "up_w")
+    inputs = [x, w] if bn else [x, w, e.const(e.rng.normal(0, 0.1, cout).astype(np.float32), "up_b")]
+    y = e.op("ConvTranspose", inputs, kernel_shape=[k, k], strides=[2, 2], pads=[pad] * 4)
+    return e.activation(e.batchnorm(y, cout) if bn else y, "relu")
+
+
 def _head(e: Exporter, x: str, k: int) -> str:
     """[N, K, H, W] -> [N, H*W, K], the batch read with Shape."""
     batch = e.unsqueeze(e.op("Gather", [e.op("Shape", [x]), e.const(np.array(0, np.int64))], axis=0), [0])
@@ -431,7 +454,7 @@ RECIPES: dict[str, Callable[[Exporter], None]] = {
     "resnet": resnet, "mobilenet_v2": mobilenet_v2, "mobilenet_v3": mobilenet_v3,
     "efficientnet_lite": efficientnet_lite, "shufflenet": shufflenet, "densenet": densenet,
     "inception": inception, "squeezenet": squeezenet, "fpn_detector": fpn_detector,
-    "text_recognizer": text_recognizer, "tflite_net": tflite_net, "lcnet_paddle": lcnet_paddle,
+    "text_recognizer": text_recognizer, "tflite_net": tflite_net, "lcnet_paddle": lcnet_paddle, "unet": unet,
 }
 
 #: (recipe, opset) pairs: each family at an old opset its exporters still write, and a new one.
@@ -441,6 +464,7 @@ CORPUS: list[tuple[str, int]] = [
     ("shufflenet", 13), ("densenet", 9), ("densenet", 17), ("inception", 9), ("inception", 13),
     ("squeezenet", 9), ("squeezenet", 21), ("fpn_detector", 11), ("fpn_detector", 17),
     ("text_recognizer", 13), ("text_recognizer", 20), ("tflite_net", 13), ("lcnet_paddle", 11),
+    ("unet", 11), ("unet", 17),
 ]
 
 #: Input shapes to calibrate and compile with (the detector's height and width are dynamic).

@@ -19,7 +19,7 @@ from wild import HELD_OUT, measure  # noqa: E402
 
 COMPILED = {"resnet": 11, "mobilenet_v2": 18, "mobilenet_v3": 17, "efficientnet_lite": 12, "shufflenet": 13,
             "densenet": 9, "inception": 9, "squeezenet": 21, "fpn_detector": 17, "text_recognizer": 20,
-            "tflite_net": 13, "lcnet_paddle": 11}
+            "tflite_net": 13, "lcnet_paddle": 11, "unet": 17}
 #: What may stay float in the library, and why: attention (activation x activation MatMul, its
 #: scale, softmax), layer norm, the detector's Resize upsampling (its ConvTranspose, kernel =
 #: stride, is integer) and sigmoid, the untied
@@ -33,8 +33,9 @@ FLOAT_ALLOWED = {
 #: near-ties grow through later layers (onnxruntime's optimized run drifts alike: 2 LSB on
 #: DenseNet and ShuffleNet over 64 inputs): through the squeeze-excitation gates of the two SE nets,
 #: the detector's float upsampling (3-8 LSB on under 1% of its elements), MobileNetV2's 2 LSB on
-#: 5% of its logits (benchmarks/results/wild.md).
-LSB_BOUND = {"mobilenet_v3": 12.0, "lcnet_paddle": 8.0, "fpn_detector": 4.0, "mobilenet_v2": 2.0}
+#: 5% of its logits (benchmarks/results/wild.md), the U-Net's 2 LSB on under 2% of its pixels'
+#: scores (five layers after its first upsampling; onnxruntime's own run: 18 LSB).
+LSB_BOUND = {"mobilenet_v3": 12.0, "lcnet_paddle": 8.0, "fpn_detector": 4.0, "mobilenet_v2": 2.0, "unet": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_compiled_library_follows_its_qdq_model(name, tmp_path):
     # own optimized run keeps with the model as written, give or take one input
     assert result.top1_agreement >= min(0.995, result.ort_agreement - 1.5 / HELD_OUT), \
         (result.top1_agreement, result.ort_agreement)
-    assert result.integer_mac_share >= {"text_recognizer": 0.5, "fpn_detector": 0.8}.get(name, 0.99)
+    assert result.integer_mac_share >= {"text_recognizer": 0.5}.get(name, 0.99)
 
 
 def test_a_detector_with_dynamic_height_and_width_needs_and_takes_an_input_shape(corpus_dir, tmp_path, capsys):
@@ -149,10 +150,11 @@ def test_inspect_predicts_the_integer_float_split_compile_makes(name, opset, cor
     assert predicted == made
 
 
-@pytest.mark.parametrize("name,opset", [("text_recognizer", 20), ("shufflenet", 11), ("tflite_net", 13)])
+@pytest.mark.parametrize("name,opset", [("text_recognizer", 20), ("shufflenet", 11), ("tflite_net", 13),
+                                        ("unet", 11)])
 def test_brecq_runs_on_exported_models(name, opset, corpus_dir, capsys):
     """The simulator runs what these exports contain (LayerNormalization, Gelu, attention MatMuls,
-    LogSoftmax; Split and channel shuffles; a batch fixed at 1): BRECQ reconstructs every block (a few
+    LogSoftmax; Split and channel shuffles; a batch fixed at 1; ConvTranspose): BRECQ reconstructs every block (a few
     iterations)."""
     model, calib = corpus_dir / f"{name}-opset{opset}.onnx", corpus_dir / f"{name}-opset{opset}.npz"
     code, out, err = cli(capsys, "quantize", model, "--calib", calib, "--preset", "w4a8", "--reconstruct", "brecq",
@@ -162,10 +164,10 @@ def test_brecq_runs_on_exported_models(name, opset, corpus_dir, capsys):
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite", "inception", "squeezenet", "resnet", "shufflenet",
-                                  "mobilenet_v3", "densenet", "lcnet_paddle"])
+                                  "mobilenet_v3", "densenet", "lcnet_paddle", "unet"])
 def test_corpus_models_under_qemu_hexagon(name, tmp_path):
     """Exporter-style models (computed SAME pads and ReduceMean pooling, scale layers, fire
-    modules, residual adds, squeeze-excitation gates, pre-activation BatchNorms) compiled for hexagon-v68 and run under qemu-hexagon
+    modules, residual adds, squeeze-excitation gates, pre-activation BatchNorms, transposed convs) compiled for hexagon-v68 and run under qemu-hexagon
     (scripts/setup_hexagon.sh): as close to their QDQ models as the host library is."""
     import qcompiler
     from qcompiler.backends.tvm.qemu_hexagon import QemuHexagonLibrary
