@@ -62,6 +62,22 @@ def test_size_budget_is_met_to_the_byte_of_the_library(model, target, budget, tm
         assert used <= 2 ** bits - (bits != 2), f"a {bits}-bit layer uses {used} levels"
 
 
+def test_transposed_convs_are_counted_as_the_library_stores_them(tmp_path, capsys):
+    """A U-Net's ConvTranspose layers are built as stride-1 phase convs with packed weights: the
+    search counts them so (they were counted as 8-bit parameters, and 30 KB was refused)."""
+    from qcompiler.models.recipes import corpus
+
+    proto = corpus.build("unet", 17)
+    onnx.save(proto, str(tmp_path / "unet.onnx"))
+    np.savez(tmp_path / "calib.npz", **corpus.sample_inputs(proto, 32))
+    code, out, err = cli(capsys, "compile", tmp_path / "unet.onnx", "--calib", tmp_path / "calib.npz", "--preset",
+                         "w4a8", "--bits", "auto", "--max-size", "30KB", "--target", "x86-64-v3", "-o", tmp_path / "lib")
+    assert code == 0, err
+    line = next(row for row in out.splitlines() if row.startswith("bit widths"))
+    reached = int(line.split("reached ")[1].split(" bytes")[0].replace(",", ""))
+    assert json.loads((tmp_path / "lib" / "model.json").read_text())["weight_bytes"] == reached <= 30_000
+
+
 def test_impossible_budget_is_one_usage_line(tmp_path, capsys):
     # a named target: native's size depends on the host (conv weights pack to 4 bits only where it
     # has a dot-product kernel); x86-64-v3's AVX2 kernels pack them on any host
