@@ -101,7 +101,7 @@ def _lowered_if_transposed(node, shapes) -> bool:
         return True
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     weight, size_in, size_out = shapes[node.input[1]], shapes[node.input[0]][2:], shapes[node.output[0]][2:]
-    return attrs.get("group", 1) == 1 and phase_conv(
+    return attrs.get("group", 1) == 1 and all(d == 1 for d in attrs.get("dilations", [1, 1])) and phase_conv(
         np.zeros(weight), attrs.get("strides", [1, 1]), attrs.get("pads", [0, 0, 0, 0])[:2], size_in, size_out) is not None
 
 

@@ -66,7 +66,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _interrupted() -> int:
-    print("qcompiler: interrupted; no partial output was left", file=sys.stderr)
+    print(supervise.INTERRUPTED_LINE, file=sys.stderr)
     return supervise.INTERRUPT_EXIT_CODE
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 CRASH_EXIT_CODE = 71
 INTERRUPT_EXIT_CODE = 130
+INTERRUPTED_LINE = "qcompiler: interrupted; no partial output was left"
 
 _pipe: int | None = None          # the child's end; None when not supervised
 _stage = "qcompiler"
@@ -144,8 +145,12 @@ def _child(command: Callable[[], int], read_end: int, write_end: int) -> None:
         code = command()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:   # noqa: BLE001 - re-raised by `--debug`: os._exit below would swallow it unprinted
+    except KeyboardInterrupt:   # before the command's own handler (while importing, say)
+        print(INTERRUPTED_LINE, file=sys.stderr)
+        code = INTERRUPT_EXIT_CODE
+    except BaseException as exc:   # noqa: BLE001 - re-raised by `--debug`: os._exit below would swallow it unprinted
         traceback.print_exc()
+        code = getattr(exc, "exit_code", 70)
     finally:
         _send(f"done {code}")
         # The child never returns into its caller's code (under pytest that would run the rest
@@ -188,7 +193,7 @@ def _outcome(status: int, report: dict) -> int:
 
         shutil.rmtree(report["staging"], ignore_errors=True)
     if signum in (signal.SIGINT, signal.SIGTERM):
-        print("qcompiler: interrupted; no partial output was left", file=sys.stderr)
+        print(INTERRUPTED_LINE, file=sys.stderr)
         return INTERRUPT_EXIT_CODE
     name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else "unknown"
     hint = " (killed: perhaps out of memory)" if signum == signal.SIGKILL else ""

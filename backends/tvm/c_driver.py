@@ -82,9 +82,10 @@ def plan(mod) -> Plan:
     # several outputs: a Tuple, or a var bound to one (planned as a list of its tensors)
     outputs = [planned.tensors.get(v) for v in body.fields] if hasattr(body, "fields") else planned.tensors.get(body)
     for k, tensor in enumerate(outputs if isinstance(outputs, list) else [outputs]):
-        if tensor is None or not tensor.base.startswith("(void*)out"):
-            raise UnsupportedModelError(f"the C driver cannot return output {k}: only tensors a kernel writes "
-                                        "(an input or a constant passed through to an output is not supported)")
+        if tensor is None or not tensor.base.startswith("(void*)out") or tensor in result.outputs:
+            raise UnsupportedModelError(f"the C driver cannot return output {k}: only tensors a kernel writes, "
+                                        "each once (an input or a constant passed through to an output, or one "
+                                        "tensor as two outputs, is not supported)")
         tensor.base = f"(void*)out{k}"
         result.outputs.append(tensor)
     return result
@@ -125,7 +126,7 @@ def _bind(result: Plan, planned: _Planned, binding, relax) -> None:
         result.calls.append((value.op.name_hint, args))
         result.outputs_of.append(len(written))
     elif isinstance(value, relax.Tuple):   # a multi-output kernel's outputs, taken apart below
-        planned.tensors[var] = [planned.tensors[field] for field in value.fields]
+        planned.tensors[var] = [planned.tensors.get(field) for field in value.fields]   # None: a constant
     elif isinstance(value, relax.TupleGetItem):
         planned.tensors[var] = planned.tensors[value.tuple_value][value.index]
     else:

@@ -172,7 +172,7 @@ class _IntegerRewriter(relax.PyExprMutator):
             attrs = conv.attrs
             x, w = self.b.qtensor(conv.args[0]), self.b.qweight(conv.args[1])
             if (x is None or w is None or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
-                    or w.axis != 0):
+                    or (w.scale.size > 1 and w.axis != 0)):   # per-tensor: no axis (TVM reads 1)
                 return None
             return "conv2d", conv, x, w, 0
         transposed = self.b.call(expr, "relax.nn.conv2d_transpose")
@@ -205,8 +205,8 @@ class _IntegerRewriter(relax.PyExprMutator):
         benchmarks/results/wild_avx2.md)."""
         attrs = call.attrs
         x, w = self.b.qtensor(call.args[0]), self.b.qweight(call.args[1])
-        if (x is None or w is None or w.values.ndim != 4 or w.axis != 1 or attrs.kernel_layout != "IOHW"
-                or attrs.data_layout != "NCHW" or int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation)):
+        if (x is None or w is None or w.values.ndim != 4 or (w.scale.size > 1 and w.axis != 1)
+                or attrs.kernel_layout != "IOHW" or attrs.data_layout != "NCHW" or int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation)):
             return None
         out_shape = [int(d) for d in call.ty.shape]
         strides = [int(s) for s in attrs.strides]

@@ -191,6 +191,19 @@ def test_a_model_with_two_outputs_runs_under_qemu_hexagon(tmp_path):
     assert all(f.max_lsb <= 1.0 + 1e-4 for f in fidelities), [f.line() for f in fidelities]
 
 
+def test_one_tensor_as_two_outputs_is_refused_not_left_unwritten():
+    """y and Identity(y) are one tensor to the driver: naming it out1 too would leave out0 unwritten."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[1, 1]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Identity", ["r"], ["z"])]
+    model = make_model(nodes, [("x", ["N", C, 12, 12])], [("r", None), ("z", None)],
+                       {"w1": rng.normal(0, 0.3, (16, C, 1, 1)).astype(np.float32)}, opset=13)
+    qdq = qcompiler.quantize(model, {"x": rng.normal(0, 1, (16, C, 12, 12)).astype(np.float32)}, "w8a8",
+                             progress=False).qdq
+    with pytest.raises(UnsupportedModelError, match="cannot return output 1.*one tensor as two outputs"):
+        compile_qdq(qdq, "hexagon-v68", batch=1)
+
+
 def test_float_fallback_is_refused_unless_allowed():
     """Softmax stays float: refused by default; allowed, TVM's Hexagon code generator has no exp
     for it, which is a clear exit 4 too (not an internal error)."""

@@ -199,6 +199,19 @@ def test_generated_graph_within_one_lsb(kind, preset, tmp_path):
         assert library.kernels[f"depthwise conv2d{packed} + requantize"] == 1, dict(library.kernels)
 
 
+@pytest.mark.parametrize("kind", ["conv-relu", "depthwise-relu6", "conv-transpose-overlapping",
+                                  "global-pool-flatten-gemm"])
+def test_per_tensor_weights_are_integer_too(kind, tmp_path):
+    """A per-tensor weight's DequantizeLinear has no axis (TVM reads 1): the convolutions must not
+    require the per-channel axis then (they stayed float, every one, under w8a8-per-tensor)."""
+    rng = np.random.default_rng(0)
+    qdq = quantized_graph(kind, "w8a8-per-tensor", rng)
+    feeds = {"x": rng.normal(0, 1, (8, C, 12, 12)).astype(np.float32)}
+    library, (fidelity,) = _compile_and_compare(qdq, feeds, tmp_path, batch=4)
+    assert not library.float_ops, dict(library.float_ops)
+    assert fidelity.max_lsb <= 1.0 + 1e-4, fidelity.line()
+
+
 @pytest.mark.parametrize("preset", ["w8a8", "w4a4"])
 def test_avx2_depthwise_kernels_take_the_sixteen_register_tile(preset, tmp_path):
     """On AVX2's 16 vector registers a depthwise pixel's 16 int32 accumulators take two, so its

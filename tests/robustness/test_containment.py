@@ -66,3 +66,23 @@ def test_a_traceback_raised_in_the_child_is_printed(capfd):
     err = capfd.readouterr().err
     assert code == 70
     assert "Traceback" in err and "ValueError: a bug of ours" in err, err
+
+
+def _user_error():
+    from qcompiler.errors import UsageError
+
+    raise UsageError("a usage error, re-raised by --debug")
+
+
+def _interrupt():
+    raise KeyboardInterrupt
+
+
+def test_the_child_keeps_exit_codes_of_errors_and_interrupts_it_did_not_handle(capfd):
+    """`--debug` re-raises a user error: its traceback, and its own exit code (not 70); an
+    interrupt before the command's handler (while importing) is the one line and 130."""
+    assert supervise.run_supervised(_user_error) == 2
+    assert "UsageError: a usage error" in capfd.readouterr().err
+    assert supervise.run_supervised(_interrupt) == supervise.INTERRUPT_EXIT_CODE
+    err = capfd.readouterr().err
+    assert err.strip() == supervise.INTERRUPTED_LINE and "Traceback" not in err
