@@ -31,7 +31,7 @@ import onnx  # noqa: E402
 
 import qcompiler  # noqa: E402
 from qcompiler.backends.tvm.targets import native_target  # noqa: E402
-from qcompiler.backends.tvm.transposed_conv import phase_conv  # noqa: E402
+from qcompiler.backends.tvm.transposed_conv import node_phase_conv  # noqa: E402
 from qcompiler.compiler import compile_qdq, write_library  # noqa: E402
 from qcompiler.executor import session  # noqa: E402
 from qcompiler.fidelity import compare, output_scales, reference_spread, run_reference  # noqa: E402
@@ -101,8 +101,7 @@ def _lowered_if_transposed(node, shapes) -> bool:
         return True
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     weight, size_in, size_out = shapes[node.input[1]], shapes[node.input[0]][2:], shapes[node.output[0]][2:]
-    return attrs.get("group", 1) == 1 and all(d == 1 for d in attrs.get("dilations", [1, 1])) and phase_conv(
-        np.zeros(weight), attrs.get("strides", [1, 1]), attrs.get("pads", [0, 0, 0, 0])[:2], size_in, size_out) is not None
+    return node_phase_conv(attrs, weight, size_in, size_out) is not None
 
 
 def measure(name: str, opset: int, folder: Path, calib_count: int = 32, runs: int = 0,

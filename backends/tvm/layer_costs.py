@@ -23,7 +23,7 @@ from qcompiler.backends.tvm.apply_schedules import kernel_kind, packed_bits, pac
 from qcompiler.backends.tvm.schedules import depthwise, geometry
 from qcompiler.backends.tvm.schedules.requantize import RequantizeCode
 from qcompiler.backends.tvm.targets import TargetSpec
-from qcompiler.backends.tvm.transposed_conv import phase_conv
+from qcompiler.backends.tvm.transposed_conv import node_phase_conv
 from qcompiler.files import cache_root, read_cache, write_cache
 from qcompiler.ir import Model
 from qcompiler.ops import QUANTIZED_LAYERS
@@ -83,11 +83,9 @@ def layer_shapes(model: Model, names, batch: int = 1) -> dict[str, LayerShape]:
 
 def _transposed_shape(node, weight: np.ndarray, x: list, y: list) -> LayerShape | None:
     """A ConvTranspose as the backend builds it: its stride-1 phase conv (transposed_conv.py)."""
-    if weight.ndim != 4 or len(x) != 4 or len(y) != 4 or None in x[1:] or None in y[2:] \
-            or int(node.attrs.get("group", 1)) != 1 or any(d != 1 for d in node.attrs.get("dilations", (1, 1))):
+    if weight.ndim != 4 or len(x) != 4 or len(y) != 4 or None in x[1:] or None in y[2:]:
         return None
-    phase = phase_conv(np.zeros(weight.shape, np.int8), tuple(node.attrs.get("strides", (1, 1))),
-                       tuple(node.attrs.get("pads", (0, 0, 0, 0)))[:2], x[2:], y[2:])
+    phase = node_phase_conv(node.attrs, weight.shape, x[2:], y[2:])
     if phase is None:
         return None
     co, ci, kh, kw = phase.weight.shape

@@ -42,6 +42,16 @@ def phase_conv(weight: np.ndarray, strides, begin_pads, in_size, out_size) -> Ph
     return PhaseConv(values, (top, left, bottom, right), tuple(strides), (qh, qw), (crop_h, crop_w))
 
 
+def node_phase_conv(attrs: dict, weight_shape, in_size, out_size) -> PhaseConv | None:
+    """`phase_conv` of a ConvTranspose node (its ONNX attributes and defaults, zero weights: the
+    geometry), None where the backend leaves it float: groups, dilation, or padding that would
+    crop the input. For the cost models and benchmarks that must count what the rewrite lowers."""
+    if int(attrs.get("group", 1)) != 1 or any(int(d) != 1 for d in attrs.get("dilations", (1, 1))):
+        return None
+    return phase_conv(np.zeros(weight_shape, np.int8), tuple(attrs.get("strides", (1, 1))),
+                      tuple(attrs.get("pads", (0, 0, 0, 0)))[:2], in_size, out_size)
+
+
 def _taps(kernel: int, stride: int) -> np.ndarray:
     """[phase r, position j] -> the kernel tap (M-1-j)*s + r, or -1 past the kernel."""
     m = -(-kernel // stride)
