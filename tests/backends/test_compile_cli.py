@@ -54,6 +54,20 @@ def test_runtime_chunks_any_sample_count(compiled):
     assert np.abs(ours - reference).max() <= scale * 1.0001
 
 
+def test_one_batch_run_returns_its_own_arrays(compiled):
+    """Exactly one compiled batch takes the short path (no slicing or joining) and gives the
+    same outputs as the chunked path; a later run does not change an earlier result (the
+    outputs are copies, not views of the library's tensors)."""
+    x = np.load(SUBSET)["input"][100:108]
+    library = load(compiled)
+    first = library.run({"input": x[:4]})["logits"]
+    kept = first.copy()
+    library.run({"input": x[4:]})
+    assert np.array_equal(first, kept)
+    assert np.array_equal(first, library.run({"input": x})["logits"][:4])
+    assert first.flags.writeable and first.flags.owndata
+
+
 def test_run_reports_accuracy_timing_and_kernels(compiled, tmp_path, capsys):
     data = np.load(SUBSET)
     np.savez(tmp_path / "x.npz", input=data["input"][:40], labels=data["labels"][:40])
@@ -66,6 +80,12 @@ def test_run_reports_accuracy_timing_and_kernels(compiled, tmp_path, capsys):
     # the convolutions, each timed: the VNNI kernel where the host has it, TVM's generic one if not
     kernels = [line for line in out.splitlines() if line.startswith(("fused_conv2d", "qconv2d_"))]
     assert len(kernels) >= 5, out
+    # each kernel by TVM's C++ timer; the VM's own calls in one row; the shares add up to a run
+    rows = {m[1].strip(): float(m[2]) for m in re.finditer(r"^(.{48}) +\d+ +(\d+\.\d+) +[\d.]+%$", out, re.M)}
+    vm_ms = rows.pop("(the VM between kernels)")
+    total = float(re.search(r"^total \(a run\) +(\d+\.\d+)$", out, re.M)[1])
+    assert vm_ms >= 0 and not any(name.startswith("vm.builtin") for name in rows), out
+    assert abs(sum(rows.values()) + vm_ms - total) <= 0.001 * (len(rows) + 2), out
 
 
 def test_library_says_what_it_is(compiled):
