@@ -206,7 +206,8 @@ class _IntegerRewriter(relax.PyExprMutator):
         attrs = call.attrs
         x, w = self.b.qtensor(call.args[0]), self.b.qweight(call.args[1])
         if (x is None or w is None or w.values.ndim != 4 or (w.scale.size > 1 and w.axis != 1)
-                or attrs.kernel_layout != "IOHW" or attrs.data_layout != "NCHW" or int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation)):
+                or attrs.kernel_layout != "IOHW" or attrs.data_layout != "NCHW" or int(attrs.groups) != 1
+                or any(int(d) != 1 for d in attrs.dilation)):
             return None
         out_shape = [int(d) for d in call.ty.shape]
         strides = [int(s) for s in attrs.strides]

@@ -43,13 +43,29 @@ def phase_conv(weight: np.ndarray, strides, begin_pads, in_size, out_size) -> Ph
 
 
 def node_phase_conv(attrs: dict, weight_shape, in_size, out_size) -> PhaseConv | None:
-    """`phase_conv` of a ConvTranspose node (its ONNX attributes and defaults, zero weights: the
+    """`phase_conv` of a ConvTranspose node (its ONNX attributes, auto_pad and defaults; zero weights: the
     geometry), None where the backend leaves it float: groups, dilation, or padding that would
     crop the input. For the cost models and benchmarks that must count what the rewrite lowers."""
     if int(attrs.get("group", 1)) != 1 or any(int(d) != 1 for d in attrs.get("dilations", (1, 1))):
         return None
-    return phase_conv(np.zeros(weight_shape, np.int8), tuple(attrs.get("strides", (1, 1))),
-                      tuple(attrs.get("pads", (0, 0, 0, 0)))[:2], in_size, out_size)
+    strides = tuple(attrs.get("strides", (1, 1)))
+    return phase_conv(np.zeros(weight_shape, np.int8), strides, begin_pads(attrs, weight_shape[2:], strides),
+                      in_size, out_size)
+
+
+def begin_pads(attrs: dict, kernel, strides) -> tuple[int, ...]:
+    """The leading padding of a ConvTranspose as TVM's importer reads it: `pads`, or from
+    `auto_pad` (SAME_*: the spec's total for an output of input x stride, the odd pixel at the
+    end for SAME_UPPER and at the start for SAME_LOWER; VALID: none)."""
+    auto = attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto == "VALID":
+        return (0,) * len(kernel)
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        return tuple(attrs.get("pads", (0,) * 2 * len(kernel)))[:len(kernel)]
+    extra = attrs.get("output_padding", (0,) * len(kernel))
+    totals = [max(0, k + o - s) for k, o, s in zip(kernel, extra, strides)]
+    return tuple(t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in totals)
 
 
 def _taps(kernel: int, stride: int) -> np.ndarray:

@@ -60,3 +60,23 @@ def test_phases_compute_the_transposed_convolution(kernel, strides, pads, output
 def test_a_padding_beyond_the_phases_is_declined():
     """Leading padding past a whole period of phases would crop the input itself: left float."""
     assert phase_conv(np.ones((1, 1, 2, 2)), (2, 2), (4, 4), (5, 5), (2, 2)) is None
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("kernel,strides", [((3, 3), (2, 2)), ((4, 5), (2, 3)), ((5, 2), (1, 1))])
+def test_a_node_with_auto_pad_takes_the_padding_the_spec_gives(auto_pad, kernel, strides):
+    """A node's auto_pad read as the importer reads it (begin_pads, which node_phase_conv uses for
+    the cost model and wild.py): the phase conv computes onnxruntime's ConvTranspose."""
+    from qcompiler.backends.tvm.transposed_conv import begin_pads, node_phase_conv
+
+    rng = np.random.default_rng(1)
+    x, w = (rng.normal(size=shape).astype(np.float32).astype(np.float64) for shape in ((1, 3, 5, 4), (3, 2, *kernel)))
+    attrs = {"kernel_shape": list(kernel), "strides": list(strides), "auto_pad": auto_pad}
+    expected = conv_transpose(x, w, **attrs)
+    phase = phase_conv(w, strides, begin_pads(attrs, kernel, strides), x.shape[2:], expected.shape[2:])
+    assert node_phase_conv(attrs, w.shape, x.shape[2:], expected.shape[2:]).padding == phase.padding
+    z = conv_stride1(x, phase.weight, phase.padding)
+    (sh, sw), (qh, qw), (top, left) = strides, phase.size, phase.crop
+    moved = z.reshape(1, 2, sh, sw, qh, qw).transpose(0, 1, 4, 2, 5, 3).reshape(1, 2, qh * sh, qw * sw)
+    np.testing.assert_allclose(moved[:, :, top:top + expected.shape[2], left:left + expected.shape[3]], expected,
+                               atol=1e-5)
