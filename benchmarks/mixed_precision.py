@@ -47,7 +47,7 @@ from qcompiler.mixed_precision import BitBudget  # noqa: E402
 from qcompiler.quant.bitsearch import exact_search, genetic_search, greedy_search  # noqa: E402
 from qcompiler.quant.presets import load_config  # noqa: E402
 
-from latency import publish, timings  # noqa: E402
+from latency import publish, results_flag, timings  # noqa: E402
 from lowbit_accuracy import fashion, top1  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -148,11 +148,16 @@ def host_kernels() -> str:
     """What this CPU's convolutions run on, in a sentence: it decides whether fewer bits buy speed."""
     from qcompiler.backends.tvm.targets import native_target
 
-    if native_target().dot_kernel:
+    kernel = native_target().dot_kernel
+    if kernel == "vnni":
         return ("This CPU has AVX-512 VNNI: convolutions run packed dot-product kernels, and 4- and 2-bit "
                 "weights are unpacked into them, so fewer bits save bytes, not multiply-adds.")
-    return ("On this CPU (no AVX-512 VNNI) convolutions run TVM's generic int8 code whatever their bits, and "
-            "the depthwise kernels are faster at 8 bits than unpacking 4 or 2: fewer bits buy no speed here.")
+    if kernel == "avx2":
+        return ("This CPU has AVX2 but no AVX-512 VNNI: convolutions with 8-bit weights run exact vpmaddwd kernels "
+                "(16 multiply-adds an instruction), those with 4- or 2-bit weights vpmaddubsw ones (32, exact for "
+                "weights in [-8, 7]), so 4 bits save time as well as bytes, and 2 bits only bytes.")
+    return ("On this CPU (no AVX2 or AVX-512 VNNI kernels) convolutions run TVM's generic int8 code whatever their "
+            "bits: fewer bits buy no speed here.")
 
 
 #: (scheme preset, the uniform libraries beside it): the GA's budget is the first one's median.
@@ -247,7 +252,8 @@ def latency_part(args, calib, images, labels) -> None:
     fresh_cache()
     iters = f" --iters {args.iters}" if args.iters else " --iters 0"
     lines = ["# Mixed precision at equal measured latency", "",
-             f"`python benchmarks/mixed_precision.py --part latency --runs {args.runs}{iters}`; "
+             f"`python benchmarks/mixed_precision.py --part latency --runs {args.runs}{iters}"
+             f"{results_flag(args.results or RESULTS / 'mixed_latency.md', RESULTS / 'mixed_latency.md')}`; "
              f"{latency_method(args.runs)} Top-1 (%) on the 10,000 Fashion-MNIST test images, calibrated on "
              f"{args.calib} training images, with nearest rounding (the libraries timed) and with BRECQ "
              f"({args.iters} rounding iterations per block; the same bits, so the same kernels and latency).", "",
@@ -264,7 +270,7 @@ def latency_part(args, calib, images, labels) -> None:
                 top1s.append(reconstructed_top1(model, row, calib, images, labels, args.iters))
             print(name, label, top1s, flush=True)
             lines.append(f"| {name} | {label} | {' / '.join(top1s)} | {latency_cells(row)}")
-    publish("\n".join(lines + SEARCH_BUDGETS_SECTION + searches) + "\n", RESULTS / "mixed_latency.md")
+    publish("\n".join(lines + SEARCH_BUDGETS_SECTION + searches) + "\n", args.results or RESULTS / "mixed_latency.md")
 
 
 def imagenet_latency_part(args) -> None:
@@ -276,7 +282,8 @@ def imagenet_latency_part(args) -> None:
     name = "mobilenet_v2_imagenet"
     model = ir.load(models.path(f"{name}.onnx"))
     lines = ["# Mixed precision on the ImageNet MobileNetV2 at equal measured latency", "",
-             f"`python benchmarks/mixed_precision.py --part imagenet-latency --calib {args.calib} --runs {args.runs}`; "
+             f"`python benchmarks/mixed_precision.py --part imagenet-latency --calib {args.calib} --runs {args.runs}"
+             f"{results_flag(args.results or RESULTS / 'mixed_imagenet_latency.md', RESULTS / 'mixed_imagenet_latency.md')}`; "
              f"{latency_method(args.runs)} torchvision's MobileNetV2 with its ImageNet weights, calibrated on "
              f"{args.calib} random crops of the opencv-doc photos, nearest rounding with bias correction; top-1 on "
              "foolbox's 20 labelled ImageNet samples (one image is 5 points), agreement with the float model's "
@@ -289,7 +296,8 @@ def imagenet_latency_part(args) -> None:
         print(label, scores, flush=True)
         lines.append(f"| {label} | {100 * scores['top1']:.0f} | {100 * scores['agreement']:.1f} | "
                      f"{scores['kl']:.4f} | {latency_cells(row)}")
-    publish("\n".join(lines + SEARCH_BUDGETS_SECTION + searches) + "\n", RESULTS / "mixed_imagenet_latency.md")
+    publish("\n".join(lines + SEARCH_BUDGETS_SECTION + searches) + "\n",
+            args.results or RESULTS / "mixed_imagenet_latency.md")
 
 
 SCHEME_ACTIVATIONS = {"w4a8": "8-bit", "w2a4": "4-bit"}
@@ -466,6 +474,9 @@ def main() -> None:
     parser.add_argument("--calib", type=int, help="calibration samples (default: 1024 Fashion-MNIST training "
                         "images; 512 crops for --part imagenet)")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per library (--part latency)")
+    parser.add_argument("--results", type=Path, help="--part latency and imagenet-latency: the table's file "
+                        "(default: results/mixed_latency.md, results/mixed_imagenet_latency.md; another host's: "
+                        "results/mixed_latency_avx2.md)")
     args = parser.parse_args()
     if args.part.startswith("imagenet"):
         args.calib = args.calib or 512
