@@ -13,6 +13,7 @@ LEARNED_BIAS_LR = 1e-3
 AUTO_CROP = 64
 #: The largest share of the calibration samples the held-out guard may take from training.
 MAX_HOLDOUT = 0.5
+HOLDOUT_METRICS = ("mse", "kl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,19 +62,26 @@ class ReconstructConfig:
     #: what a phase learned only where it does not raise the network's output error on them, so
     #: that a small or narrow calibration set is not fitted at the expense of other inputs (0: no guard).
     holdout: float = 0.0
+    #: what the guard measures on the held-out samples: "mse", the squared error of every network
+    #: output against the float network's; "kl", the KL divergence of the first output's softmax
+    #: from the float one's (a classifier's logits: what decides its top-1, not their scale).
+    holdout_metric: str = "mse"
 
     def __post_init__(self) -> None:
         if self.act_iters is None:
             object.__setattr__(self, "act_iters", self.iters // 4)
         if not 0.0 <= self.holdout <= MAX_HOLDOUT:
             raise ValueError(f"holdout must be a share from 0 to {MAX_HOLDOUT}, not {self.holdout!r}")
+        if self.holdout_metric not in HOLDOUT_METRICS:
+            raise ValueError(f"holdout_metric must be one of {', '.join(HOLDOUT_METRICS)}, not {self.holdout_metric!r}")
         if not (self.crop is None or self.crop == "auto" or (isinstance(self.crop, int) and self.crop > 0)):
             raise ValueError(f"crop must be a positive int, 'auto' or None, not {self.crop!r}")
 
     def describe(self) -> str:
         extras = (", Fisher" if self.fisher else "") + (f", QDrop {self.qdrop}" if self.qdrop else "") + \
             (", biases learned" if self.bias_lr else "") + \
-            (f", {self.holdout:.0%} of the samples held out as a guard" if self.holdout else "")
+            (f", {self.holdout:.0%} of the samples held out as a guard"
+             + (" (KL)" if self.holdout_metric == "kl" else "") if self.holdout else "")
         return f"BRECQ {self.granularity}, {self.iters}+{self.act_iters} iterations per block{extras}"
 
 

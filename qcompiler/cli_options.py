@@ -8,7 +8,7 @@ import functools
 from pathlib import Path
 
 from qcompiler import __version__
-from qcompiler.blocks import AUTO_CROP, GRANULARITIES, LEARNED_BIAS_LR, MAX_HOLDOUT, ReconstructConfig
+from qcompiler.blocks import AUTO_CROP, GRANULARITIES, LEARNED_BIAS_LR, HOLDOUT_METRICS, MAX_HOLDOUT, ReconstructConfig
 from qcompiler.errors import UsageError
 
 # Names for --help only (the modules that own them are imported when a command runs).
@@ -258,6 +258,8 @@ def _reconstruct_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--holdout", type=holdout_share, metavar="SHARE", help="hold out this share of the calibration "
                    "samples, the last in the file, and keep what a block learned only where it does not raise the "
                    "network's output error on them (guards a small or narrow calibration set against overfitting; docs/brecq.md)")
+    g.add_argument("--holdout-metric", choices=HOLDOUT_METRICS, help="what --holdout measures: mse, the squared "
+                   "error of the outputs (default), or kl, the KL divergence of a classifier's softmax")
     g.add_argument("--reconstruct-samples", type=positive_int, default=defaults.samples,
                    help="calibration samples reconstruction uses at most (default: %(default)s)")
     g.add_argument("--crop", type=crop_option, metavar="N|auto|off", help="train convolutional blocks on random "
@@ -300,13 +302,17 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig | None:
     """The ReconstructConfig the options ask for (None without --reconstruct); bad values are usage errors."""
     if not args.reconstruct:
         for flag, value in (("--fisher", args.fisher), ("--qdrop", args.qdrop), ("--crop", args.crop is not None),
-                            ("--learn-bias", args.learn_bias), ("--holdout", args.holdout)):
+                            ("--learn-bias", args.learn_bias), ("--holdout", args.holdout),
+                            ("--holdout-metric", args.holdout_metric)):
             if value:
                 raise UsageError(f"{flag} needs --reconstruct brecq")
         return None
+    if args.holdout_metric and not args.holdout:
+        raise UsageError("--holdout-metric needs --holdout SHARE")
     return ReconstructConfig(granularity=args.granularity, iters=args.iters, act_iters=args.act_iters, fisher=args.fisher,
                              qdrop=args.qdrop, samples=args.reconstruct_samples, seed=args.seed,
                              bias_lr=LEARNED_BIAS_LR if args.learn_bias else 0.0, holdout=args.holdout or 0.0,
+                             holdout_metric=args.holdout_metric or "mse",
                              crop={None: "auto", "off": None}.get(args.crop, args.crop))
 
 

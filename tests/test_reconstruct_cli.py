@@ -63,6 +63,26 @@ def test_holdout_guards_the_reconstruction_and_reaches_the_summary(tmp_path, cap
     assert "<th>held-out: after</th>" in (tmp_path / "report.html").read_text()
 
 
+def test_holdout_kl_guards_by_the_softmax_divergence(tmp_path, capsys):
+    """--holdout-metric kl: the guard measures the KL divergence of the logits' softmax (a
+    classifier's top-1 depends on it, not on the logits' scale), never raised by a kept phase."""
+    code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "--preset", "w2a4", "--reconstruct", "brecq",
+                         "--iters", "20", "--act-iters", "5", "--calib-count", "64", "--holdout", "0.25",
+                         "--holdout-metric", "kl", "--no-progress", "-o", tmp_path)
+    assert code == 0, err
+    assert "25% of the samples held out as a guard (KL)" in out
+    line = next(line for line in out.splitlines() if line.startswith("held-out guard"))
+    match = re.search(r"held-out samples ([\d.e-]+) -> ([\d.e-]+) \(before", line)
+    assert match and 0 < float(match[2]) <= float(match[1]) < 10, line   # nats: a squared logit error is far larger
+
+
+@pytest.mark.parametrize("args,message", [(["--holdout-metric", "kl"], "--holdout-metric needs --holdout SHARE"),
+                                          (["--holdout-metric", "l1", "--holdout", "0.25"], "invalid choice")])
+def test_holdout_metric_needs_the_guard_and_a_known_name(args, message, tmp_path, capsys):
+    code, _, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "--reconstruct", "brecq", *args, "-o", tmp_path)
+    assert code == 2 and message in err, err
+
+
 def test_holdout_that_leaves_no_sample_out_is_a_clear_error(tmp_path, capsys):
     code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "--preset", "w4a4", "--reconstruct", "brecq",
                          "--iters", "5", "--calib-count", "4", "--holdout", "0.1", "--no-progress", "-o", tmp_path / "out")

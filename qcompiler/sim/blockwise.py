@@ -194,20 +194,28 @@ class Reconstruction:
         return block_fn, tail, others
 
     def _held_out_error(self, index: int, block: Block, owned: set[str]):
-        """params -> the network's output error on the held-out samples (squared error against the
-        float network, summed over outputs and elements, mean over samples), the block computed
-        with `params` from its quantized inputs and the rest of the network quantized after it."""
-        names = self.sim.graph_outputs
+        """params -> the network's output error on the held-out samples, the block computed with
+        `params` from its quantized inputs and the rest of the network quantized after it, against
+        the float network, mean over samples: the squared error summed over outputs and elements,
+        or (holdout_metric "kl") the KL divergence of the first output's softmax."""
+        kl = self.config.holdout_metric == "kl"
+        names = self.sim.graph_outputs[:1] if kl else self.sim.graph_outputs
         block_fn, tail, others = self._through_rest(index, block, owned, names)
+
+        def distance(quantized, reference):
+            if not kl:
+                return jnp.sum(jnp.square(quantized - reference))
+            p = jax.nn.softmax(reference, axis=-1)
+            return jnp.sum(p * (jnp.log(jnp.maximum(p, 1e-30)) - jax.nn.log_softmax(quantized, axis=-1)))
 
         @jax.jit
         def error(params, feeds):
             outs = dict(zip(block.outputs, block_fn(params, {n: feeds[n] for n in block.inputs})))
             final = tail(params, {**outs, **{n: feeds[n] for n in others}})
-            return jnp.stack([jnp.sum(jnp.square(f - feeds[f"<float {n}>"])) for n, f in zip(names, final)]).sum()[None]
+            return jnp.stack([distance(f, feeds[f"<float {n}>"]) for n, f in zip(names, final)]).sum()[None]
 
         feeds = {**_rows(_pick(self.q_state, list(block.inputs) + others), self.held_rows),
-                 **{f"<float {n}>": v for n, v in self.held_reference.items()}}
+                 **{f"<float {n}>": self.held_reference[n] for n in names}}
         # the block's roundings and biases present from the start: the phases add none, so `error`
         # compiles once per block (per batch shape), not once per phase (most of the guard's time)
         weights = self._learned_weights(owned)

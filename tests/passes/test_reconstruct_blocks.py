@@ -152,3 +152,8 @@ def test_without_holdout_reports_carry_no_held_out_error(reconstructed):
 def test_holdout_outside_its_range_is_refused(share):
     with pytest.raises(ValueError, match="holdout must be a share from 0 to 0.5"):
         ReconstructConfig(holdout=share)
+
+
+def test_an_unknown_holdout_metric_is_refused():
+    with pytest.raises(ValueError, match="holdout_metric must be one of mse, kl, not 'l1'"):
+        ReconstructConfig(holdout=0.25, holdout_metric="l1")
