@@ -203,10 +203,7 @@ class Reconstruction:
         block_fn, tail, others = self._through_rest(index, block, owned, names)
 
         def distance(quantized, reference):
-            if not kl:
-                return jnp.sum(jnp.square(quantized - reference))
-            p = jax.nn.softmax(reference, axis=-1)
-            return jnp.sum(p * (jnp.log(jnp.maximum(p, 1e-30)) - jax.nn.log_softmax(quantized, axis=-1)))
+            return _softmax_kl(reference, quantized) if kl else jnp.sum(jnp.square(quantized - reference))
 
         @jax.jit
         def error(params, feeds):
@@ -235,8 +232,7 @@ class Reconstruction:
 
         def kl(outs, params, rest, fp_logits):
             logits = tail(params, {**dict(zip(outputs, outs)), **rest})[0]
-            p = jax.nn.softmax(fp_logits, axis=-1)
-            return jnp.sum(p * (jnp.log(jnp.maximum(p, 1e-30)) - jax.nn.log_softmax(logits, axis=-1))) / len(logits)
+            return _softmax_kl(fp_logits, logits) / len(logits)
 
         @jax.jit
         def grads(params, feeds):
@@ -246,6 +242,12 @@ class Reconstruction:
 
         feeds = {**_pick(self.q_state, list(block.inputs) + others), "<fp logits>": self.fp_logits}
         return _map(grads, self.params, feeds, self.config.batch_size)
+
+
+def _softmax_kl(reference, logits):
+    """KL(softmax(reference) || softmax(logits)) over the last axis, summed over the rest."""
+    p = jax.nn.softmax(reference, axis=-1)
+    return jnp.sum(p * (jnp.log(jnp.maximum(p, 1e-30)) - jax.nn.log_softmax(logits, axis=-1)))
 
 
 class _Guard:
