@@ -1,7 +1,7 @@
 """Tuned against untuned: `qcompiler tune` on this machine, then the latency of the untuned and
 the tuned library next to onnxruntime FP32 and onnxruntime int8, one thread, batch 1, same run.
 
-    python benchmarks/tune.py [--runs 100] [--trials N]   # writes benchmarks/results/tune.md
+    python benchmarks/tune.py [--runs 100] [--trials N] [--results F]   # writes benchmarks/results/tune.md
     python benchmarks/tune.py --estimate cortex-a76,cortex-a55 [--trials N]   # tune_arm.md
 
 For each model (W8A8, qcompiler's defaults, calibration data as in benchmarks/latency.py):
@@ -32,7 +32,7 @@ from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qcompiler  # noqa: E402
-from latency import model_data, publish, timings  # noqa: E402
+from latency import model_data, publish, results_flag, timings  # noqa: E402
 from qcompiler import models  # noqa: E402
 from qcompiler.backends.tvm import tuning  # noqa: E402
 from qcompiler.backends.tvm.targets import native_target  # noqa: E402
@@ -65,11 +65,12 @@ def measure(name: str, runs: int, trials: int | None, workdir: Path) -> dict:
     return row
 
 
-def table(rows: list[dict], runs: int, trials: int | None) -> str:
+def table(rows: list[dict], runs: int, trials: int | None, results: Path = RESULTS) -> str:
     def ms(t):
         return f"{t[0]:.3f} ({t[1]:.3f}-{t[2]:.3f})"
 
-    command = f"python benchmarks/tune.py --runs {runs}" + (f" --trials {trials}" if trials else "")
+    command = f"python benchmarks/tune.py --runs {runs}" + (f" --trials {trials}" if trials else "") \
+        + results_flag(results, RESULTS)
     lines = ["# Autotuning: tuned against untuned (batch 1, one thread)", "",
              f"Made by `{command}` on {platform.machine()} ({native_target().description}), Python "
              f"{platform.python_version()}: median ms of {runs} runs after 5 warm-up runs (10th-90th percentile in "
@@ -134,6 +135,8 @@ def arm_table(rows: list[dict], trials: int | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the table's file (default %(default)s; another "
+                        "host's: benchmarks/results/tune_avx2.md)")
     parser.add_argument("--trials", type=int, default=None, help="tilings per kernel (default: all)")
     parser.add_argument("--models", default="fashion_resnet8,fashion_mobilenetv2,mobilenet_v2_imagenet")
     parser.add_argument("--estimate", metavar="CORES", help="llvm-mca estimates for these ARM cores instead "
@@ -145,7 +148,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as workdir:
         rows = [measure(name, args.runs, args.trials, Path(workdir)) for name in args.models.split(",")]
-    publish(table(rows, args.runs, args.trials), RESULTS)
+    publish(table(rows, args.runs, args.trials, args.results), args.results)
 
 
 if __name__ == "__main__":
