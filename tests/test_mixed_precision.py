@@ -78,6 +78,21 @@ def test_transposed_convs_are_counted_as_the_library_stores_them(tmp_path, capsy
     assert json.loads((tmp_path / "lib" / "model.json").read_text())["weight_bytes"] == reached <= 30_000
 
 
+def test_grouped_convs_are_counted_as_their_block_diagonal_kernels(tmp_path, capsys):
+    """The torchvision RegNet export's grouped convs (8 channels a group) run on the dense dot
+    kernels with block-diagonal weights: the search counts those bytes, packed like any conv's."""
+    export = ROOT / "tests" / "corpus" / "torch" / "regnet-dynamo-opset18.onnx"
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).random((8, 3, 64, 64), np.float32))
+    code, out, err = cli(capsys, "compile", export, "--calib", tmp_path / "calib.npz", "--preset", "w4a8", "--bits",
+                         "auto", "--max-size", "45KB", "--target", "x86-64-v3", "-o", tmp_path / "lib")
+    assert code == 0, err
+    line = next(row for row in out.splitlines() if row.startswith("bit widths"))
+    reached = int(line.split("reached ")[1].split(" bytes")[0].replace(",", ""))
+    meta = json.loads((tmp_path / "lib" / "model.json").read_text())
+    assert meta["weight_bytes"] == reached <= 45_000
+    assert "depthwise/grouped conv2d, HWIO weights" not in meta["kernels"], meta["kernels"]
+
+
 def test_impossible_budget_is_one_usage_line(tmp_path, capsys):
     # a named target: native's size depends on the host (conv weights pack to 4 bits only where it
     # has a dot-product kernel); x86-64-v3's AVX2 kernels pack them on any host

@@ -4,8 +4,9 @@ kernel_kind, weight_layout, packed_bits and packed_weights, so that the two cann
 the measured time of the integer kernel the library would run for it (built from the same
 tasks as the build, timed with MetaSchedule's local or RPC runner, as `tune` does).
 
-A layer without a dot-product kernel on the target (a grouped conv, a target without one)
-keeps int8 weights whatever its bits: fewer bits save it nothing, and the cost says so.
+A layer without a dot-product kernel on the target (a grouped conv the build does not make
+block-diagonal, a target without one) keeps int8 weights whatever its bits: fewer bits save it
+nothing, and the cost says so.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from qcompiler.backends.tvm.apply_schedules import kernel_kind, packed_bits, packed_weights, weight_layout
+from qcompiler.backends.tvm.apply_schedules import (block_diagonal_applies, kernel_kind, packed_bits, packed_weights,
+                                                    weight_layout)
 from qcompiler.backends.tvm.schedules import depthwise, geometry
 from qcompiler.backends.tvm.schedules.requantize import RequantizeCode
 from qcompiler.backends.tvm.targets import TargetSpec
@@ -31,8 +33,8 @@ from qcompiler.ops import QUANTIZED_LAYERS
 
 LATENCY_FORMAT = "qcompiler-latency/1"
 #: Part of the cache key: raised whenever a kernel's code or template tile changes, so that times
-#: measured on older kernels are not reused (2: AVX2's depthwise tile).
-KERNELS_VERSION = 2
+#: measured on older kernels are not reused (2: AVX2's depthwise tile; 3: grouped convs block-diagonal).
+KERNELS_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,13 @@ class LayerShape:
     dilation: tuple = (1, 1)
     padding: tuple = (0, 0, 0, 0)
     parameters: int = 0
+    groups: int = 1
+
+    @property
+    def dense(self) -> bool:
+        """Built as a dense conv: groups 1, or a grouped one with a block-diagonal weight."""
+        return self.kind == "conv" or (self.kind == "grouped"
+                                       and block_diagonal_applies(self.groups, self.ci // self.groups))
 
     def output_hw(self) -> tuple[int, int]:
         return geometry.output_size(self.h, self.w, self.kh, self.kw, self.stride, self.dilation, self.padding)
@@ -101,7 +110,7 @@ def _layer_shape(node, weight: np.ndarray, x: list, batch: int) -> LayerShape:
         pads = tuple(node.attrs.get("pads", (0, 0, 0, 0)))
         return LayerShape(node.name, kind, x[0], x[2], x[3], x[1], co, kh, kw,
                           tuple(node.attrs.get("strides", (1, 1))), tuple(node.attrs.get("dilations", (1, 1))),
-                          (pads[0], pads[1], pads[2], pads[3]), int(weight.size))
+                          (pads[0], pads[1], pads[2], pads[3]), int(weight.size), groups)
     if node.op in ("Gemm", "MatMul") and weight.ndim == 2 and len(x) == 2:
         transposed = node.op == "Gemm" and node.attrs.get("transB", 0)
         co, ci = weight.shape if transposed else weight.shape[::-1]
@@ -117,7 +126,7 @@ def _grid(bits: int) -> tuple[bool, bool]:
 def stored_weight_bytes(layer: LayerShape, bits: int, spec: TargetSpec) -> int:
     """Bytes of the layer's weights in a library for `spec` when quantized to `bits`."""
     on_grid, fits2 = _grid(bits)
-    if layer.kind in ("conv", "matmul"):
+    if layer.dense or layer.kind == "matmul":
         ho, wo = layer.output_hw()
         kind = kernel_kind(spec.dot_kernel, on_grid, layer.ci, wo, True)
         if kind is None:
@@ -138,7 +147,7 @@ def kernel_task(layer: LayerShape, bits: int, spec: TargetSpec):
 
     on_grid, fits2 = _grid(bits)
     code = RequantizeCode("uint8", True, False)
-    if layer.kind in ("conv", "matmul"):
+    if layer.dense or layer.kind == "matmul":
         ho, wo = layer.output_hw()
         kind = kernel_kind(spec.dot_kernel, on_grid, layer.ci, wo, True)
         if kind is None or kind == "smmla":

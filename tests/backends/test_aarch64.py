@@ -68,7 +68,8 @@ def test_fashion_models_under_qemu(name, target, tmp_path):
 
 @pytest.mark.parametrize("preset", ["w8a8", "w4a4"])
 @pytest.mark.parametrize("kind", ["depthwise-relu6", "residual-add", "concat", "conv-stride2-asymmetric-pads",
-                                  "dilated-conv", "global-pool-flatten-gemm", "conv-transpose-overlapping"])
+                                  "dilated-conv", "global-pool-flatten-gemm", "conv-transpose-overlapping",
+                                  "grouped-conv-8-per-group"])
 def test_generated_graphs_under_qemu(kind, preset, tmp_path):
     rng = np.random.default_rng(0)
     qdq = quantized_graph(kind, preset, rng)

@@ -159,7 +159,7 @@ def test_library_files_are_hexagon_code_with_hvx_and_a_complete_driver(tmp_path)
 @pytest.mark.parametrize("kind,preset", [
     ("depthwise-relu6", "w4a4"), ("concat", "w8a8"), ("conv-stride2-asymmetric-pads", "w8a8"),
     ("global-pool-flatten-gemm", "w4a4"), ("depthwise48-stride2", "w2a4"), ("residual-add", "w2a4"),
-    ("grouped-conv", "w8a8"), ("channel-shuffle", "w8a8"), ("maxpool-conv", "w4a4"), ("conv-avgpool", "w8a8"),
+    ("grouped-conv", "w8a8"), ("grouped-conv-8-per-group", "w4a4"), ("channel-shuffle", "w8a8"), ("maxpool-conv", "w4a4"), ("conv-avgpool", "w8a8"),
     ("dilated-conv", "w2a4"), ("matmul-add", "w8a8"), ("squeeze-excitation", "w8a8"), ("swish", "w4a4"),
     ("preactivation-bn", "w8a8"), ("conv-transpose-upsample", "w8a8"), ("conv-transpose-overlapping", "w4a4")])
 def test_generated_graphs_under_qemu_hexagon(kind, preset, tmp_path):

@@ -43,6 +43,11 @@ def _graph(kind: str):
     if kind == "grouped-conv":
         nodes, inits = _conv("conv", "x", "c", C, 12, group=2, pads=[1, 1, 1, 1])
         return nodes + [relu], inits
+    if kind in GROUPED:   # a conv to the width, then the grouped conv (RegNet's 8 channels a group; wider ones)
+        width, groups, _ = GROUPED[kind]
+        n1, i1 = _conv("widen", "x", "w", C, width, k=1)
+        n2, i2 = _conv("conv", "w", "c", width, width, group=groups, pads=[1, 1, 1, 1], strides=[2, 2])
+        return n1 + n2 + [relu], {**i1, **i2}
     if kind == "depthwise-relu6":
         nodes, inits = _conv("conv", "x", "c", C, C, group=C, pads=[1, 1, 1, 1])
         clip = helper.make_node("Clip", ["c", "lo", "hi"], ["y"])
@@ -146,7 +151,12 @@ def _graph(kind: str):
     raise ValueError(kind)
 
 
-GRAPHS = ["conv-relu", "conv-stride2-asymmetric-pads", "grouped-conv", "depthwise-relu6", "depthwise48-stride2",
+#: (channels, groups, block-diagonal on the dot kernels): RegNet's groups of 8 channels are; 32
+#: groups (G times the multiply-adds) and groups of 16 or more channels keep TVM's grouped code
+#: (apply_schedules.block_diagonal_applies)
+GROUPED = {"grouped-conv-8-per-group": (32, 4, True), "grouped-conv-32-groups": (128, 32, False),
+           "grouped-conv-wide-groups": (48, 3, False)}
+GRAPHS = ["conv-relu", "conv-stride2-asymmetric-pads", "grouped-conv", *GROUPED, "depthwise-relu6", "depthwise48-stride2",
           "channel-shuffle", "dilated-conv",
           "residual-add", "concat", "maxpool-conv", "conv-avgpool", "global-pool-flatten-gemm", "matmul-add",
           "squeeze-excitation", "swish", "preactivation-bn", "conv-transpose-upsample",
@@ -194,6 +204,11 @@ def test_generated_graph_within_one_lsb(kind, preset, tmp_path):
         assert library.lowered["linear"] == 3, dict(library.lowered)
     if kind == "swish":
         assert library.lowered["lookup_table"] == 1 and not library.lowered["product"], dict(library.lowered)
+    from qcompiler.backends.tvm.targets import host_dot_kernels
+
+    if kind.startswith("grouped") and host_dot_kernels():   # dense and block-diagonal but for wide groups
+        generic = library.kernels["depthwise/grouped conv2d, HWIO weights"]
+        assert generic == (kind != "grouped-conv" and not GROUPED[kind][2]), dict(library.kernels)
     if kind == "depthwise48-stride2":
         packed = " int4" if preset == "w4a4" else ""
         assert library.kernels[f"depthwise conv2d{packed} + requantize"] == 1, dict(library.kernels)
