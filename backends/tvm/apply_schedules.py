@@ -344,6 +344,7 @@ class _DotKernels(relax.PyExprMutator):
             return data
         return self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, 0, 0, 0, extra], pad_value=0.0))
 
+
 def block_diagonal_applies(groups: int, channels_per_group: int) -> bool:
     """Whether a grouped convolution runs on the dense dot-product kernels with a block-diagonal
     weight: G times its multiply-adds, on kernels about 25x faster than TVM's generic grouped
