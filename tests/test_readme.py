@@ -102,6 +102,13 @@ def test_mixed_imagenet_numbers_in_the_readme_come_from_the_benchmark_file():
         assert number in results, number
 
 
+def test_grouped_conv_numbers_in_the_readme_come_from_the_benchmark_file():
+    numbers, results = _paragraph_numbers("grouped_conv_avx2.md", ("grouped_conv_avx2.md",))
+    assert len(numbers) >= 5
+    for number in numbers:
+        assert number in results, number
+
+
 @pytest.mark.parametrize("results_file", ["wild.md", "wild_avx2.md"])
 def test_wild_numbers_in_the_readme_come_from_the_benchmark_file(results_file):
     numbers, results = _paragraph_numbers(results_file, (results_file,))
