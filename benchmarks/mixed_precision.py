@@ -251,9 +251,10 @@ def fresh_cache() -> None:
 def latency_part(args, calib, images, labels) -> None:
     fresh_cache()
     iters = f" --iters {args.iters}" if args.iters else " --iters 0"
+    results = args.results or RESULTS / "mixed_latency.md"
     lines = ["# Mixed precision at equal measured latency", "",
              f"`python benchmarks/mixed_precision.py --part latency --runs {args.runs}{iters}"
-             f"{results_flag(args.results or RESULTS / 'mixed_latency.md', RESULTS / 'mixed_latency.md')}`; "
+             f"{results_flag(results, RESULTS / 'mixed_latency.md')}`; "
              f"{latency_method(args.runs)} Top-1 (%) on the 10,000 Fashion-MNIST test images, calibrated on "
              f"{args.calib} training images, with nearest rounding (the libraries timed) and with BRECQ "
              f"({args.iters} rounding iterations per block; the same bits, so the same kernels and latency).", "",
@@ -270,7 +271,7 @@ def latency_part(args, calib, images, labels) -> None:
                 top1s.append(reconstructed_top1(model, row, calib, images, labels, args.iters))
             print(name, label, top1s, flush=True)
             lines.append(f"| {name} | {label} | {' / '.join(top1s)} | {latency_cells(row)}")
-    publish("\n".join(lines + SEARCH_BUDGETS_SECTION + searches) + "\n", args.results or RESULTS / "mixed_latency.md")
+    publish("\n".join(lines + SEARCH_BUDGETS_SECTION + searches) + "\n", results)
 
 
 def imagenet_latency_part(args) -> None:
@@ -281,9 +282,10 @@ def imagenet_latency_part(args) -> None:
     calib, labelled, agreement = imagenet_data(args.calib)
     name = "mobilenet_v2_imagenet"
     model = ir.load(models.path(f"{name}.onnx"))
+    results = args.results or RESULTS / "mixed_imagenet_latency.md"
     lines = ["# Mixed precision on the ImageNet MobileNetV2 at equal measured latency", "",
              f"`python benchmarks/mixed_precision.py --part imagenet-latency --calib {args.calib} --runs {args.runs}"
-             f"{results_flag(args.results or RESULTS / 'mixed_imagenet_latency.md', RESULTS / 'mixed_imagenet_latency.md')}`; "
+             f"{results_flag(results, RESULTS / 'mixed_imagenet_latency.md')}`; "
              f"{latency_method(args.runs)} torchvision's MobileNetV2 with its ImageNet weights, calibrated on "
              f"{args.calib} random crops of the opencv-doc photos, nearest rounding with bias correction; top-1 on "
              "foolbox's 20 labelled ImageNet samples (one image is 5 points), agreement with the float model's "
@@ -296,8 +298,7 @@ def imagenet_latency_part(args) -> None:
         print(label, scores, flush=True)
         lines.append(f"| {label} | {100 * scores['top1']:.0f} | {100 * scores['agreement']:.1f} | "
                      f"{scores['kl']:.4f} | {latency_cells(row)}")
-    publish("\n".join(lines + SEARCH_BUDGETS_SECTION + searches) + "\n",
-            args.results or RESULTS / "mixed_imagenet_latency.md")
+    publish("\n".join(lines + SEARCH_BUDGETS_SECTION + searches) + "\n", results)
 
 
 SCHEME_ACTIVATIONS = {"w4a8": "8-bit", "w2a4": "4-bit"}
