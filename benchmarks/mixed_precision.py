@@ -256,8 +256,9 @@ def latency_part(args, calib, images, labels) -> None:
              f"`python benchmarks/mixed_precision.py --part latency --runs {args.runs}{iters}"
              f"{results_flag(results, RESULTS / 'mixed_latency.md')}`; "
              f"{latency_method(args.runs)} Top-1 (%) on the 10,000 Fashion-MNIST test images, calibrated on "
-             f"{args.calib} training images, with nearest rounding (the libraries timed) and with BRECQ "
-             f"({args.iters} rounding iterations per block; the same bits, so the same kernels and latency).", "",
+             f"{args.calib} training images, with nearest rounding (the libraries timed)"
+             + (f" and with BRECQ ({args.iters} rounding iterations per block; the same bits, so the same kernels "
+                "and latency)." if args.iters else "; no BRECQ column (--iters 0)."), "",
              "| model | library | top-1 (nearest / BRECQ) | budget (ms) | predicted (ms) | measured median (ms) | p10-p90 "
              "| bits (graph order) |", "|---|---|---|---|---|---|---|---|"]
     searches = []
