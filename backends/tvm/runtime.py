@@ -189,9 +189,10 @@ class CompiledModel:
     def profile(self, feeds: dict[str, np.ndarray] | np.ndarray, repeat: int = 10) -> list[tuple[str, int, float]]:
         """Per kernel: (name, calls per run, milliseconds per run), slowest first, and a last row
         VM_ROW: what a whole run takes beyond the kernels' sum (the VM's own calls: allocation,
-        shape checks, dispatch, any function from outside the library). Each call site is timed by TVM's C++ timer on the arguments the
-        VM passes it, best of three rounds of at least a millisecond (warm caches: in a run a
-        kernel may wait on memory a little more), and the whole run best of `repeat` rounds (the
+        shape checks, dispatch, any function from outside the library). Each call site is timed
+        by TVM's C++ timer on the arguments the VM passes it, best of three rounds of at least a
+        millisecond (warm caches: in a run a kernel may wait on memory a little more), and the
+        whole run best of `repeat` rounds (the
         best, like the kernels': a busy machine slows a median, not a minimum). A Python timer
         around each call would count its own microsecond or two in each one: more than many
         kernels take."""
