@@ -192,10 +192,9 @@ class CompiledModel:
         shape checks, dispatch, any function from outside the library). Each call site is timed
         by TVM's C++ timer on the arguments the VM passes it, best of three rounds of at least a
         millisecond (warm caches: in a run a kernel may wait on memory a little more), and the
-        whole run best of `repeat` rounds (the
-        best, like the kernels': a busy machine slows a median, not a minimum). A Python timer
-        around each call would count its own microsecond or two in each one: more than many
-        kernels take."""
+        whole run best of `repeat` rounds (the best, like the kernels': a busy machine slows a
+        median, not a minimum). A Python timer around each call would count its own microsecond
+        or two in each one: more than many kernels take."""
         import tvm.runtime
 
         arrays, _ = checked_inputs(self.inputs, feeds)
