@@ -177,12 +177,14 @@ class _DotKernels(relax.PyExprMutator):
                 return fused
             if self.isa is None or not block_diagonal_applies(int(attrs.groups), weight.shape[3]):
                 return self._grouped_hwio(call, weight)
-            weight = block_diagonal(weight, int(attrs.groups))
         if self.isa is None:   # no dot-product kernel on this target: nothing to prepare
             return None
         data, padding, pad_value = self._unpadded(call.args[0], tuple(int(p) for p in attrs.padding))
-        out, fused = self._emit(data, weight, tuple(int(s) for s in attrs.strides),
+        dense = weight if int(attrs.groups) == 1 else block_diagonal(weight, int(attrs.groups))
+        out, fused = self._emit(data, dense, tuple(int(s) for s in attrs.strides),
                                 tuple(int(d) for d in attrs.dilation), padding, self.current, pad_value)
+        if out is None and int(attrs.groups) != 1:   # no kernel after all (sdot with no requantization)
+            return self._grouped_hwio(call, weight)
         if out is None or fused is None:
             return out
         self.replaced[fused] = out
@@ -311,7 +313,6 @@ class _DotKernels(relax.PyExprMutator):
         padded[:co, :, :, :ci] = weight
         bits = packed_bits(kind, on_4bit_grid, packing.fits_int2(padded))
         packed = packed_weights(padded, isa, bits)
-        self.weight_bytes += sum(p.nbytes for p in packed)
         args = [self._pad_channels(data, ci_p - ci), *(relax.const(p, str(p.dtype)) for p in packed)]
         rq, dtype, code = None, "int32", None
         if chain is not None:
@@ -324,6 +325,7 @@ class _DotKernels(relax.PyExprMutator):
             args.append(relax.const(requantize.requantize_table(corr, multiplier, rq, co, co_p), "int32"))
             dtype = rq.dtype
             code = rq.code_for(weight, corr, 255 if kind in int8_conv.UNSIGNED_ACTIVATIONS else 128)
+        self.weight_bytes += sum(p.nbytes for p in packed)   # stored: no kernel declined it above
         if kind == "smmla":
             kernel = arm_smmla.conv2d_kernel(n, h, w, ci_p, co_p, kh, kw, stride, dilation, padding, code,
                                              pad_value)
