@@ -54,17 +54,24 @@ def grouped_model(channels: int, groups: int):
     return model
 
 
+def both_ways(qdq, folder: Path, stem: str) -> dict:
+    """The QDQ model's library with its grouped convs on TVM's generic code and block-diagonal
+    (block_diagonal_applies forced each way), loaded, by label."""
+    libraries = {}
+    for label, dense in (("generic", False), ("block-diagonal", True)):
+        with mock.patch.object(apply_schedules, "block_diagonal_applies", lambda g, w, dense=dense: dense):
+            write_library(compile_qdq(qdq, "native", 1), qdq, folder / f"{stem}-{label}")
+        libraries[label] = load(folder / f"{stem}-{label}")
+    return libraries
+
+
 def measure(channels: int, groups: int, runs: int, folder: Path) -> dict:
     rng = np.random.default_rng(1)
     path = folder / f"g{channels}_{groups}.onnx"
     path.write_bytes(grouped_model(channels, groups).SerializeToString())
     calib = {"x": rng.random((8, channels, SIZE, SIZE), np.float32)}
     qdq = qcompiler.quantize(qcompiler.load(path), calib, "w8a8", progress=False).qdq
-    libraries = {}
-    for label, dense in (("generic", False), ("block-diagonal", True)):
-        with mock.patch.object(apply_schedules, "block_diagonal_applies", lambda g, w, dense=dense: dense):
-            write_library(compile_qdq(qdq, "native", 1), qdq, folder / f"{path.stem}-{label}")
-        libraries[label] = load(folder / f"{path.stem}-{label}")
+    libraries = both_ways(qdq, folder, path.stem)
     x = {"x": rng.random((1, channels, SIZE, SIZE), np.float32)}
     outputs = [lib.run(x)["z"] for lib in libraries.values()]
     if not np.array_equal(*outputs):
@@ -79,17 +86,12 @@ def regnet_row(runs: int, folder: Path) -> dict:
     both ways, beside onnxruntime FP32 and int8 on its QDQ model, one thread each, taking turns."""
     from qcompiler.executor import session
 
-    path = REGNET
     rng = np.random.default_rng(1)
     calib = {"input": rng.random((32, 3, 64, 64), np.float32)}
-    qdq = qcompiler.quantize(qcompiler.load(path), calib, "w8a8", progress=False).qdq
-    calls = {}
-    for label, dense in (("generic", False), ("block-diagonal", True)):
-        with mock.patch.object(apply_schedules, "block_diagonal_applies", lambda g, w, dense=dense: dense):
-            write_library(compile_qdq(qdq, "native", 1), qdq, folder / f"regnet-{label}")
-        calls[label] = (lambda lib=load(folder / f"regnet-{label}"): lib.run(x))
+    qdq = qcompiler.quantize(qcompiler.load(REGNET), calib, "w8a8", progress=False).qdq
     x = {"input": rng.random((1, 3, 64, 64), np.float32)}
-    fp32, int8 = session(qcompiler.load(path), threads=1), session(qdq, threads=1)
+    calls = {label: (lambda lib=lib: lib.run(x)) for label, lib in both_ways(qdq, folder, "regnet").items()}
+    fp32, int8 = session(qcompiler.load(REGNET), threads=1), session(qdq, threads=1)
     calls.update({"onnxruntime FP32": lambda: fp32.run(None, x), "onnxruntime int8": lambda: int8.run(None, x)})
     return {k: v[0] for k, v in timings(calls, runs).items()}
 
