@@ -11,6 +11,7 @@ assign-bit-widths pass inside quantization (`qcompiler.quantize(..., bits=BitBud
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 import re
 
@@ -117,7 +118,6 @@ def library_latency(model: Model, config: QuantConfig, data: Dataset, spec, repe
     from qcompiler import __version__
     from qcompiler.backends.tvm.runtime import load
     from qcompiler.compiler import compile_qdq, write_library
-    from qcompiler.driver import quantize
     from qcompiler.files import cache_root, read_cache, write_cache
 
     digest = hashlib.sha256(repr((__version__, spec.name, config.preset, config.edge_8bit,
@@ -128,7 +128,7 @@ def library_latency(model: Model, config: QuantConfig, data: Dataset, spec, repe
     if cached is not None:
         return cached
     sample = dict(data.head(min(8, data.count)).arrays)
-    qdq = quantize(model.copy(), sample, dataclasses.replace(config, bias_correction=False), progress=False).qdq
+    qdq = _quick_qdq(model, config, data)
     with tempfile.TemporaryDirectory(prefix="qcompiler-latency-") as folder:
         write_library(compile_qdq(qdq, spec, batch=1), qdq, folder)
         timing = load(folder).time(sample, repeat=repeat)
@@ -136,6 +136,34 @@ def library_latency(model: Model, config: QuantConfig, data: Dataset, spec, repe
     if use_cache:
         write_cache(path, json.dumps({"median_ms": timing.median_ms, "spread": spread}))
     return timing.median_ms, spread
+
+
+def _quick_qdq(model: Model, config: QuantConfig, data: Dataset):
+    """The model quantized as `config` says with nearest rounding, ranges from 8 samples: which
+    kernels a build makes and how fast they run do not depend on the ranges' precision."""
+    from qcompiler.driver import quantize
+
+    sample = dict(data.head(min(8, data.count)).arrays)
+    return quantize(model.copy(), sample, dataclasses.replace(config, bias_correction=False), progress=False).qdq
+
+
+def built_kernels(model: Model, config: QuantConfig, data: Dataset, spec, shapes: dict, widths,
+                  progress: bool = True) -> dict:
+    """(layer, bits) -> the kernel task a build makes for each of `shapes`' layers at each of
+    `widths` (layer_costs.built_tasks), from one quick quantization per width with every layer
+    of `shapes` at it."""
+    from qcompiler.backends.tvm.layer_costs import built_tasks
+    from qcompiler.quant.presets import Override
+
+    bar = Progress(f"the kernels of builds at {', '.join(map(str, widths))} bits", len(widths), enabled=progress)
+    qdq_by_bits = {}
+    for bits in widths:
+        uniform = tuple(Override(glob.escape(name), weight_bits=bits) for name in shapes)
+        qdq = _quick_qdq(model, dataclasses.replace(config, overrides=config.overrides + uniform), data)
+        qdq_by_bits[bits] = qdq.to_onnx()
+        bar.advance(1)
+    bar.close()
+    return built_tasks(shapes, qdq_by_bits, spec)
 
 
 def _median_and_spread(text: str) -> tuple[float, float]:
@@ -221,8 +249,11 @@ def plan(model: Model, config: QuantConfig, data: Dataset, budget: BitBudget, pr
     whole = None
     if budget.max_latency is not None:
         reference = config.preset.weights.bits
+        widths = sorted({*choices, reference})
+        timed = {n: shapes[n] for n in searched}
+        built = built_kernels(model, config, data, spec, timed, widths, progress)
         bar = Progress(f"kernel latency on {budget.rpc or spec.name}", 1, enabled=progress)
-        latency = measure_latency({n: shapes[n] for n in searched}, sorted({*choices, reference}), spec, budget.rpc)
+        latency = measure_latency(timed, widths, spec, budget.rpc, built=built)
         bar.advance(1)   # the bar's own time: ~0 s when the table came from the cache
         bar.close()
         if all(v is None for n in searched for v in latency.ms[n].values()):

@@ -142,7 +142,9 @@ def stored_weight_bytes(layer: LayerShape, bits: int, spec: TargetSpec) -> int:
 def kernel_task(layer: LayerShape, bits: int, spec: TargetSpec):
     """The tuning task (int8_conv.ConvTask, depthwise.DepthwiseTask) of the kernel a build makes
     for the layer at `bits`; None where the layer has none (TVM's generic code: not timed per bit
-    width, its time does not depend on the bits)."""
+    width, its time does not depend on the bits). Its requantization is the slowest form (ties
+    possible, int64 products): which form a build picks depends on the quantized weights and
+    scales (RequantizeCode), which `built_tasks` reads from real builds."""
     from qcompiler.backends.tvm.schedules.int8_conv import SIXTEEN_REGISTERS, ConvTask
 
     on_grid, fits2 = _grid(bits)
@@ -185,27 +187,64 @@ class LatencyTable:
         return cls(body["target"], body["device"], as_int(body["ms"]), as_int(body["spread"]), body["seconds"])
 
 
-def latency_cache_path(layers: dict[str, LayerShape], choices, spec: TargetSpec, device: str) -> Path:
-    digest = hashlib.sha256(repr((LATENCY_FORMAT, KERNELS_VERSION, spec.name, device, sorted(choices),
-                                  sorted(dataclasses.astuple(s) for s in layers.values()))).encode()).hexdigest()[:32]
+def _requantization_cost(task) -> tuple:
+    """Orders requantization forms from cheapest to dearest: int32 parts, then int64 high words,
+    then full int64 products, then round-half-even ties."""
+    code = task.requantize
+    return (code.ties, not code.int32, not code.high_word) if code is not None else (False, False, False)
+
+
+def _unrequantized(task):
+    """The task without what varies between layers of one shape (their requantization form, the
+    first layer's padding value), to match the built kernels to kernel_task's."""
+    extra = {"pad_value": 0} if hasattr(task, "pad_value") else {}
+    return dataclasses.replace(task, requantize=None, **extra)
+
+
+def built_tasks(layers: dict[str, LayerShape], qdq_by_bits: dict[int, onnx.ModelProto], spec: TargetSpec) -> dict:
+    """(layer, bits) -> the kernel task that a build of the model quantized uniformly at `bits`
+    makes for the layer: its requantization form as the build picks it from the quantized
+    weights and scales (the int32 form is ~1.5x faster than the int64 one that kernel_task
+    assumes). A layer's form depends on its own weights alone, so the uniform builds give each
+    layer's form at each width. Where layers of one shape got different forms, the dearest."""
+    from qcompiler.backends.tvm.tuning import conv_tasks
+
+    found = {}
+    for bits, qdq in qdq_by_bits.items():
+        made: dict = {}
+        for task in conv_tasks(qdq, spec, 1):
+            made.setdefault(_unrequantized(task), []).append(task)
+        for name, shape in layers.items():
+            task = kernel_task(shape, bits, spec)
+            matches = made.get(_unrequantized(task)) if task is not None else None
+            if matches:
+                found[(name, bits)] = max(matches, key=_requantization_cost)
+    return found
+
+
+def latency_cache_path(tasks: dict, spec: TargetSpec, device: str) -> Path:
+    names = sorted((layer, bits, task.name() if task is not None else "") for (layer, bits), task in tasks.items())
+    digest = hashlib.sha256(repr((LATENCY_FORMAT, KERNELS_VERSION, spec.name, device, names)).encode()).hexdigest()[:32]
     return cache_root() / "latency" / f"{spec.name}-{digest}.json"
 
 
 def measure_latency(layers: dict[str, LayerShape], choices, spec: TargetSpec, rpc: str | None = None,
-                    repeats: int = 3, use_cache: bool = True) -> LatencyTable:
+                    repeats: int = 3, use_cache: bool = True, built: dict | None = None) -> LatencyTable:
     """Each layer's kernel at each bit width, built and timed `repeats` times (median; spread =
-    (max - min) / median); one kernel shape is timed once however many layers share it. Cached
-    per target, device and layer shapes."""
+    (max - min) / median); one kernel is timed once however many layers share it. `built`
+    ((layer, bits) -> task, from built_tasks) gives the kernels as builds made them; the others
+    are kernel_task's. Cached per target, device and kernel."""
     from qcompiler.backends.tvm import tuning
     from qcompiler.backends.tvm.targets import tvm_target
 
     device = rpc or "local"
-    path = latency_cache_path(layers, choices, spec, device)
+    tasks = {(name, bits): (built or {}).get((name, bits)) or kernel_task(shape, bits, spec)
+             for name, shape in layers.items() for bits in choices}
+    path = latency_cache_path(tasks, spec, device)
     cached = read_cache(path, LatencyTable.from_json) if use_cache else None
     if cached is not None:
         return cached
     start = time.perf_counter()
-    tasks = {(name, bits): kernel_task(shape, bits, spec) for name, shape in layers.items() for bits in choices}
     unique = {t.name(): t for t in tasks.values() if t is not None}
     measurer = tuning.Measurer(tvm_target(spec), rpc)
     funcs = {name: tuning.scheduled(task, tuning.tuned_pixel_tile(task)) for name, task in unique.items()}
