@@ -58,8 +58,10 @@ def depthwise_kernel(n: int, h: int, w: int, c: int, kh: int, kw: int, stride: t
     """The scheduled PrimFunc: x u8 NHWC, weight s8 [KH, KW, C] (`int4`: pack_weight_int4's
     uint8), requantize_table s32[2C + 4] (requantize.requantize_table) -> requantized NHWC.
     Padding is zero (the graph pads with a non-zero zero point itself). 4-bit weights are
-    decoded where they are used (a loop decoding them once per call unrolled into 36 KiB of
-    code for MobileNetV2's 10 kernels; decoded in place they cost no more than int8 weights).
+    decoded once a call into a buffer of int8 ones by a vectorized loop (the W4A8
+    MobileNetV2-style library grew by 4 KiB), which the int8 kernel's loops then read: decoded
+    where they were used (a byte shift per weight vector per pixel tile, which x86 emulates)
+    they took 1.8x the int8 kernel's time on AVX2.
     The pixel tile is the template's unless a tuning database has a faster one; `parallel`:
     output rows over the thread pool (not for Hexagon: cpu_generic.threaded); `sixteen_registers`:
     a CPU with 16 vector registers (AVX2), which takes a smaller template tile."""
@@ -133,8 +135,10 @@ class DepthwiseTask(KernelGeometry):
 
         if any(self.padding):
             sch.compute_inline(sch.get_sblock("padded"))
-        if self.int4:   # decoded where used: 16 channels are one load and two shifts (the first variable)
-            sch.compute_inline(sch.get_sblock("unpack"))
+        if self.int4:   # decoded once a call, 16 channels a vector, before the tiles that read them
+            unpack = sch.get_sblock("unpack")
+            _, half, lanes = sch.split(sch.get_loops(unpack)[-1], [None, 2, 16])
+            sch.vectorize(lanes)
         block = sch.get_sblock("depthwise")
         loops = sch.get_loops(block)
         tile_pixels_and_channels(sch, block, loops[:4], loops[4:], sch.get_sblock("requantize"), tile=tile,
