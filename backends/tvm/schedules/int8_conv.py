@@ -287,7 +287,7 @@ def schedule_conv(sch, task: ConvTask, tile) -> None:
         sch.reorder(b, o_outer, y, x_outer, r_y, r_x, c_outer, x_inner, *inner_loops)
         # The weights are unpacked per block of output channels, outside the rows: the threads
         # split those blocks (one launch a call), not each block's rows (a launch a block: 160 ->
-        # 960 channels at 7x7 took 313 us on two threads, 121 us on one).
+        # 960 channels at 7x7 took 215 us instead of 61 on two threads, 121 instead of 110 on one).
         rows = [o_outer] if task.co > cblock else [y]
         tile_loop = x_outer
         unpack = sch.get_sblock("unpack")
