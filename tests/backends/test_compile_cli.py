@@ -352,15 +352,20 @@ def test_a_resize_tvm_would_compute_differently_is_refused_before_calibration(tm
     assert "calibrating" not in err and not (tmp_path / "lib").exists()
 
 
-def test_the_library_splits_rows_over_threads_and_computes_the_same_bits(compiled, tmp_path):
-    """The kernels' output rows run on TVM's thread pool (TVM_NUM_THREADS threads); every
-    thread count gives the same integers."""
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8"])
+def test_the_library_splits_rows_over_threads_and_computes_the_same_bits(preset, compiled, tmp_path):
+    """The kernels' output rows (with packed 4-bit weights: their blocks of output channels) run
+    on TVM's thread pool (TVM_NUM_THREADS threads); every thread count gives the same integers."""
     import os
     import subprocess
     import sys
 
-    assert b"__TVMBackendParallelLaunch" in (compiled / "model.so").read_bytes()
     np.savez(tmp_path / "x.npz", input=np.load(SUBSET)["input"][:8])
+    if preset != "w8a8":
+        assert main(["compile", str(RESNET), "--calib", str(tmp_path / "x.npz"), "--batch", "4", "--preset", preset,
+                     "-o", str(tmp_path / "lib"), "--no-progress"]) == 0
+        compiled = tmp_path / "lib"
+    assert b"__TVMBackendParallelLaunch" in (compiled / "model.so").read_bytes()
     outputs = {}
     for threads in ("1", "2"):
         out = tmp_path / f"y{threads}.npz"
