@@ -86,6 +86,13 @@ def test_mixed_numbers_in_the_readme_come_from_the_benchmark_file():
         assert number in results, number
 
 
+def test_avx2_tuning_numbers_in_the_readme_come_from_the_benchmark_file():
+    numbers, results = _paragraph_numbers("tune_avx2.md", ("tune_avx2.md",))
+    assert len(numbers) >= 6
+    for number in numbers:
+        assert number in results, number
+
+
 def test_mixed_latency_numbers_in_the_readme_come_from_the_benchmark_file():
     numbers, results = _paragraph_numbers("mixed_latency.md", ("mixed_latency.md",))
     assert len(numbers) >= 4
