@@ -107,6 +107,13 @@ def test_avx2_mixed_latency_numbers_in_the_readme_come_from_the_benchmark_file()
         assert number in results, number
 
 
+def test_avx2_imagenet_mixed_latency_numbers_in_the_readme_come_from_the_benchmark_file():
+    numbers, results = _paragraph_numbers("mixed_imagenet_latency_avx2.md", ("mixed_imagenet_latency_avx2.md",))
+    assert len(numbers) >= 8
+    for number in numbers:
+        assert number in results, number
+
+
 def test_mixed_imagenet_numbers_in_the_readme_come_from_the_benchmark_file():
     numbers, results = _paragraph_numbers("mixed_imagenet.md", ("mixed_imagenet.md", "mixed_imagenet_latency.md",
                                                                 "mixed_imagenet_brecq.md",
