@@ -198,6 +198,8 @@ def test_latency_table_times_the_kernels_that_builds_make(tmp_path, monkeypatch)
     made = {t.name() for t in conv_tasks(_quick_qdq(model, config, data).to_onnx(), spec, 1)}
     assert {built[(n, 4)].name() for n in with_kernel} <= made
     assert any(built[(n, 4)].requantize != kernel_task(shapes[n], 4, spec).requantize for n in with_kernel)
+    depthwise = next(n for n in shapes if shapes[n].kind == "depthwise")
+    assert not kernel_task(shapes[depthwise], 8, get_target("hexagon-v73")).parallel, "as Hexagon builds make it"
 
 
 def test_analyze_prints_and_writes_the_sensitivities(tmp_path, capsys, monkeypatch):

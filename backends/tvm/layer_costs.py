@@ -146,7 +146,7 @@ def kernel_task(layer: LayerShape, bits: int, spec: TargetSpec):
     width, its time does not depend on the bits). Its requantization is the slowest form (ties
     possible, int64 products): which form a build picks depends on the quantized weights and
     scales (RequantizeCode), which `built_tasks` reads from real builds."""
-    from qcompiler.backends.tvm.schedules.int8_conv import SIXTEEN_REGISTERS, ConvTask
+    from qcompiler.backends.tvm.schedules.int8_conv import SINGLE_THREADED, SIXTEEN_REGISTERS, ConvTask
 
     on_grid, fits2 = _grid(bits)
     code = RequantizeCode("uint8", True, False)
@@ -161,6 +161,7 @@ def kernel_task(layer: LayerShape, bits: int, spec: TargetSpec):
     if layer.kind == "depthwise" and depthwise.applies(layer.co):
         return depthwise.DepthwiseTask(layer.n, layer.h, layer.w, layer.co, layer.kh, layer.kw, layer.stride,
                                        layer.dilation, layer.padding, code, on_grid,
+                                       parallel=spec.dot_kernel not in SINGLE_THREADED,
                                        sixteen_registers=spec.dot_kernel in SIXTEEN_REGISTERS)
     return None
 
