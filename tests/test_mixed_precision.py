@@ -290,6 +290,10 @@ def test_latency_budget_is_on_the_whole_library(tmp_path, capsys, monkeypatch):
     kernels = sum(mixed.latency.ms[n][b] for n, b in zip(problem.layers, chosen.bits))
     assert chosen.latency == pytest.approx(problem.fixed_latency + kernels), "predicted: rest + chosen kernels"
 
+    def no_builds(*args, **kwargs):
+        raise AssertionError("a cached latency table needs no quick builds")
+
+    monkeypatch.setattr("qcompiler.mixed_precision.built_kernels", no_builds)   # the CLI runs below hit the cache
     fastest = problem.fixed_latency + sum(min(t) for t in problem.latency)
     code, _, err = cli(capsys, "quantize", path, "--calib", calib, "--preset", "w4a8", "--bits", "auto",
                        "--max-latency", "1us", "-o", tmp_path / "q")

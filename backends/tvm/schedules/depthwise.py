@@ -137,7 +137,7 @@ class DepthwiseTask(KernelGeometry):
             sch.compute_inline(sch.get_sblock("padded"))
         if self.int4:   # decoded once a call, 16 channels a vector, before the tiles that read them
             unpack = sch.get_sblock("unpack")
-            _, half, lanes = sch.split(sch.get_loops(unpack)[-1], [None, 2, 16])
+            *_, lanes = sch.split(sch.get_loops(unpack)[-1], [None, 2, 16])
             sch.vectorize(lanes)
         block = sch.get_sblock("depthwise")
         loops = sch.get_loops(block)
