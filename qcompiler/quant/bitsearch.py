@@ -120,6 +120,12 @@ class BitProblem:
             if lowest > self.max_latency:
                 raise UsageError(f"no bit assignment runs within {self.max_latency:.3f} ms: the fastest "
                                  f"reachable is {lowest:.3f} ms (each layer at its fastest bit width)")
+        if self.max_size is not None and self.max_latency is not None:
+            smallest = smallest_size_within_latency(self)
+            if smallest > self.max_size:   # each budget alone can be met, not both (fewer bits can be slower)
+                raise UsageError(f"no bit assignment fits {format_budget_bytes(self.max_size)} and runs within "
+                                 f"{self.max_latency:.3f} ms: within that time the smallest reachable is "
+                                 f"{format_budget_bytes(smallest)}")
 
 
 def format_budget_bytes(count: int) -> str:
@@ -252,6 +258,22 @@ def exact_search(problem: BitProblem) -> Assignment:
     if not problem.feasible(genes):   # the solver's tolerance let a budget slip by a hair
         genes = _lower_until_feasible(problem, genes, None)
     return _answer(problem, "exact (integer program)", genes, start)
+
+
+def smallest_size_within_latency(problem: BitProblem) -> int:
+    """The fewest bytes of any assignment within the latency budget (an integer program over the
+    sizes alone): where fewer bits run slower (4- and 2-bit weights unpacked into 8-bit kernels),
+    a size budget and a latency budget that can each be met may not be met together."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    timed = dataclasses.replace(problem, max_size=None, pairs={})
+    offsets = np.cumsum([0, *(len(c) for c in problem.choices)])
+    rows, lower, upper = _exact_constraints(timed, offsets, {}, int(offsets[-1]))
+    found = milp(np.array([float(v) for row in problem.size for v in row]), integrality=np.ones(int(offsets[-1])),
+                 constraints=LinearConstraint(np.array(rows), lower, upper), bounds=Bounds(0, 1))
+    if found.x is None:   # the latency budget alone is reachable (checked first), so only the solver failed
+        raise RuntimeError(f"the smallest size within the latency budget was not found: {found.message}")
+    return problem.fixed_size + int(round(found.fun))
 
 
 def _exact_constraints(problem: BitProblem, offsets: np.ndarray, pair_offsets: dict, width: int):

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from qcompiler.errors import UsageError
 from qcompiler.quant.bitsearch import (BitProblem, GeneticConfig, brute_force, exact_search, genetic_search,
-                                       greedy_search)
+                                       greedy_search, smallest_size_within_latency)
 
 CHOICES = (2, 4, 8)
 
@@ -141,3 +141,20 @@ def test_the_genetic_search_reaches_the_optimum_of_a_real_network():
     assert problem.feasible(problem.index(found.bits))
     assert found.objective == pytest.approx(optimum.objective, rel=1e-6)
     assert greedy_search(problem).objective > 1.2 * optimum.objective, "the problem is not one greedy solves"
+
+
+def test_budgets_each_reachable_but_not_together_are_one_usage_error():
+    """Where fewer bits run slower (VNNI: 4- and 2-bit weights unpacked into the 8-bit kernels),
+    the fewest bytes and the least time are at opposite ends: each budget alone can be met, both
+    cannot. Every search must say so before searching (the integer program had raised
+    RuntimeError and the GA returned an assignment over the latency budget)."""
+    problem = BitProblem(("a", "b"), ((2, 8), (2, 8)), ((1.0, 0.0), (1.0, 0.0)), ((25, 100), (25, 100)),
+                         max_size=130, latency=((2.0, 1.0), (2.0, 1.0)), max_latency=2.5)
+    assert smallest_size_within_latency(problem) == 200
+    for search in (genetic_search, greedy_search, exact_search):
+        with pytest.raises(UsageError, match="within that time the smallest reachable is 200 bytes"):
+            search(problem)
+    reachable = dataclasses.replace(problem, max_latency=3.0)   # one layer at 2 bits: 125 bytes, 3.0 ms
+    assert smallest_size_within_latency(reachable) == 125
+    assert exact_search(reachable).bits in ((2, 8), (8, 2))
+    assert genetic_search(reachable, seed=0).objective == pytest.approx(1.0)
