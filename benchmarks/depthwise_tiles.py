@@ -24,9 +24,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import qcompiler  # noqa: E402
-from latency import model_data, publish  # noqa: E402
-from qcompiler import models  # noqa: E402
+from latency import imagenet_kernel_tasks, publish  # noqa: E402
 from qcompiler.backends.tvm import tuning  # noqa: E402
 from qcompiler.backends.tvm.schedules.depthwise import SIXTEEN_REGISTER_TILES, DepthwiseTask  # noqa: E402
 from qcompiler.backends.tvm.schedules.geometry import pixel_tile  # noqa: E402
@@ -41,11 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    calib, _ = model_data("mobilenet_v2_imagenet")
-    qdq = qcompiler.quantize(qcompiler.load(models.path("mobilenet_v2_imagenet.onnx")), {"input": calib}, "w8a8",
-                             progress=False).qdq
     spec = native_target()
-    tasks = [t for t in tuning.conv_tasks(qdq.to_onnx(), spec, 1) if isinstance(t, DepthwiseTask)]
+    tasks = [t for t in imagenet_kernel_tasks(spec) if isinstance(t, DepthwiseTask)]
     measurer = tuning.Measurer(tvm_target(spec))
     rows, times = [], []
     for task in tasks:

@@ -26,9 +26,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import qcompiler  # noqa: E402
-from latency import model_data, publish  # noqa: E402
-from qcompiler import models  # noqa: E402
+from latency import imagenet_kernel_tasks, publish  # noqa: E402
 from qcompiler.backends.tvm import tuning  # noqa: E402
 from qcompiler.backends.tvm.schedules import requantize  # noqa: E402
 from qcompiler.backends.tvm.targets import native_target, tvm_target  # noqa: E402
@@ -60,11 +58,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    calib, _ = model_data("mobilenet_v2_imagenet")
-    qdq = qcompiler.quantize(qcompiler.load(models.path("mobilenet_v2_imagenet.onnx")), {"input": calib}, "w8a8",
-                             progress=False).qdq
     spec = native_target()
-    tasks = [t for t in tuning.conv_tasks(qdq.to_onnx(), spec, 1) if t.requantize is not None]
+    tasks = [t for t in imagenet_kernel_tasks(spec) if t.requantize is not None]
     measurer = tuning.Measurer(tvm_target(spec))
     built = timed(measurer, tasks, args.repeats)
     with clamp_only_epilogues():

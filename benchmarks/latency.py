@@ -106,6 +106,17 @@ def model_data(name: str) -> tuple[np.ndarray, np.ndarray]:
     return subset[:128], subset[200:201]
 
 
+def imagenet_kernel_tasks(spec) -> list:
+    """The kernel tasks (tuning.conv_tasks) a build of the ImageNet MobileNetV2 for `spec` makes,
+    W8A8 and calibrated as the latency table's library is."""
+    from qcompiler.backends.tvm import tuning
+
+    calib, _ = model_data("mobilenet_v2_imagenet")
+    qdq = qcompiler.quantize(qcompiler.load(models.path("mobilenet_v2_imagenet.onnx")), {"input": calib}, "w8a8",
+                             progress=False).qdq
+    return tuning.conv_tasks(qdq.to_onnx(), spec, 1)
+
+
 def library_bytes(path: Path, calib: np.ndarray, config: QuantConfig, out: Path) -> int:
     """Size of the x86 library of the model quantized with `config`."""
     qdq = driver_quantize(qcompiler.load(path), {"input": calib}, config, progress=False).qdq

@@ -73,6 +73,14 @@ class Dataset:
         for start in range(0, stop, size):
             yield {i.name: self.arrays[i.name][start:start + size] for i in self.inputs}
 
+    def update_digest(self, digest) -> None:
+        """Feed the samples (and labels) to a hashlib digest: a cache key of what they measure."""
+        for name in sorted(self.arrays):
+            digest.update(f"{name} {self.arrays[name].shape}".encode())
+            digest.update(np.ascontiguousarray(self.arrays[name]).tobytes())
+        if self.labels is not None:
+            digest.update(np.asarray(self.labels).tobytes())
+
     def head(self, count: int) -> Dataset:
         labels = None if self.labels is None else self.labels[:count]
         return Dataset({k: v[:count] for k, v in self.arrays.items()}, self.inputs, labels, self.source)

@@ -133,8 +133,9 @@ def library_latency(model: Model, config: QuantConfig, data: Dataset, spec, repe
     return timing.median_ms, spread
 
 
-def _quick_build_digest(model: Model, config: QuantConfig, spec, *extra) -> str:
-    """The cache key of what quick builds of `model` quantized as `config` for `spec` measure."""
+def _quick_build_digest(model: Model, config: QuantConfig, spec, *extra, samples: Dataset | None = None) -> str:
+    """The cache key of what quick builds of `model` quantized as `config` for `spec` measure
+    (with `samples`: the calibration samples they were quantized with)."""
     import hashlib
 
     from qcompiler import __version__
@@ -142,6 +143,8 @@ def _quick_build_digest(model: Model, config: QuantConfig, spec, *extra) -> str:
     digest = hashlib.sha256(repr((__version__, spec.name, config.preset, config.edge_8bit,
                                   [dataclasses.astuple(o) for o in config.overrides], extra)).encode())
     digest.update(model.to_onnx().SerializeToString(deterministic=True))
+    if samples is not None:
+        samples.update_digest(digest)
     return digest.hexdigest()[:32]
 
 
@@ -154,8 +157,8 @@ def kernel_latency(model: Model, config: QuantConfig, data: Dataset, spec, shape
     from qcompiler.backends.tvm.layer_costs import KERNELS_VERSION, LatencyTable, measure_latency
     from qcompiler.files import cache_root, read_cache, write_cache
 
-    samples = [(k, v.shape, v.tobytes()) for k, v in sorted(data.head(min(8, data.count)).arrays.items())]
-    key = _quick_build_digest(model, config, spec, KERNELS_VERSION, tuple(widths), sorted(shapes), rpc, samples)
+    key = _quick_build_digest(model, config, spec, KERNELS_VERSION, tuple(widths), sorted(shapes), rpc,
+                              samples=data.head(min(8, data.count)))
     path = cache_root() / "latency" / f"plan-{spec.name}-{key}.json"
     cached = read_cache(path, LatencyTable.from_json)
     if cached is not None:

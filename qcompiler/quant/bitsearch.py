@@ -238,22 +238,10 @@ def exact_search(problem: BitProblem) -> Assignment:
     [0, 1] per pair term and pair of choices, tied to the two layers' choices by its row and
     column sums (sum_b y[a, b] = x[i, a], sum_a y[a, b] = x[j, b]), which makes y the product
     x[i, a] * x[j, b] at every integer point. The budgets are linear in x."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
     start = time.perf_counter()
     problem.check_reachable()
-    offsets = np.cumsum([0, *(len(c) for c in problem.choices)])
-    count = int(offsets[-1])
-    pair_offsets, cost = {}, [v for row in problem.sensitivity for v in row]
-    for (i, j), matrix in problem.pairs.items():
-        pair_offsets[i, j] = len(cost)   # the x variables come first in `cost`
-        cost += [float(v) for row in matrix for v in row]
-    rows, lower, upper = _exact_constraints(problem, offsets, pair_offsets, len(cost))
-    integrality = np.r_[np.ones(count), np.zeros(len(cost) - count)]
-    found = milp(np.asarray(cost), constraints=LinearConstraint(np.array(rows), lower, upper),
-                 integrality=integrality, bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
-    if found.x is None:   # check_reachable passed, so only the solver can have failed
-        raise RuntimeError(f"the exact bit-width search found no answer: {found.message}")
+    # check_reachable passed, so only the solver can fail to answer
+    found, offsets = _integer_program(problem, problem.sensitivity, "the exact bit-width search")
     genes = np.array([int(np.argmax(found.x[offsets[l]:offsets[l + 1]])) for l in range(len(problem.choices))])
     if not problem.feasible(genes):   # the solver's tolerance let a budget slip by a hair
         genes = _lower_until_feasible(problem, genes, None)
@@ -263,17 +251,32 @@ def exact_search(problem: BitProblem) -> Assignment:
 def smallest_size_within_latency(problem: BitProblem) -> int:
     """The fewest bytes of any assignment within the latency budget (an integer program over the
     sizes alone): where fewer bits run slower (4- and 2-bit weights unpacked into 8-bit kernels),
-    a size budget and a latency budget that can each be met may not be met together."""
+    a size budget and a latency budget that can each be met may not be met together. The latency
+    budget alone must be reachable (check_reachable tests it first)."""
+    timed = dataclasses.replace(problem, max_size=None, pairs={})
+    found, _ = _integer_program(timed, problem.size, "the smallest size within the latency budget")
+    return problem.fixed_size + int(round(found.fun))
+
+
+def _integer_program(problem: BitProblem, choice_costs, what: str):
+    """HiGHS (scipy.optimize.milp) minimizing `choice_costs` (per layer, per choice) plus the
+    problem's pair terms under its budgets: (the solution, each layer's first variable). A
+    RuntimeError naming `what` where the solver finds no answer."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
-    timed = dataclasses.replace(problem, max_size=None, pairs={})
     offsets = np.cumsum([0, *(len(c) for c in problem.choices)])
-    rows, lower, upper = _exact_constraints(timed, offsets, {}, int(offsets[-1]))
-    found = milp(np.array([float(v) for row in problem.size for v in row]), integrality=np.ones(int(offsets[-1])),
-                 constraints=LinearConstraint(np.array(rows), lower, upper), bounds=Bounds(0, 1))
-    if found.x is None:   # the latency budget alone is reachable (checked first), so only the solver failed
-        raise RuntimeError(f"the smallest size within the latency budget was not found: {found.message}")
-    return problem.fixed_size + int(round(found.fun))
+    count = int(offsets[-1])
+    pair_offsets, cost = {}, [float(v) for row in choice_costs for v in row]
+    for (i, j), matrix in problem.pairs.items():
+        pair_offsets[i, j] = len(cost)   # the x variables come first in `cost`
+        cost += [float(v) for row in matrix for v in row]
+    rows, lower, upper = _exact_constraints(problem, offsets, pair_offsets, len(cost))
+    integrality = np.r_[np.ones(count), np.zeros(len(cost) - count)]
+    found = milp(np.asarray(cost), constraints=LinearConstraint(np.array(rows), lower, upper),
+                 integrality=integrality, bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
+    if found.x is None:
+        raise RuntimeError(f"{what} found no answer: {found.message}")
+    return found, offsets
 
 
 def _exact_constraints(problem: BitProblem, offsets: np.ndarray, pair_offsets: dict, width: int):

@@ -119,11 +119,7 @@ def cache_key(model: Model, data: Dataset, eval_data: Dataset | None, specs: dic
     digest.update(model.to_onnx().SerializeToString(deterministic=True))
     for dataset in (data, eval_data):
         if dataset is not None:
-            for name in sorted(dataset.arrays):
-                digest.update(name.encode())
-                digest.update(np.ascontiguousarray(dataset.arrays[name]).tobytes())
-            if dataset.labels is not None:
-                digest.update(np.asarray(dataset.labels).tobytes())
+            dataset.update_digest(digest)
     return digest.hexdigest()[:32]
 
 
