@@ -221,7 +221,8 @@ class _DotKernels(relax.PyExprMutator):
                                             tuple(int(d) for d in attrs.dilation),
                                             tuple(int(p) for p in attrs.padding), rq.code_for(weight, corr, 255), int4,
                                             parallel=self.isa not in int8_conv.SINGLE_THREADED,
-                                            sixteen_registers=self.isa in int8_conv.SIXTEEN_REGISTERS)
+                                            sixteen_registers=self.isa in int8_conv.SIXTEEN_REGISTERS,
+                                            vnni=self.isa == "vnni")
         gvar = self.builder_.add_func(kernel, kernel.attrs["global_symbol"])
         hwc = np.ascontiguousarray(weight[..., 0].transpose(1, 2, 0))
         stored = depthwise.pack_weight_int4(hwc) if int4 else hwc

@@ -162,7 +162,8 @@ def kernel_task(layer: LayerShape, bits: int, spec: TargetSpec):
         return depthwise.DepthwiseTask(layer.n, layer.h, layer.w, layer.co, layer.kh, layer.kw, layer.stride,
                                        layer.dilation, layer.padding, code, on_grid,
                                        parallel=spec.dot_kernel not in SINGLE_THREADED,
-                                       sixteen_registers=spec.dot_kernel in SIXTEEN_REGISTERS)
+                                       sixteen_registers=spec.dot_kernel in SIXTEEN_REGISTERS,
+                                       vnni=spec.dot_kernel == "vnni")
     return None
 
 

@@ -122,8 +122,13 @@ def _clear_kernel_cache() -> None:
 
 
 def scheduled(task, tile):
-    """The task's compute scheduled by its template with `tile` output pixels per register tile."""
+    """The task's compute scheduled by its template with `tile` output pixels per register tile
+    (or its kernel written as TIR with that tile, where it has one)."""
     import tvm
+
+    written = getattr(task, "written_kernel", lambda _: None)(tile)
+    if written is not None:
+        return written
 
     sch = tvm.s_tir.Schedule(task.compute())
     task.schedule(sch, tile)

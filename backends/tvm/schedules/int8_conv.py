@@ -85,14 +85,23 @@ def emulated_dot_products():
     """Kernels made inside use plain loops where the dot-product instruction would be: the
     host twin of a kernel for another CPU (the same schedule, packing and requantization),
     which kernel_check.py runs here to check each Hexagon kernel fed the DSP's inputs."""
+    from qcompiler.backends.tvm.schedules import depthwise
+
     global _EMULATED
     conv2d_kernel.cache_clear()
+    depthwise.depthwise_kernel.cache_clear()
     _EMULATED = True
     try:
         yield
     finally:
         _EMULATED = False
         conv2d_kernel.cache_clear()
+        depthwise.depthwise_kernel.cache_clear()
+
+
+def emulating() -> bool:
+    """Whether kernels made now emulate their dot-product instructions (emulated_dot_products)."""
+    return _EMULATED
 
 
 @functools.cache

@@ -72,7 +72,14 @@ def requantized(tvm, te, acc, channels: int, code: RequantizeCode, shape=None, r
     requantize_table s32[2 * channels + 4]: corr, m, then zero point, lo, hi, shift."""
     read = read or (lambda b, y, x, o: acc[b, y, x, o])
     table = te.placeholder((2 * channels + 4,), "int32", name="requantize_table")
+    return te.compute(shape or acc.shape, requantize_expression(tvm, code, read, table, channels),
+                      name="requantize"), [table]
 
+
+def requantize_expression(tvm, code: RequantizeCode, read, table, channels: int):
+    """compute(b, y, x, o): the requantized output of the accumulator `read(b, y, x, o)`, its
+    numbers read from `table` (requantize_table's layout: a TE placeholder, or a TIR buffer in a
+    kernel written as TIR, where o may be a vector of 16 channels and the result a vector)."""
     def corr(o):
         return table[o]
 
@@ -81,17 +88,15 @@ def requantized(tvm, te, acc, channels: int, code: RequantizeCode, shape=None, r
 
     params = [table[2 * channels + i] for i in range(4)]
     if code.int32:
-        return te.compute(shape or acc.shape, _int32_requantize(tvm, read, corr, m, params, code.dtype),
-                          name="requantize"), [table]
+        return _int32_requantize(tvm, read, corr, m, params, code.dtype)
     if code.high_word:
-        return te.compute(shape or acc.shape, _high_word_requantize(tvm, read, corr, m, params, code.dtype),
-                          name="requantize"), [table]
+        return _high_word_requantize(tvm, read, corr, m, params, code.dtype)
 
     def compute(b, y, x, o):
-        product = _int32_sum(tvm, read(b, y, x, o), corr(o)).astype("int64") * m(o).astype("int64")
+        product = _as(_int32_sum(tvm, read(b, y, x, o), corr(o)), "int64") * _as(m(o), "int64")
         return rounded_to_grid(tvm, product, params, code)
 
-    return te.compute(shape or acc.shape, compute, name="requantize"), [table]
+    return compute
 
 
 def rounded_to_grid(tvm, product, params, code: RequantizeCode):
@@ -105,7 +110,7 @@ def rounded_to_grid(tvm, product, params, code: RequantizeCode):
         rounded = ((product + ((one << (bits - one)) - one) + odd) >> bits) + zero_point
     else:
         rounded = ((product + (one << (bits - one))) >> bits) + zero_point
-    return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(code.dtype)
+    return _as(tvm.tirx.max(tvm.tirx.min(rounded, hi), lo), code.dtype)
 
 
 def _high_word_requantize(tvm, read, corr, m, params, dtype: str):
@@ -117,20 +122,28 @@ def _high_word_requantize(tvm, read, corr, m, params, dtype: str):
     one = tvm.tirx.const(1, "int64")
 
     def compute(b, y, x, o):
-        product = _int32_sum(tvm, read(b, y, x, o), corr(o)).astype("int64") * m(o).astype("int64") \
+        product = _as(_int32_sum(tvm, read(b, y, x, o), corr(o)), "int64") * _as(m(o), "int64") \
             + (one << (bits.astype("int64") - one))
-        high = (product >> tvm.tirx.const(32, "int64")).astype("int32")
+        high = _as(product >> tvm.tirx.const(32, "int64"), "int32")
         rounded = (high >> (bits - 32)) + zero_point
-        return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(dtype)
+        return _as(tvm.tirx.max(tvm.tirx.min(rounded, hi), lo), dtype)
 
     return compute
+
+
+def _as(value, dtype: str):
+    """value cast to `dtype`, as many lanes as it has (TE's scalars, or a TIR kernel's vectors)."""
+    lanes = str(getattr(value, "ty", "")).partition("x")[2]   # a TE TensorSlice has no type: a scalar
+    return value.astype(f"{dtype}x{lanes}" if lanes else dtype)
 
 
 def _int32_sum(tvm, a, b):
     """a + b as an int32 value that TVM's simplifier does not widen (it rewrites int64(a + b)
     as int64(a) + int64(b), after which LLVM sees a 33-bit operand and emulates the 64-bit
     product instead of one vpmuldq per 4 lanes)."""
-    return tvm.tirx.reinterpret("int32", tvm.tirx.reinterpret("uint32", a + b))
+    total = a + b
+    dtype = str(total.ty)   # int32, or int32x16 in a kernel written as TIR
+    return tvm.tirx.reinterpret(dtype, tvm.tirx.reinterpret("u" + dtype, total))
 
 
 INT32_ACCUMULATOR_BITS = 20   # |acc + corr| < 2**20: each 11-bit part of m times it fits int32
@@ -151,6 +164,6 @@ def _int32_requantize(tvm, read, corr, m, params, dtype: str):
         low, mid, high = a * (mult & mask), a * ((mult >> 11) & mask), a * (mult >> 22)
         top = high + ((mid + (low >> 11)) >> 11)
         rounded = ((top + (tvm.tirx.const(1, "int32") << (bits - 23))) >> (bits - 22)) + zero_point
-        return tvm.tirx.max(tvm.tirx.min(rounded, hi), lo).astype(dtype)
+        return _as(tvm.tirx.max(tvm.tirx.min(rounded, hi), lo), dtype)
 
     return compute
