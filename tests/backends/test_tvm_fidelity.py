@@ -230,8 +230,8 @@ def test_per_tensor_weights_are_integer_too(kind, tmp_path):
 @pytest.mark.parametrize("preset", ["w8a8", "w4a4"])
 def test_avx2_depthwise_kernels_take_the_sixteen_register_tile(preset, tmp_path):
     """On AVX2's 16 vector registers a depthwise pixel's 16 int32 accumulators take two, so its
-    template tile is smaller there (2 pixels of this 6-wide output, 6 elsewhere), named apart
-    from the 32-register kernel; and the library built so stays within 1 LSB of the QDQ model."""
+    template tile is smaller there (2 pixels of this 6-wide output), named apart from the
+    32-register kernels (on VNNI the four-rows-per-instruction kernel, also 2 here); and the library built so stays within 1 LSB of the QDQ model."""
     from qcompiler.backends.tvm.schedules.depthwise import DepthwiseTask
     from qcompiler.backends.tvm.targets import TARGETS, host_dot_kernels
     from qcompiler.backends.tvm.tuning import conv_tasks
@@ -241,7 +241,9 @@ def test_avx2_depthwise_kernels_take_the_sixteen_register_tile(preset, tmp_path)
     (avx2,), (vnni,) = ([t for t in conv_tasks(qdq.to_onnx(), TARGETS[target], 4) if isinstance(t, DepthwiseTask)]
                         for target in ("x86-64-v3", "x86-avx512-vnni"))
     assert avx2.sixteen_registers and avx2.template_tile() == 2 and "_r16" in avx2.name()
-    assert not vnni.sixteen_registers and vnni.template_tile() == 6 and "_r16" not in vnni.name()
+    # the VNNI target's depthwise kernel is depthwise_vnni.py's, its tile from VNNI_TILES
+    assert vnni.vnni and not vnni.sixteen_registers and vnni.template_tile() == 2 and "_r16" not in vnni.name()
+    assert not avx2.vnni and "_vnni" in vnni.name() and "_vnni" not in avx2.name()
     if "avx2" not in host_dot_kernels() and "vnni" not in host_dot_kernels():
         pytest.skip("the x86-64-v3 library runs on a CPU with AVX2")
     library = compile_qdq(qdq, "x86-64-v3", 4)
