@@ -34,7 +34,8 @@ from qcompiler.backends.tvm.targets import native_target, tvm_target  # noqa: E4
 
 def _shift_and_clamp(tvm, read, corr, m, params, dtype: str):
     _, lo, hi, bits = params
-    return lambda b, y, x, o: tvm.tirx.max(tvm.tirx.min((read(b, y, x, o) + corr(o)) >> bits, hi), lo).astype(dtype)
+    # _as: as many lanes as the value (the VNNI depthwise kernel computes 16 channels at a time)
+    return lambda b, y, x, o: requantize._as(tvm.tirx.max(tvm.tirx.min((read(b, y, x, o) + corr(o)) >> bits, hi), lo), dtype)
 
 
 @contextlib.contextmanager
