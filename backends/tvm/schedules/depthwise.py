@@ -22,9 +22,11 @@ from qcompiler.backends.tvm.schedules.requantize import RequantizeCode, requanti
 
 #: The template's pixel tiles, in order of preference, on a CPU with 16 vector registers.
 SIXTEEN_REGISTER_TILES = (2, 1)
-#: The VNNI kernel's (depthwise_vnni.py): 4 pixels where they divide the row, 0.5 KiB less code
-#: than 8 a kernel for 1-2% more time (measured on Zen 4), which keeps MobileNetV2's library
-#: within its size target.
+#: The VNNI kernel's (depthwise_vnni.py): 4 pixels where they divide the row, else 2 (7 costs
+#: 1.3 KiB more code on a 14-wide row): 0.5 KiB less code a kernel than the 32-register order
+#: (8, 7, ...), whose tiles summed 0.5% faster over MobileNetV2's ten kernels on Zen 4
+#: (benchmarks/results/depthwise_tiles_vnni.md); it keeps MobileNetV2's library within its size
+#: target.
 VNNI_TILES = (4, 2, 7, 1)
 
 
