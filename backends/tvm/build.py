@@ -113,7 +113,7 @@ def lower(qdq: onnx.ModelProto, batch: int = 1) -> Lowered:
     """Lookup tables (on the ONNX model), import, then the integer rewrite as the TVM module
     pass `qcompiler.integer-rewrite` (under the current PassContext)."""
     from qcompiler.backends.tvm.importer import import_qdq
-    from qcompiler.backends.tvm.index_wraps import drop_index_wraps
+    from qcompiler.backends.tvm.index_wraps import clip_takes, drop_index_wraps
     from qcompiler.backends.tvm.integer_rewrite import lower_to_integer
     from qcompiler.backends.tvm.lookup_tables import tabulate
 
@@ -122,7 +122,7 @@ def lower(qdq: onnx.ModelProto, batch: int = 1) -> Lowered:
     records: dict = {}
 
     def rewrite(mod, _ctx):
-        mod, counts, found = lower_to_integer(drop_index_wraps(mod))
+        mod, counts, found = lower_to_integer(clip_takes(drop_index_wraps(mod)))
         lowered.update(counts)
         records.update(found)
         return mod
