@@ -126,7 +126,7 @@ def scheduled(task, tile):
     (or its kernel written as TIR with that tile, where it has one)."""
     import tvm
 
-    written = getattr(task, "written_kernel", lambda _: None)(tile)
+    written = task.written_kernel(tile)
     if written is not None:
         return written
 

@@ -6,6 +6,7 @@ on any x86 CPU; the instruction itself where this CPU has it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -59,10 +60,7 @@ def _case(geometry, form="int32 parts", int4=False, seed=0):
 
 
 def _run(task, tile, x, stored, table, emulated: bool) -> np.ndarray:
-    if emulated:
-        with int8_conv.emulated_dot_products():
-            func = tuning.scheduled(task, tile)
-    else:
+    with int8_conv.emulated_dot_products() if emulated else contextlib.nullcontext():
         func = tuning.scheduled(task, tile)
     built = tvm.tirx.build(func.with_attr("global_symbol", "main"),
                            target=tvm.target.Target("llvm") if emulated else tvm_target(native_target()))

@@ -116,8 +116,7 @@ class DepthwiseTask(KernelGeometry):
                 + ("_r16" if self.sixteen_registers else "") + ("_vnni" if self.vnni else "") + self.requantize.suffix)
 
     def written_kernel(self, tile):
-        """The kernel written as TIR with `tile` pixels per register tile (the VNNI one), or None:
-        the TE compute scheduled by `schedule`."""
+        """The VNNI kernel, written as TIR (KernelGeometry.written_kernel)."""
         if not self.vnni:
             return None
         from qcompiler.backends.tvm.schedules import depthwise_vnni, int8_conv

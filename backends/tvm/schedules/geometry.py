@@ -35,3 +35,8 @@ class KernelGeometry:
     def template_tile(self) -> int:
         """The template's pixel tile (a tuning database may choose another)."""
         return pixel_tile(self.output_width())
+
+    def written_kernel(self, tile):
+        """The kernel written as TIR with `tile` pixels per register tile, or None: the task's
+        TE compute scheduled by its `schedule`."""
+        return None
