@@ -54,7 +54,7 @@ class AssignBitWidths(Pass):
         for layer, bits in answer.by_layer(self.problem).items():
             tq = model.quant[weights[layer]]
             if tq.spec.bits != bits:
-                spec = self.config.weight_spec_at(bits, tq.spec.axis)
+                spec = self.config.layer_spec_at(layer, bits, tq.spec.axis)
                 model.quant[weights[layer]] = dataclasses.replace(tq, spec=spec, params=None)
                 modified = True
         model.analysis["assign-bit-widths"] = answer

@@ -50,7 +50,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     settings = SensitivityConfig(parse_choices(args.bit_choices), not args.no_fisher, args.samples,
                                  network=not args.no_network)
     print(f"analyzing {len(layers)} layers of {args.model} at {args.bit_choices} bits ...", file=sys.stderr)
-    table = analyze(float_model, layers, partition(float_model), data, config.weight_spec_at, settings,
+    table = analyze(float_model, layers, partition(float_model), data, config.layer_spec_at, settings,
                     eval_data=held, progress=not args.no_progress)
     print(text_table(table))
     if args.output_dir is not None:

@@ -107,10 +107,10 @@ class WholeLatency:
 
 
 def library_latency(model: Model, config: QuantConfig, data: Dataset, spec, repeat: int = 50,
-                    use_cache: bool = True) -> tuple[float, float]:
+                    use_cache: bool = True, qdq: Model | None = None) -> tuple[float, float]:
     """(median ms, (p90 - p10) / median) of one batch-1 run of `model`'s library on this machine,
-    quantized as `config` says with nearest rounding (ranges from 8 samples: the times do not
-    depend on them). Cached per model, config and target."""
+    quantized as `config` says with nearest rounding (ranges from 8 samples: _quick_qdq, or `qdq`
+    where the caller made that already). Cached per model, config and target."""
     import json
     import tempfile
 
@@ -123,7 +123,7 @@ def library_latency(model: Model, config: QuantConfig, data: Dataset, spec, repe
     if cached is not None:
         return cached
     sample = dict(data.head(min(8, data.count)).arrays)
-    qdq = _quick_qdq(model, config, data)
+    qdq = _quick_qdq(model, config, data) if qdq is None else qdq
     with tempfile.TemporaryDirectory(prefix="qcompiler-latency-") as folder:
         write_library(compile_qdq(qdq, spec, batch=1), qdq, folder)
         timing = load(folder).time(sample, repeat=repeat)
@@ -149,11 +149,11 @@ def _quick_build_digest(model: Model, config: QuantConfig, spec, *extra, samples
 
 
 def kernel_latency(model: Model, config: QuantConfig, data: Dataset, spec, shapes: dict, widths,
-                   rpc: str | None = None, progress: bool = True):
+                   rpc: str | None = None, progress: bool = True, quick: dict | None = None):
     """measure_latency of `shapes`' layers at `widths` with the kernels builds make (built_kernels),
     cached per model, config, calibration samples, widths, target and device: with a cached table
     a new budget skips the quick builds (12 s on a small net, 41 s on the ImageNet MobileNetV2)
-    as well as the timing."""
+    as well as the timing. Where it builds, `quick` gets bits -> the quick QDQ model."""
     from qcompiler.backends.tvm.layer_costs import KERNELS_VERSION, LatencyTable, measure_latency
     from qcompiler.files import cache_root, read_cache, write_cache
 
@@ -163,7 +163,7 @@ def kernel_latency(model: Model, config: QuantConfig, data: Dataset, spec, shape
     cached = read_cache(path, LatencyTable.from_json)
     if cached is not None:
         return cached
-    built = built_kernels(model, config, data, spec, shapes, widths, progress)
+    built = built_kernels(model, config, data, spec, shapes, widths, progress, quick)
     bar = Progress(f"kernel latency on {rpc or spec.name}", 1, enabled=progress)
     table = measure_latency(shapes, widths, spec, rpc, built=built)
     bar.advance(1)   # the bar's own time: ~0 s when the kernels' table came from the cache
@@ -185,10 +185,10 @@ def _quick_qdq(model: Model, config: QuantConfig, data: Dataset):
 
 
 def built_kernels(model: Model, config: QuantConfig, data: Dataset, spec, shapes: dict, widths,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, quick: dict | None = None) -> dict:
     """(layer, bits) -> the kernel task a build makes for each of `shapes`' layers at each of
     `widths` (layer_costs.built_tasks), from one quick quantization per width with every layer
-    of `shapes` at it."""
+    of `shapes` at it (left in `quick`, bits -> QDQ model, where given)."""
     from qcompiler.backends.tvm.layer_costs import built_tasks, kernel_task
     from qcompiler.quant.presets import Override
 
@@ -198,6 +198,8 @@ def built_kernels(model: Model, config: QuantConfig, data: Dataset, spec, shapes
         uniform = tuple(Override(glob.escape(name), weight_bits=bits) for name in shapes)
         qdq = _quick_qdq(model, dataclasses.replace(config, overrides=config.overrides + uniform), data)
         qdq_by_bits[bits] = qdq.to_onnx()
+        if quick is not None:
+            quick[bits] = qdq
         bar.advance(1)
     bar.close()
     found = built_tasks(shapes, qdq_by_bits, spec)
@@ -293,19 +295,21 @@ def plan(model: Model, config: QuantConfig, data: Dataset, budget: BitBudget, pr
     if budget.max_latency is not None:
         reference = config.preset.weights.bits
         widths = sorted({*choices, reference})
+        quick: dict = {}   # the reference width's quick build, made for the kernels, serves the library
         latency = kernel_latency(model, config, data, spec, {n: shapes[n] for n in searched}, widths, budget.rpc,
-                                 progress)
+                                 progress, quick)
         if all(v is None for n in searched for v in latency.ms[n].values()):
             log.warning("--max-latency: no searched layer has a kernel of its own on %s (TVM's generic code, whose "
                         "time does not depend on the bits), so the budget constrains nothing", spec.name)
-        whole = _whole_latency(model, config, data, spec, budget, latency, searched, reference, progress)
+        whole = _whole_latency(model, config, data, spec, budget, latency, searched, reference, progress,
+                               quick.get(reference))
     costs = _problem(searched, choices, sizes, latency, budget, pinned, floating,
                      [(0.0,) * len(choices)] * len(searched), {}, whole)
     try:   # before the sensitivities: an impossible budget is a quick usage error
         costs.check_reachable()
     except UsageError as error:
         raise UsageError(f"{error}, on {spec.name}") from None
-    table = analyze(model, layers, partition(model, "block"), data, config.weight_spec_at,
+    table = analyze(model, layers, partition(model, "block"), data, config.layer_spec_at,
                     SensitivityConfig(choices, budget.fisher, budget.samples, network=False), progress=progress)
     problem = _problem(searched, choices, sizes, latency, budget, pinned, floating,
                        [tuple(table.layer(n).block_error[b] for b in choices) for n in searched],
@@ -314,15 +318,16 @@ def plan(model: Model, config: QuantConfig, data: Dataset, budget: BitBudget, pr
 
 
 def _whole_latency(model, config, data, spec, budget: BitBudget, latency, searched, reference: int,
-                   progress: bool) -> WholeLatency | None:
+                   progress: bool, qdq: Model | None = None) -> WholeLatency | None:
     """The reference library measured on this machine (None through --rpc: the budget is then on
-    the searched kernels alone, the rest of the model not being timed remotely)."""
+    the searched kernels alone, the rest of the model not being timed remotely); `qdq` its quick
+    build where one was made (every searched layer at the reference bits is the config itself)."""
     if budget.rpc is not None:
         log.warning("--max-latency through --rpc bounds the searched layers' kernels, summed: the rest of the "
                     "model is not timed on the device")
         return None
     bar = Progress(f"the W{reference} library's latency on {spec.name}", 1, enabled=progress)
-    library_ms, spread = library_latency(model, config, data, spec)
+    library_ms, spread = library_latency(model, config, data, spec, qdq=qdq)
     whole = WholeLatency(library_ms, spread, reference, sum(latency.ms[n][reference] or 0.0 for n in searched))
     bar.advance(1)
     bar.close(f"median {library_ms:.3f} ms")

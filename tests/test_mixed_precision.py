@@ -131,16 +131,16 @@ def test_sensitivities_are_ordered_and_cached(tmp_path, monkeypatch):
     layers, _, _ = searched_layers(model, config)
     data = load_data(SUBSET, model)
     settings = SensitivityConfig(samples=32, network=True)
-    first = analyze(model, layers, partition(model), data, config.weight_spec_at, settings, progress=False)
+    first = analyze(model, layers, partition(model), data, config.layer_spec_at, settings, progress=False)
     assert not first.cached
     for entry in first.layers:
         e = entry.block_error
         assert e[2] > e[4] > e[8] >= 0, entry.layer
         assert entry.network_kl[2] > entry.network_kl[8] - 1e-6
         assert 0 <= entry.accuracy[2] <= 1
-    again = analyze(model, layers, partition(model), data, config.weight_spec_at, settings, progress=False)
+    again = analyze(model, layers, partition(model), data, config.layer_spec_at, settings, progress=False)
     assert again.cached and again.to_json() == first.to_json()
-    fewer = analyze(model, layers, partition(model), data.head(16), config.weight_spec_at, settings, progress=False)
+    fewer = analyze(model, layers, partition(model), data.head(16), config.layer_spec_at, settings, progress=False)
     assert not fewer.cached, "other data is measured anew"
 
 
@@ -245,7 +245,7 @@ def test_sensitivity_of_a_network_whose_logits_are_nchw(tmp_path, monkeypatch):
     config = QuantConfig(PRESETS["w4a8"])
     layers, _, _ = searched_layers(model, config)
     data = load_data({"x": rng.normal(0, 1, (8, 3, 6, 6)).astype(np.float32)}, model)
-    table = analyze(model, layers, partition(model), data, config.weight_spec_at,
+    table = analyze(model, layers, partition(model), data, config.layer_spec_at,
                     SensitivityConfig(samples=8, network=True), progress=False)
     for entry in table.layers:
         assert entry.block_error[2] > entry.block_error[8] >= 0
@@ -281,8 +281,12 @@ def test_latency_budget_is_on_the_whole_library(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("QCOMPILER_CACHE", str(tmp_path / "cache"))
     path, calib = depthwise_chain(tmp_path)
+    quick = []
+    real = qcompiler.mixed_precision._quick_qdq
+    monkeypatch.setattr("qcompiler.mixed_precision._quick_qdq", lambda *a: quick.append(a) or real(*a))
     mixed = qcompiler.quantize(path, calib, "w4a8", bits=BitBudget(max_latency=1000.0), progress=False).mixed
     whole, problem, chosen = mixed.whole, mixed.problem, mixed.assignment
+    assert len(quick) == len(mixed.latency.ms["dw1"]) == 3, "a build per width 2, 4, 8; the W4 library reuses one"
     assert problem.layers == ("dw1", "dw2")
     assert whole.reference_bits == 4 and whole.kernels_ms > 0
     assert whole.kernels_ms == pytest.approx(sum(mixed.latency.ms[n][4] for n in problem.layers))
@@ -320,3 +324,28 @@ def test_an_unreadable_cache_entry_is_measured_again(tmp_path, caplog):
     path.write_text("{not json")
     assert read_cache(path, LatencyTable.from_json) is None
     assert "unreadable" in caplog.text
+
+
+def test_searched_layers_keep_their_overridden_weight_observer(tmp_path, monkeypatch):
+    """An override that sets only a layer's weight observer holds at every searched width: in
+    the sensitivities (the cache key sees it) and in the assignment, as in the quick builds."""
+    import qcompiler
+    from qcompiler.mixed_precision import BitBudget
+    from qcompiler.quant.presets import PRESETS, Override, QuantConfig
+
+    config = QuantConfig(PRESETS["w4a8"], overrides=(Override("dw1", weight_observer="minmax"),))
+    assert config.layer_spec_at("dw1", 2, 0).observer == "minmax"
+    assert config.layer_spec_at("dw2", 2, 0) == config.weight_spec_at(2, 0) and config.weight_spec_at(2, 0).observer == "lp"
+    assert config.layer_spec_at("dw1", 2, 0).bits == 2, "the search's bits, not the preset's"
+
+    monkeypatch.setenv("QCOMPILER_CACHE", str(tmp_path / "cache"))
+    path, calib = depthwise_chain(tmp_path)
+    budget = BitBudget(max_size=10**6, choices=(2,), method="exact")   # both searched layers leave the preset's 4
+    runs = {name: qcompiler.quantize(path, calib, "w4a8", overrides=overrides, bits=budget, progress=False)
+            for name, overrides in [("plain", []), ("minmax", ["dw1:wobserver=minmax"])]}
+    weights = {name: {tq.layer: tq.spec for tq in run.annotated.quant.values() if tq.role == "weight"}
+               for name, run in runs.items()}
+    assert weights["minmax"]["dw1"].bits == 2 and weights["minmax"]["dw1"].observer == "minmax"
+    assert weights["minmax"]["dw2"] == weights["plain"]["dw2"] and weights["plain"]["dw1"].observer == "lp"
+    errors = {name: run.mixed.table.layer("dw1").block_error[2] for name, run in runs.items()}
+    assert errors["minmax"] != errors["plain"], "the sensitivity is measured with the layer's own observer"

@@ -99,16 +99,6 @@ class BitProblem:
             latency += self.latency[layer][new] - self.latency[layer][genes[layer]]
         return size, latency
 
-    def excess(self, genes: np.ndarray) -> float:
-        """How far over the budgets, each as a fraction of its budget (0: feasible)."""
-        size, latency = self.totals(genes)
-        over = 0.0
-        if self.max_size is not None:
-            over += max(size - self.max_size, 0) / self.max_size
-        if self.max_latency is not None:
-            over += max(latency - self.max_latency, 0.0) / self.max_latency
-        return over
-
     def check_reachable(self) -> None:
         """UsageError naming the smallest size or latency reachable when no assignment meets the budget."""
         lowest_size = self.fixed_size + sum(min(s) for s in self.size)

@@ -127,6 +127,12 @@ class QuantConfig:
                 observer = override.weight_observer or observer
         return self.weight_spec_at(bits, axis, observer)
 
+    def layer_spec_at(self, layer: str, bits: int, axis: int | None) -> QuantSpec:
+        """Layer `layer`'s weight spec at `bits` (a bit-width search's choice): its overrides'
+        weight observer kept, their bits not."""
+        observers = [o.weight_observer for o in self.overrides if o.matches(layer) and o.weight_observer]
+        return self.weight_spec_at(bits, axis, observers[-1] if observers else None)
+
     def weight_spec_at(self, bits: int, axis: int | None, observer: str | None = None) -> QuantSpec:
         """The preset's weight quantizer at `bits` (an override, an edge layer, a bit-width search):
         with `observer`, else the preset's; 8-bit layers of low-bit presets use minmax."""

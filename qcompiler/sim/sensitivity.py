@@ -148,14 +148,15 @@ class _Walk:
 
 
 def analyze(model: Model, layers: dict[str, tuple[str, str, int]], blocks: list[Block], data: Dataset,
-            spec_at: Callable[[int, int], QuantSpec], config: SensitivityConfig | None = None,
+            spec_at: Callable[[str, int, int], QuantSpec], config: SensitivityConfig | None = None,
             eval_data: Dataset | None = None, progress: bool = True, use_cache: bool = True) -> SensitivityTable:
     """Sensitivities of `layers` (layer name -> (weight tensor, op, output-channel axis)) of the
     float, BN-folded `model`, grouped by `blocks` (partition-blocks), each weight quantized with
-    `spec_at(bits, axis)` (QuantConfig.weight_spec_at)."""
+    `spec_at(layer, bits, axis)` (QuantConfig.layer_spec_at)."""
     config = config or SensitivityConfig()
     data = data.head(min(config.samples, data.count))
-    key = cache_key(model, data, eval_data, {**layers, **{f"spec{b}": spec_at(b, 0) for b in config.choices}}, config)
+    specs = {(name, bits): spec_at(name, bits, axis) for name, (_, _, axis) in layers.items() for bits in config.choices}
+    key = cache_key(model, data, eval_data, {**layers, **{f"{n}@{b}": s for (n, b), s in specs.items()}}, config)
     path = cache_dir() / f"{key}.json"
     table = read_cache(path, SensitivityTable.from_json) if use_cache else None
     if table is not None:
@@ -165,8 +166,7 @@ def analyze(model: Model, layers: dict[str, tuple[str, str, int]], blocks: list[
     start = time.perf_counter()
     sim = Interpreter(model)
     weights = {w: np.asarray(model.const_value(model.tensor(w)), np.float32) for w, _, _ in layers.values()}
-    quantized = {(name, bits): quantized_weight(weights[w], spec_at(bits, axis))
-                 for name, (w, _, axis) in layers.items() for bits in config.choices}
+    quantized = {(name, bits): quantized_weight(weights[layers[name][0]], spec) for (name, bits), spec in specs.items()}
     in_block = {layer: block for block in blocks for layer in block.layers if layer in layers}
     entries = {name: LayerSensitivity(name, op, w, in_block[name].name if name in in_block else "",
                                       int(weights[w].size), {}) for name, (w, op, _) in layers.items()}
