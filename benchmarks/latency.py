@@ -4,6 +4,7 @@ qcompiler library, one thread each, in one process, batch 1.
     python benchmarks/latency.py [--runs 50]     # writes benchmarks/results/latency.md
     python benchmarks/latency.py --results benchmarks/results/latency_avx2.md   # another host's table
     python benchmarks/latency.py --threads 1,2   # thread scaling: benchmarks/results/latency_threads.md
+    python benchmarks/latency.py --threads 1,2 --results benchmarks/results/latency_threads_avx2.md
 
 Each runner gets 5 warm-up calls, then the median (and the 10th-90th percentile spread) of
 `--runs` timed calls on the same input, the runners taking turns (the order rotating every
@@ -12,9 +13,11 @@ ImageNet MobileNetV2 (1x3x224x224), quantized W8A8 (and W4A8 for the size column
 qcompiler's defaults; calibration data: 128 Fashion-MNIST subset images, or foolbox's 20
 ImageNet samples.
 
-With --threads, each thread count runs in a process of its own (TVM_NUM_THREADS is read once
-per process, when TVM's thread pool starts), with onnxruntime's sessions at the same count, and
-the table gives each runner's scaling against the first count. Sizes are not measured there.
+With --threads, the models are built once, then each runner at each thread count is timed in a
+process of its own (TVM_NUM_THREADS is read once per process, when TVM's thread pool starts;
+onnxruntime's sessions at the same count), so that no runtime's idle workers share the cores
+with another's, and the table gives each runner's scaling against the first count. Sizes are
+not measured there.
 """
 
 from __future__ import annotations
@@ -73,22 +76,17 @@ def timings(calls: dict, runs: int) -> dict:
     return {name: _summary(series) for name, series in samples.items()}
 
 
-def block_timings(calls: dict, runs: int, rounds: int = 5) -> dict:
-    """Like `timings`, but each runner's calls back to back in blocks (`rounds` rounds, the order
-    rotating, 3 untimed calls opening each block): with several threads, calls that take turns
-    make each runtime's idle workers (which spin, then sleep) compete with the next runtime's
-    for the cores, which measured 15.9 ms for a 0.6 ms model."""
-    samples = {name: [] for name in calls}
-    names = list(calls)
-    for turn in range(rounds):
-        for name in names[turn % len(names):] + names[:turn % len(names)]:
-            for _ in range(3):
-                calls[name]()
-            for _ in range(-(-runs // rounds)):
-                start = time.perf_counter()
-                calls[name]()
-                samples[name].append((time.perf_counter() - start) * 1000)
-    return {name: _summary(series) for name, series in samples.items()}
+def block_samples(call, runs: int, blocks: int = 5) -> list[float]:
+    """Milliseconds of `runs` calls back to back in `blocks` blocks, 3 untimed calls opening each."""
+    samples = []
+    for _ in range(blocks):
+        for _ in range(3):
+            call()
+        for _ in range(-(-runs // blocks)):
+            start = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - start) * 1000)
+    return samples
 
 
 def _summary(series: list[float]) -> tuple[float, float, float]:
@@ -124,26 +122,17 @@ def library_bytes(path: Path, calib: np.ndarray, config: QuantConfig, out: Path)
     return (out / "model.so").stat().st_size
 
 
-def measure(name: str, runs: int, workdir: Path, threads: int = 1, sizes: bool = True, timer=timings) -> dict:
+def measure(name: str, runs: int, workdir: Path) -> dict:
     path = models.path(f"{name}.onnx")
     calib, x = model_data(name)
     row = {"model": name, "input": "x".join(map(str, x.shape)), "fp32_bytes": path.stat().st_size}
-    qdq = qcompiler.quantize(qcompiler.load(path), {"input": calib}, "w8a8", progress=False).qdq
-    library = compile_qdq(qdq, "native", batch=1)
-    out = workdir / name
-    write_library(library, qdq, out)
-    if sizes:
-        row.update(measure_sizes(name, path, calib, out, workdir))
-    fp32 = session(qcompiler.load(path), threads=threads)
-    int8 = session(qdq, threads=threads)
-    ours = load(out)
-    feeds = {"input": x}
-    calls = {"ort_fp32": lambda: fp32.run(None, feeds), "ort_int8": lambda: int8.run(None, feeds),
-             "ours": lambda: ours.run(feeds)}
-    if sizes:   # the W4A8 library measure_sizes built: its 4-bit layers on their own kernels where the CPU has them
-        ours_w4 = load(workdir / f"{name}-w4a8")
-        calls["ours_w4a8"] = lambda: ours_w4.run(feeds)
-    row.update(timer(calls, runs))
+    build(name, workdir)
+    row.update(measure_sizes(name, path, calib, workdir / name, workdir))
+    calls = {runner: runner_call(name, runner, workdir, 1) for runner in RUNNERS}
+    # the W4A8 library measure_sizes built: its 4-bit layers on their own kernels where the CPU has them
+    ours_w4 = load(workdir / f"{name}-w4a8")
+    calls["ours_w4a8"] = lambda: ours_w4.run({"input": x})
+    row.update(timings(calls, runs))
     return row
 
 
@@ -199,34 +188,72 @@ def results_flag(results: Path, default: Path = RESULTS) -> str:
     return "" if results == default else f" --results {results.resolve().relative_to(default.parents[2])}"
 
 
-def thread_rows(counts: list[int], runs: int, models_arg: str) -> dict[int, list[dict]]:
-    """Each thread count's rows, measured by this script in a process of its own."""
-    rows = {}
-    for count in counts:
-        with tempfile.TemporaryDirectory() as workdir:
-            out = Path(workdir) / "rows.json"
-            subprocess.run([sys.executable, __file__, "--runs", str(runs), "--models", models_arg, "--threads",
-                            str(count), "--rows-json", str(out)], check=True,
-                           env={**os.environ, "TVM_NUM_THREADS": str(count)})
-            rows[count] = json.loads(out.read_text())
-    return rows
+def build(name: str, workdir: Path) -> None:
+    """The model's W8A8 library and its QDQ model (model.qdq.onnx) in workdir/name."""
+    calib, _ = model_data(name)
+    qdq = qcompiler.quantize(qcompiler.load(models.path(f"{name}.onnx")), {"input": calib}, "w8a8", progress=False).qdq
+    write_library(compile_qdq(qdq, "native", batch=1), qdq, workdir / name)
 
 
-def threads_table(rows: dict[int, list[dict]], runs: int) -> str:
+def runner_call(name: str, runner: str, workdir: Path, threads: int):
+    """One runner of a model built by `build`, on the model's sample input."""
+    _, x = model_data(name)
+    feeds = {"input": x}
+    if runner == "ours":
+        library = load(workdir / name)
+        return lambda: library.run(feeds)
+    model = models.path(f"{name}.onnx") if runner == "ort_fp32" else workdir / name / "model.qdq.onnx"
+    ort = session(qcompiler.load(model), threads=threads)
+    return lambda: ort.run(None, feeds)
+
+
+#: Processes per runner and thread count: on a shared 2-vCPU host one process's median can be
+#: 50% off the next one's at 2 threads, so the table pools PROCESSES of them (taking turns).
+PROCESSES = 3
+
+
+def thread_rows(counts: list[int], runs: int, names: list[str]) -> dict[int, list[dict]]:
+    """Each thread count's rows: each runner timed by this script in processes of its own, the
+    runs of its PROCESSES processes pooled (runners and counts taking turns between processes)."""
+    samples = {(count, runner, name): [] for count in counts for runner in RUNNERS for name in names}
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in names:
+            build(name, Path(workdir))
+        for _ in range(PROCESSES):
+            for count in counts:
+                for runner in RUNNERS:
+                    out = Path(workdir) / "times.json"
+                    subprocess.run([sys.executable, __file__, "--runs", str(-(-runs // PROCESSES)), "--models",
+                                    ",".join(names), "--threads", str(count), "--runner", runner, "--workdir", workdir,
+                                    "--times-json", str(out)], check=True,
+                                   env={**os.environ, "TVM_NUM_THREADS": str(count)})
+                    for name, series in zip(names, json.loads(out.read_text())):
+                        samples[(count, runner, name)] += series
+    return {count: [{"model": name, **{runner: _summary(samples[(count, runner, name)]) for runner in RUNNERS}}
+                    for name in names] for count in counts}
+
+
+def threads_table(rows: dict[int, list[dict]], runs: int, results: Path = THREADS_RESULTS) -> str:
     def ms(t):
         return f"{t[0]:.3f} ({t[1]:.3f}-{t[2]:.3f})"
 
     counts = sorted(rows)
     first = counts[0]
     lines = ["# Latency by thread count (batch 1)", "",
-             f"Made by `python benchmarks/latency.py --threads {','.join(map(str, counts))} --runs {runs}` on "
+             f"Made by `python benchmarks/latency.py --threads {','.join(map(str, counts))} --runs {runs}"
+             f"{results_flag(results, THREADS_RESULTS)}` on "
              f"{platform.machine()} ({native_target().description}, {os.cpu_count()} logical CPUs), Python "
-             f"{platform.python_version()}. Each thread count ran in a process of its own: qcompiler's library with "
+             f"{platform.python_version()}: qcompiler's library with "
              "TVM_NUM_THREADS threads (its kernels split output rows over TVM's thread pool), onnxruntime's "
-             "sessions with intra_op_num_threads at the same count. Within a process each runner ran in blocks of "
-             "back-to-back calls (5 rounds, rotating order, 3 untimed calls opening each block), not call by call "
-             "as in latency.md: with two threads, runtimes that take turns call by call fight over the cores "
-             "(each one's idle workers spin), which measured 15.9 ms for a 0.6 ms model. Median ms of the runs "
+             "sessions with intra_op_num_threads at the same count. Each runner at each count ran in "
+             f"{PROCESSES} processes of its own (the libraries and QDQ models built once before; runners and counts "
+             f"taking turns between processes), {-(-runs // PROCESSES)} runs each, back to back in 5 blocks opened by "
+             "3 untimed calls each; the table pools the processes' runs. Not taking turns with the others as in "
+             "latency.md: with two threads, "
+             "runtimes in one process fight over the cores (each one's idle workers spin), which measured 15.9 ms "
+             "for a 0.6 ms model taking turns call by call, and onnxruntime int8's median 5.96 ms for a run whose "
+             "10th percentile was 1.88 ms taking turns block by block. Between processes, one runner's median at 2 "
+             "threads varied by up to 50% on this shared host (the pooled percentiles show it). Median ms of the runs "
              "(10th-90th percentile). Scaling = the runner's median at "
              f"{first} thread(s) / at this count, across the processes. Kernels below 2^20 multiply-adds stay on "
              "one thread (cpu_generic.MIN_PARALLEL_MACS).", "",
@@ -247,18 +274,22 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--models", default="fashion_resnet8,fashion_mobilenetv2,mobilenet_v2_imagenet")
     parser.add_argument("--threads", help="thread counts, comma-separated (1,2): the scaling table instead")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="the table's file (default %(default)s)")
-    parser.add_argument("--rows-json", type=Path, help=argparse.SUPPRESS)   # one count's rows, for --threads
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help=f"the table's file (default %(default)s; with --threads {THREADS_RESULTS.name})")
+    # one runner's times at one thread count, for --threads: its process, the built models' folder, where to write
+    parser.add_argument("--runner", choices=RUNNERS, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--times-json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.rows_json:
-        with tempfile.TemporaryDirectory() as workdir:
-            rows = [measure(name, args.runs, Path(workdir), int(args.threads), sizes=False, timer=block_timings)
-                    for name in args.models.split(",")]
-        args.rows_json.write_text(json.dumps(rows))
+    if args.times_json:
+        times = [block_samples(runner_call(name, args.runner, args.workdir, int(args.threads)), args.runs)
+                 for name in args.models.split(",")]
+        args.times_json.write_text(json.dumps(times))
         return
     if args.threads:
         counts = [int(c) for c in args.threads.split(",")]
-        publish(threads_table(thread_rows(counts, args.runs, args.models), args.runs), THREADS_RESULTS)
+        results = THREADS_RESULTS if args.results == RESULTS else args.results
+        publish(threads_table(thread_rows(counts, args.runs, args.models.split(",")), args.runs, results), results)
         return
     with tempfile.TemporaryDirectory() as workdir:
         rows = [measure(name, args.runs, Path(workdir)) for name in args.models.split(",")]

@@ -48,6 +48,7 @@ def _paragraph_numbers(link: str, files: tuple[str, ...]) -> tuple[list[str], st
 PARAGRAPHS = [
     ("latency.md", ("latency.md",), 6),
     ("latency_threads.md", ("latency_threads.md",), 6),
+    ("latency_threads_avx2.md", ("latency_threads_avx2.md",), 2),
     ("latency_avx2.md", ("latency_avx2.md",), 5),
     ("depthwise_tiles_avx2.md", ("depthwise_tiles_avx2.md",), 2),
     ("lowbit.md", ("lowbit.md",), 10),
