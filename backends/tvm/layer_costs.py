@@ -34,8 +34,9 @@ from qcompiler.ops import QUANTIZED_LAYERS
 LATENCY_FORMAT = "qcompiler-latency/1"
 #: Part of the cache key: raised whenever a kernel's code or template tile changes, so that times
 #: measured on older kernels are not reused (2: AVX2's depthwise tile; 3: grouped convs block-diagonal;
-#: 4: 4-bit depthwise weights decoded once a call; 5: the VNNI depthwise kernel).
-KERNELS_VERSION = 5
+#: 4: 4-bit depthwise weights decoded once a call; 5: the VNNI depthwise kernel; 6: depthwise kernels
+#: split over threads from 2^17 multiply-adds).
+KERNELS_VERSION = 6
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,8 @@ GEOMETRIES = [   # n, h, w, c, kh, kw, stride, dilation, padding (top, left, bot
     (1, 10, 10, 32, 3, 3, (1, 1), (2, 2), (2, 2, 2, 2)),    # dilation: not rolled
     (1, 8, 8, 16, 4, 4, (1, 1), (1, 1), (0, 0, 0, 0)),      # four rows: the whole lane, no padding
     (1, 6, 9, 16, 1, 3, (1, 2), (1, 1), (0, 1, 0, 1)),      # one row
-    (1, 112, 112, 16, 3, 3, (1, 1), (1, 1), (1, 1, 1, 1)),  # over 2^20 multiply-adds: rows in chunks
+    (1, 14, 14, 96, 3, 3, (1, 1), (1, 1), (1, 1, 1, 1)),    # over 2^17 multiply-adds: rows in 2 chunks
+    (1, 112, 112, 16, 3, 3, (1, 1), (1, 1), (1, 1, 1, 1)),  # over 2^20 multiply-adds: rows in 8 chunks
 ]
 
 FORMS = {   # the accumulators stay below 2^20 (255 * 128 * 25 < 2^20), the int32 form's range
@@ -131,23 +132,28 @@ SCRIPT = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
 from test_depthwise_vnni import GEOMETRIES, _case, _run
-task, x, weight, stored, table, _ = _case(GEOMETRIES[-1])
+task, x, weight, stored, table, _ = _case(GEOMETRIES[{index}])
 np.save({out!r}, _run(task, task.template_tile(), x, stored, table, emulated=False))
 """
 
 
-def test_rows_split_over_two_threads_compute_the_same_bits(tmp_path):
-    """A kernel over 2^20 multiply-adds splits its row chunks over TVM's thread pool; each chunk
-    builds its first row's columns in full."""
+@pytest.mark.parametrize("index,chunks", [(-2, 2), (-1, 8)], ids=["2 chunks", "8 chunks"])
+def test_rows_split_over_two_threads_compute_the_same_bits(index, chunks, tmp_path):
+    """A kernel over 2^17 multiply-adds splits its row chunks over TVM's thread pool (2 chunks
+    below 2^20, 8 above); each chunk builds its first row's columns in full."""
+    from qcompiler.backends.tvm.schedules.cpu_generic import MIN_PARALLEL_DEPTHWISE_MACS, MIN_PARALLEL_MACS
+
     _needs_vnni()
+    task = _case(GEOMETRIES[index])[0]
+    assert task.macs() >= MIN_PARALLEL_DEPTHWISE_MACS and (task.macs() >= MIN_PARALLEL_MACS) == (chunks == 8)
     outputs = []
     for threads in ("1", "2"):
         out = tmp_path / f"y{threads}.npy"
-        done = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=os.path.dirname(__file__), out=str(out))],
+        done = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=os.path.dirname(__file__), out=str(out),
+                                                                    index=index)],
                               capture_output=True, text=True, env={**os.environ, "TVM_NUM_THREADS": threads}, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
         outputs.append(np.load(out))
-    task, x, weight, _, _, (corr, m, rq) = _case(GEOMETRIES[-1])
-    assert task.macs() >= 2 ** 20
+    task, x, weight, _, _, (corr, m, rq) = _case(GEOMETRIES[index])
     np.testing.assert_array_equal(outputs[0], outputs[1])
     np.testing.assert_array_equal(outputs[0], _reference(x, weight, task, corr, m, rq))

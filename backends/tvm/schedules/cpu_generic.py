@@ -124,15 +124,19 @@ class VectorizeInjective(dl.ScheduleRule):
 #: it saves (measured: the Fashion-MNIST nets, whose kernels are all below this, ran 4-10%
 #: slower on 2 threads with every kernel split).
 MIN_PARALLEL_MACS = 1 << 20
+#: The same for depthwise kernels, which take several times as long per multiply-add (no channel
+#: reduction feeds their products): MobileNetV2's 14x14x384 3x3 one, 677K multiply-adds, took 20 us
+#: on one Zen 4 core, as long as a dense kernel of 4M, and ran on one thread below 2^20.
+MIN_PARALLEL_DEPTHWISE_MACS = 1 << 17
 
 
-def parallel_rows(sch, outer: list, macs: int | None) -> None:
+def parallel_rows(sch, outer: list, macs: int | None, least: int = MIN_PARALLEL_MACS) -> None:
     """Split the kernel's work over the runtime's threads by output rows: `outer` are the loops
     above the row tiles (batch, rows), fused into one parallel loop, for a kernel of `macs`
-    multiply-adds (None: unknown, split). Rows are independent, so the results are the same
-    bits whatever the thread count; with one thread (TVM_NUM_THREADS=1) the launch runs the loop
-    on the calling thread."""
-    if outer and (macs is None or macs >= MIN_PARALLEL_MACS):
+    multiply-adds (None: unknown, split) of at least `least`. Rows are independent, so the
+    results are the same bits whatever the thread count; with one thread (TVM_NUM_THREADS=1)
+    the launch runs the loop on the calling thread."""
+    if outer and (macs is None or macs >= least):
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
@@ -150,13 +154,14 @@ def threaded(target) -> bool:
 
 
 def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=None, lanes: int = LANES,
-                             tile=None, parallel: bool = True) -> None:
+                             tile=None, parallel: bool = True, least: int = MIN_PARALLEL_MACS) -> None:
     """Schedule an NHWC reduction block (`spatial` loops ending in pixels, channels): 16
     channels per vector, the reduction loops outside a tile of pixels along the row that shares
     each weight vector: tile x 16 accumulators in registers (a local cache), written back once
     per tile; the `epilogue` block (a requantization) computed from the registers on the way
     out (no int32 round trip). Channels that are not a multiple of `lanes` are vectorized as
-    `whole_vectors` says. `parallel`: output rows over the thread pool (parallel_rows)."""
+    `whole_vectors` says. `parallel`: output rows over the thread pool (parallel_rows, from
+    `least` multiply-adds)."""
     work = _work(sch, [*spatial, *reduce])
     lanes = whole_vectors(_static(sch.get(spatial[-1]).extent), lanes)
     channel_outer, channel_inner = sch.split(spatial[-1], [None, lanes])
@@ -166,7 +171,7 @@ def tile_pixels_and_channels(sch, block, spatial: list, reduce: list, epilogue=N
     pixel_outer, pixel_inner = sch.split(spatial[-2], [None, tile])
     sch.reorder(*spatial[:-2], pixel_outer, channel_outer, *reduce, pixel_inner, channel_inner)
     if parallel:
-        parallel_rows(sch, list(spatial[:-2]), work)
+        parallel_rows(sch, list(spatial[:-2]), work, least)
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, channel_outer)
     sch.vectorize(channel_inner)

@@ -149,7 +149,7 @@ class DepthwiseTask(KernelGeometry):
 
     def schedule(self, sch, tile) -> None:
         """cpu_generic.tile_pixels_and_channels with `tile` output pixels per register tile."""
-        from qcompiler.backends.tvm.schedules.cpu_generic import tile_pixels_and_channels
+        from qcompiler.backends.tvm.schedules.cpu_generic import MIN_PARALLEL_DEPTHWISE_MACS, tile_pixels_and_channels
 
         if any(self.padding):
             sch.compute_inline(sch.get_sblock("padded"))
@@ -160,4 +160,4 @@ class DepthwiseTask(KernelGeometry):
         block = sch.get_sblock("depthwise")
         loops = sch.get_loops(block)
         tile_pixels_and_channels(sch, block, loops[:4], loops[4:], sch.get_sblock("requantize"), tile=tile,
-                                 parallel=self.parallel)
+                                 parallel=self.parallel, least=MIN_PARALLEL_DEPTHWISE_MACS)

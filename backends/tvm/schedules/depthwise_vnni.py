@@ -36,8 +36,13 @@ from qcompiler.backends.tvm.schedules.geometry import output_size
 from qcompiler.backends.tvm.schedules.requantize import requantize_expression
 
 LANES = 16
-#: Row chunks of a kernel split over threads: 8 balance 1, 2 and 4 threads.
+#: Row chunks of a kernel split over threads: 8 balance 1, 2 and 4 threads. A chunk's first row
+#: builds its columns from all KH input rows (the others roll them down), which costs a thread
+#: that runs several chunks: the kernels below MIN_PARALLEL_MACS (whose rows are few: 14 or 7 in
+#: MobileNetV2) make 2 chunks; in 8 of 2 rows they ran 15-30% slower on one thread, in 4 of 4 rows
+#: 5-13%.
 THREAD_CHUNKS = 8
+SMALL_KERNEL_CHUNKS = 2
 
 
 def columns_kernel(task, tile: int, emulated: bool = False):
@@ -49,7 +54,7 @@ def columns_kernel(task, tile: int, emulated: bool = False):
     from tvm import tirx
     from tvm.script import tirx as T
 
-    from qcompiler.backends.tvm.schedules.cpu_generic import MIN_PARALLEL_MACS
+    from qcompiler.backends.tvm.schedules.cpu_generic import MIN_PARALLEL_DEPTHWISE_MACS, MIN_PARALLEL_MACS
 
     n, h, w, c, kh, kw = task.n, task.h, task.w, task.c, task.kh, task.kw
     (s0, s1), (d0, d1), (pt, pl, pb, pr) = task.stride, task.dilation, task.padding
@@ -59,8 +64,8 @@ def columns_kernel(task, tile: int, emulated: bool = False):
     rolling = d0 == 1 and groups == 1 and s0 <= min(kh, 3)
     rolls = -(-kh // s0)
     rows = n * ho
-    threads = task.parallel and task.macs() >= MIN_PARALLEL_MACS
-    chunk = -(-rows // THREAD_CHUNKS) if threads else rows
+    threads = task.parallel and task.macs() >= MIN_PARALLEL_DEPTHWISE_MACS
+    chunk = -(-rows // (THREAD_CHUNKS if task.macs() >= MIN_PARALLEL_MACS else SMALL_KERNEL_CHUNKS)) if threads else rows
     chunks = -(-rows // chunk)
     zero16 = tirx.Broadcast(tirx.const(0, "uint32"), LANES)
 
