@@ -209,7 +209,7 @@ def runner_call(name: str, runner: str, workdir: Path, threads: int):
 
 #: Processes per runner and thread count: on a shared 2-vCPU host one process's median can be
 #: 50% off the next one's at 2 threads, so the table pools PROCESSES of them (taking turns).
-PROCESSES = 3
+PROCESSES = 5
 
 
 def thread_rows(counts: list[int], runs: int, names: list[str]) -> dict[int, list[dict]]:
@@ -256,7 +256,7 @@ def threads_table(rows: dict[int, list[dict]], runs: int, results: Path = THREAD
              "threads varied by up to 50% on this shared host (the pooled percentiles show it). Median ms of the runs "
              "(10th-90th percentile). Scaling = the runner's median at "
              f"{first} thread(s) / at this count, across the processes. Kernels below 2^20 multiply-adds stay on "
-             "one thread (cpu_generic.MIN_PARALLEL_MACS).", "",
+             "one thread (cpu_generic.MIN_PARALLEL_MACS), depthwise ones below 2^17 (MIN_PARALLEL_DEPTHWISE_MACS).", "",
              "| model | threads | onnxruntime FP32 ms | onnxruntime int8 ms | qcompiler ms | vs FP32 | vs int8 "
              "| scaling FP32 | scaling int8 | scaling qcompiler |", "|---|---|---|---|---|---|---|---|---|---|"]
     for index in range(len(rows[first])):
