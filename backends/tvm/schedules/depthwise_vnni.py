@@ -65,7 +65,8 @@ def columns_kernel(task, tile: int, emulated: bool = False):
     rolls = -(-kh // s0)
     rows = n * ho
     threads = task.parallel and task.macs() >= MIN_PARALLEL_DEPTHWISE_MACS
-    chunk = -(-rows // (THREAD_CHUNKS if task.macs() >= MIN_PARALLEL_MACS else SMALL_KERNEL_CHUNKS)) if threads else rows
+    split = THREAD_CHUNKS if task.macs() >= MIN_PARALLEL_MACS else SMALL_KERNEL_CHUNKS
+    chunk = -(-rows // split) if threads else rows
     chunks = -(-rows // chunk)
     zero16 = tirx.Broadcast(tirx.const(0, "uint32"), LANES)
 
