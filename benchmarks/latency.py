@@ -130,8 +130,8 @@ def measure(name: str, runs: int, workdir: Path) -> dict:
     row.update(measure_sizes(name, path, calib, workdir / name, workdir))
     calls = {runner: runner_call(name, runner, workdir, 1) for runner in RUNNERS}
     # the W4A8 library measure_sizes built: its 4-bit layers on their own kernels where the CPU has them
-    ours_w4 = load(workdir / f"{name}-w4a8")
-    calls["ours_w4a8"] = lambda: ours_w4.run({"input": x})
+    ours_w4, feeds = load(workdir / f"{name}-w4a8"), {"input": x}
+    calls["ours_w4a8"] = lambda: ours_w4.run(feeds)   # one feeds dict, as runner_call's, not one per timed call
     row.update(timings(calls, runs))
     return row
 
