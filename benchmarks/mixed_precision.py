@@ -112,6 +112,9 @@ def budget_search_rows(name: str, problem, size: int) -> list[str]:
                           ("both", dataclasses.replace(problem, max_size=size))):
         for method, search in SEARCHES:
             a = search(varied)
+            if not varied.feasible(varied.index(a.bits)):
+                raise SystemExit(f"{name}, {label} budget: the {method} search's answer is over budget")
+            method = a.method if "stuck" in a.method else method
             rows.append(f"| {name} | {label} | {method} | {a.objective:.5g} | {a.size:,} | {a.latency:.3f} | "
                         f"{a.seconds:.3f} |")
     return rows

@@ -148,14 +148,28 @@ def _answer(problem: BitProblem, method: str, genes: np.ndarray, start: float, *
     return Assignment(method, bits, problem.objective(genes), size, latency, time.perf_counter() - start, **extra)
 
 
-def _cost_rate(problem: BitProblem, genes: np.ndarray, layer: int, new: int) -> float:
-    """Objective increase per unit of budget saved by moving `layer` to choice `new` (lower)."""
+def _violations(problem: BitProblem, totals: tuple[int, float]) -> tuple[float, float]:
+    """How far (size, latency) are over their budgets, each as a fraction of its budget (0 within)."""
+    size, latency = totals
+    over_size = max(0.0, (size - problem.max_size) / problem.max_size) if problem.max_size is not None else 0.0
+    over_time = max(0.0, (latency - problem.max_latency) / problem.max_latency) \
+        if problem.max_latency is not None else 0.0
+    return over_size, over_time
+
+
+def _cost_rate(problem: BitProblem, genes: np.ndarray, layer: int, new: int, totals: tuple[int, float]) -> float:
+    """Objective increase per unit of budget saved by moving `layer` to choice `new`: savings
+    count on the budgets now exceeded, and a budget now met counts what the move would put it
+    over (fewer bits can run slower: a step that saves bytes may cost time). inf: saves nothing."""
+    before = _violations(problem, totals)
+    after = _violations(problem, problem.moved_totals(genes, layer, new, totals))
     saved = 0.0
-    old = genes[layer]
     if problem.max_size is not None:
-        saved += (problem.size[layer][old] - problem.size[layer][new]) / problem.max_size
+        old_size, new_size = problem.size[layer][genes[layer]], problem.size[layer][new]
+        saved += (old_size - new_size) / problem.max_size if before[0] > 0 else -after[0]
     if problem.max_latency is not None:
-        saved += (problem.latency[layer][old] - problem.latency[layer][new]) / problem.max_latency
+        old_time, new_time = problem.latency[layer][genes[layer]], problem.latency[layer][new]
+        saved += (old_time - new_time) / problem.max_latency if before[1] > 0 else -after[1]
     if saved <= 0:
         return math.inf
     return problem.change(genes, layer, new) / saved
@@ -165,7 +179,8 @@ def _lower_until_feasible(problem: BitProblem, genes: np.ndarray, rng: np.random
                           pinned: int | None = None, finish: bool = False) -> np.ndarray | None:
     """Lower one layer a step at a time, the cheapest objective increase per budget saved first
     (with `rng`: one of the three cheapest), until the assignment is within budget. The `pinned`
-    layer is never lowered (None if the budget cannot be met without it).
+    layer is never moved. Where no step down saves budget (fewer bits can run slower), the rest
+    is _repair_by_any_move's; None if that too finds no way into the budget.
 
     With `finish`, each step also notes the cheapest single step that would end the repair
     there; each of those endings and the walk's own end spends what the budget has left
@@ -174,15 +189,14 @@ def _lower_until_feasible(problem: BitProblem, genes: np.ndarray, rng: np.random
     4 -> 2 bits on a 200 KB layer to cover the last few KB)."""
     genes, endings = genes.copy(), []
     while not problem.feasible(genes):
-        moves = sorted((_cost_rate(problem, genes, i, genes[i] - 1), i) for i in range(len(genes))
+        totals = problem.totals(genes)
+        moves = sorted((_cost_rate(problem, genes, i, genes[i] - 1, totals), i) for i in range(len(genes))
                        if genes[i] > 0 and i != pinned)
         moves = [m for m in moves if math.isfinite(m[0])]
-        if not moves:  # only layers whose fewer bits save nothing are left: go all the way down
-            if pinned is not None:
-                return None
-            return np.zeros_like(genes)
+        if not moves:
+            genes = _repair_by_any_move(problem, genes, pinned)
+            break
         if finish:
-            totals = problem.totals(genes)
             ends = [(problem.change(genes, i, genes[i] - 1), i) for _, i in moves
                     if problem.within(*problem.moved_totals(genes, i, genes[i] - 1, totals))]
             if ends:
@@ -191,9 +205,34 @@ def _lower_until_feasible(problem: BitProblem, genes: np.ndarray, rng: np.random
                 endings.append(ending)
         pick = moves[int(rng.integers(min(3, len(moves))))] if rng is not None else moves[0]
         genes[pick[1]] -= 1
-    if not finish:
+    candidates = endings + ([genes] if genes is not None else [])
+    if not finish or not candidates:
         return genes
-    return min((_raise_while_feasible(problem, g) for g in [*endings, genes]), key=problem.objective)
+    return min((_raise_while_feasible(problem, g) for g in candidates), key=problem.objective)
+
+
+def _repair_by_any_move(problem: BitProblem, genes: np.ndarray, pinned: int | None) -> np.ndarray | None:
+    """Into the budget by moving one layer at a time to any choice, up or down, each move the one
+    that cuts the overshoot (summed over the budgets, as fractions) the most per objective
+    increase; every move cuts it, so this ends. None where no move does (two budgets pulling
+    apart: a layer's fewer bits save bytes and cost time)."""
+    genes = genes.copy()
+    while not problem.feasible(genes):
+        totals = problem.totals(genes)
+        over = sum(_violations(problem, totals))
+        moves = []
+        for i in range(len(genes)):
+            for c in range(len(problem.choices[i])):
+                if i == pinned or c == genes[i]:
+                    continue
+                cut = over - sum(_violations(problem, problem.moved_totals(genes, i, c, totals)))
+                if cut > 1e-12:
+                    moves.append((problem.change(genes, i, c) / cut, i, c))
+        if not moves:
+            return None
+        _, layer, choice = min(moves)
+        genes[layer] = choice
+    return genes
 
 
 def _raise_while_feasible(problem: BitProblem, genes: np.ndarray) -> np.ndarray:
@@ -213,11 +252,17 @@ def _raise_while_feasible(problem: BitProblem, genes: np.ndarray) -> np.ndarray:
 
 def greedy_search(problem: BitProblem) -> Assignment:
     """Every layer at its most bits, then the cheapest step down (objective per budget saved)
-    until within budget: the greedy baseline (AIMET's is of this kind)."""
+    until within budget: the greedy baseline (AIMET's is of this kind). Where its steps find no
+    way into two budgets that pull apart, its answer is the fewest bytes within the latency
+    budget (the integer program's), and its method says so."""
     start = time.perf_counter()
     problem.check_reachable()
     top = np.array([len(c) - 1 for c in problem.choices])
-    return _answer(problem, "greedy", _lower_until_feasible(problem, top, None), start)
+    found = _lower_until_feasible(problem, top, None)
+    if found is None:
+        return _answer(problem, "greedy (stuck: the fewest bytes within the latency budget)",
+                       _smallest_within_latency(problem), start)
+    return _answer(problem, "greedy", found, start)
 
 
 def exact_search(problem: BitProblem) -> Assignment:
@@ -235,6 +280,8 @@ def exact_search(problem: BitProblem) -> Assignment:
     genes = np.array([int(np.argmax(found.x[offsets[l]:offsets[l + 1]])) for l in range(len(problem.choices))])
     if not problem.feasible(genes):   # the solver's tolerance let a budget slip by a hair
         genes = _lower_until_feasible(problem, genes, None)
+        if genes is None:
+            raise RuntimeError("the exact bit-width search's answer is over budget and could not be repaired")
     return _answer(problem, "exact (integer program)", genes, start)
 
 
@@ -243,9 +290,14 @@ def smallest_size_within_latency(problem: BitProblem) -> int:
     sizes alone): where fewer bits run slower (4- and 2-bit weights unpacked into 8-bit kernels),
     a size budget and a latency budget that can each be met may not be met together. The latency
     budget alone must be reachable (check_reachable tests it first)."""
+    return int(problem.totals(_smallest_within_latency(problem))[0])
+
+
+def _smallest_within_latency(problem: BitProblem) -> np.ndarray:
+    """The assignment (choice per layer) of smallest_size_within_latency."""
     timed = dataclasses.replace(problem, max_size=None, pairs={})
-    found, _ = _integer_program(timed, problem.size, "the smallest size within the latency budget")
-    return problem.fixed_size + int(round(found.fun))
+    found, offsets = _integer_program(timed, problem.size, "the smallest size within the latency budget")
+    return np.array([int(np.argmax(found.x[offsets[l]:offsets[l + 1]])) for l in range(len(problem.choices))])
 
 
 def _integer_program(problem: BitProblem, choice_costs, what: str):
@@ -311,8 +363,9 @@ class GeneticConfig:
 
 def genetic_search(problem: BitProblem, seed: int = 0, config: GeneticConfig | None = None,
                    progress=None) -> Assignment:
-    """The GA. Every individual is made feasible (repaired by lowering bits) before it is scored,
-    so every generation's best is within budget. The greedy answer is one of the first
+    """The GA. Every individual is made feasible (repaired: _lower_until_feasible; a child the
+    repair cannot place is replaced by its first parent) before it is scored, so every
+    generation's best is within budget. The greedy answer is one of the first
     population's individuals; the last generation's best is polished by a local search
     (_local_search). `progress(generation, best)` is called after each generation."""
     start, config = time.perf_counter(), config or GeneticConfig()
@@ -329,10 +382,15 @@ def genetic_search(problem: BitProblem, seed: int = 0, config: GeneticConfig | N
         return seen[key]
 
     top = np.array([len(c) - 1 for c in problem.choices])
-    population = [_lower_until_feasible(problem, top, None, finish=True)]
-    while len(population) < config.population:
-        population.append(_lower_until_feasible(problem, np.array([rng.integers(len(c)) for c in problem.choices]), rng,
-                                                finish=True))
+    first = _lower_until_feasible(problem, top, None, finish=True)
+    population = [first if first is not None else _smallest_within_latency(problem)]
+    for _ in range(20 * config.population):   # random starts the repair cannot place are drawn again
+        if len(population) >= config.population:
+            break
+        found = _lower_until_feasible(problem, np.array([rng.integers(len(c)) for c in problem.choices]), rng,
+                                      finish=True)
+        if found is not None:
+            population.append(found)
     history, best, stale = [], None, 0
     for generation in range(config.generations):
         ranked = sorted(population, key=score)
@@ -352,7 +410,8 @@ def genetic_search(problem: BitProblem, seed: int = 0, config: GeneticConfig | N
             for i in np.nonzero(rng.random(n) < mutation)[0]:
                 if len(problem.choices[i]) > 1:
                     child[i] = (child[i] + rng.integers(1, len(problem.choices[i]))) % len(problem.choices[i])
-            children.append(_lower_until_feasible(problem, child, rng, finish=True))
+            repaired = _lower_until_feasible(problem, child, rng, finish=True)
+            children.append(repaired if repaired is not None else a.copy())
         population = children
     polished = _local_search(problem, best, score)
     if score(polished) < score(best) - 1e-15:
@@ -389,9 +448,10 @@ def _tournament(population: list, score, size: int, rng: np.random.Generator) ->
 
 
 def pareto_front(problem: BitProblem, seen: dict[tuple, float]) -> list[tuple]:
-    """(size, latency, objective, bits) of the seen assignments no other beats on all three."""
+    """(size, latency, objective, bits) of the seen assignments within budget that no other beats
+    on all three."""
     points = sorted((*problem.totals(np.array(k)), v, tuple(int(c[g]) for c, g in zip(problem.choices, k)))
-                    for k, v in seen.items())
+                    for k, v in seen.items() if problem.feasible(np.array(k)))
     front: list[tuple] = []
     for point in points:   # sorted by size: only an earlier (front) point can dominate this one
         if not any(o[1] <= point[1] + 1e-12 and o[2] <= point[2] for o in front):

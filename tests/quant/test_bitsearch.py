@@ -19,9 +19,11 @@ CHOICES = (2, 4, 8)
 
 
 def random_problem(seed: int, layers: int = 8, pairs: bool = True, latency: bool = False,
-                   tightness: float = 0.5) -> BitProblem:
+                   tightness: float = 0.5, slower_below: float = 0.0) -> BitProblem:
     """Sensitivity falling with bits (roughly 4x per bit halving, as quantization noise does),
-    sizes proportional to bits times a layer's parameter count, a budget between the extremes."""
+    sizes proportional to bits times a layer's parameter count, a budget between the extremes.
+    With `slower_below`, that share of the layers runs slower with fewer bits (as on VNNI, where
+    4- and 2-bit weights are unpacked into the 8-bit kernels)."""
     rng = np.random.default_rng(seed)
     params = rng.integers(100, 5000, layers)
     weight = rng.lognormal(0, 1.5, layers)
@@ -29,15 +31,16 @@ def random_problem(seed: int, layers: int = 8, pairs: bool = True, latency: bool
                               for b in CHOICES) for i in range(layers))
     size = tuple(tuple(int(params[i] * b // 8) for b in CHOICES) for i in range(layers))
     lo, hi = sum(s[0] for s in size), sum(s[-1] for s in size)
-    times = tuple(tuple(float(params[i] * (0.5 + b / 16) / 1000) for b in CHOICES) for i in range(layers)) \
-        if latency else None
+    slower = rng.random(layers) < slower_below if slower_below else np.zeros(layers, bool)
+    times = tuple(tuple(float(params[i] * ((1.2 - b / 16) if slower[i] else (0.5 + b / 16)) / 1000) for b in CHOICES)
+                  for i in range(layers)) if latency else None
     pair_terms = {}
     if pairs:
         for i in range(0, layers - 1, 2):
             pair_terms[(i, i + 1)] = rng.uniform(0, 0.3, (3, 3)) * min(weight[i], weight[i + 1])
     max_latency = None
     if latency:
-        tlo, thi = sum(t[0] for t in times), sum(t[-1] for t in times)
+        tlo, thi = sum(min(t) for t in times), sum(max(t) for t in times)
         max_latency = tlo + tightness * (thi - tlo)
     return BitProblem(tuple(f"l{i}" for i in range(layers)), (CHOICES,) * layers, sensitivity, size,
                       int(lo + tightness * (hi - lo)), times, max_latency, pairs=pair_terms)
@@ -66,6 +69,28 @@ def test_every_generation_best_is_within_budget(seed):
     assert found.size <= problem.max_size and found.latency <= problem.max_latency + 1e-9
     for size, latency, objective, bits in found.front:
         assert size <= problem.max_size and latency <= problem.max_latency + 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.1, 0.9), st.floats(0.1, 0.9))
+def test_every_answer_is_within_both_budgets_where_fewer_bits_run_slower(seed, size_tightness, time_tightness):
+    """Two budgets pulling apart (some layers' 2- and 4-bit weights run slower than 8-bit): the
+    repair that only lowered bits gave the greedy baseline, and could give GA individuals,
+    every layer's fewest bits over the latency budget. Each search's answer and every point of
+    the GA's front must be within both, and the GA must reach the optimum on 7 layers."""
+    problem = random_problem(seed, layers=7, latency=True, tightness=time_tightness, slower_below=0.4)
+    lo, hi = sum(s[0] for s in problem.size), sum(s[-1] for s in problem.size)
+    problem = dataclasses.replace(problem, max_size=int(lo + size_tightness * (hi - lo)))
+    try:
+        best = brute_force(problem)
+    except UsageError:   # the two budgets cannot be met together: every search says so (tested above)
+        return
+    found = genetic_search(problem, seed=seed)
+    for answer in (found, greedy_search(problem), exact_search(problem)):
+        assert problem.feasible(problem.index(answer.bits)), answer.method
+    for size, latency, objective, bits in found.front:
+        assert problem.feasible(problem.index(bits))
+    assert found.objective == pytest.approx(best.objective, rel=1e-9, abs=1e-12)
 
 
 def test_the_seed_makes_the_search_repeatable():
