@@ -5,13 +5,13 @@ on the same problems (summed sensitivity reached, and time).
 
     apt-get install dataset-fashion-mnist
     pip install -e .
-    python benchmarks/mixed_precision.py --iters 1000            # writes benchmarks/results/mixed.md
+    python benchmarks/mixed_precision.py --iters 300             # writes benchmarks/results/mixed.md
     python benchmarks/mixed_precision.py --scheme w2a4 --iters 300   # writes benchmarks/results/mixed_w2a4.md
     python benchmarks/mixed_precision.py --part searches         # writes benchmarks/results/mixed_searches.md
     python benchmarks/mixed_precision.py --part latency --iters 300   # writes benchmarks/results/mixed_latency.md
     apt-get install opencv-doc && pip install --no-deps foolbox==3.3.4 scikit-image
     python benchmarks/mixed_precision.py --part imagenet         # writes benchmarks/results/mixed_imagenet.md
-    python benchmarks/mixed_precision.py --part imagenet-latency # writes benchmarks/results/mixed_imagenet_latency.md
+    python benchmarks/mixed_precision.py --part imagenet-latency --iters 200   # mixed_imagenet_latency.md
     python benchmarks/mixed_precision.py --part imagenet-brecq --iters 200   # mixed_imagenet_brecq.md
     python benchmarks/mixed_precision.py --part imagenet-brecq --scheme w2a4 --iters 200   # ..._brecq_w2a4.md
 
@@ -25,7 +25,8 @@ thread): the uniform W4A8 library is built and timed, and its median is the GA's
 budget (nearest rounding); then the GA's library is built and all are timed again side by side
 (runs taking turns, as benchmarks/latency.py does); then each library's bits again with BRECQ
 (same kernels, same latency). `--part imagenet-latency`: the same on the ImageNet MobileNetV2,
-nearest rounding, agreement with the float model on held-out photos.
+nearest rounding (and with `--iters`, BRECQ on the w4a8 scheme's libraries), agreement with the
+float model on held-out photos.
 """
 
 from __future__ import annotations

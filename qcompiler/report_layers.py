@@ -223,31 +223,52 @@ def ranges_log(plt, tensors: list[TensorError]):
 
 
 def bits_and_front(plt, mixed):
-    """The chosen weight bits along the network, and the Pareto front the search saw (size
-    against summed sensitivity) with the chosen point."""
-    a = mixed.assignment
+    """The chosen weight bits along the network, and the front the search saw with the chosen
+    point: summed sensitivity against size, and against predicted latency where the search had
+    a latency budget (one panel per budgeted cost; size alone when there was none)."""
+    a, problem = mixed.assignment, mixed.problem
     bits = mixed.bits_of()
     names = [n for n in mixed.sizes if n in bits]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 2]})
+    costs = [c for c in (("size", problem.max_size), ("latency", problem.max_latency)) if c[1] is not None]
+    fig, axes = plt.subplots(1, 1 + len(costs), figsize=(11 + 4 * (len(costs) - 1), 3.4),
+                             gridspec_kw={"width_ratios": [3] + [2] * len(costs)})
+    left = axes[0]
     left.bar(range(len(names)), [bits[n] for n in names],
              color=["tab:gray" if n in mixed.pinned else "tab:blue" for n in names])
     left.set_yticks([2, 4, 8])
     left.set_xlabel("weighted layer, in graph order (gray: pinned)")
     left.set_ylabel("weight bits")
-    if a.front:
-        sizes, objectives = np.array([p[0] for p in a.front]), np.array([p[2] for p in a.front])
-        right.plot(sizes / 1024, objectives, ".-", color="tab:green", label="Pareto front seen")
-    right.plot([a.size / 1024], [a.objective], "r*", ms=12, label="chosen")
-    for name, other in mixed.baselines.items():
-        right.plot([other.size / 1024], [other.objective], "x", ms=8, label=name)
-    if mixed.problem.max_size:
-        right.axvline(mixed.problem.max_size / 1024, color="k", lw=0.6, ls="--", label="budget")
-    right.set_xlabel("weights (KiB)")
-    right.set_ylabel("summed sensitivity")
-    right.set_yscale("symlog", linthresh=1e-4)
-    right.legend(fontsize=7)
+    for ax, (cost, budget) in zip(axes[1:], costs):
+        _front_panel(ax, mixed, cost, budget)
     fig.tight_layout()
     return fig
+
+
+def _front_panel(ax, mixed, cost: str, budget: float) -> None:
+    """Summed sensitivity against one cost (size in KiB or latency in ms): the seen points no
+    other beats on both, the chosen point, the baselines and the budget."""
+    a = mixed.assignment
+    scale, unit = (1 / 1024, "weights (KiB)") if cost == "size" else (1.0, "predicted latency (ms)")
+    column = 0 if cost == "size" else 1
+
+    def at(point) -> float:
+        return point[column] * scale
+
+    front, lowest = [], np.inf
+    for point in sorted(a.front, key=lambda p: (p[column], p[2])):
+        if point[2] < lowest:   # sorted by this cost: a point is on its 2-D front if it beats all cheaper ones
+            front.append(point)
+            lowest = point[2]
+    if front:
+        ax.plot([at(p) for p in front], [p[2] for p in front], ".-", color="tab:green", label="front seen")
+    ax.plot([(a.size, a.latency)[column] * scale], [a.objective], "r*", ms=12, label="chosen")
+    for name, other in mixed.baselines.items():
+        ax.plot([(other.size, other.latency)[column] * scale], [other.objective], "x", ms=8, label=name)
+    ax.axvline(budget * scale, color="k", lw=0.6, ls="--", label="budget")
+    ax.set_xlabel(unit)
+    ax.set_ylabel("summed sensitivity")
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.legend(fontsize=7)
 
 
 def _short(name: str, width: int = 48) -> str:

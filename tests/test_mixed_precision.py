@@ -62,6 +62,24 @@ def test_size_budget_is_met_to_the_byte_of_the_library(model, target, budget, tm
         assert used <= 2 ** bits - (bits != 2), f"a {bits}-bit layer uses {used} levels"
 
 
+def test_brecq_reconstructs_at_the_searched_widths(tmp_path, capsys):
+    """`--bits auto --reconstruct brecq` from the command line: the search runs first and the
+    reconstruction learns each layer's rounding on the grid of its searched width (a 2-bit
+    layer rounded on the preset's 4-bit grid would use up to 15 levels)."""
+    code, out, err = cli(capsys, "quantize", RESNET, "--calib", SUBSET, "--calib-count", 64, "--preset", "w4a8",
+                         "--bits", "auto", "--max-size", "28KB", "--target", "x86-avx512-vnni", "--reconstruct",
+                         "brecq", "--iters", 20, "--act-iters", 5, "--no-progress", "-o", tmp_path)
+    assert code == 0, err
+    line = next(row for row in out.splitlines() if row.startswith("bit widths"))
+    assert any(row.startswith("reconstruction") and "5 blocks" in row for row in out.splitlines()), out
+    order = [int(b) for b in line.split("in graph order: ")[1].split()]
+    assert 2 in order and 8 in order, line
+    levels = weight_levels(tmp_path / "model.qdq.onnx")
+    assert len(levels) == len(order)
+    for bits, used in zip(order, levels):
+        assert used <= 2 ** bits - (bits != 2), f"a {bits}-bit layer uses {used} levels"
+
+
 def test_transposed_convs_are_counted_as_the_library_stores_them(tmp_path, capsys):
     """A U-Net's ConvTranspose layers are built as stride-1 phase convs with packed weights: the
     search counts them so (they were counted as 8-bit parameters, and 30 KB was refused)."""
@@ -216,6 +234,26 @@ def test_analyze_prints_and_writes_the_sensitivities(tmp_path, capsys, monkeypat
     assert "<table id='layers'" in (tmp_path / "a" / "analysis.html").read_text()
     code, out, _ = cli(capsys, "analyze", RESNET, "--calib", SUBSET, "--samples", 32, "--bit-choices", "2,8")
     assert code == 0 and "read from the cache" in out
+
+
+def test_analyze_measures_the_network_effect_on_the_eval_data(tmp_path, capsys, monkeypatch):
+    """--eval: the network-level KL, agreement and accuracy come from the held-out samples, not
+    the calibration ones (the block errors still do), and accuracy only where they have labels."""
+    monkeypatch.setenv("QCOMPILER_CACHE", str(tmp_path / "cache"))
+    subset = np.load(SUBSET)
+    np.savez(tmp_path / "held.npz", input=subset["input"][-64:], labels=subset["labels"][-64:])
+    np.savez(tmp_path / "unlabelled.npz", input=subset["input"][-64:])
+    tables = {}
+    for name, extra in (("calib", []), ("held", ["--eval", tmp_path / "held.npz"]),
+                        ("unlabelled", ["--eval", tmp_path / "unlabelled.npz"])):
+        code, _, err = cli(capsys, "analyze", RESNET, "--calib", SUBSET, "--calib-count", 32, "--samples", 32,
+                           "--bit-choices", "2,8", "-o", tmp_path / name, *extra)
+        assert code == 0, err
+        tables[name] = json.loads((tmp_path / name / "sensitivity.json").read_text())["layers"]
+    for calib, held, unlabelled in zip(tables["calib"], tables["held"], tables["unlabelled"]):
+        assert calib["block_error"] == held["block_error"] == unlabelled["block_error"]
+        assert held["network_kl"] == unlabelled["network_kl"] and held["accuracy"] and not unlabelled["accuracy"]
+    assert [t["network_kl"] for t in tables["calib"]] != [t["network_kl"] for t in tables["held"]]
 
 
 def test_sensitivity_of_a_network_whose_logits_are_nchw(tmp_path, monkeypatch):
