@@ -187,3 +187,28 @@ def test_an_unreachable_tracker_or_a_key_without_devices_is_exit_7(tracker, conv
     assert code == 7 and "no free device with key 'phone' (it has: dev x2)" in err, err
     code, _, err = cli(capsys, "tune", conv_model, "--rpc", "localhost:dev")
     assert code == 2 and "expected HOST:PORT:KEY" in err, err
+
+
+def test_the_latency_table_times_kernels_through_a_tracker(tracker, tmp_path, monkeypatch):
+    """Mixed precision's per-layer latency table measured on the device behind a tracker (here a
+    server on this host): every kernel timed there, cached under that device apart from local
+    timings, and read back from the cache the second time."""
+    from qcompiler.backends.tvm.layer_costs import kernel_task, layer_shapes, measure_latency
+    from qcompiler.backends.tvm.targets import get_target
+    from qcompiler.driver import build_pipeline
+    from qcompiler.ir import load
+
+    port, _ = tracker
+    monkeypatch.setenv("QCOMPILER_CACHE", str(tmp_path))
+    model = build_pipeline()(load(ROOT / "models" / "fashion_mobilenetv2.onnx")).model
+    spec = get_target("native")
+    every = layer_shapes(model, [n.name for n in model.graph.nodes if n.op == "Conv"])
+    shapes = {n: s for n, s in every.items() if kernel_task(s, 8, spec) is not None}
+    shapes = dict(list(shapes.items())[:2])
+    remote = measure_latency(shapes, (4, 8), spec, rpc=f"127.0.0.1:{port}:dev", repeats=2)
+    assert remote.device == f"127.0.0.1:{port}:dev" and remote.seconds > 0
+    assert all(remote.ms[n][b] > 0 for n in shapes for b in (4, 8)), remote.ms
+    local = measure_latency(shapes, (4, 8), spec, repeats=2)
+    assert local.device == "local" and local.seconds > 0, "the device's timings are not the host's cache entry"
+    again = measure_latency(shapes, (4, 8), spec, rpc=f"127.0.0.1:{port}:dev")
+    assert again.ms == remote.ms, "read back from the device's cache entry"
