@@ -90,6 +90,12 @@ def text_table(table) -> str:
     low = table.choices[0]
     worst = sorted(table.layers, key=lambda e: -e.block_error[low])[:5]
     lines.append(f"most sensitive at {low} bits: " + ", ".join(f"{e.layer} ({e.block_error[low]:.3g})" for e in worst))
+    if table.pairs:
+        pair, widths, extra = max(((p, w, v) for p, terms in table.pairs.items() for w, v in terms.items()),
+                                  key=lambda t: abs(t[2]))
+        a, b = pair.split("|")
+        lines.append(f"pair terms (two layers of one block quantized together, minus each alone): {len(table.pairs)} "
+                     f"pairs; the largest: {a} + {b} at {widths.replace(',', ' and ')} bits ({extra:+.3g})")
     source = "read from the cache" if table.cached else f"measured in {table.seconds:.0f} s"
     lines.append(f"{table.samples} calibration samples, {table.eval_samples} for the network effect; {source}"
                  + (f"; float top-1 {table.float_accuracy:.4f}" if table.float_accuracy is not None else ""))

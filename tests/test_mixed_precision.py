@@ -231,6 +231,13 @@ def test_analyze_prints_and_writes_the_sensitivities(tmp_path, capsys, monkeypat
     assert "most sensitive at 2 bits: " in out
     table = json.loads((tmp_path / "a" / "sensitivity.json").read_text())
     assert table["format"] == "qcompiler-sensitivity/1" and len(table["layers"]) == 10
+    names = {entry["layer"] for entry in table["layers"]}
+    assert table["pairs"], "ResNet-8's blocks hold two or three convolutions: pair terms"
+    for pair, terms in table["pairs"].items():
+        assert set(pair.split("|")) <= names and sorted(terms) == ["2,2", "2,8", "8,2", "8,8"]
+    largest = max(((p, w, v) for p, t in table["pairs"].items() for w, v in t.items()), key=lambda t: abs(t[2]))
+    a, b = largest[0].split("|")
+    assert f"{len(table['pairs'])} pairs; the largest: {a} + {b} at " in out
     assert "<table id='layers'" in (tmp_path / "a" / "analysis.html").read_text()
     code, out, _ = cli(capsys, "analyze", RESNET, "--calib", SUBSET, "--samples", 32, "--bit-choices", "2,8")
     assert code == 0 and "read from the cache" in out

@@ -277,7 +277,7 @@ def exact_search(problem: BitProblem) -> Assignment:
     problem.check_reachable()
     # check_reachable passed, so only the solver can fail to answer
     found, offsets = _integer_program(problem, problem.sensitivity, "the exact bit-width search")
-    genes = np.array([int(np.argmax(found.x[offsets[l]:offsets[l + 1]])) for l in range(len(problem.choices))])
+    genes = _chosen(found, offsets)
     if not problem.feasible(genes):   # the solver's tolerance let a budget slip by a hair
         genes = _lower_until_feasible(problem, genes, None)
         if genes is None:
@@ -297,7 +297,12 @@ def _smallest_within_latency(problem: BitProblem) -> np.ndarray:
     """The assignment (choice per layer) of smallest_size_within_latency."""
     timed = dataclasses.replace(problem, max_size=None, pairs={})
     found, offsets = _integer_program(timed, problem.size, "the smallest size within the latency budget")
-    return np.array([int(np.argmax(found.x[offsets[l]:offsets[l + 1]])) for l in range(len(problem.choices))])
+    return _chosen(found, offsets)
+
+
+def _chosen(found, offsets: np.ndarray) -> np.ndarray:
+    """Each layer's choice in an integer program's solution (its largest 0/1 variable)."""
+    return np.array([int(np.argmax(found.x[start:end])) for start, end in zip(offsets[:-1], offsets[1:])])
 
 
 def _integer_program(problem: BitProblem, choice_costs, what: str):
