@@ -59,7 +59,8 @@ def measure(name: str, runs: int, trials: int | None, workdir: Path) -> dict:
     untuned, tuned = load(workdir / f"{name}-untuned"), load(workdir / f"{name}-tuned")
     feeds = {"input": x}
     row = {"model": name, "input": "x".join(map(str, x.shape)), "tasks": len(results), "seconds": seconds,
-           "points": sum(len(r.points) for r in results), "kernels": tuning.table(results)}
+           "points": sum(len(r.points) for r in results), "peak": db.peak_gops,
+           "kernels": tuning.table(results, db.peak_gops)}
     row.update(timings({"ort_fp32": lambda: fp32.run(None, feeds), "ort_int8": lambda: int8.run(None, feeds),
                         "untuned": lambda: untuned.run(feeds), "tuned": lambda: tuned.run(feeds)}, runs))
     return row
@@ -87,7 +88,11 @@ def table(rows: list[dict], runs: int, trials: int | None, results: Path = RESUL
                      f"| {r['untuned'][0] / r['tuned'][0]:.2f}x | {r['ort_fp32'][0] / r['tuned'][0]:.2f}x "
                      f"| {r['ort_int8'][0] / r['tuned'][0]:.2f}x | {r['ort_fp32'][0] / r['untuned'][0]:.2f}x |")
     for r in rows:
-        lines += ["", f"## {r['model']}: each kernel alone", "", "```", r["kernels"], "```"]
+        peak = (f" The dot-product kernel's measured peak on this machine: {r['peak']:.0f} GOPS (tuning.peak_gops: "
+                "a 1x1 convolution whose operands stay in L1, no requantization, at its best tiling); `% peak` is "
+                "each kernel's share of it." if r.get("peak") else "")
+        lines += ["", f"## {r['model']}: each kernel alone", "", f"Tuned GOPS: 2 x multiply-adds / tuned time.{peak}",
+                  "", "```", r["kernels"], "```"]
     return "\n".join(lines) + "\n"
 
 
