@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from latency import imagenet_kernel_tasks, publish  # noqa: E402
+from latency import imagenet_kernel_tasks, kernel_medians, publish  # noqa: E402
 from qcompiler.backends.tvm import tuning  # noqa: E402
 from qcompiler.backends.tvm.schedules import requantize  # noqa: E402
 from qcompiler.backends.tvm.targets import native_target, tvm_target  # noqa: E402
@@ -50,11 +50,6 @@ def clamp_only_epilogues():
         requantize._int32_requantize, requantize._high_word_requantize = saved
 
 
-def timed(measurer, tasks, repeats: int) -> list[float]:
-    runs = measurer.repeated_ms([tuning.scheduled(t, t.template_tile()) for t in tasks], repeats)
-    return [float(np.median(r)) if r else float("nan") for r in runs]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -62,9 +57,9 @@ def main() -> None:
     spec = native_target()
     tasks = [t for t in imagenet_kernel_tasks(spec) if t.requantize is not None]
     measurer = tuning.Measurer(tvm_target(spec))
-    built = timed(measurer, tasks, args.repeats)
+    built = kernel_medians(measurer, tasks, args.repeats)
     with clamp_only_epilogues():
-        clamped = timed(measurer, tasks, args.repeats)
+        clamped = kernel_medians(measurer, tasks, args.repeats)
     rows = [f"| {t.name()} | {a:.4f} | {b:.4f} | {100 * (a - b) / a:.0f}% |" for t, a, b in zip(tasks, built, clamped)]
     total, floor = np.nansum(built), np.nansum(clamped)
     isa = spec.dot_kernels[0] if spec.dot_kernels else "generic"

@@ -115,6 +115,15 @@ def imagenet_kernel_tasks(spec) -> list:
     return tuning.conv_tasks(qdq.to_onnx(), spec, 1)
 
 
+def kernel_medians(measurer, tasks: list, repeats: int) -> list[float]:
+    """Each kernel task at its build's tiling, timed alone: median ms of `repeats` timings (nan
+    where it did not run)."""
+    from qcompiler.backends.tvm import tuning
+
+    runs = measurer.repeated_ms([tuning.scheduled(t, t.template_tile()) for t in tasks], repeats)
+    return [float(np.median(r)) if r else float("nan") for r in runs]
+
+
 def library_bytes(path: Path, calib: np.ndarray, config: QuantConfig, out: Path) -> int:
     """Size of the x86 library of the model quantized with `config`."""
     qdq = driver_quantize(qcompiler.load(path), {"input": calib}, config, progress=False).qdq
@@ -293,7 +302,42 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as workdir:
         rows = [measure(name, args.runs, Path(workdir)) for name in args.models.split(",")]
-    publish(table(rows, args.runs, args.results), args.results)
+    text = table(rows, args.runs, args.results)
+    if "mobilenet_v2_imagenet" in args.models.split(","):
+        text += peak_section(PEAK_REPEATS)
+    publish(text, args.results)
+
+
+PEAK_REPEATS = 5
+
+
+def peak_section(repeats: int) -> str:
+    """This core's measured dot-product peak (tuning.peak_gops) and each kernel of the ImageNet
+    MobileNetV2 library's share of it, timed alone at its build's tiling (untuned, as the table's
+    library); empty where the CPU has no dot-product kernel."""
+    from qcompiler.backends.tvm import tuning
+    from qcompiler.backends.tvm.targets import tvm_target
+
+    spec = native_target()
+    if spec.dot_kernel not in ("vnni", "sdot"):
+        return ""
+    tasks = imagenet_kernel_tasks(spec)
+    measurer = tuning.Measurer(tvm_target(spec))
+    peak = measurer.peak_gops(spec.dot_kernel)
+    medians = kernel_medians(measurer, tasks, repeats)
+    lines = ["", "## The ImageNet MobileNetV2's kernels against this core's peak", "",
+             f"The dot-product kernel's measured peak on this machine: {peak:.0f} GOPS (`tuning.peak_gops`: a 1x1 "
+             "convolution whose operands stay in L1, no requantization, at its best tiling; one thread). Each "
+             "convolution and depthwise kernel of the W8A8 library above (one per shape: the model makes 52 calls of "
+             f"them), timed alone at its build's tiling, one thread, median ms of {repeats} timings (MetaSchedule's "
+             "local runner, as `qcompiler tune` times kernels); GOPS = 2 x multiply-adds / time.", "",
+             "| kernel | ms | GOPS | % of peak |", "|---|---|---|---|"]
+    for task, ms in zip(tasks, medians):
+        if np.isnan(ms):
+            continue
+        gops = 2 * task.macs() / (ms * 1e6)
+        lines.append(f"| {task.name()} | {ms:.4f} | {gops:.1f} | {100 * gops / peak:.0f}% |")
+    return "\n".join(lines) + "\n"
 
 
 def publish(text: str, path: Path) -> None:
