@@ -326,8 +326,9 @@ def peak_section(repeats: int) -> str:
     peak = measurer.peak_gops(spec.dot_kernel)
     medians = kernel_medians(measurer, tasks, repeats)
     lines = ["", "## The ImageNet MobileNetV2's kernels against this core's peak", "",
-             f"The dot-product kernel's measured peak on this machine: {peak:.0f} GOPS (`tuning.peak_gops`: a 1x1 "
-             "convolution whose operands stay in L1, no requantization, at its best tiling; one thread). Each "
+             f"The dot-product kernel's measured peak on this machine: {peak:.0f} GOPS (`tuning.peak_gops`: two 1x1 "
+             "convolutions whose operands stay in L1, no requantization, each at its best tiling, the faster; one "
+             "thread). Each "
              "convolution and depthwise kernel of the W8A8 library above (one per shape: the model makes 52 calls of "
              f"them), timed alone at its build's tiling, one thread, median ms of {repeats} timings (MetaSchedule's "
              "local runner, as `qcompiler tune` times kernels); GOPS = 2 x multiply-adds / time.", "",

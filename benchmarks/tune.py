@@ -89,7 +89,8 @@ def table(rows: list[dict], runs: int, trials: int | None, results: Path = RESUL
                      f"| {r['ort_int8'][0] / r['tuned'][0]:.2f}x | {r['ort_fp32'][0] / r['untuned'][0]:.2f}x |")
     for r in rows:
         peak = (f" The dot-product kernel's measured peak on this machine: {r['peak']:.0f} GOPS (tuning.peak_gops: "
-                "a 1x1 convolution whose operands stay in L1, no requantization, at its best tiling); `% peak` is "
+                "two 1x1 convolutions whose operands stay in L1, no requantization, each at its best tiling, the "
+                "faster); `% peak` is "
                 "each kernel's share of it." if r.get("peak") else "")
         lines += ["", f"## {r['model']}: each kernel alone", "", f"Tuned GOPS: 2 x multiply-adds / tuned time.{peak}",
                   "", "```", r["kernels"], "```"]
