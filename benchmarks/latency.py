@@ -319,7 +319,7 @@ def peak_section(repeats: int) -> str:
     from qcompiler.backends.tvm.targets import tvm_target
 
     spec = native_target()
-    if spec.dot_kernel not in ("vnni", "sdot"):
+    if spec.dot_kernel not in tuning.PEAK_KERNELS:
         return ""
     tasks = imagenet_kernel_tasks(spec)
     measurer = tuning.Measurer(tvm_target(spec))

@@ -115,8 +115,7 @@ def budget_search_rows(name: str, problem, size: int) -> list[str]:
             a = search(varied)
             if not varied.feasible(varied.index(a.bits)):
                 raise SystemExit(f"{name}, {label} budget: the {method} search's answer is over budget")
-            method = a.method if "stuck" in a.method else method
-            rows.append(f"| {name} | {label} | {method} | {a.objective:.5g} | {a.size:,} | {a.latency:.3f} | "
+            rows.append(f"| {name} | {label} | {a.method} | {a.objective:.5g} | {a.size:,} | {a.latency:.3f} | "
                         f"{a.seconds:.3f} |")
     return rows
 
@@ -225,9 +224,21 @@ def reconstructed_top1(model: ir.Model, row: dict, calib, images, labels, iters:
     """The row's library again with BRECQ: the same preset, and for the GA the same budget, whose
     search reads the same cached latencies and so returns the same bits (checked)."""
     again = run(model, row["preset"], calib, images, labels, row.get("bit_budget"), iters)
-    if again.get("bits", "") != row.get("bits", ""):
-        raise SystemExit(f"the GA chose other bits the second time: {again.get('bits')} != {row.get('bits')}")
+    require_same_bits(again.get("bits", ""), row)
     return f"{100 * again['top1']:.2f}"
+
+
+def require_same_bits(bits: str, row: dict) -> None:
+    """A library rebuilt for BRECQ must have the row's bits (so its kernels and latency are the
+    row's): the search reads the same cached sensitivities and latencies."""
+    if bits != row.get("bits", ""):
+        raise SystemExit(f"the GA chose other bits the second time: {bits} != {row.get('bits')}")
+
+
+def imagenet_reconstruct(args) -> ReconstructConfig:
+    """BRECQ as the ImageNet parts run it: `--iters`, rounding regulariser 0.1 (the authors'
+    MobileNetV2 setting), every calibration crop."""
+    return ReconstructConfig(iters=args.iters, reg_weight=0.1, samples=args.calib)
 
 
 SEARCH_BUDGETS_SECTION = [
@@ -293,7 +304,7 @@ def imagenet_latency_part(args) -> None:
     name = "mobilenet_v2_imagenet"
     model = ir.load(models.path(f"{name}.onnx"))
     results = args.results or RESULTS / "mixed_imagenet_latency.md"
-    reconstruct = ReconstructConfig(iters=args.iters, reg_weight=0.1, samples=args.calib) if args.iters else None
+    reconstruct = imagenet_reconstruct(args) if args.iters else None
     brecq = (f" The w4a8 scheme's libraries again with {reconstruct.describe()} (rounding regulariser 0.1, as in "
              "mixed_imagenet_brecq.md), then bias correction where it raises the output's SQNR: the same bits, so "
              "the same kernels and latency." if reconstruct else "")
@@ -324,8 +335,7 @@ def reconstructed_imagenet_row(model: ir.Model, label: str, row: dict, calib, ev
     latencies and so gives the same bits (checked), whose kernels the row above timed."""
     scores, seconds, result = imagenet_run(model, calib, evals, row["preset"], row.get("bit_budget"), reconstruct)
     bits = bits_text(result.mixed)
-    if bits != row.get("bits", ""):
-        raise SystemExit(f"the GA chose other bits the second time: {bits} != {row.get('bits')}")
+    require_same_bits(bits, row)
     print(label, f"BRECQ {reconstruct.iters}", scores, f"{seconds:.0f} s", flush=True)
     return (f"| {label}, BRECQ {reconstruct.iters} ({seconds:.0f} s) | {100 * scores['top1']:.0f} | "
             f"{100 * scores['agreement']:.1f} | {scores['kl']:.4f} | as above | | | | {bits} |")
@@ -426,7 +436,7 @@ def imagenet_brecq_part(args) -> None:
     model = ir.load(models.path("mobilenet_v2_imagenet.onnx"))
     preset = args.scheme
     size = uniform_size(model, preset, calib)
-    reconstruct = ReconstructConfig(iters=args.iters, reg_weight=0.1, samples=args.calib)
+    reconstruct = imagenet_reconstruct(args)
     lines = [f"# BRECQ and the GA on the ImageNet MobileNetV2 at uniform "
              f"{preset.upper()}'s size", "",
              f"`python benchmarks/mixed_precision.py --part imagenet-brecq --scheme {preset} --iters {args.iters} "

@@ -261,9 +261,9 @@ def _front_panel(ax, mixed, cost: str, budget: float) -> None:
             lowest = point[2]
     if front:
         ax.plot([at(p) for p in front], [p[2] for p in front], ".-", color="tab:green", label="front seen")
-    ax.plot([(a.size, a.latency)[column] * scale], [a.objective], "r*", ms=12, label="chosen")
+    ax.plot([at((a.size, a.latency))], [a.objective], "r*", ms=12, label="chosen")
     for name, other in mixed.baselines.items():
-        ax.plot([(other.size, other.latency)[column] * scale], [other.objective], "x", ms=8, label=name)
+        ax.plot([at((other.size, other.latency))], [other.objective], "x", ms=8, label=name)
     ax.axvline(budget * scale, color="k", lw=0.6, ls="--", label="budget")
     ax.set_xlabel(unit)
     ax.set_ylabel("summed sensitivity")

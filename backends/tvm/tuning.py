@@ -248,6 +248,10 @@ def tune_task(task, measurer: Measurer, trials: int | None = None) -> TaskResult
     return TaskResult(task.name(), template, best, points[template], points[best], task.macs(), points)
 
 
+#: The dot-product kernels whose peak peak_gops measures.
+PEAK_KERNELS = ("vnni", "sdot")
+
+
 def peak_gops(measurer: Measurer, isa: str) -> float | None:
     """The fastest the dot-product kernel runs on the device: 1x1 convolutions whose operands
     stay in L1 (a row of 28 pixels; 512 input channels and one block of output channels, or 256
@@ -347,7 +351,7 @@ def tune(qdq_onnx, spec, batch: int, db: TuningDatabase, rpc: str | None = None,
         report(f"[{index}/{len(todo)}] {result.kernel}: template {result.template_ms:.4f} ms (tile "
                f"{result.template_tile}), best {result.tuned_ms:.4f} ms (tile {result.tile}), "
                f"{len(result.points)} points; about {left:.0f} s left")
-    if db.peak_gops is None and spec.dot_kernel in ("vnni", "sdot"):
+    if db.peak_gops is None and spec.dot_kernel in PEAK_KERNELS:
         db.peak_gops = measurer.peak_gops(spec.dot_kernel)
     return done
 

@@ -157,11 +157,12 @@ def _violations(problem: BitProblem, totals: tuple[int, float]) -> tuple[float, 
     return over_size, over_time
 
 
-def _cost_rate(problem: BitProblem, genes: np.ndarray, layer: int, new: int, totals: tuple[int, float]) -> float:
+def _cost_rate(problem: BitProblem, genes: np.ndarray, layer: int, new: int, totals: tuple[int, float],
+               before: tuple[float, float]) -> float:
     """Objective increase per unit of budget saved by moving `layer` to choice `new`: savings
-    count on the budgets now exceeded, and a budget now met counts what the move would put it
-    over (fewer bits can run slower: a step that saves bytes may cost time). inf: saves nothing."""
-    before = _violations(problem, totals)
+    count on the budgets now exceeded (`before`: _violations of `totals`), and a budget now met
+    counts what the move would put it over (fewer bits can run slower: a step that saves bytes
+    may cost time). inf: saves nothing."""
     after = _violations(problem, problem.moved_totals(genes, layer, new, totals))
     saved = 0.0
     if problem.max_size is not None:
@@ -190,7 +191,8 @@ def _lower_until_feasible(problem: BitProblem, genes: np.ndarray, rng: np.random
     genes, endings = genes.copy(), []
     while not problem.feasible(genes):
         totals = problem.totals(genes)
-        moves = sorted((_cost_rate(problem, genes, i, genes[i] - 1, totals), i) for i in range(len(genes))
+        over = _violations(problem, totals)
+        moves = sorted((_cost_rate(problem, genes, i, genes[i] - 1, totals, over), i) for i in range(len(genes))
                        if genes[i] > 0 and i != pinned)
         moves = [m for m in moves if math.isfinite(m[0])]
         if not moves:

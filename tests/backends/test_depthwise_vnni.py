@@ -144,7 +144,7 @@ def test_rows_split_over_two_threads_compute_the_same_bits(index, chunks, tmp_pa
     from qcompiler.backends.tvm.schedules.cpu_generic import MIN_PARALLEL_DEPTHWISE_MACS, MIN_PARALLEL_MACS
 
     _needs_vnni()
-    task = _case(GEOMETRIES[index])[0]
+    task, x, weight, _, _, (corr, m, rq) = _case(GEOMETRIES[index])
     assert task.macs() >= MIN_PARALLEL_DEPTHWISE_MACS and (task.macs() >= MIN_PARALLEL_MACS) == (chunks == 8)
     outputs = []
     for threads in ("1", "2"):
@@ -154,6 +154,5 @@ def test_rows_split_over_two_threads_compute_the_same_bits(index, chunks, tmp_pa
                               capture_output=True, text=True, env={**os.environ, "TVM_NUM_THREADS": threads}, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
         outputs.append(np.load(out))
-    task, x, weight, _, _, (corr, m, rq) = _case(GEOMETRIES[index])
     np.testing.assert_array_equal(outputs[0], outputs[1])
     np.testing.assert_array_equal(outputs[0], _reference(x, weight, task, corr, m, rq))
